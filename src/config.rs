@@ -1,0 +1,437 @@
+//! Configuration: the embedded `config/default.toml`, overlaid by the operator's file, then by
+//! command-line flags, then by `STAMPEDE_*` environment variables (the contract's order).
+//! Everything is validated once here, at start-up, so the data path never re-checks a knob.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::limits;
+
+/// The default configuration, compiled into the binary so that `stampede serve` runs with no
+/// files around it. `config/default.toml` documents every key with its unit.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// When an accepted order counts as durable, and so when it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// Acknowledge after `fdatasync` of the batch (group commit): survives power loss.
+    Always,
+    /// Acknowledge after `write`; a background thread runs `fdatasync` every
+    /// `journal.fsync_interval_ms`. Survives a process crash; power loss may cost that window.
+    Interval,
+    /// Acknowledge after `write`; the OS flushes when it likes. Survives a process crash only.
+    None,
+}
+
+impl FsyncPolicy {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "always" => Some(Self::Always),
+            "interval" => Some(Self::Interval),
+            "none" => Some(Self::None),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    pub fsync: FsyncPolicy,
+    pub fsync_interval_ms: u64,
+    pub segment_bytes_max: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub body_bytes_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    pub queue_capacity: usize,
+    pub batch_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InventoryConfig {
+    pub skus_max: u32,
+}
+
+/// One SKU of the catalogue that the engine creates at start-up if the journal has no such
+/// SKU yet. Once a SKU exists, the journal (and so the admin API) owns it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogueSku {
+    pub sku: String,
+    pub stock: u64,
+    #[serde(default)]
+    pub per_user_limit: u32,
+    #[serde(default = "default_max_per_order")]
+    pub max_per_order: u32,
+    #[serde(default = "default_payment_timeout_s")]
+    pub payment_timeout_s: u32,
+}
+
+pub fn default_max_per_order() -> u32 {
+    10
+}
+pub fn default_payment_timeout_s() -> u32 {
+    900
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    /// Absent means one shard per core.
+    #[serde(default)]
+    pub shards: Option<usize>,
+    pub journal: JournalConfig,
+    pub http: HttpConfig,
+    pub shard: ShardConfig,
+    pub inventory: InventoryConfig,
+    #[serde(default)]
+    pub catalogue: Vec<CatalogueSku>,
+}
+
+/// What the command line may override; `None` keeps the file's value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}={value:?} is not a valid {expected}")]
+    Env {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Environment overrides: variable, TOML path, and whether the value is a string or a number.
+const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
+    ("STAMPEDE_LISTEN", &["listen"], EnvKind::Text),
+    ("STAMPEDE_DATA_DIR", &["data_dir"], EnvKind::Text),
+    ("STAMPEDE_ADMIN_TOKEN", &["admin_token"], EnvKind::Text),
+    ("STAMPEDE_SHARDS", &["shards"], EnvKind::Integer),
+    (
+        "STAMPEDE_JOURNAL_FSYNC",
+        &["journal", "fsync"],
+        EnvKind::Text,
+    ),
+    (
+        "STAMPEDE_JOURNAL_FSYNC_INTERVAL_MS",
+        &["journal", "fsync_interval_ms"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_JOURNAL_SEGMENT_BYTES_MAX",
+        &["journal", "segment_bytes_max"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_HTTP_BODY_BYTES_MAX",
+        &["http", "body_bytes_max"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_SHARD_QUEUE_CAPACITY",
+        &["shard", "queue_capacity"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_SHARD_BATCH_MAX",
+        &["shard", "batch_max"],
+        EnvKind::Integer,
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum EnvKind {
+    Text,
+    Integer,
+}
+
+impl Config {
+    /// Builds the configuration from the embedded default, the file named in `overrides`, the
+    /// flags, and the process environment, in that order of precedence (last wins).
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(overrides, |name| std::env::var(name).ok())
+    }
+
+    /// As [`Config::load`], with the environment given as a function (tests use this).
+    pub fn load_with_env(
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut table = parse_table(DEFAULT_TOML, Path::new("<embedded config/default.toml>"))?;
+        if let Some(path) = &overrides.config_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            merge(&mut table, parse_table(&text, path)?);
+        }
+        if let Some(listen) = overrides.listen {
+            table.insert("listen".into(), toml::Value::String(listen.to_string()));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            table.insert(
+                "data_dir".into(),
+                toml::Value::String(dir.display().to_string()),
+            );
+        }
+        for &(name, path, kind) in ENV_OVERRIDES {
+            let Some(value) = env(name) else { continue };
+            let value = match kind {
+                EnvKind::Text => toml::Value::String(value),
+                EnvKind::Integer => match value.trim().parse::<i64>() {
+                    Ok(number) => toml::Value::Integer(number),
+                    Err(_) => {
+                        return Err(ConfigError::Env {
+                            name,
+                            value,
+                            expected: "integer",
+                        });
+                    }
+                },
+            };
+            set_path(&mut table, path, value);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The number of shards in force: the configured one, or one per core.
+    pub fn shard_count(&self) -> usize {
+        self.shards.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        if let Some(shards) = self.shards
+            && !(1..=limits::SHARDS_MAX).contains(&shards)
+        {
+            return fail(format!(
+                "shards must be 1..={}, got {shards}",
+                limits::SHARDS_MAX
+            ));
+        }
+        let j = &self.journal;
+        if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&j.segment_bytes_max) {
+            return fail(format!(
+                "journal.segment_bytes_max must be {}..={} bytes, got {}",
+                limits::SEGMENT_BYTES_MIN,
+                limits::SEGMENT_BYTES_MAX,
+                j.segment_bytes_max
+            ));
+        }
+        if j.fsync == FsyncPolicy::Interval && !(1..=60_000).contains(&j.fsync_interval_ms) {
+            return fail(format!(
+                "journal.fsync_interval_ms must be 1..=60000, got {}",
+                j.fsync_interval_ms
+            ));
+        }
+        if !(1024..=limits::BODY_BYTES_MAX).contains(&self.http.body_bytes_max) {
+            return fail(format!(
+                "http.body_bytes_max must be 1024..={}, got {}",
+                limits::BODY_BYTES_MAX,
+                self.http.body_bytes_max
+            ));
+        }
+        if !(1..=limits::SHARD_QUEUE_MAX).contains(&self.shard.queue_capacity) {
+            return fail(format!(
+                "shard.queue_capacity must be 1..={}, got {}",
+                limits::SHARD_QUEUE_MAX,
+                self.shard.queue_capacity
+            ));
+        }
+        if !(1..=limits::SHARD_BATCH_MAX).contains(&self.shard.batch_max) {
+            return fail(format!(
+                "shard.batch_max must be 1..={}, got {}",
+                limits::SHARD_BATCH_MAX,
+                self.shard.batch_max
+            ));
+        }
+        if !(1..=limits::SKUS_MAX).contains(&self.inventory.skus_max) {
+            return fail(format!(
+                "inventory.skus_max must be 1..={}, got {}",
+                limits::SKUS_MAX,
+                self.inventory.skus_max
+            ));
+        }
+        if let Some(token) = &self.admin_token
+            && token.len() < 16
+        {
+            return fail("admin_token must be at least 16 characters".into());
+        }
+        for item in &self.catalogue {
+            crate::order::validate_sku_settings(
+                &item.sku,
+                item.stock,
+                item.per_user_limit,
+                item.max_per_order,
+                item.payment_timeout_s,
+            )
+            .map_err(|detail| ConfigError::Invalid(format!("catalogue: {detail}")))?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_table(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
+    text.parse::<toml::Table>()
+        .map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+}
+
+/// Overlays `top` on `base`: tables merge key by key, anything else (arrays included)
+/// replaces, so an operator's `[[catalogue]]` replaces the demo catalogue entirely.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(top_table)) => {
+                merge(base_table, top_table)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, parents) = path
+        .split_last()
+        .expect("env override paths are never empty");
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(Default::default()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(Default::default());
+        }
+        current = entry.as_table_mut().expect("made a table just above");
+    }
+    current.insert(last.to_string(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_has_a_demo_catalogue() {
+        let config = Config::load_with_env(&Overrides::default(), no_env).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.journal.fsync, FsyncPolicy::Always);
+        assert!(!config.catalogue.is_empty());
+    }
+
+    #[test]
+    fn environment_overrides_flags_which_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("event.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[journal]\nfsync = \"none\"\n",
+        )
+        .unwrap();
+        let overrides = Overrides {
+            config_file: Some(file),
+            listen: Some("127.0.0.1:9001".parse().unwrap()),
+            data_dir: None,
+        };
+        let config = Config::load_with_env(&overrides, no_env).unwrap();
+        assert_eq!(config.listen.port(), 9001);
+        assert_eq!(config.journal.fsync, FsyncPolicy::None);
+        // The file changed one key of [journal]; the others keep their defaults.
+        assert_eq!(
+            config.journal.segment_bytes_max,
+            limits::SEGMENT_BYTES_DEFAULT
+        );
+
+        let env = |name: &str| match name {
+            "STAMPEDE_LISTEN" => Some("127.0.0.1:9002".to_string()),
+            "STAMPEDE_JOURNAL_FSYNC" => Some("interval".to_string()),
+            "STAMPEDE_SHARDS" => Some("3".to_string()),
+            _ => None,
+        };
+        let config = Config::load_with_env(&overrides, env).unwrap();
+        assert_eq!(config.listen.port(), 9002);
+        assert_eq!(config.journal.fsync, FsyncPolicy::Interval);
+        assert_eq!(config.shard_count(), 3);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key_named() {
+        let env = |name: &str| (name == "STAMPEDE_JOURNAL_FSYNC").then(|| "sometimes".to_string());
+        let err = Config::load_with_env(&Overrides::default(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fsync"), "{err}");
+        let env = |name: &str| (name == "STAMPEDE_SHARDS").then(|| "many".to_string());
+        let err = Config::load_with_env(&Overrides::default(), env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("STAMPEDE_SHARDS"), "{err}");
+        let env = |name: &str| (name == "STAMPEDE_SHARDS").then(|| "0".to_string());
+        assert!(Config::load_with_env(&Overrides::default(), env).is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_an_error_not_a_silent_typo() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("typo.toml");
+        std::fs::write(&file, "[journal]\nfsycn = \"none\"\n").unwrap();
+        let overrides = Overrides {
+            config_file: Some(file),
+            ..Default::default()
+        };
+        let err = Config::load_with_env(&overrides, no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fsycn"), "{err}");
+    }
+}

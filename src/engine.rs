@@ -1,0 +1,515 @@
+//! The engine: what `serve` starts after the socket is bound. It owns the data directory
+//! (exclusively, by lock), runs recovery, starts the shards, seeds the demo catalogue, and is
+//! the one handle the HTTP layer talks to.
+//!
+//! Start-up order, each step before the next:
+//! 1. lock `<data_dir>/LOCK` (two engines on one journal would interleave sequence numbers);
+//! 2. recreate the inventory map and replay the journal into it, the dedup index and the
+//!    shards' purchase counts (torn tail truncated; damage refuses to start);
+//! 3. open the journal writer at the recovered tail and start one thread per shard;
+//! 4. resolve the admin token;
+//! 5. create the configured catalogue's SKUs that the journal does not know yet
+//!    ([`Engine::seed_catalogue`], async). Only then does `/readyz` turn 200.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::config::{Config, FsyncPolicy};
+use crate::inventory::{DedupIndex, Inventory, KeyHasher, SlotValues};
+use crate::journal::record::ArchivedEvent;
+use crate::journal::{self, ArchivedRecord, Journal, RecoveryError};
+use crate::shard::{self, Command, OrderCommand, ShardWriter, SkuCommand, SkuOutcome, SkuUpdate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: io::Error },
+    #[error("data directory {0} is locked by another running engine (only one may use a journal)")]
+    Locked(PathBuf),
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error("cannot open the journal for writing: {0}")]
+    JournalOpen(io::Error),
+    #[error("cannot create catalogue SKU {sku}: {reason}")]
+    Catalogue { sku: String, reason: String },
+    #[error("admin token file {path}: {source}")]
+    Token { path: PathBuf, source: io::Error },
+}
+
+/// Why an order could not be handed to its shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubmitError {
+    /// The shard's mailbox is full: shed with 429 and `Retry-After`.
+    Overloaded,
+    /// The engine is stopping.
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutSkuError {
+    StockConflict { committed: u64 },
+    CatalogueFull { slots_max: u32 },
+    Overloaded,
+    Unavailable(String),
+}
+
+/// What `GET /v1/skus/{sku}` shows.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SkuView {
+    pub sku: String,
+    pub stock_total: u64,
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+    pub per_user_limit: u32,
+    pub max_per_order: u32,
+    pub payment_timeout_s: u32,
+}
+
+impl SkuView {
+    fn new(sku: &str, values: SlotValues) -> Self {
+        Self {
+            sku: sku.to_owned(),
+            stock_total: values.stock_total,
+            available: values.available,
+            reserved: values.reserved,
+            sold: values.sold,
+            per_user_limit: values.per_user_limit,
+            max_per_order: values.max_per_order,
+            payment_timeout_s: values.payment_timeout_s,
+        }
+    }
+}
+
+/// What recovery did, for the start-up log line.
+#[derive(Debug, Clone)]
+pub struct StartReport {
+    pub records_replayed: u64,
+    pub segments: usize,
+    pub truncated: Option<(PathBuf, u64, u64)>,
+    pub skus: usize,
+    pub orders: usize,
+    pub generated_token_file: Option<PathBuf>,
+}
+
+pub struct Engine {
+    pub keys: KeyHasher,
+    pub inventory: Arc<Inventory>,
+    pub dedup: Arc<DedupIndex>,
+    /// SKU name → slot index. Written only under `sku_admin` (or before start).
+    catalog: DashMap<String, u32>,
+    next_slot: AtomicU32,
+    mailboxes: Vec<Sender<Command>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    pub journal: Journal,
+    journal_dir: PathBuf,
+    admin_token: String,
+    /// Serialises SKU creation (slot allocation) and updates; never held on the order path.
+    sku_admin: tokio::sync::Mutex<()>,
+    _lock: File,
+}
+
+/// Folder of the journal's segments inside the data directory.
+pub fn journal_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("journal")
+}
+
+impl Engine {
+    /// Runs start-up steps 1 to 5 (blocking: call it off the async runtime).
+    pub fn start(config: &Config) -> Result<(Arc<Engine>, StartReport), StartError> {
+        let data_dir = &config.data_dir;
+        let dir_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StartError::DataDir { path, source }
+        };
+        let journal_dir = journal_dir(data_dir);
+        std::fs::create_dir_all(&journal_dir).map_err(dir_err(&journal_dir))?;
+        let lock = lock_data_dir(data_dir)?;
+
+        let inventory = Arc::new(
+            Inventory::create(&data_dir.join("inventory.slots"), config.inventory.skus_max)
+                .map_err(dir_err(data_dir))?,
+        );
+        let dedup = Arc::new(DedupIndex::new());
+        let keys = KeyHasher::random();
+        let shard_count = config.shard_count();
+        let mut writers: Vec<ShardWriter> = (0..shard_count)
+            .map(|index| {
+                ShardWriter::new(
+                    index,
+                    inventory.clone(),
+                    dedup.clone(),
+                    config.shard.batch_max,
+                )
+            })
+            .collect();
+        let catalog: DashMap<String, u32> = DashMap::new();
+        let mut next_slot = 0u32;
+
+        let report = journal::recover(&journal_dir, &mut |seq, record: &ArchivedRecord| {
+            replay(
+                seq,
+                record,
+                &inventory,
+                &dedup,
+                &keys,
+                &catalog,
+                &mut next_slot,
+                &mut writers,
+            )
+        })?;
+
+        let journal = Journal::open(
+            &journal_dir,
+            config.journal.fsync,
+            config.journal.segment_bytes_max,
+            report.tail.clone(),
+        )
+        .map_err(StartError::JournalOpen)?;
+
+        let mut mailboxes = Vec::with_capacity(shard_count);
+        let mut threads = Vec::with_capacity(shard_count + 1);
+        for writer in writers {
+            let (sender, receiver) = crossbeam_channel::bounded(config.shard.queue_capacity);
+            mailboxes.push(sender);
+            threads.push(writer.spawn(journal.clone(), receiver));
+        }
+        if config.journal.fsync == FsyncPolicy::Interval {
+            let interval = Duration::from_millis(config.journal.fsync_interval_ms);
+            threads.extend(journal.spawn_interval_sync(interval));
+        }
+
+        let (admin_token, generated_token_file) = resolve_admin_token(config)?;
+        let orders = dedup.len();
+        let engine = Arc::new(Engine {
+            keys,
+            inventory,
+            dedup,
+            catalog,
+            next_slot: AtomicU32::new(next_slot),
+            mailboxes,
+            threads: Mutex::new(threads),
+            journal,
+            journal_dir,
+            admin_token,
+            sku_admin: tokio::sync::Mutex::new(()),
+            _lock: lock,
+        });
+
+        let start_report = StartReport {
+            records_replayed: report.records,
+            segments: report.segments,
+            truncated: report.truncated,
+            skus: engine.catalog.len(),
+            orders,
+            generated_token_file,
+        };
+        Ok((engine, start_report))
+    }
+
+    /// Start-up step 4: creates each catalogue SKU that the journal does not know yet.
+    pub async fn seed_catalogue(&self, config: &Config) -> Result<usize, StartError> {
+        let mut created = 0;
+        for item in &config.catalogue {
+            if self.slot_of(&item.sku).is_some() {
+                continue;
+            }
+            let update = SkuUpdate {
+                stock: Some(item.stock),
+                per_user_limit: Some(item.per_user_limit),
+                max_per_order: Some(item.max_per_order),
+                payment_timeout_s: Some(item.payment_timeout_s),
+            };
+            self.put_sku(&item.sku, update)
+                .await
+                .map_err(|e| StartError::Catalogue {
+                    sku: item.sku.clone(),
+                    reason: format!("{e:?}"),
+                })?;
+            created += 1;
+        }
+        Ok(created)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    pub fn journal_dir(&self) -> &Path {
+        &self.journal_dir
+    }
+
+    /// Constant-time comparison of a presented bearer token with the admin token.
+    pub fn admin_token_matches(&self, presented: &str) -> bool {
+        let expected = self.admin_token.as_bytes();
+        let presented = presented.as_bytes();
+        let mut difference = expected.len() ^ presented.len();
+        for (index, byte) in expected.iter().enumerate() {
+            difference |= usize::from(byte ^ presented.get(index).copied().unwrap_or(0));
+        }
+        difference == 0
+    }
+
+    /// The slot of a SKU, if the engine knows it.
+    pub fn slot_of(&self, sku: &str) -> Option<u32> {
+        self.catalog.get(sku).map(|entry| *entry)
+    }
+
+    pub fn sku_view(&self, sku: &str) -> Option<SkuView> {
+        let slot_index = self.slot_of(sku)?;
+        Some(SkuView::new(sku, self.inventory.slot(slot_index).read()))
+    }
+
+    /// Every SKU with its current stock, sorted by name.
+    pub fn sku_views(&self) -> Vec<SkuView> {
+        let mut views: Vec<SkuView> = self
+            .catalog
+            .iter()
+            .map(|entry| SkuView::new(entry.key(), self.inventory.slot(*entry.value()).read()))
+            .collect();
+        views.sort_by(|a, b| a.sku.cmp(&b.sku));
+        views
+    }
+
+    /// Hands an order to the shard that owns its SKU, without waiting.
+    pub fn submit_order(&self, command: OrderCommand) -> Result<(), SubmitError> {
+        let shard = shard::shard_of(command.slot_index, self.mailboxes.len());
+        match self.mailboxes[shard].try_send(Command::Order(command)) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+
+    /// Creates or updates a SKU through its shard and the journal.
+    pub async fn put_sku(&self, sku: &str, update: SkuUpdate) -> Result<SkuView, PutSkuError> {
+        let _admin = self.sku_admin.lock().await;
+        let (slot_index, is_new) = match self.slot_of(sku) {
+            Some(slot_index) => (slot_index, false),
+            None => {
+                let slot_index = self.next_slot.load(Ordering::Acquire);
+                if slot_index >= self.inventory.slots_max() {
+                    return Err(PutSkuError::CatalogueFull {
+                        slots_max: self.inventory.slots_max(),
+                    });
+                }
+                (slot_index, true)
+            }
+        };
+        let (reply, outcome) = oneshot::channel();
+        let mut command = Command::Sku(SkuCommand {
+            sku: sku.to_owned(),
+            slot_index,
+            is_new,
+            update,
+            reply,
+        });
+        let mailbox = &self.mailboxes[shard::shard_of(slot_index, self.mailboxes.len())];
+        // An admin change waits for room in a busy mailbox (up to a second) rather than fail.
+        let mut attempts = 0;
+        loop {
+            match mailbox.try_send(command) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if attempts < 1000 => {
+                    command = back;
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Full(_)) => return Err(PutSkuError::Overloaded),
+                Err(TrySendError::Disconnected(_)) => {
+                    return Err(PutSkuError::Unavailable("engine is stopping".into()));
+                }
+            }
+        }
+        match outcome.await {
+            Ok(SkuOutcome::Applied { values, .. }) => {
+                if is_new {
+                    self.catalog.insert(sku.to_owned(), slot_index);
+                    self.next_slot.store(slot_index + 1, Ordering::Release);
+                }
+                Ok(SkuView::new(sku, values))
+            }
+            Ok(SkuOutcome::StockConflict { committed }) => {
+                Err(PutSkuError::StockConflict { committed })
+            }
+            Ok(SkuOutcome::Unavailable { reason }) => Err(PutSkuError::Unavailable(reason)),
+            Err(_) => Err(PutSkuError::Unavailable("shard stopped".into())),
+        }
+    }
+
+    /// Stops the shards after they finish what is in their mailboxes, joins them, and syncs
+    /// the journal. Blocking; idempotent.
+    pub fn shutdown(&self) -> Result<(), journal::JournalError> {
+        for mailbox in &self.mailboxes {
+            // A blocking send: the stop must queue behind the orders already admitted.
+            let _ = mailbox.send(Command::Stop);
+        }
+        let result = self.journal.close();
+        for thread in self.threads.lock().drain(..) {
+            let _ = thread.join();
+        }
+        result
+    }
+}
+
+/// Applies one journal record during recovery: exactly the effects the live path had.
+#[allow(clippy::too_many_arguments)]
+fn replay(
+    seq: u64,
+    record: &ArchivedRecord,
+    inventory: &Inventory,
+    dedup: &DedupIndex,
+    keys: &KeyHasher,
+    catalog: &DashMap<String, u32>,
+    next_slot: &mut u32,
+    writers: &mut [ShardWriter],
+) -> Result<(), String> {
+    match &record.event {
+        ArchivedEvent::Sku(change) => {
+            let slot_index = change.slot_index.to_native();
+            if slot_index >= inventory.slots_max() {
+                return Err(format!(
+                    "slot {slot_index} is beyond inventory.skus_max = {}; raise it to start",
+                    inventory.slots_max()
+                ));
+            }
+            let update = SkuUpdate {
+                stock: Some(change.stock_total.to_native()),
+                per_user_limit: Some(change.per_user_limit.to_native()),
+                max_per_order: Some(change.max_per_order.to_native()),
+                payment_timeout_s: Some(change.payment_timeout_s.to_native()),
+            };
+            let name = change.sku.as_str();
+            match catalog.get(name).map(|entry| *entry) {
+                Some(existing) if existing != slot_index => {
+                    return Err(format!(
+                        "sku {name} moved from slot {existing} to {slot_index}"
+                    ));
+                }
+                Some(_) => {
+                    let slot = inventory.slot(slot_index);
+                    let values =
+                        shard::updated_sku_values(slot.values(), &update).map_err(|committed| {
+                            format!("stock below the {committed} units committed")
+                        })?;
+                    slot.write(values);
+                }
+                None => {
+                    if inventory.slot(slot_index).sku_name().is_some() {
+                        return Err(format!("slot {slot_index} claimed twice"));
+                    }
+                    inventory.init_slot(slot_index, name, shard::new_sku_values(&update));
+                    catalog.insert(name.to_owned(), slot_index);
+                    *next_slot = (*next_slot).max(slot_index + 1);
+                }
+            }
+        }
+        ArchivedEvent::Accepted(order) => {
+            let sku = order.sku.as_str();
+            let Some(slot_index) = catalog.get(sku).map(|entry| *entry) else {
+                return Err(format!("order for unknown sku {sku}"));
+            };
+            let qty = order.qty.to_native();
+            let payment = order.payment.to_native();
+            let address = order.address.as_ref().map(|a| a.as_str());
+            let user_id = order.user_id.as_str();
+            let key = keys.order_key(order.order_id.as_str());
+            let fingerprint = keys.content_fingerprint(user_id, sku, qty, payment, address);
+            if !dedup.insert_durable(key, fingerprint, seq) {
+                return Err(format!(
+                    "order id {} journaled twice",
+                    order.order_id.as_str()
+                ));
+            }
+            let available = inventory.slot(slot_index).values().available;
+            if available < u64::from(qty) {
+                return Err(format!(
+                    "order takes {qty} units of {sku} but only {available} left"
+                ));
+            }
+            let writer = &mut writers[shard::shard_of(slot_index, writers.len())];
+            writer.replay_accepted(slot_index, qty, payment, keys.purchase_key(user_id, sku));
+        }
+    }
+    Ok(())
+}
+
+fn lock_data_dir(data_dir: &Path) -> Result<File, StartError> {
+    let path = data_dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StartError::DataDir {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a descriptor this function owns; no memory is involved.
+    let locked = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            libc::LOCK_EX | libc::LOCK_NB,
+        )
+    };
+    if locked != 0 {
+        return Err(StartError::Locked(data_dir.to_owned()));
+    }
+    Ok(file)
+}
+
+/// The admin token: configured (file or env), else `<data_dir>/admin.token`, made with a
+/// random value and mode 0600 on first start. Returns the token and the file it created.
+fn resolve_admin_token(config: &Config) -> Result<(String, Option<PathBuf>), StartError> {
+    if let Some(token) = &config.admin_token {
+        return Ok((token.clone(), None));
+    }
+    let path = config.data_dir.join("admin.token");
+    let token_err = |source| StartError::Token {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let token = text.trim().to_owned();
+            if token.len() < 16 {
+                return Err(token_err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "token shorter than 16 characters",
+                )));
+            }
+            // Keep the secret private even if someone loosened the mode.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(token_err)?;
+            Ok((token, None))
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let mut bytes = [0u8; 24];
+            getrandom::fill(&mut bytes).map_err(|e| token_err(io::Error::other(e.to_string())))?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(token_err)?;
+            file.write_all(format!("{token}\n").as_bytes())
+                .map_err(token_err)?;
+            file.sync_all().map_err(token_err)?;
+            Ok((token, Some(path)))
+        }
+        Err(error) => Err(token_err(error)),
+    }
+}

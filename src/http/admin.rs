@@ -1,0 +1,267 @@
+//! Operators' and workers' endpoints: `PUT/GET /v1/skus/{sku}` (the PUT needs the admin
+//! bearer token), `GET /v1/skus`, and `GET /v1/journal` (NDJSON pages of durable records).
+
+use bytes::Bytes;
+use hyper::StatusCode;
+use hyper::header::{AUTHORIZATION, HeaderMap};
+use serde::Deserialize;
+
+use crate::engine::{Engine, PutSkuError};
+use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
+use crate::limits;
+use crate::order;
+use crate::shard::SkuUpdate;
+
+/// Checks `Authorization: Bearer <token>` in constant time. The token is never logged.
+pub fn authorize(engine: &Engine, headers: &HeaderMap) -> Result<(), ApiError> {
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(token) if engine.admin_token_matches(token) => Ok(()),
+        Some(_) => Err(ApiError::new(ErrorCode::Unauthorized, "wrong admin token")),
+        None => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "missing Authorization: Bearer <admin token>",
+        )),
+    }
+}
+
+pub fn get_sku(engine: &Engine, sku: &str) -> HttpResponse {
+    match engine.sku_view(sku) {
+        Some(view) => reply::json(StatusCode::OK, &view),
+        None => ApiError::new(ErrorCode::UnknownSku, format!("no sku {sku:?}")).into_response(),
+    }
+}
+
+pub fn list_skus(engine: &Engine) -> HttpResponse {
+    reply::json(
+        StatusCode::OK,
+        &serde_json::json!({ "skus": engine.sku_views() }),
+    )
+}
+
+#[derive(Deserialize)]
+struct SkuBody {
+    stock: Option<serde_json::Number>,
+    per_user_limit: Option<serde_json::Number>,
+    max_per_order: Option<serde_json::Number>,
+    payment_timeout_s: Option<serde_json::Number>,
+}
+
+/// An optional integer field: 400 when not an integer, 422 when outside `min..=max`.
+fn integer_field(
+    value: Option<serde_json::Number>,
+    name: &str,
+    min: u64,
+    max: u64,
+) -> Result<Option<u64>, ApiError> {
+    let Some(number) = value else { return Ok(None) };
+    let out_of_range = || {
+        ApiError::new(
+            ErrorCode::Invalid,
+            format!("{name} must be {min}..={max}, got {number}"),
+        )
+    };
+    if let Some(value) = number.as_u64() {
+        if (min..=max).contains(&value) {
+            Ok(Some(value))
+        } else {
+            Err(out_of_range())
+        }
+    } else if number.as_i64().is_some() {
+        Err(out_of_range())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("{name} must be an integer, got {number}"),
+        ))
+    }
+}
+
+/// Decodes a SKU PUT body into an update (pure; unit-tested).
+pub fn decode_sku_update(body: &[u8]) -> Result<SkuUpdate, ApiError> {
+    let parsed: SkuBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("body is not a valid sku update: {e}"),
+        )
+    })?;
+    let narrow = |value: Option<u64>| value.map(|v| v as u32);
+    Ok(SkuUpdate {
+        stock: integer_field(parsed.stock, "stock", 0, limits::STOCK_MAX)?,
+        per_user_limit: narrow(integer_field(
+            parsed.per_user_limit,
+            "per_user_limit",
+            0,
+            u64::from(limits::PER_ORDER_MAX),
+        )?),
+        max_per_order: narrow(integer_field(
+            parsed.max_per_order,
+            "max_per_order",
+            1,
+            u64::from(limits::PER_ORDER_MAX),
+        )?),
+        payment_timeout_s: narrow(integer_field(
+            parsed.payment_timeout_s,
+            "payment_timeout_s",
+            1,
+            u64::from(limits::PAYMENT_TIMEOUT_S_MAX),
+        )?),
+    })
+}
+
+pub async fn put_sku(engine: &Engine, sku: &str, body: &[u8]) -> HttpResponse {
+    if let Err(detail) = order::validate_id("sku", sku, limits::SKU_BYTES_MAX) {
+        return ApiError::new(ErrorCode::Invalid, detail).into_response();
+    }
+    let update = match decode_sku_update(body) {
+        Ok(update) => update,
+        Err(error) => return error.into_response(),
+    };
+    match engine.put_sku(sku, update).await {
+        Ok(view) => reply::json(StatusCode::OK, &view),
+        Err(PutSkuError::StockConflict { committed }) => ApiError::new(
+            ErrorCode::StockConflict,
+            format!("{committed} units are already sold or reserved; stock cannot go below that"),
+        )
+        .into_response(),
+        Err(PutSkuError::CatalogueFull { slots_max }) => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("all {slots_max} inventory slots are in use (inventory.skus_max)"),
+        )
+        .into_response(),
+        Err(PutSkuError::Overloaded) => {
+            ApiError::new(ErrorCode::Overloaded, "shard queue is full; retry shortly")
+                .into_response()
+        }
+        Err(PutSkuError::Unavailable(reason)) => {
+            ApiError::new(ErrorCode::Unavailable, reason).into_response()
+        }
+    }
+}
+
+/// The parsed query of `GET /v1/journal`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct JournalQuery {
+    pub from: u64,
+    pub limit: usize,
+    pub follow: bool,
+}
+
+pub fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, ApiError> {
+    let mut parsed = JournalQuery {
+        from: 0,
+        limit: limits::JOURNAL_PAGE_DEFAULT,
+        follow: false,
+    };
+    for pair in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let bad = || {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("bad query parameter {pair:?}"),
+            )
+        };
+        match name {
+            "from" => parsed.from = value.parse().map_err(|_| bad())?,
+            "limit" => {
+                let limit: usize = value.parse().map_err(|_| bad())?;
+                if limit == 0 {
+                    return Err(ApiError::new(
+                        ErrorCode::Invalid,
+                        "limit must be at least 1",
+                    ));
+                }
+                // The server caps a page; the client pages on with the last seq (contract).
+                parsed.limit = limit.min(limits::JOURNAL_PAGE_MAX);
+            }
+            "follow" => parsed.follow = value.parse().map_err(|_| bad())?,
+            _ => {} // unknown parameters are ignored, like unknown JSON fields
+        }
+    }
+    Ok(parsed)
+}
+
+/// One page of durable records with `seq > from`, as NDJSON.
+pub async fn read_journal(engine: &Engine, query: &JournalQuery) -> HttpResponse {
+    let dir = engine.journal_dir().to_owned();
+    let durable = engine.journal.durable_seq();
+    let (from, limit) = (query.from, query.limit);
+    let page = tokio::task::spawn_blocking(move || {
+        let mut body = Vec::with_capacity(limit.min(1024) * 160);
+        crate::journal::read_range(&dir, from, durable, limit, &mut |seq, record| {
+            serde_json::to_writer(&mut body, &record.to_json(seq)).expect("json to a vec");
+            body.push(b'\n');
+        })
+        .map(|_| body)
+    })
+    .await;
+    match page {
+        Ok(Ok(body)) => reply::raw(StatusCode::OK, "application/x-ndjson", Bytes::from(body)),
+        Ok(Err(error)) => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("journal read failed: {error}"),
+        )
+        .into_response(),
+        Err(error) => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("journal reader failed: {error}"),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sku_updates_separate_wrong_types_from_out_of_range() {
+        let update = decode_sku_update(br#"{"stock":5,"per_user_limit":0}"#).unwrap();
+        assert_eq!(update.stock, Some(5));
+        assert_eq!(update.per_user_limit, Some(0));
+        assert_eq!(update.max_per_order, None);
+        let code = |body: &str| decode_sku_update(body.as_bytes()).unwrap_err().code;
+        assert_eq!(code(r#"{"stock":-1}"#), ErrorCode::Invalid);
+        assert_eq!(code(r#"{"max_per_order":0}"#), ErrorCode::Invalid);
+        assert_eq!(code(r#"{"stock":"5"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"stock":1.5}"#), ErrorCode::BadRequest);
+        assert_eq!(code("nope"), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn journal_queries_default_cap_and_refuse_garbage() {
+        assert_eq!(
+            parse_journal_query(None).unwrap(),
+            JournalQuery {
+                from: 0,
+                limit: limits::JOURNAL_PAGE_DEFAULT,
+                follow: false
+            }
+        );
+        let query = parse_journal_query(Some("from=7&limit=99999999&follow=true")).unwrap();
+        assert_eq!(
+            query,
+            JournalQuery {
+                from: 7,
+                limit: limits::JOURNAL_PAGE_MAX,
+                follow: true
+            }
+        );
+        assert_eq!(
+            parse_journal_query(Some("from=x")).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            parse_journal_query(Some("limit=0")).unwrap_err().code,
+            ErrorCode::Invalid
+        );
+    }
+}

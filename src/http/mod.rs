@@ -1,0 +1,257 @@
+//! The HTTP edge: the accept loop (connection bound, header-read timeout, graceful drain), the
+//! body cap, and routing to the handlers. Handlers never block a tokio worker: the order path
+//! awaits a oneshot from its shard, file reads run on the blocking pool.
+
+pub mod admin;
+pub mod orders;
+pub mod reply;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_LENGTH;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::engine::Engine;
+use crate::limits;
+use reply::{ApiError, ErrorCode, HttpResponse};
+
+/// Longest time a client may take to send its request headers (slowloris bound).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections at once; past it new connections wait in the kernel's accept backlog.
+/// Each costs a task and ~16 KiB of buffers, so 10k is ~160 MiB at worst.
+pub const CONNECTIONS_MAX: usize = 10_000;
+
+/// What every request handler shares. The engine appears once recovery is done.
+pub struct AppState {
+    engine: OnceLock<Arc<Engine>>,
+    draining: AtomicBool,
+    body_bytes_max: usize,
+}
+
+impl AppState {
+    pub fn new(body_bytes_max: usize) -> Self {
+        Self {
+            engine: OnceLock::new(),
+            draining: AtomicBool::new(false),
+            body_bytes_max,
+        }
+    }
+
+    /// Installs the engine after recovery: from now on `/readyz` can answer 200.
+    pub fn set_engine(&self, engine: Arc<Engine>) {
+        if self.engine.set(engine).is_err() {
+            panic!("engine installed twice");
+        }
+    }
+
+    pub fn engine(&self) -> Option<&Arc<Engine>> {
+        self.engine.get()
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            return Some("draining");
+        }
+        match self.engine.get() {
+            None => Some("recovering"),
+            Some(engine) if engine.journal.is_poisoned() => Some("journal_unwritable"),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Serves connections from `listener` until `shutdown` resolves, then stops accepting, lets
+/// open requests finish (up to the drain timeout) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning on the error.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let service = service_fn(move |request| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(route(&state, request).await) }
+        });
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    state.start_draining();
+    drop(listener);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_millis(limits::DRAIN_TIMEOUT_MS)) => {
+            tracing::warn!("drain timeout: closing connections with requests still open");
+        }
+    }
+}
+
+async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match (segments.as_slice(), &method) {
+        (["healthz"], &Method::GET) => {
+            reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+        }
+        (["readyz"], &Method::GET) => match state.not_ready_reason() {
+            None => reply::json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
+            Some(reason) => reply::json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"status": reason}),
+            ),
+        },
+        (["v1", "orders"], &Method::POST) => {
+            let engine = match admitting_engine(state) {
+                Ok(engine) => engine,
+                Err(error) => return error.into_response(),
+            };
+            match read_body(request, state.body_bytes_max).await {
+                Ok(body) => orders::create_order(engine, &body).await,
+                Err(error) => error.into_response(),
+            }
+        }
+        (["v1", "skus"], &Method::GET) => with_engine(state, admin::list_skus),
+        (["v1", "skus", sku], &Method::GET) => {
+            with_engine(state, |engine| admin::get_sku(engine, sku))
+        }
+        (["v1", "skus", sku], &Method::PUT) => {
+            let engine = match admitting_engine(state) {
+                Ok(engine) => engine,
+                Err(error) => return error.into_response(),
+            };
+            if let Err(error) = admin::authorize(engine, request.headers()) {
+                return error.into_response();
+            }
+            let sku = sku.to_string();
+            match read_body(request, state.body_bytes_max).await {
+                Ok(body) => admin::put_sku(engine, &sku, &body).await,
+                Err(error) => error.into_response(),
+            }
+        }
+        (["v1", "journal"], &Method::GET) => {
+            let Some(engine) = state.engine() else {
+                return recovering();
+            };
+            match admin::parse_journal_query(request.uri().query()) {
+                Ok(query) if query.follow => ApiError::new(
+                    ErrorCode::BadRequest,
+                    "follow=true is not served yet; page with from=<last seq>",
+                )
+                .into_response(),
+                Ok(query) => admin::read_journal(engine, &query).await,
+                Err(error) => error.into_response(),
+            }
+        }
+        (["healthz" | "readyz"] | ["v1", "orders" | "skus" | "journal"] | ["v1", "skus", _], _) => {
+            ApiError::new(
+                ErrorCode::MethodNotAllowed,
+                format!("{method} is not allowed on {path}"),
+            )
+            .into_response()
+        }
+        _ => ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}"))
+            .into_response(),
+    }
+}
+
+fn recovering() -> HttpResponse {
+    ApiError::new(
+        ErrorCode::Unavailable,
+        "recovering the journal; see /readyz",
+    )
+    .into_response()
+}
+
+/// The engine, if it may take new work: recovered and not draining.
+fn admitting_engine(state: &AppState) -> Result<&Arc<Engine>, ApiError> {
+    if state.draining.load(Ordering::Acquire) {
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "draining; send to another instance",
+        ));
+    }
+    state.engine().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::Unavailable,
+            "recovering the journal; see /readyz",
+        )
+    })
+}
+
+fn with_engine(state: &AppState, handler: impl FnOnce(&Engine) -> HttpResponse) -> HttpResponse {
+    match state.engine() {
+        Some(engine) => handler(engine),
+        None => recovering(),
+    }
+}
+
+/// Reads a body up to `limit` bytes; 413 for more (by header at once, else while reading).
+async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            ErrorCode::TooLarge,
+            format!("body is over the {limit} byte limit"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("cannot read body: {error}"),
+        )),
+    }
+}

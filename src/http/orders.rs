@@ -1,0 +1,366 @@
+//! `POST /v1/orders`: decode and validate the body, compute the order's fixed-width keys,
+//! answer sold-out on the fast path, otherwise hand the order to its shard and await the
+//! outcome.
+//!
+//! Error precedence, first match wins: 413 too_large (body cap), 400 bad_request (not JSON,
+//! wrong types, missing fields), 422 invalid (ids, qty, payment, address out of range),
+//! 404 unknown_sku, then the shard's verdict: replay or 422 idempotency_conflict, 422 invalid
+//! (`qty > max_per_order`), 409 sold_out, 409 purchase_limit, 201 accepted.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use crate::engine::{Engine, SubmitError};
+use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
+use crate::journal::OrderAccepted;
+use crate::limits;
+use crate::order::{self, OrderStatus, Payment};
+use crate::shard::{OrderCommand, OrderOutcome};
+
+/// The wire shape. Every field is optional here so that a missing field is reported by name
+/// as 400 rather than as serde's generic message; unknown fields are ignored (contract).
+#[derive(Deserialize)]
+struct OrderBody {
+    order_id: Option<String>,
+    user_id: Option<String>,
+    sku: Option<String>,
+    qty: Option<serde_json::Number>,
+    payment: Option<String>,
+    address: Option<Box<RawValue>>,
+}
+
+/// A decoded order that passed every check that needs no engine state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidOrder {
+    pub order_id: String,
+    pub user_id: String,
+    pub sku: String,
+    pub qty: u32,
+    pub payment: Payment,
+    pub address: Option<String>,
+}
+
+/// Decodes and validates an order body (no engine state involved; unit-tested alone).
+pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
+    let parsed: OrderBody = serde_json::from_slice(body).map_err(|e| {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("body is not a valid order: {e}"),
+        )
+    })?;
+    let missing =
+        |field: &str| ApiError::new(ErrorCode::BadRequest, format!("missing field {field}"));
+    let order_id = parsed.order_id.ok_or_else(|| missing("order_id"))?;
+    let user_id = parsed.user_id.ok_or_else(|| missing("user_id"))?;
+    let sku = parsed.sku.ok_or_else(|| missing("sku"))?;
+    let qty = parsed.qty.ok_or_else(|| missing("qty"))?;
+
+    let invalid = |detail: String| ApiError::new(ErrorCode::Invalid, detail);
+    order::validate_id("order_id", &order_id, limits::ORDER_ID_BYTES_MAX).map_err(invalid)?;
+    order::validate_id("user_id", &user_id, limits::ORDER_ID_BYTES_MAX).map_err(invalid)?;
+    order::validate_id("sku", &sku, limits::SKU_BYTES_MAX).map_err(invalid)?;
+    let qty = if let Some(qty) = qty.as_u64() {
+        match u32::try_from(qty) {
+            Ok(qty) if qty >= 1 => qty,
+            _ => {
+                return Err(invalid(format!(
+                    "qty must be at least 1 and at most max_per_order, got {qty}"
+                )));
+            }
+        }
+    } else if let Some(negative) = qty.as_i64() {
+        return Err(invalid(format!("qty must be at least 1, got {negative}")));
+    } else {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("qty must be an integer, got {qty}"),
+        ));
+    };
+    let payment = match parsed.payment.as_deref() {
+        None => Payment::Prepaid,
+        Some(text) => Payment::parse(text).ok_or_else(|| {
+            invalid(format!(
+                "payment must be prepaid, escrow or cod, got {text:?}"
+            ))
+        })?,
+    };
+    let address = match parsed.address {
+        None => None,
+        Some(raw) => {
+            let text = raw.get();
+            if !text.starts_with('{') {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "address must be a JSON object",
+                ));
+            }
+            if text.len() > limits::ADDRESS_BYTES_MAX {
+                return Err(invalid(format!(
+                    "address is {} bytes, at most {} allowed",
+                    text.len(),
+                    limits::ADDRESS_BYTES_MAX
+                )));
+            }
+            Some(text.to_owned())
+        }
+    };
+    Ok(ValidOrder {
+        order_id,
+        user_id,
+        sku,
+        qty,
+        payment,
+        address,
+    })
+}
+
+#[derive(serde::Serialize)]
+struct OrderReply<'a> {
+    order_id: &'a str,
+    status: &'static str,
+    seq: u64,
+}
+
+fn order_reply(order_id: &str, status: OrderStatus, seq: u64, replayed: bool) -> HttpResponse {
+    let code = if replayed {
+        hyper::StatusCode::OK
+    } else {
+        hyper::StatusCode::CREATED
+    };
+    let mut response = reply::json(
+        code,
+        &OrderReply {
+            order_id,
+            status: status.as_str(),
+            seq,
+        },
+    );
+    if replayed {
+        response.headers_mut().insert(
+            "idempotent-replayed",
+            hyper::header::HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// Runs the order path for a body that fit the size cap.
+pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
+    let order = match decode_order(body) {
+        Ok(order) => order,
+        Err(error) => return error.into_response(),
+    };
+    let Some(slot_index) = engine.slot_of(&order.sku) else {
+        return ApiError::new(ErrorCode::UnknownSku, format!("no sku {:?}", order.sku))
+            .into_response();
+    };
+    if engine.journal.is_poisoned() {
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "journal cannot be written; admission stopped",
+        )
+        .into_response();
+    }
+    let keys = &engine.keys;
+    let key = keys.order_key(&order.order_id);
+    // Fast path: a sold-out SKU is answered here, without a trip through the shard, unless
+    // this may be a retry of an order that got in (the shard must answer that one).
+    let available = engine.inventory.slot(slot_index).available();
+    if available < u64::from(order.qty) && !engine.dedup.contains(key) {
+        return sold_out(&order.sku, order.qty, available);
+    }
+    let fingerprint = keys.content_fingerprint(
+        &order.user_id,
+        &order.sku,
+        order.qty,
+        order.payment,
+        order.address.as_deref(),
+    );
+    let purchase_key = keys.purchase_key(&order.user_id, &order.sku);
+    let (reply_sender, reply_receiver) = oneshot::channel();
+    let ValidOrder {
+        order_id,
+        user_id,
+        sku,
+        qty,
+        payment,
+        address,
+    } = order;
+    // The id is needed for the reply body after the strings moved into the record.
+    let order_id_for_reply = order_id.clone();
+    let command = OrderCommand {
+        order: OrderAccepted {
+            order_id,
+            user_id,
+            sku,
+            qty,
+            payment,
+            address,
+        },
+        slot_index,
+        key,
+        fingerprint,
+        purchase_key,
+        reply: reply_sender,
+    };
+    match engine.submit_order(command) {
+        Ok(()) => {}
+        Err(SubmitError::Overloaded) => {
+            return ApiError::new(ErrorCode::Overloaded, "shard queue is full; retry shortly")
+                .into_response();
+        }
+        Err(SubmitError::Stopped) => {
+            return ApiError::new(ErrorCode::Unavailable, "engine is stopping").into_response();
+        }
+    }
+    let Ok(outcome) = reply_receiver.await else {
+        return ApiError::new(ErrorCode::Unavailable, "shard stopped before answering")
+            .into_response();
+    };
+    let order_id = order_id_for_reply;
+    match outcome {
+        OrderOutcome::Accepted { seq, status } => order_reply(&order_id, status, seq, false),
+        OrderOutcome::Replayed { seq, status } => order_reply(&order_id, status, seq, true),
+        OrderOutcome::SoldOut { available } => {
+            let sku = engine_sku_name(engine, slot_index);
+            sold_out(&sku, qty, available)
+        }
+        OrderOutcome::PurchaseLimit { limit, bought } => ApiError::new(
+            ErrorCode::PurchaseLimit,
+            format!("per_user_limit is {limit}; this user has {bought} and asked for {qty} more"),
+        )
+        .into_response(),
+        OrderOutcome::IdempotencyConflict => ApiError::new(
+            ErrorCode::IdempotencyConflict,
+            format!("order_id {order_id:?} was already used with different content"),
+        )
+        .into_response(),
+        OrderOutcome::QtyOverMax { max_per_order } => ApiError::new(
+            ErrorCode::Invalid,
+            format!("qty {qty} is more than max_per_order {max_per_order}"),
+        )
+        .into_response(),
+        OrderOutcome::Unavailable { reason } => ApiError::new(
+            ErrorCode::Unavailable,
+            format!("nothing was taken: {reason}"),
+        )
+        .into_response(),
+    }
+}
+
+fn engine_sku_name(engine: &Engine, slot_index: u32) -> String {
+    engine
+        .inventory
+        .slot(slot_index)
+        .sku_name()
+        .unwrap_or_default()
+}
+
+fn sold_out(sku: &str, qty: u32, available: u64) -> HttpResponse {
+    ApiError::new(
+        ErrorCode::SoldOut,
+        format!("{sku} has {available} units left, {qty} asked"),
+    )
+    .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(body: &str) -> ErrorCode {
+        decode_order(body.as_bytes()).unwrap_err().code
+    }
+
+    #[test]
+    fn a_full_order_decodes_with_its_address_kept_as_given() {
+        let order = decode_order(
+            br#"{"order_id":"u42-1","user_id":"u42","sku":"SKU-1","qty":2,"payment":"cod","address":{"city": "Oslo"},"extra":1}"#,
+        )
+        .unwrap();
+        assert_eq!(order.qty, 2);
+        assert_eq!(order.payment, Payment::Cod);
+        assert_eq!(order.address.as_deref(), Some(r#"{"city": "Oslo"}"#));
+        let order = decode_order(br#"{"order_id":"a","user_id":"b","sku":"c","qty":1}"#).unwrap();
+        assert_eq!(order.payment, Payment::Prepaid);
+        assert_eq!(order.address, None);
+    }
+
+    #[test]
+    fn malformed_bodies_are_bad_requests() {
+        assert_eq!(code_of("not json"), ErrorCode::BadRequest);
+        assert_eq!(code_of("[]"), ErrorCode::BadRequest);
+        assert_eq!(
+            code_of(r#"{"user_id":"b","sku":"c","qty":1}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":1,"user_id":"b","sku":"c","qty":1}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":"1"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":1.5}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":1,"address":"x"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":1} trailing"#),
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn well_formed_but_out_of_range_bodies_are_invalid() {
+        assert_eq!(
+            code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":0}"#),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":-1}"#),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":99999999999}"#),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"","user_id":"b","sku":"c","qty":1}"#),
+            ErrorCode::Invalid
+        );
+        let long = "x".repeat(65);
+        assert_eq!(
+            code_of(&format!(
+                r#"{{"order_id":"{long}","user_id":"b","sku":"c","qty":1}}"#
+            )),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"a b","user_id":"b","sku":"c","qty":1}"#),
+            ErrorCode::Invalid
+        );
+        let long_sku = "S".repeat(33);
+        assert_eq!(
+            code_of(&format!(
+                r#"{{"order_id":"a","user_id":"b","sku":"{long_sku}","qty":1}}"#
+            )),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":1,"payment":"card"}"#),
+            ErrorCode::Invalid
+        );
+        let big = format!(
+            r#"{{"order_id":"a","user_id":"b","sku":"c","qty":1,"address":{{"x":"{}"}}}}"#,
+            "y".repeat(1100)
+        );
+        assert_eq!(code_of(&big), ErrorCode::Invalid);
+    }
+}

@@ -1,0 +1,14 @@
+//! The append-only, checksummed journal: the single source of truth. Memory (stock, dedup,
+//! purchase counts) is rebuilt from it at start-up, and fulfilment workers tail it.
+//!
+//! - [`record`]: the on-disk format (frames, rkyv records) and the consumer-facing schema.
+//! - [`writer`]: sequence numbers, segments, group commit under the fsync policy.
+//! - [`scan`]: the segment cursor, the recovery scan, and range reads for `GET /v1/journal`.
+
+pub mod record;
+pub mod scan;
+pub mod writer;
+
+pub use record::{ArchivedRecord, Event, FrameBatch, OrderAccepted, Record, SkuChanged};
+pub use scan::{RecoveryError, RecoveryReport, read_range, recover};
+pub use writer::{Journal, JournalError, JournalTail, SeqRange};

@@ -1,0 +1,466 @@
+//! The journal's on-disk format: what a record says (rkyv types, the consumer-facing schema)
+//! and how it is framed (length, CRC32C, sequence number).
+//!
+//! ```text
+//! segment file  <first_seq:020>.seg
+//!   SegmentHeader { magic: [u8; 8] = "STMPJRN1", first_seq: u64 LE }       16 bytes
+//!   Frame*                                                                 each 8-aligned
+//!
+//! Frame (field order is the format)
+//!   payload_len: u32 LE    bytes of rkyv payload, 1..=RECORD_PAYLOAD_BYTES_MAX
+//!   crc32c:      u32 LE    CRC32C over payload_len bytes ++ seq bytes ++ payload
+//!   seq:         u64 LE    strictly increasing by one across all segments
+//!   payload:     [u8; payload_len]   rkyv archive of `Record`, root at its end
+//!   padding:     zeros up to the next multiple of 8
+//! ```
+//!
+//! Invariants: every frame starts at an 8-aligned file offset, so a payload read into an
+//! 8-aligned buffer (or a page-aligned map) is accessed in place with rkyv's validation; a
+//! record never spans two segments; the CRC covers the length and the sequence number, so a
+//! flipped bit anywhere in a frame is caught.
+
+use rkyv::rancor;
+
+use crate::limits;
+use crate::order::Payment;
+
+pub const SEGMENT_MAGIC: [u8; 8] = *b"STMPJRN1";
+pub const SEGMENT_HEADER_BYTES: usize = 16;
+pub const FRAME_HEADER_BYTES: usize = 16;
+pub const FRAME_ALIGN: usize = 8;
+
+/// One journal record: when it happened and what happened. `seq` lives in the frame.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct Record {
+    /// Wall-clock milliseconds since the Unix epoch when the shard decided.
+    pub at_ms: u64,
+    pub event: Event,
+}
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub enum Event {
+    /// A new order took stock (`type: "accepted"`).
+    Accepted(OrderAccepted),
+    /// A SKU was created or its settings changed (`type: "sku"`).
+    Sku(SkuChanged),
+}
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct OrderAccepted {
+    pub order_id: String,
+    pub user_id: String,
+    pub sku: String,
+    pub qty: u32,
+    pub payment: Payment,
+    /// The buyer's address object as raw JSON text, stored as given.
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct SkuChanged {
+    pub sku: String,
+    /// The SKU's slot in the inventory map; fixed for the SKU's life.
+    pub slot_index: u32,
+    pub stock_total: u64,
+    pub per_user_limit: u32,
+    pub max_per_order: u32,
+    pub payment_timeout_s: u32,
+}
+
+impl ArchivedRecord {
+    /// The contract's `type` of this record.
+    pub fn type_name(&self) -> &'static str {
+        match &self.event {
+            ArchivedEvent::Accepted(_) => "accepted",
+            ArchivedEvent::Sku(_) => "sku",
+        }
+    }
+
+    /// The record as the contract's NDJSON object: `{"seq","at","type",...}`.
+    pub fn to_json(&self, seq: u64) -> serde_json::Value {
+        let at_ms = self.at_ms.to_native();
+        let at = humantime::format_rfc3339_millis(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms),
+        )
+        .to_string();
+        let mut object = serde_json::Map::new();
+        object.insert("seq".into(), seq.into());
+        object.insert("at".into(), at.into());
+        object.insert("at_ms".into(), at_ms.into());
+        object.insert("type".into(), self.type_name().into());
+        match &self.event {
+            ArchivedEvent::Accepted(order) => {
+                object.insert("order_id".into(), order.order_id.as_str().into());
+                object.insert("user_id".into(), order.user_id.as_str().into());
+                object.insert("sku".into(), order.sku.as_str().into());
+                object.insert("qty".into(), order.qty.to_native().into());
+                object.insert("payment".into(), order.payment.to_native().as_str().into());
+                if let Some(address) = order.address.as_ref() {
+                    // Stored only after it parsed as a JSON object, so this parse succeeds;
+                    // should the bytes ever not parse, say so rather than drop the field.
+                    let value = serde_json::from_str(address.as_str())
+                        .unwrap_or_else(|_| serde_json::Value::String(address.to_string()));
+                    object.insert("address".into(), value);
+                }
+            }
+            ArchivedEvent::Sku(sku) => {
+                object.insert("sku".into(), sku.sku.as_str().into());
+                object.insert("stock_total".into(), sku.stock_total.to_native().into());
+                object.insert(
+                    "per_user_limit".into(),
+                    sku.per_user_limit.to_native().into(),
+                );
+                object.insert("max_per_order".into(), sku.max_per_order.to_native().into());
+                object.insert(
+                    "payment_timeout_s".into(),
+                    sku.payment_timeout_s.to_native().into(),
+                );
+            }
+        }
+        serde_json::Value::Object(object)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("record of {0} bytes exceeds the {max} byte limit", max = limits::RECORD_PAYLOAD_BYTES_MAX)]
+    TooLarge(usize),
+    #[error("rkyv serialization failed: {0}")]
+    Serialize(rancor::Error),
+}
+
+/// Frames built by one shard for one batch, laid out exactly as on disk except for `seq` and
+/// `crc32c`, which the journal fills in when it assigns sequence numbers ([`seal_frames`]).
+#[derive(Debug, Default)]
+pub struct FrameBatch {
+    bytes: Vec<u8>,
+    count: usize,
+}
+
+impl FrameBatch {
+    pub fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            count: 0,
+        }
+    }
+
+    /// Appends one record. The batch is unchanged when the record cannot be encoded.
+    pub fn push(&mut self, record: &Record) -> Result<(), EncodeError> {
+        let start = self.bytes.len();
+        debug_assert_eq!(start % FRAME_ALIGN, 0);
+        self.bytes.extend_from_slice(&[0u8; FRAME_HEADER_BYTES]);
+        // The payload starts 8-aligned within `bytes`, and rkyv aligns relative to the start
+        // of its writer, so the archive is laid out as it will be read from the file.
+        if let Err(error) =
+            rkyv::api::high::to_bytes_in::<_, rancor::Error>(record, &mut self.bytes)
+        {
+            self.bytes.truncate(start);
+            return Err(EncodeError::Serialize(error));
+        }
+        let payload_len = self.bytes.len() - start - FRAME_HEADER_BYTES;
+        if payload_len == 0 || payload_len > limits::RECORD_PAYLOAD_BYTES_MAX {
+            self.bytes.truncate(start);
+            return Err(EncodeError::TooLarge(payload_len));
+        }
+        self.bytes[start..start + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
+        let padded = self.bytes.len().next_multiple_of(FRAME_ALIGN);
+        self.bytes.resize(padded, 0);
+        self.count += 1;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.count = 0;
+    }
+}
+
+/// Fills in `seq` (from `first_seq` on) and the CRC of every frame in `frames`, which holds
+/// whole frames as [`FrameBatch`] lays them out. Returns the number of frames sealed.
+pub fn seal_frames(frames: &mut [u8], first_seq: u64) -> u64 {
+    let mut offset = 0;
+    let mut seq = first_seq;
+    while offset < frames.len() {
+        let payload_len = read_u32(frames, offset) as usize;
+        assert!(
+            (1..=limits::RECORD_PAYLOAD_BYTES_MAX).contains(&payload_len),
+            "frame batch corrupted in memory"
+        );
+        frames[offset + 8..offset + 16].copy_from_slice(&seq.to_le_bytes());
+        let end = offset + FRAME_HEADER_BYTES + payload_len;
+        let crc = frame_crc(&frames[offset..offset + 4], &frames[offset + 8..end]);
+        frames[offset + 4..offset + 8].copy_from_slice(&crc.to_le_bytes());
+        offset = end.next_multiple_of(FRAME_ALIGN);
+        seq += 1;
+    }
+    seq - first_seq
+}
+
+fn frame_crc(len_bytes: &[u8], seq_and_payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(len_bytes), seq_and_payload)
+}
+
+fn read_u32(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().expect("4 bytes"))
+}
+
+fn read_u64(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"))
+}
+
+/// What lies at an offset of a buffer of journal bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FrameCheck<'a> {
+    /// A whole frame whose CRC matches. `payload` is as aligned as the buffer allows.
+    Valid {
+        seq: u64,
+        payload: &'a [u8],
+        next_offset: usize,
+    },
+    /// The buffer ends exactly here: no more data.
+    End,
+    /// The frame runs past the end of the buffer: a torn write, or more data to read.
+    Incomplete { needed: usize },
+    /// The bytes here are not a frame (bad length or CRC mismatch).
+    Corrupt { reason: String },
+}
+
+/// Checks the frame at `offset` of `bytes`. Never panics, whatever the bytes.
+pub fn check_frame(bytes: &[u8], offset: usize) -> FrameCheck<'_> {
+    if offset == bytes.len() {
+        return FrameCheck::End;
+    }
+    if offset + FRAME_HEADER_BYTES > bytes.len() {
+        return FrameCheck::Incomplete {
+            needed: FRAME_HEADER_BYTES,
+        };
+    }
+    let payload_len = read_u32(bytes, offset) as usize;
+    if payload_len == 0 || payload_len > limits::RECORD_PAYLOAD_BYTES_MAX {
+        return FrameCheck::Corrupt {
+            reason: format!("frame length {payload_len} out of range"),
+        };
+    }
+    let end = offset + FRAME_HEADER_BYTES + payload_len;
+    if end > bytes.len() {
+        return FrameCheck::Incomplete {
+            needed: FRAME_HEADER_BYTES + payload_len,
+        };
+    }
+    let stored_crc = read_u32(bytes, offset + 4);
+    let crc = frame_crc(&bytes[offset..offset + 4], &bytes[offset + 8..end]);
+    if crc != stored_crc {
+        return FrameCheck::Corrupt {
+            reason: format!("checksum mismatch (stored {stored_crc:08x}, computed {crc:08x})"),
+        };
+    }
+    let seq = read_u64(bytes, offset + 8);
+    let next_offset = end.next_multiple_of(FRAME_ALIGN).min(bytes.len().max(end));
+    FrameCheck::Valid {
+        seq,
+        payload: &bytes[offset + FRAME_HEADER_BYTES..end],
+        next_offset,
+    }
+}
+
+/// Validates a payload and returns the archived record, zero-copy. The payload must be
+/// 8-aligned in memory (frames are, in an aligned buffer).
+pub fn access_record(payload: &[u8]) -> Result<&ArchivedRecord, rancor::Error> {
+    rkyv::access::<ArchivedRecord, rancor::Error>(payload)
+}
+
+/// Decodes a payload into an owned record (tests, tools; the hot paths stay zero-copy).
+pub fn decode_record(payload: &[u8]) -> Result<Record, rancor::Error> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<Record, rancor::Error>(&aligned)
+}
+
+/// The 16-byte header every segment file starts with.
+pub fn segment_header(first_seq: u64) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut header = [0u8; SEGMENT_HEADER_BYTES];
+    header[..8].copy_from_slice(&SEGMENT_MAGIC);
+    header[8..].copy_from_slice(&first_seq.to_le_bytes());
+    header
+}
+
+/// Parses a segment header; `None` when the magic does not match.
+pub fn parse_segment_header(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() < SEGMENT_HEADER_BYTES || bytes[..8] != SEGMENT_MAGIC {
+        return None;
+    }
+    Some(read_u64(bytes, 8))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn accepted(order_id: &str, qty: u32, address: Option<&str>) -> Record {
+        Record {
+            at_ms: 1_700_000_000_123,
+            event: Event::Accepted(OrderAccepted {
+                order_id: order_id.into(),
+                user_id: "u42".into(),
+                sku: "SKU-1".into(),
+                qty,
+                payment: Payment::Escrow,
+                address: address.map(str::to_owned),
+            }),
+        }
+    }
+
+    /// Copies bytes into an 8-aligned buffer, as a segment read or map provides.
+    fn aligned(bytes: &[u8]) -> rkyv::util::AlignedVec<16> {
+        let mut out = rkyv::util::AlignedVec::<16>::new();
+        out.extend_from_slice(bytes);
+        out
+    }
+
+    #[test]
+    fn frames_round_trip_with_consecutive_seqs() {
+        let mut batch = FrameBatch::default();
+        batch.push(&accepted("a", 1, None)).unwrap();
+        batch
+            .push(&accepted("b", 2, Some(r#"{"city":"Oslo"}"#)))
+            .unwrap();
+        let mut bytes = batch.as_bytes().to_vec();
+        assert_eq!(seal_frames(&mut bytes, 41), 2);
+        let bytes = aligned(&bytes);
+
+        let FrameCheck::Valid {
+            seq,
+            payload,
+            next_offset,
+        } = check_frame(&bytes, 0)
+        else {
+            panic!("first frame")
+        };
+        assert_eq!(seq, 41);
+        assert_eq!(next_offset % FRAME_ALIGN, 0);
+        assert_eq!(access_record(payload).unwrap().type_name(), "accepted");
+        assert_eq!(decode_record(payload).unwrap(), accepted("a", 1, None));
+
+        let FrameCheck::Valid {
+            seq,
+            payload,
+            next_offset,
+        } = check_frame(&bytes, next_offset)
+        else {
+            panic!("second frame")
+        };
+        assert_eq!(seq, 42);
+        let json = access_record(payload).unwrap().to_json(seq);
+        assert_eq!(json["address"]["city"], "Oslo");
+        assert_eq!(json["payment"], "escrow");
+        assert_eq!(json["qty"], 2);
+        assert_eq!(json["at"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(check_frame(&bytes, next_offset), FrameCheck::End);
+    }
+
+    #[test]
+    fn every_flipped_bit_of_a_frame_is_detected() {
+        let mut batch = FrameBatch::default();
+        batch.push(&accepted("bitflip", 3, None)).unwrap();
+        let mut sealed = batch.as_bytes().to_vec();
+        seal_frames(&mut sealed, 7);
+        let payload_end = FRAME_HEADER_BYTES + read_u32(&sealed, 0) as usize;
+        for bit in 0..payload_end * 8 {
+            let mut damaged = sealed.clone();
+            damaged[bit / 8] ^= 1 << (bit % 8);
+            let damaged = aligned(&damaged);
+            assert!(
+                !matches!(check_frame(&damaged, 0), FrameCheck::Valid { .. }),
+                "bit {bit} flipped unnoticed"
+            );
+        }
+    }
+
+    #[test]
+    fn a_truncated_frame_is_incomplete_not_valid() {
+        let mut batch = FrameBatch::default();
+        batch.push(&accepted("torn", 1, None)).unwrap();
+        let mut sealed = batch.as_bytes().to_vec();
+        seal_frames(&mut sealed, 1);
+        for cut in 1..FRAME_HEADER_BYTES + read_u32(&sealed, 0) as usize {
+            let torn = aligned(&sealed[..cut]);
+            assert!(
+                matches!(check_frame(&torn, 0), FrameCheck::Incomplete { .. }),
+                "cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_records_are_refused_and_leave_the_batch_unchanged() {
+        let mut batch = FrameBatch::default();
+        batch.push(&accepted("ok", 1, None)).unwrap();
+        let before = batch.as_bytes().to_vec();
+        let huge = "x".repeat(limits::RECORD_PAYLOAD_BYTES_MAX);
+        assert!(matches!(
+            batch.push(&accepted("big", 1, Some(&huge))),
+            Err(EncodeError::TooLarge(_))
+        ));
+        assert_eq!(batch.as_bytes(), &before[..]);
+        assert_eq!(batch.len(), 1);
+    }
+
+    #[test]
+    fn segment_header_round_trips_and_rejects_foreign_files() {
+        assert_eq!(parse_segment_header(&segment_header(99)), Some(99));
+        assert_eq!(parse_segment_header(b"NOTAJOURNALFILE!"), None);
+        assert_eq!(parse_segment_header(b"short"), None);
+    }
+
+    proptest! {
+        #[test]
+        fn any_record_round_trips(
+            order_id in "[A-Za-z0-9_.:-]{1,64}",
+            user_id in "[A-Za-z0-9_.:-]{1,64}",
+            sku in "[A-Za-z0-9_.:-]{1,32}",
+            qty in 1u32..1_000_000,
+            payment in prop_oneof![Just(Payment::Prepaid), Just(Payment::Escrow), Just(Payment::Cod)],
+            address in proptest::option::of("[ -~]{0,200}"),
+            at_ms in any::<u64>(),
+            seq in 1u64..(1 << 40),
+        ) {
+            let record = Record { at_ms, event: Event::Accepted(OrderAccepted {
+                order_id, user_id, sku, qty, payment, address,
+            })};
+            let mut batch = FrameBatch::default();
+            batch.push(&record).unwrap();
+            let mut bytes = batch.as_bytes().to_vec();
+            seal_frames(&mut bytes, seq);
+            let bytes = aligned(&bytes);
+            let FrameCheck::Valid { seq: read_seq, payload, .. } = check_frame(&bytes, 0) else {
+                panic!("frame did not check");
+            };
+            prop_assert_eq!(read_seq, seq);
+            prop_assert_eq!(decode_record(payload).unwrap(), record);
+        }
+
+        #[test]
+        fn check_frame_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let bytes = aligned(&bytes);
+            let _ = check_frame(&bytes, 0);
+        }
+    }
+}

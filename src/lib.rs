@@ -1,0 +1,59 @@
+//! # Stampede
+//!
+//! A flash-sale order ingestion engine: it takes every order over HTTP, decides at once
+//! whether stock is left, never sells a unit twice or loses one, answers retries of the same
+//! order idempotently, and writes each accepted order to an append-only journal that
+//! fulfilment workers tail.
+//!
+//! # Layout
+//!
+//! The modules, in the order an order meets them:
+//!
+//! | module        | owns |
+//! |---------------|------|
+//! | [`config`]    | the TOML file, flags and `STAMPEDE_*` overrides, validated once |
+//! | [`limits`]    | every capacity, size and timeout, each with its reason |
+//! | [`http`]      | the accept loop, body cap, decoding, status codes |
+//! | [`order`]     | identifier rules, payment types, order states |
+//! | [`engine`]    | start-up (lock, recovery, shards, catalogue), the handle HTTP talks to |
+//! | [`shard`]     | the single-writer loop: batches, decisions, group commit, replies |
+//! | [`inventory`] | the memory-mapped stock slots, the dedup index, purchase counts |
+//! | [`journal`]   | frames and records, segments, group-commit writer, recovery scan |
+//!
+//! # Data path
+//!
+//! One `POST /v1/orders`, from the socket to the fsync and back:
+//!
+//! 1. [`http::serve`] accepts the connection (bounded by a semaphore) and hyper parses the
+//!    request; [`http`] reads the body under the size cap (413 past it).
+//! 2. [`http::orders::decode_order`] decodes and validates it (400 / 422), the SKU is looked
+//!    up in the catalogue (404), and the order's fixed-width keys are hashed
+//!    ([`inventory::KeyHasher`]) on the HTTP task, off the shard thread.
+//! 3. Fast path: if the SKU's slot shows less stock than asked and the order id is not known,
+//!    the answer is 409 `sold_out` at once: a stampede on a sold-out item never queues.
+//! 4. [`engine::Engine::submit_order`] routes by the SKU's slot to its shard's bounded
+//!    mailbox; a full mailbox sheds with 429 and `Retry-After`.
+//! 5. The shard thread ([`shard::ShardWriter`]) takes a batch, and for each order checks the
+//!    idempotency index ([`inventory::DedupIndex`]), `max_per_order`, stock and the buyer's
+//!    purchase count; an accepted order takes stock in its memory-mapped slot
+//!    ([`inventory::Slot`]) and becomes a checksummed rkyv frame
+//!    ([`journal::record::FrameBatch`]).
+//! 6. The batch is appended to the journal ([`journal::Journal::append`]: `seq` assigned) and
+//!    committed ([`journal::Journal::commit`]): one leader writes every shard's pending frames
+//!    and runs one `fdatasync` for all of them (`fsync = "always"`).
+//! 7. Only then does the shard record each order's `seq` in the dedup index and reply through
+//!    the order's oneshot; the HTTP task answers 201 `{"order_id","status","seq"}`. If the
+//!    journal failed, the shard undoes the batch and the answer is 503: nothing was taken.
+//!
+//! At start-up, [`engine::Engine::start`] rebuilds the slots, the dedup index and the
+//! purchase counts by replaying the journal ([`journal::recover`]), which truncates a torn
+//! tail and refuses to start on damage anywhere else.
+
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod inventory;
+pub mod journal;
+pub mod limits;
+pub mod order;
+pub mod shard;

@@ -1,0 +1,88 @@
+//! Every fixed capacity, size and timeout of the engine, each stated once with the failure
+//! it prevents. Values that operators tune per event live in `config.rs` and are bounded
+//! here (`*_MAX`); the `const` assertions at the bottom keep the limits consistent with one
+//! another, so that a change to one that breaks another fails the build, not production.
+
+/// Longest `order_id` and `user_id`, in bytes (contract). Bounds the journal record and the
+/// work of hashing a key on the hot path.
+pub const ORDER_ID_BYTES_MAX: usize = 64;
+/// Longest `sku`, in bytes (contract). A SKU name fits its fixed inventory slot.
+pub const SKU_BYTES_MAX: usize = 32;
+/// Largest stored `address`, in bytes of raw JSON (contract: 1 KiB). Bounds a record.
+pub const ADDRESS_BYTES_MAX: usize = 1024;
+
+/// Default cap on a request body (contract: 16 KiB). A buyer's order is ~150 bytes; the cap
+/// keeps a hostile client from making the server buffer megabytes per connection.
+pub const BODY_BYTES_DEFAULT: usize = 16 * 1024;
+/// Hard ceiling for `http.body_bytes_max`; bulk loads (a later issue) stream instead.
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// Largest journal record payload (rkyv bytes). An accepted order with every field at its
+/// maximum is < 1.5 KiB; anything bigger on disk is damage, not data, and recovery says so.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 4 * 1024;
+
+/// Default and bounds of a journal segment. Records never span segments, so a segment may
+/// exceed the target by at most one group commit; the cap keeps a single file mappable.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+/// Commands a shard takes from its mailbox per batch (one journal append, one commit). Larger
+/// batches amortise the fdatasync further but hold the replies of the first order longer.
+pub const SHARD_BATCH_DEFAULT: usize = 256;
+pub const SHARD_BATCH_MAX: usize = 4096;
+
+/// Capacity of one shard's mailbox. A full mailbox sheds with 429 instead of queueing
+/// without bound: at ~1 µs per order this is ~4 ms of backlog per shard by default, far
+/// below a load balancer's timeout, so a shed client can retry elsewhere at once.
+pub const SHARD_QUEUE_DEFAULT: usize = 4096;
+pub const SHARD_QUEUE_MAX: usize = 1 << 20;
+
+/// Number of single-writer shards allowed. More shards than cores only adds hand-offs.
+pub const SHARDS_MAX: usize = 256;
+
+/// Inventory slots in the memory-mapped file (one per SKU, 128 bytes each): 8 MiB at the
+/// default, sparse on disk until used. A PUT of one SKU too many is refused, not a resize.
+pub const SKUS_DEFAULT: u32 = 65_536;
+pub const SKUS_MAX: u32 = 1 << 22;
+
+/// Largest stock of one SKU. Keeps `sold + reserved + available` far from u64 overflow and
+/// inside what a JSON client parses exactly (2^53).
+pub const STOCK_MAX: u64 = 1 << 40;
+/// Largest `max_per_order` and `per_user_limit`: the purchase counter is a u32.
+pub const PER_ORDER_MAX: u32 = 1_000_000;
+/// Largest `payment_timeout_s` (30 days); bounds timer horizons for the lifecycle.
+pub const PAYMENT_TIMEOUT_S_MAX: u32 = 30 * 24 * 3600;
+
+/// `GET /v1/journal`: records per response when the client gives no `limit`, and the cap.
+/// A client pages on with the last `seq`, so the cap bounds one response's memory.
+pub const JOURNAL_PAGE_DEFAULT: usize = 100;
+pub const JOURNAL_PAGE_MAX: usize = 10_000;
+
+/// How long a draining server waits for open requests before it stops serving them. The
+/// orders already admitted are still journaled; only idle or slow connections are cut.
+pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
+
+/// `Retry-After` (seconds) on a shed request: one second is the smallest value the header
+/// can say, and a mailbox drains in milliseconds.
+pub const RETRY_AFTER_S: u32 = 1;
+
+/// Highest journal sequence number the dedup index can store (40 bits: a trillion records).
+pub const SEQ_MAX: u64 = (1 << 40) - 1;
+
+const _: () = assert!(BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+// A record with every string field at its maximum must fit the record bound with room for
+// rkyv's relative pointers and padding (well under 2 bytes per field).
+const _: () = assert!(
+    2 * ORDER_ID_BYTES_MAX + SKU_BYTES_MAX + ADDRESS_BYTES_MAX + 256 <= RECORD_PAYLOAD_BYTES_MAX
+);
+// A segment must hold at least one whole group commit of maximal records.
+const _: () =
+    assert!((SHARD_BATCH_DEFAULT * (RECORD_PAYLOAD_BYTES_MAX + 24)) as u64 <= SEGMENT_BYTES_MAX);
+const _: () = assert!(SHARD_BATCH_DEFAULT <= SHARD_BATCH_MAX);
+const _: () = assert!(SHARD_QUEUE_DEFAULT <= SHARD_QUEUE_MAX);
+const _: () = assert!(SKUS_DEFAULT <= SKUS_MAX);
+const _: () = assert!(STOCK_MAX < (1 << 53));
+const _: () = assert!(JOURNAL_PAGE_DEFAULT <= JOURNAL_PAGE_MAX);
