@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# End-to-end HTTP benchmark on loopback, every server measured in the same run:
+#   bare      examples/bare_server: HTTP + the same JSON decode, no engine (the ceiling)
+#   none      the engine, every order accepted, journal fsync = "none"
+#   always    the engine, every order accepted, fsync = "always" (group commit)
+#   soldout   the engine, every order for a sold-out SKU (the fast path)
+# Each scenario runs ROUNDS times, interleaved, and the medians are reported with the
+# server's CPU time per request (utime+stime from /proc/PID/stat), which is steadier than
+# req/s on a shared machine.
+#
+# Usage: benches/http/run.sh            (env: DURATION=10s CONNS=64 THREADS=1 ROUNDS=3)
+# Needs: wrk (Debian package `wrk`).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-1}
+ROUNDS=${ROUNDS:-3}
+PORT=${PORT:-18090}
+command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
+cargo build --release --quiet --bin stampede --example bare_server
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+clk_tck=$(getconf CLK_TCK)
+
+wait_ready() {
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$PORT/$1" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "server did not become ready" >&2; exit 1
+}
+
+start_server() { # scenario -> sets SERVER_PID
+  case "$1" in
+    bare)
+      ./target/release/examples/bare_server "127.0.0.1:$PORT" >/dev/null & SERVER_PID=$!
+      sleep 0.3 ;;
+    none|always|soldout)
+      local fsync=$1; [ "$1" = soldout ] && fsync=always
+      rm -rf "$work/data"
+      STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_LOG=warn ./target/release/stampede serve \
+        --config benches/http/bench.toml --listen "127.0.0.1:$PORT" --data-dir "$work/data" \
+        >/dev/null 2>"$work/server.err" & SERVER_PID=$!
+      wait_ready readyz ;;
+  esac
+}
+
+run_one() { # scenario round
+  local scenario=$1 round=$2 sku=BENCH
+  [ "$scenario" = soldout ] && sku=GONE
+  start_server "$scenario"
+  local before; before=$(ticks "$SERVER_PID")
+  SKU=$sku RUN_ID="r$round$scenario" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
+    -s benches/http/orders.lua "http://127.0.0.1:$PORT" >"$work/$scenario.$round.txt"
+  local after; after=$(ticks "$SERVER_PID")
+  kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
+  local out="$work/$scenario.$round.txt"
+  local requests rps p50 p99 non2xx
+  requests=$(awk '/requests in/ {print $1}' "$out")
+  rps=$(awk '/Requests\/sec/ {print $2}' "$out")
+  p50=$(awk '$1=="50%" {print $2}' "$out")
+  p99=$(awk '$1=="99%" {print $2}' "$out")
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$out"); non2xx=${non2xx:-0}
+  local cpu_us; cpu_us=$(awk -v t=$((after - before)) -v n="$requests" -v hz="$clk_tck" \
+    'BEGIN { printf "%.1f", t * 1e6 / hz / n }')
+  echo "$scenario $round $rps $p50 $p99 $cpu_us $requests $non2xx" >>"$work/results"
+  printf '%-8s round %s: %10s req/s  p50 %-8s p99 %-8s cpu/req %6s us  (%s requests, %s non-2xx)\n' \
+    "$scenario" "$round" "$rps" "$p50" "$p99" "$cpu_us" "$requests" "$non2xx"
+}
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores, wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds"
+for round in $(seq 1 "$ROUNDS"); do
+  for scenario in bare none always soldout; do
+    run_one "$scenario" "$round"
+  done
+done
+
+echo
+echo "medians:"
+python3 - "$work/results" <<'PY'
+import statistics, sys
+def ms(text):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * f
+    return float(text)
+rows = {}
+for line in open(sys.argv[1]):
+    s, _, rps, p50, p99, cpu, n, bad = line.split()
+    rows.setdefault(s, []).append((float(rps), ms(p50), ms(p99), float(cpu)))
+med = {s: [statistics.median(c) for c in zip(*v)] for s, v in rows.items()}
+base = med["bare"][0]; base_cpu = med["bare"][3]
+print(f"{'scenario':10}{'req/s':>10}{'x bare':>8}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>12}{'x bare cpu':>12}")
+for s in ("bare", "none", "always", "soldout"):
+    rps, p50, p99, cpu = med[s]
+    print(f"{s:10}{rps:10.0f}{rps/base:8.2f}{p50:9.3f}{p99:9.3f}{cpu:12.1f}{cpu/base_cpu:12.2f}")
+n, a = med["none"][0], med["always"][0]
+print(f"\nalways / none throughput: {a/n:.2f}")
+PY
