@@ -131,10 +131,20 @@ pub async fn serve(
 }
 
 async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
-    let path = request.uri().path().to_owned();
-    let method = request.method().clone();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match (segments.as_slice(), &method) {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let method = &parts.method;
+    // At most four segments are routed; a longer path fills the array and matches nothing.
+    let mut segments = [""; 5];
+    let mut segment_count = 0;
+    for segment in path.trim_start_matches('/').split('/') {
+        if segment_count == segments.len() {
+            break;
+        }
+        segments[segment_count] = segment;
+        segment_count += 1;
+    }
+    match (&segments[..segment_count], method) {
         (["healthz"], &Method::GET) => {
             reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
         }
@@ -150,7 +160,7 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                 Ok(engine) => engine,
                 Err(error) => return error.into_response(),
             };
-            match read_body(request, state.body_bytes_max).await {
+            match read_body(&parts.headers, body, state.body_bytes_max).await {
                 Ok(body) => orders::create_order(engine, &body).await,
                 Err(error) => error.into_response(),
             }
@@ -164,12 +174,11 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                 Ok(engine) => engine,
                 Err(error) => return error.into_response(),
             };
-            if let Err(error) = admin::authorize(engine, request.headers()) {
+            if let Err(error) = admin::authorize(engine, &parts.headers) {
                 return error.into_response();
             }
-            let sku = sku.to_string();
-            match read_body(request, state.body_bytes_max).await {
-                Ok(body) => admin::put_sku(engine, &sku, &body).await,
+            match read_body(&parts.headers, body, state.body_bytes_max).await {
+                Ok(body) => admin::put_sku(engine, sku, &body).await,
                 Err(error) => error.into_response(),
             }
         }
@@ -177,7 +186,7 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
             let Some(engine) = state.engine() else {
                 return recovering();
             };
-            match admin::parse_journal_query(request.uri().query()) {
+            match admin::parse_journal_query(parts.uri.query()) {
                 Ok(query) if query.follow => ApiError::new(
                     ErrorCode::BadRequest,
                     "follow=true is not served yet; page with from=<last seq>",
@@ -231,22 +240,25 @@ fn with_engine(state: &AppState, handler: impl FnOnce(&Engine) -> HttpResponse) 
 }
 
 /// Reads a body up to `limit` bytes; 413 for more (by header at once, else while reading).
-async fn read_body(request: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::TooLarge,
             format!("body is over the {limit} byte limit"),
         )
     };
-    let declared = request
-        .headers()
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), limit).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(error) => Err(ApiError::new(

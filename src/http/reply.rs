@@ -82,7 +82,15 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> HttpResponse {
-        let body = serde_json::json!({ "error": self.code.as_str(), "detail": self.detail });
+        #[derive(serde::Serialize)]
+        struct ErrorBody<'a> {
+            error: &'static str,
+            detail: &'a str,
+        }
+        let body = ErrorBody {
+            error: self.code.as_str(),
+            detail: &self.detail,
+        };
         let mut response = json(self.code.status(), &body);
         match self.code {
             ErrorCode::Overloaded | ErrorCode::Unavailable => {

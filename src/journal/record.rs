@@ -28,6 +28,8 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"STMPJRN1";
 pub const SEGMENT_HEADER_BYTES: usize = 16;
 pub const FRAME_HEADER_BYTES: usize = 16;
 pub const FRAME_ALIGN: usize = 8;
+/// 9999-12-31T23:59:59.999Z, the last instant RFC 3339 can write.
+const RFC3339_MS_MAX: u64 = 253_402_300_799_999;
 
 /// One journal record: when it happened and what happened. `seq` lives in the frame.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -83,10 +85,17 @@ impl ArchivedRecord {
     /// The record as the contract's NDJSON object: `{"seq","at","type",...}`.
     pub fn to_json(&self, seq: u64) -> serde_json::Value {
         let at_ms = self.at_ms.to_native();
-        let at = humantime::format_rfc3339_millis(
-            std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms),
-        )
-        .to_string();
+        // RFC 3339 stops at the year 9999; a later (crafted) time is reported as null
+        // rather than crash the reader. `at_ms` always carries the exact value.
+        let at: serde_json::Value = if at_ms <= RFC3339_MS_MAX {
+            humantime::format_rfc3339_millis(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(at_ms),
+            )
+            .to_string()
+            .into()
+        } else {
+            serde_json::Value::Null
+        };
         let mut object = serde_json::Map::new();
         object.insert("seq".into(), seq.into());
         object.insert("at".into(), at.into());
@@ -271,8 +280,15 @@ pub fn check_frame(bytes: &[u8], offset: usize) -> FrameCheck<'_> {
             reason: format!("checksum mismatch (stored {stored_crc:08x}, computed {crc:08x})"),
         };
     }
+    // The padding belongs to the frame: a frame whose padding is missing was cut short, and
+    // accepting it would leave the next frame (and the writer) at an unaligned offset.
+    let next_offset = end.next_multiple_of(FRAME_ALIGN);
+    if next_offset > bytes.len() {
+        return FrameCheck::Incomplete {
+            needed: next_offset - offset,
+        };
+    }
     let seq = read_u64(bytes, offset + 8);
-    let next_offset = end.next_multiple_of(FRAME_ALIGN).min(bytes.len().max(end));
     FrameCheck::Valid {
         seq,
         payload: &bytes[offset + FRAME_HEADER_BYTES..end],
@@ -400,7 +416,8 @@ mod tests {
         batch.push(&accepted("torn", 1, None)).unwrap();
         let mut sealed = batch.as_bytes().to_vec();
         seal_frames(&mut sealed, 1);
-        for cut in 1..FRAME_HEADER_BYTES + read_u32(&sealed, 0) as usize {
+        // Every cut short of the padded frame end, padding included, is incomplete.
+        for cut in 1..sealed.len() {
             let torn = aligned(&sealed[..cut]);
             assert!(
                 matches!(check_frame(&torn, 0), FrameCheck::Incomplete { .. }),
@@ -461,6 +478,21 @@ mod tests {
         fn check_frame_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let bytes = aligned(&bytes);
             let _ = check_frame(&bytes, 0);
+        }
+
+        #[test]
+        fn any_timestamp_renders_without_panicking(at_ms in any::<u64>()) {
+            let mut batch = FrameBatch::default();
+            batch.push(&Record { at_ms, event: Event::Sku(SkuChanged {
+                sku: "S".into(), slot_index: 0, stock_total: 1, per_user_limit: 0,
+                max_per_order: 1, payment_timeout_s: 1,
+            })}).unwrap();
+            let mut bytes = batch.as_bytes().to_vec();
+            seal_frames(&mut bytes, 1);
+            let bytes = aligned(&bytes);
+            let FrameCheck::Valid { payload, .. } = check_frame(&bytes, 0) else { panic!() };
+            let json = access_record(payload).unwrap().to_json(1);
+            prop_assert_eq!(json["at_ms"].as_u64(), Some(at_ms));
         }
     }
 }

@@ -344,13 +344,16 @@ pub fn read_range(
     visit: &mut dyn FnMut(u64, &ArchivedRecord),
 ) -> io::Result<usize> {
     let segments = list_segments(dir)?;
+    // `after_seq` comes from the client (`from`): any u64, so no `+ 1` that can overflow.
     let start_index = segments
         .iter()
-        .rposition(|(first, _)| *first <= after_seq + 1)
+        .rposition(|(first, _)| *first <= after_seq.saturating_add(1))
         .unwrap_or(0);
     let mut delivered = 0;
-    for (_, path) in &segments[start_index..] {
-        if delivered >= limit {
+    for (first_seq, path) in &segments[start_index..] {
+        // A segment that starts past the watermark may be one the writer is creating right
+        // now, its header not yet written: judge it by its name and do not open it.
+        if delivered >= limit || *first_seq > max_seq {
             break;
         }
         let mut cursor = match SegmentCursor::open(path)? {
@@ -387,3 +390,876 @@ pub fn read_range(
 }
 
 const _: () = assert!(READ_CHUNK_BYTES >= limits::RECORD_PAYLOAD_BYTES_MAX * 4);
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::FsyncPolicy;
+    use crate::journal::record::{Event, FrameBatch, OrderAccepted, Record, SkuChanged};
+    use crate::journal::writer::{Journal, segment_file_name};
+    use crate::order::Payment;
+
+    fn order(n: usize, address_bytes: usize) -> Record {
+        let address =
+            (address_bytes > 0).then(|| format!(r#"{{"street":"{}"}}"#, "y".repeat(address_bytes)));
+        Record {
+            at_ms: 1_700_000_000_000 + n as u64,
+            event: Event::Accepted(OrderAccepted {
+                order_id: format!("order-{n}"),
+                user_id: format!("user-{}", n % 17),
+                sku: "SKU-9".into(),
+                qty: 1 + (n % 3) as u32,
+                payment: [Payment::Prepaid, Payment::Escrow, Payment::Cod][n % 3],
+                address,
+            }),
+        }
+    }
+
+    fn new_tail() -> JournalTail {
+        JournalTail {
+            segment: None,
+            next_seq: 1,
+        }
+    }
+
+    /// Appends `batches` through a journal (policy `none`, so no fsync), starting at `tail`.
+    fn write_batches(dir: &Path, tail: JournalTail, batches: &[Vec<Record>], segment_max: u64) {
+        let journal = Journal::open(dir, FsyncPolicy::None, segment_max, tail).unwrap();
+        for records in batches {
+            let mut batch = FrameBatch::default();
+            for record in records {
+                batch.push(record).unwrap();
+            }
+            let range = journal.append(&batch).unwrap();
+            journal.commit(range.last).unwrap();
+        }
+        journal.close().unwrap();
+    }
+
+    /// A fresh journal of `count` orders in batches of up to 5; returns what was written.
+    fn write_orders(
+        dir: &Path,
+        count: usize,
+        address_bytes: usize,
+        segment_max: u64,
+    ) -> Vec<Record> {
+        let records: Vec<Record> = (0..count).map(|n| order(n, address_bytes)).collect();
+        let batches: Vec<Vec<Record>> = records
+            .chunks(5)
+            .enumerate()
+            .flat_map(|(i, chunk)| {
+                // Vary the batch sizes: 5, then 2 + 3, ...
+                if i % 2 == 1 && chunk.len() > 2 {
+                    vec![chunk[..2].to_vec(), chunk[2..].to_vec()]
+                } else {
+                    vec![chunk.to_vec()]
+                }
+            })
+            .collect();
+        write_batches(dir, new_tail(), &batches, segment_max);
+        records
+    }
+
+    fn to_owned_record(record: &ArchivedRecord) -> Record {
+        rkyv::deserialize::<Record, rkyv::rancor::Error>(record).unwrap()
+    }
+
+    fn try_recover(dir: &Path) -> Result<(RecoveryReport, Vec<(u64, Record)>), RecoveryError> {
+        let mut records = Vec::new();
+        let report = recover(dir, &mut |seq, record| {
+            records.push((seq, to_owned_record(record)));
+            Ok(())
+        })?;
+        Ok((report, records))
+    }
+
+    fn recover_ok(dir: &Path) -> (RecoveryReport, Vec<Record>) {
+        let (report, records) = try_recover(dir).expect("recovery succeeds");
+        for (index, (seq, _)) in records.iter().enumerate() {
+            assert_eq!(
+                *seq,
+                records[0].0 + index as u64,
+                "recovered seqs are gap-free"
+            );
+        }
+        (report, records.into_iter().map(|(_, r)| r).collect())
+    }
+
+    /// Recovery must refuse with `Damage` at exactly this file and offset.
+    fn assert_damage(dir: &Path, want_path: &Path, want_offset: u64) -> String {
+        match try_recover(dir) {
+            Err(error @ RecoveryError::Damage { .. }) => {
+                let message = error.to_string();
+                let RecoveryError::Damage { path, offset, .. } = error else {
+                    unreachable!()
+                };
+                assert_eq!(path, want_path, "{message}");
+                assert_eq!(offset, want_offset, "{message}");
+                assert!(message.contains(&want_path.display().to_string()));
+                assert!(message.contains(&format!("at byte {want_offset}")));
+                message
+            }
+            Err(other) => panic!("expected damage, got {other}"),
+            Ok((report, _)) => panic!(
+                "expected damage at {}:{want_offset}, recovery succeeded: {report:?}",
+                want_path.display()
+            ),
+        }
+    }
+
+    /// `(offset, seq)` of every frame of a segment, read through the cursor.
+    fn frame_offsets(path: &Path) -> Vec<(u64, u64)> {
+        let mut cursor = SegmentCursor::open(path).unwrap().unwrap();
+        let mut frames = Vec::new();
+        loop {
+            match cursor.step().unwrap() {
+                CursorStep::Frame {
+                    seq,
+                    offset,
+                    record,
+                } => {
+                    record.unwrap();
+                    assert_eq!(offset % FRAME_ALIGN as u64, 0);
+                    frames.push((offset, seq));
+                }
+                CursorStep::End => return frames,
+                CursorStep::Bad { offset, reason, .. } => {
+                    panic!("{}: bad frame at {offset}: {reason}", path.display())
+                }
+            }
+        }
+    }
+
+    fn file_len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
+    fn copy_dir(from: &Path) -> tempfile::TempDir {
+        let to = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.path().join(entry.file_name())).unwrap();
+        }
+        to
+    }
+
+    fn in_copy(copy: &tempfile::TempDir, original: &Path) -> PathBuf {
+        copy.path().join(original.file_name().unwrap())
+    }
+
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(bytes, file_len(path)).unwrap();
+    }
+
+    fn flip_bit(path: &Path, offset: u64, bit: u8) {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let mut byte = [0u8];
+        file.read_exact_at(&mut byte, offset).unwrap();
+        byte[0] ^= 1 << bit;
+        file.write_all_at(&byte, offset).unwrap();
+    }
+
+    fn next_rand(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// A journal of several small segments; returns the records and the segments.
+    fn multi_segment_journal(dir: &Path) -> (Vec<Record>, Vec<(u64, PathBuf)>) {
+        let written = write_orders(dir, 600, 300, limits::SEGMENT_BYTES_MIN);
+        let segments = list_segments(dir).unwrap();
+        assert!(segments.len() >= 3, "{} segments", segments.len());
+        (written, segments)
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_truncated_at_every_cut_and_earlier_records_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_orders(dir.path(), 12, 40, limits::SEGMENT_BYTES_DEFAULT);
+        let (_, segment) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let frames = frame_offsets(&segment);
+        assert_eq!(frames.len(), 12);
+        let (last_offset, last_seq) = *frames.last().unwrap();
+        assert_eq!(last_seq, 12);
+        let full = file_len(&segment) - last_offset;
+        assert_eq!(full % FRAME_ALIGN as u64, 0);
+
+        for keep in 0..=full {
+            let copy = copy_dir(dir.path());
+            let path = in_copy(&copy, &segment);
+            let cut_len = last_offset + keep;
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(cut_len)
+                .unwrap();
+
+            let (report, records) = recover_ok(copy.path());
+            let survivors = if keep == full { 12 } else { 11 };
+            if keep == 0 || keep == full {
+                assert!(report.truncated.is_none(), "keep {keep}: {report:?}");
+            } else {
+                assert_eq!(
+                    report.truncated,
+                    Some((path.clone(), last_offset, keep)),
+                    "keep {keep} of {full}"
+                );
+            }
+            let boundary = if keep == full { cut_len } else { last_offset };
+            assert_eq!(
+                file_len(&path),
+                boundary,
+                "keep {keep}: ends on a frame boundary"
+            );
+            assert_eq!(records, written[..survivors], "keep {keep}");
+            assert_eq!(report.records, survivors as u64);
+            assert_eq!(report.tail.next_seq, survivors as u64 + 1);
+            assert_eq!(
+                report.tail.segment,
+                Some((path.clone(), 1, boundary)),
+                "keep {keep}"
+            );
+
+            // Recovery is idempotent, and the writer continues cleanly where it left off.
+            write_batches(
+                copy.path(),
+                report.tail,
+                &[vec![order(100, 0)]],
+                limits::SEGMENT_BYTES_DEFAULT,
+            );
+            let (report, records) = recover_ok(copy.path());
+            assert!(report.truncated.is_none());
+            assert_eq!(records.len(), survivors + 1);
+            assert_eq!(records[..survivors], written[..survivors]);
+            assert_eq!(records[survivors], order(100, 0));
+        }
+    }
+
+    #[test]
+    fn garbage_after_the_last_frame_is_truncated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (written, segments) = multi_segment_journal(dir.path());
+        let last = &segments.last().unwrap().1;
+        let good_len = file_len(last);
+
+        let mut rng = 0x1234_5678_9ABC_DEF1u64;
+        let mut garbages: Vec<Vec<u8>> = [1usize, 3, 8, 15, 16, 17, 24, 100, 4096, 70_000]
+            .iter()
+            .map(|&len| (0..len).map(|_| next_rand(&mut rng) as u8).collect())
+            .collect();
+        garbages.extend(
+            [1usize, 7, 8, 16, 64, 4096]
+                .iter()
+                .map(|&len| vec![0u8; len]),
+        );
+        // A plausible frame header whose payload never made it to disk.
+        let mut header_only = vec![0u8; 16];
+        header_only[..4].copy_from_slice(&200u32.to_le_bytes());
+        garbages.push(header_only);
+
+        for garbage in &garbages {
+            let copy = copy_dir(dir.path());
+            let path = in_copy(&copy, last);
+            append_bytes(&path, garbage);
+            let (report, records) = recover_ok(copy.path());
+            assert_eq!(
+                report.truncated,
+                Some((path.clone(), good_len, garbage.len() as u64)),
+                "{} bytes of garbage",
+                garbage.len()
+            );
+            assert_eq!(file_len(&path), good_len);
+            assert_eq!(records, written);
+            assert_eq!(report.tail.next_seq, written.len() as u64 + 1);
+            assert_eq!(
+                report.tail.segment,
+                Some((path.clone(), segments.last().unwrap().0, good_len))
+            );
+        }
+    }
+
+    #[test]
+    fn a_flipped_bit_followed_by_valid_frames_is_refused_with_path_and_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        write_orders(dir.path(), 8, 20, limits::SEGMENT_BYTES_DEFAULT);
+        let (_, segment) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let frames = frame_offsets(&segment);
+        let len = file_len(&segment);
+        let mut checked = 0;
+        for (index, &(offset, _)) in frames.iter().enumerate().take(frames.len() - 1) {
+            let frame_end = frames[index + 1].0;
+            // Every byte of the frame (a different bit each time) for the first two frames;
+            // header bytes and a spread of payload bytes for the others.
+            let bytes: Vec<u64> = if index < 2 {
+                (offset..frame_end).collect()
+            } else {
+                (offset..offset + 16)
+                    .chain((offset + 16..frame_end).step_by(7))
+                    .collect()
+            };
+            for byte in bytes {
+                let bit = (byte % 8) as u8;
+                flip_bit(&segment, byte, bit);
+                let message = assert_damage(dir.path(), &segment, offset);
+                assert!(
+                    message.contains("a valid frame follows"),
+                    "byte {byte}: {message}"
+                );
+                assert_eq!(
+                    file_len(&segment),
+                    len,
+                    "a refused recovery changes nothing"
+                );
+                flip_bit(&segment, byte, bit);
+                checked += 1;
+            }
+        }
+        assert!(checked > 300);
+        // Restored, it recovers whole.
+        let (report, records) = recover_ok(dir.path());
+        assert!(report.truncated.is_none());
+        assert_eq!(records.len(), 8);
+
+        // The same flip in the very last frame is indistinguishable from a torn write: it
+        // is cut off, never applied.
+        let (last_offset, _) = *frames.last().unwrap();
+        flip_bit(&segment, last_offset + 20, 3);
+        let (report, records) = recover_ok(dir.path());
+        assert_eq!(report.truncated.unwrap().1, last_offset);
+        assert_eq!(records.len(), 7);
+    }
+
+    #[test]
+    fn damage_in_a_non_last_segment_is_refused_even_in_its_last_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, segments) = multi_segment_journal(dir.path());
+        let first = &segments[0].1;
+        let second = &segments[1].1;
+        let first_frames = frame_offsets(first);
+        let (last_offset, _) = *first_frames.last().unwrap();
+
+        // A flip in the last frame of the first segment, in its header and in its payload.
+        for byte in [
+            last_offset,
+            last_offset + 5,
+            last_offset + 9,
+            last_offset + 40,
+        ] {
+            let copy = copy_dir(dir.path());
+            let path = in_copy(&copy, first);
+            flip_bit(&path, byte, 1);
+            assert_damage(copy.path(), &path, last_offset);
+        }
+        // A flip in the first frame of a middle segment.
+        let copy = copy_dir(dir.path());
+        let path = in_copy(&copy, second);
+        flip_bit(&path, SEGMENT_HEADER_BYTES as u64 + 30, 0);
+        assert_damage(copy.path(), &path, SEGMENT_HEADER_BYTES as u64);
+
+        // A non-last segment cut short, or with bytes after its last frame, is damage too.
+        let copy = copy_dir(dir.path());
+        let path = in_copy(&copy, first);
+        let len = file_len(&path);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        assert_damage(copy.path(), &path, last_offset);
+        let copy = copy_dir(dir.path());
+        let path = in_copy(&copy, first);
+        append_bytes(&path, &[0u8; 32]);
+        assert_damage(copy.path(), &path, len);
+        assert_eq!(file_len(&path), len + 32);
+    }
+
+    #[test]
+    fn a_gap_in_seqs_between_segments_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (written, segments) = multi_segment_journal(dir.path());
+
+        let copy = copy_dir(dir.path());
+        std::fs::remove_file(in_copy(&copy, &segments[1].1)).unwrap();
+        let message = assert_damage(copy.path(), &in_copy(&copy, &segments[2].1), 0);
+        assert!(message.contains("gap"), "{message}");
+
+        // The newest segment gone too: a gap then, not a silent end.
+        if segments.len() >= 4 {
+            let copy = copy_dir(dir.path());
+            let doomed = &segments[segments.len() - 2].1;
+            std::fs::remove_file(in_copy(&copy, doomed)).unwrap();
+            let last = in_copy(&copy, &segments.last().unwrap().1);
+            assert_damage(copy.path(), &last, 0);
+        }
+
+        // A segment whose name disagrees with its header is refused as well.
+        let copy = copy_dir(dir.path());
+        let (first_seq, path) = &segments[1];
+        let renamed = copy.path().join(segment_file_name(first_seq + 1));
+        std::fs::rename(in_copy(&copy, path), &renamed).unwrap();
+        let message = assert_damage(copy.path(), &renamed, 0);
+        assert!(message.contains("header says first seq"), "{message}");
+
+        // A whole, valid frame whose seq skips one is refused where it is, even at the
+        // very end of the last segment (it is not a torn write).
+        let copy = copy_dir(dir.path());
+        let (_, last) = segments.last().unwrap();
+        let path = in_copy(&copy, last);
+        let end = file_len(&path);
+        let mut batch = FrameBatch::default();
+        batch.push(&order(0, 0)).unwrap();
+        let mut frame = batch.as_bytes().to_vec();
+        record::seal_frames(&mut frame, written.len() as u64 + 2);
+        append_bytes(&path, &frame);
+        let message = assert_damage(copy.path(), &path, end);
+        assert!(
+            message.contains(&format!("expected seq {}", written.len() + 1)),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_foreign_file_with_bad_magic_is_refused_and_other_names_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let written = write_orders(dir.path(), 20, 0, limits::SEGMENT_BYTES_DEFAULT);
+        let (_, segment) = list_segments(dir.path()).unwrap().pop().unwrap();
+
+        // Files that are not named like segments are none of recovery's business.
+        std::fs::write(dir.path().join("README"), b"not a journal").unwrap();
+        std::fs::write(dir.path().join("1.seg"), b"too short a name").unwrap();
+        std::fs::write(
+            dir.path().join(format!("{}.bak", segment_file_name(1))),
+            b"x",
+        )
+        .unwrap();
+        let (_, records) = recover_ok(dir.path());
+        assert_eq!(records, written);
+
+        // The segment's own magic damaged.
+        let copy = copy_dir(dir.path());
+        let path = in_copy(&copy, &segment);
+        flip_bit(&path, 2, 4);
+        let message = assert_damage(copy.path(), &path, 0);
+        assert!(message.contains("bad magic"), "{message}");
+
+        // A foreign file named like the next segment, with a full header's worth of bytes.
+        let copy = copy_dir(dir.path());
+        let foreign = copy.path().join(segment_file_name(21));
+        std::fs::write(&foreign, b"definitely not a journal segment").unwrap();
+        assert_damage(copy.path(), &foreign, 0);
+        assert!(foreign.exists(), "a foreign file is never deleted");
+    }
+
+    #[test]
+    fn a_last_segment_with_a_torn_header_is_removed_and_recovery_continues_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut written, segments) = multi_segment_journal(dir.path());
+        let (last_first, last_path) = segments.last().unwrap().clone();
+        let last_len = file_len(&last_path);
+        let next_seq = written.len() as u64 + 1;
+
+        for torn_len in [0usize, 5, 15] {
+            let copy = copy_dir(dir.path());
+            let torn = copy.path().join(segment_file_name(next_seq));
+            std::fs::write(&torn, &record::segment_header(next_seq)[..torn_len]).unwrap();
+            let (report, records) = recover_ok(copy.path());
+            assert!(!torn.exists(), "torn segment removed");
+            assert_eq!(report.truncated, Some((torn.clone(), 0, 0)));
+            assert_eq!(records, written);
+            assert_eq!(report.tail.next_seq, next_seq);
+            let tail_path = in_copy(&copy, &last_path);
+            assert_eq!(report.tail.segment, Some((tail_path, last_first, last_len)));
+        }
+
+        // The writer continues in the previous segment, and a torn header is harmless to
+        // the seq that follows.
+        let torn = dir.path().join(segment_file_name(next_seq));
+        std::fs::write(&torn, &record::segment_header(next_seq)[..5]).unwrap();
+        let (report, _) = recover_ok(dir.path());
+        let more: Vec<Record> = (0..300).map(|n| order(10_000 + n, 300)).collect();
+        write_batches(
+            dir.path(),
+            report.tail,
+            &more.chunks(4).map(<[Record]>::to_vec).collect::<Vec<_>>(),
+            limits::SEGMENT_BYTES_MIN,
+        );
+        written.extend(more);
+        let (report, records) = recover_ok(dir.path());
+        assert!(report.truncated.is_none());
+        assert_eq!(records, written);
+
+        // A last segment holding only its header (a crash right after rotation) is an
+        // empty segment, not damage: the writer continues in it.
+        let next_seq = written.len() as u64 + 1;
+        let empty_segment = dir.path().join(segment_file_name(next_seq));
+        std::fs::write(&empty_segment, record::segment_header(next_seq)).unwrap();
+        let (report, records) = recover_ok(dir.path());
+        assert_eq!(records, written);
+        assert_eq!(
+            report.tail.segment,
+            Some((empty_segment.clone(), next_seq, SEGMENT_HEADER_BYTES as u64))
+        );
+        write_batches(
+            dir.path(),
+            report.tail,
+            &[vec![order(20_000, 0)]],
+            limits::SEGMENT_BYTES_MIN,
+        );
+        written.push(order(20_000, 0));
+        assert_eq!(frame_offsets(&empty_segment).len(), 1);
+        assert_eq!(recover_ok(dir.path()).1, written);
+
+        // A torn header anywhere but last is damage.
+        let copy = copy_dir(dir.path());
+        let path = in_copy(&copy, &segments[0].1);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(5)
+            .unwrap();
+        let message = assert_damage(copy.path(), &path, 0);
+        assert!(message.contains("torn"), "{message}");
+
+        // The only segment torn: a new journal.
+        let empty = tempfile::tempdir().unwrap();
+        let torn = empty.path().join(segment_file_name(1));
+        std::fs::write(&torn, &record::segment_header(1)[..5]).unwrap();
+        let (report, records) = recover_ok(empty.path());
+        assert!(records.is_empty());
+        assert!(!torn.exists());
+        assert!(report.tail.segment.is_none());
+        assert_eq!(report.tail.next_seq, 1);
+    }
+
+    #[test]
+    fn frames_straddling_the_read_chunk_recover_and_tear_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(
+            dir.path(),
+            FsyncPolicy::None,
+            limits::SEGMENT_BYTES_DEFAULT,
+            new_tail(),
+        )
+        .unwrap();
+        let chunk_end = (SEGMENT_HEADER_BYTES + READ_CHUNK_BYTES) as u64;
+        let mut written = Vec::new();
+        let mut segment_len = SEGMENT_HEADER_BYTES as u64;
+        // One record per batch until a frame crosses the end of the cursor's first read.
+        while segment_len <= chunk_end {
+            let record = order(written.len(), 333);
+            let mut batch = FrameBatch::default();
+            batch.push(&record).unwrap();
+            segment_len += batch.as_bytes().len() as u64;
+            let range = journal.append(&batch).unwrap();
+            journal.commit(range.last).unwrap();
+            written.push(record);
+        }
+        journal.close().unwrap();
+        drop(journal);
+        let (_, segment) = list_segments(dir.path()).unwrap().pop().unwrap();
+        assert_eq!(file_len(&segment), segment_len);
+        let frames = frame_offsets(&segment);
+        assert_eq!(frames.len(), written.len());
+        let (straddler, _) = *frames.last().unwrap();
+        assert!(straddler < chunk_end && chunk_end < segment_len);
+        assert_eq!(recover_ok(dir.path()).1, written);
+
+        // The straddling frame torn at either side of the chunk end.
+        for cut_len in [
+            straddler + 7,
+            chunk_end - 1,
+            chunk_end,
+            chunk_end + 1,
+            segment_len - 1,
+        ] {
+            let copy = copy_dir(dir.path());
+            let path = in_copy(&copy, &segment);
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_len(cut_len)
+                .unwrap();
+            let (report, records) = recover_ok(copy.path());
+            assert_eq!(
+                report.truncated,
+                Some((path.clone(), straddler, cut_len - straddler))
+            );
+            assert_eq!(file_len(&path), straddler);
+            assert_eq!(records, written[..written.len() - 1]);
+        }
+
+        // Damage in the frame before it, found with the valid frame beyond the chunk.
+        let (before, _) = frames[frames.len() - 2];
+        let copy = copy_dir(dir.path());
+        let path = in_copy(&copy, &segment);
+        flip_bit(&path, before + 100, 6);
+        let message = assert_damage(copy.path(), &path, before);
+        assert!(
+            message.contains(&format!("a valid frame follows at byte {straddler}")),
+            "{message}"
+        );
+        // And in the straddling frame itself, past the chunk end: the last frame, so torn.
+        let copy = copy_dir(dir.path());
+        let path = in_copy(&copy, &segment);
+        flip_bit(&path, segment_len - 2, 0);
+        let (report, records) = recover_ok(copy.path());
+        assert_eq!(report.truncated.unwrap().1, straddler);
+        assert_eq!(records.len(), written.len() - 1);
+        // A range read crosses the chunk end too.
+        let got = read_seqs(dir.path(), 0, written.len() as u64, usize::MAX);
+        assert_eq!(got.len(), written.len());
+    }
+
+    fn read_seqs(dir: &Path, after: u64, max: u64, limit: usize) -> Vec<(u64, Record)> {
+        let mut seen = Vec::new();
+        let delivered = read_range(dir, after, max, limit, &mut |seq, record| {
+            seen.push((seq, to_owned_record(record)));
+        })
+        .unwrap();
+        assert_eq!(delivered, seen.len());
+        seen
+    }
+
+    #[test]
+    fn read_range_returns_the_window_across_segment_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let (written, segments) = multi_segment_journal(dir.path());
+        let total = written.len() as u64;
+
+        let mut points = vec![0, 1, 2, total - 1, total, total + 3];
+        for (first, _) in &segments {
+            points.extend([first.saturating_sub(2), first - 1, *first, first + 1]);
+        }
+        points.retain(|&p| p <= total + 3);
+        points.sort_unstable();
+        points.dedup();
+        let mut cases = 0;
+        for &after in &points {
+            for &max in &points {
+                for limit in [0, 1, 2, 7, 64, usize::MAX] {
+                    let got = read_seqs(dir.path(), after, max, limit);
+                    let expected: Vec<u64> = (after + 1..=max.min(total)).take(limit).collect();
+                    let got_seqs: Vec<u64> = got.iter().map(|(seq, _)| *seq).collect();
+                    assert_eq!(
+                        got_seqs, expected,
+                        "after {after}, max {max}, limit {limit}"
+                    );
+                    for (seq, record) in &got {
+                        assert_eq!(record, &written[*seq as usize - 1]);
+                    }
+                    cases += 1;
+                }
+            }
+        }
+        assert!(cases > 1000);
+
+        // Paging with the last seq walks the whole journal exactly once.
+        let mut after = 0;
+        let mut pages = 0;
+        loop {
+            let page = read_seqs(dir.path(), after, total, 37);
+            if page.is_empty() {
+                break;
+            }
+            assert_eq!(page[0].0, after + 1);
+            after = page.last().unwrap().0;
+            pages += 1;
+        }
+        assert_eq!(after, total);
+        assert_eq!(pages, total.div_ceil(37));
+
+        // A `from` beyond any seq (a client may send any u64) is an empty page.
+        assert!(read_seqs(dir.path(), u64::MAX, total, 10).is_empty());
+        assert!(read_seqs(dir.path(), u64::MAX - 1, u64::MAX, 10).is_empty());
+    }
+
+    #[test]
+    fn read_range_never_reads_past_max_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let (written, segments) = multi_segment_journal(dir.path());
+        let total = written.len() as u64;
+        let last = &segments.last().unwrap().1;
+
+        // A frame being written past the watermark: a header whose payload is not there yet,
+        // then random bytes. Reads up to the watermark neither see nor trip over it.
+        let mut half = vec![0u8; 16];
+        half[..4].copy_from_slice(&300u32.to_le_bytes());
+        half[8..].copy_from_slice(&(total + 1).to_le_bytes());
+        append_bytes(last, &half);
+        let seqs: Vec<u64> = read_seqs(dir.path(), 0, total, usize::MAX)
+            .iter()
+            .map(|(seq, _)| *seq)
+            .collect();
+        assert_eq!(seqs, (1..=total).collect::<Vec<_>>());
+        assert_eq!(read_seqs(dir.path(), total - 2, total, 100).len(), 2);
+
+        // Valid frames beyond `max_seq` are not delivered either.
+        for max in [1, total / 2, segments[1].0, segments[1].0 - 1] {
+            let got = read_seqs(dir.path(), 0, max, usize::MAX);
+            assert_eq!(got.len() as u64, max);
+            assert!(got.iter().all(|(seq, _)| *seq <= max));
+        }
+        assert!(read_seqs(dir.path(), 0, 0, usize::MAX).is_empty());
+
+        // The writer mid-rotation: the next segment exists but its header is not written
+        // yet. Nothing in it is durable, so a read up to the watermark must not touch it.
+        let next = dir.path().join(segment_file_name(total + 1));
+        for torn_len in [0, 7] {
+            std::fs::write(&next, &record::segment_header(total + 1)[..torn_len]).unwrap();
+            assert_eq!(
+                read_seqs(dir.path(), 0, total, usize::MAX).len() as u64,
+                total
+            );
+            assert_eq!(read_seqs(dir.path(), total - 3, total, usize::MAX).len(), 3);
+            assert!(read_seqs(dir.path(), total, total, usize::MAX).is_empty());
+        }
+    }
+
+    #[test]
+    fn read_range_under_a_concurrent_writer_stops_at_the_durable_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(
+            dir.path(),
+            FsyncPolicy::None,
+            limits::SEGMENT_BYTES_MIN,
+            new_tail(),
+        )
+        .unwrap();
+        let total = 1500usize;
+        let writer = {
+            let journal = journal.clone();
+            std::thread::spawn(move || {
+                for n in (0..total).step_by(3) {
+                    let mut batch = FrameBatch::default();
+                    for i in n..n + 3 {
+                        batch.push(&order(i, 200)).unwrap();
+                    }
+                    let range = journal.append(&batch).unwrap();
+                    journal.commit(range.last).unwrap();
+                }
+            })
+        };
+        let mut after = 0u64;
+        let mut reads = 0;
+        while after < total as u64 {
+            let durable = journal.durable_seq();
+            let page = read_seqs(dir.path(), after, durable, 50);
+            assert_eq!(page.len() as u64, (durable - after).min(50));
+            for (index, (seq, record)) in page.iter().enumerate() {
+                assert_eq!(*seq, after + 1 + index as u64);
+                assert_eq!(record, &order(*seq as usize - 1, 200));
+            }
+            if let Some((seq, _)) = page.last() {
+                after = *seq;
+            }
+            reads += 1;
+            assert!(reads < 1_000_000, "reader never caught up");
+        }
+        writer.join().unwrap();
+        journal.close().unwrap();
+    }
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        let accepted = (
+            "[A-Za-z0-9_.:-]{1,64}",
+            "[A-Za-z0-9_.:-]{1,64}",
+            "[A-Za-z0-9_.:-]{1,32}",
+            1u32..1_000_000,
+            prop_oneof![
+                Just(Payment::Prepaid),
+                Just(Payment::Escrow),
+                Just(Payment::Cod)
+            ],
+            proptest::option::of("[ -~]{0,1000}"),
+        )
+            .prop_map(|(order_id, user_id, sku, qty, payment, address)| {
+                Event::Accepted(OrderAccepted {
+                    order_id,
+                    user_id,
+                    sku,
+                    qty,
+                    payment,
+                    address,
+                })
+            });
+        let sku = (
+            "[A-Za-z0-9_.:-]{1,32}",
+            any::<u32>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+        )
+            .prop_map(
+                |(sku, slot_index, stock_total, per_user_limit, max_per_order, timeout)| {
+                    Event::Sku(SkuChanged {
+                        sku,
+                        slot_index,
+                        stock_total,
+                        per_user_limit,
+                        max_per_order,
+                        payment_timeout_s: timeout,
+                    })
+                },
+            );
+        // `to_json` formats `at_ms` as RFC 3339, which ends with the year 9999.
+        (
+            0u64..253_402_300_800_000,
+            prop_oneof![3 => accepted, 1 => sku],
+        )
+            .prop_map(|(at_ms, event)| Record { at_ms, event })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        #[test]
+        fn recovery_returns_exactly_what_was_written(
+            batches in proptest::collection::vec(
+                proptest::collection::vec(arb_record(), 1..8), 1..40),
+            reopen_at in any::<proptest::sample::Index>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            // Written in two sessions with a recovery between them, over small segments.
+            let split = reopen_at.index(batches.len() + 1);
+            write_batches(dir.path(), new_tail(), &batches[..split], limits::SEGMENT_BYTES_MIN);
+            let (report, _) = recover_ok(dir.path());
+            prop_assert!(report.truncated.is_none());
+            write_batches(dir.path(), report.tail, &batches[split..], limits::SEGMENT_BYTES_MIN);
+
+            let written: Vec<Record> = batches.concat();
+            let (report, records) = try_recover(dir.path()).unwrap();
+            prop_assert!(report.truncated.is_none());
+            prop_assert_eq!(report.records, written.len() as u64);
+            prop_assert_eq!(report.tail.next_seq, written.len() as u64 + 1);
+            prop_assert_eq!(records.len(), written.len());
+            for (index, ((seq, record), expected)) in records.iter().zip(&written).enumerate() {
+                prop_assert_eq!(*seq, index as u64 + 1);
+                prop_assert_eq!(record, expected);
+            }
+            // The JSON view agrees as well, record by record, through a range read.
+            let mut json = Vec::new();
+            read_range(dir.path(), 0, u64::MAX, usize::MAX, &mut |seq, record| {
+                json.push(record.to_json(seq));
+            }).unwrap();
+            prop_assert_eq!(json.len(), written.len());
+            for (index, value) in json.iter().enumerate() {
+                prop_assert_eq!(&value["seq"], &serde_json::json!(index + 1));
+                prop_assert_eq!(&value["at_ms"], &serde_json::json!(written[index].at_ms));
+            }
+        }
+    }
+}

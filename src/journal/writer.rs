@@ -429,3 +429,402 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     }
     digits.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::journal::record::{
+        ArchivedRecord, Event, FrameCheck, OrderAccepted, Record, SkuChanged, check_frame,
+        parse_segment_header,
+    };
+    use crate::journal::scan::{RecoveryReport, list_segments, recover};
+    use crate::limits;
+    use crate::order::Payment;
+
+    fn order(thread: usize, n: usize, address_bytes: usize) -> Record {
+        let address =
+            (address_bytes > 0).then(|| format!(r#"{{"street":"{}"}}"#, "x".repeat(address_bytes)));
+        Record {
+            at_ms: 1_700_000_000_000 + n as u64,
+            event: Event::Accepted(OrderAccepted {
+                order_id: format!("t{thread}-{n}"),
+                user_id: format!("user-{thread}"),
+                sku: "SKU-1".into(),
+                qty: 1 + (n % 5) as u32,
+                payment: [Payment::Prepaid, Payment::Escrow, Payment::Cod][n % 3],
+                address,
+            }),
+        }
+    }
+
+    fn sku(n: usize) -> Record {
+        Record {
+            at_ms: 1_700_000_000_000,
+            event: Event::Sku(SkuChanged {
+                sku: format!("SKU-{n}"),
+                slot_index: n as u32,
+                stock_total: 1000,
+                per_user_limit: 2,
+                max_per_order: 2,
+                payment_timeout_s: 900,
+            }),
+        }
+    }
+
+    fn batch_of(records: &[Record]) -> FrameBatch {
+        let mut batch = FrameBatch::default();
+        for record in records {
+            batch.push(record).expect("record encodes");
+        }
+        batch
+    }
+
+    fn new_tail() -> JournalTail {
+        JournalTail {
+            segment: None,
+            next_seq: 1,
+        }
+    }
+
+    fn to_owned_record(record: &ArchivedRecord) -> Record {
+        rkyv::deserialize::<Record, rkyv::rancor::Error>(record).expect("record deserializes")
+    }
+
+    /// Recovers `dir` and returns the report and every record, in the order recovery saw them.
+    fn recover_all(dir: &Path) -> (RecoveryReport, Vec<(u64, Record)>) {
+        let mut records = Vec::new();
+        let report = recover(dir, &mut |seq, record| {
+            records.push((seq, to_owned_record(record)));
+            Ok(())
+        })
+        .expect("recovery succeeds");
+        (report, records)
+    }
+
+    /// Tiny deterministic generator, so failures reproduce.
+    fn next_rand(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    fn concurrent_appends_land_in_order(policy: FsyncPolicy) {
+        const THREADS: usize = 4;
+        const PER_THREAD: usize = 500;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(
+            dir.path(),
+            policy,
+            limits::SEGMENT_BYTES_DEFAULT,
+            new_tail(),
+        )
+        .unwrap();
+
+        let handles: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                let journal = journal.clone();
+                std::thread::spawn(move || {
+                    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (thread as u64 + 1);
+                    let mut ranges = Vec::new();
+                    let mut n = 0;
+                    while n < PER_THREAD {
+                        let size = (1 + next_rand(&mut rng) % 8) as usize;
+                        let size = size.min(PER_THREAD - n);
+                        let records: Vec<_> = (n..n + size).map(|i| order(thread, i, 0)).collect();
+                        let range = journal.append(&batch_of(&records)).unwrap();
+                        assert_eq!(range.last - range.first + 1, size as u64);
+                        journal.commit(range.last).unwrap();
+                        assert!(journal.durable_seq() >= range.last);
+                        ranges.push((range, n));
+                        n += size;
+                    }
+                    ranges
+                })
+            })
+            .collect();
+        let per_thread: Vec<Vec<(SeqRange, usize)>> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+
+        let total = (THREADS * PER_THREAD) as u64;
+        let commits: usize = per_thread.iter().map(Vec::len).sum();
+        assert_eq!(journal.durable_seq(), total);
+        let stats = journal.stats();
+        assert_eq!(stats.records.load(Ordering::Relaxed), total);
+        let writes = stats.writes.load(Ordering::Relaxed);
+        let fsyncs = stats.fsyncs.load(Ordering::Relaxed);
+        assert!(
+            writes <= commits as u64,
+            "{writes} writes for {commits} commits"
+        );
+        match policy {
+            FsyncPolicy::Always => {
+                // One fsync per group, and a group carries one commit or more.
+                assert_eq!(fsyncs, writes);
+                assert!(fsyncs <= commits as u64);
+                println!(
+                    "group commit: {fsyncs} fsyncs for {commits} commits ({:.2} commits per fsync)",
+                    commits as f64 / fsyncs.max(1) as f64
+                );
+            }
+            _ => assert_eq!(fsyncs, 0),
+        }
+
+        // Every seq in 1..=total was handed out exactly once, and each thread's ranges rise.
+        let mut seen = HashSet::new();
+        let mut owner = vec![(usize::MAX, usize::MAX); total as usize + 1];
+        for (thread, ranges) in per_thread.iter().enumerate() {
+            let mut previous_last = 0;
+            for (range, first_n) in ranges {
+                assert!(
+                    range.first > previous_last,
+                    "thread {thread} went backwards"
+                );
+                previous_last = range.last;
+                for seq in range.first..=range.last {
+                    assert!(seen.insert(seq), "seq {seq} handed out twice");
+                    owner[seq as usize] = (thread, first_n + (seq - range.first) as usize);
+                }
+            }
+        }
+        assert_eq!(seen.len() as u64, total);
+        assert!(seen.iter().all(|seq| (1..=total).contains(seq)));
+
+        journal.close().unwrap();
+        let (report, records) = recover_all(dir.path());
+        assert_eq!(report.records, total);
+        assert_eq!(report.tail.next_seq, total + 1);
+        assert!(report.truncated.is_none());
+        let mut next_of_thread = [0usize; THREADS];
+        for (index, (seq, record)) in records.iter().enumerate() {
+            assert_eq!(*seq, index as u64 + 1, "seqs are gap-free and increasing");
+            let (thread, n) = owner[*seq as usize];
+            assert_eq!(n, next_of_thread[thread], "thread {thread} out of order");
+            next_of_thread[thread] += 1;
+            assert_eq!(record, &order(thread, n, 0), "seq {seq}");
+        }
+        assert_eq!(next_of_thread, [PER_THREAD; THREADS]);
+    }
+
+    #[test]
+    fn concurrent_appends_with_fsync_always_are_gap_free_ordered_and_share_fsyncs() {
+        concurrent_appends_land_in_order(FsyncPolicy::Always);
+    }
+
+    #[test]
+    fn concurrent_appends_with_fsync_none_are_gap_free_ordered_and_recovered() {
+        concurrent_appends_land_in_order(FsyncPolicy::None);
+    }
+
+    /// Walks a segment file's frames; panics on anything but whole valid frames.
+    fn frames_of(path: &Path) -> (u64, Vec<u64>) {
+        let bytes = std::fs::read(path).unwrap();
+        let mut aligned = rkyv::util::AlignedVec::<16>::new();
+        aligned.extend_from_slice(&bytes);
+        let first_seq = parse_segment_header(&aligned).expect("segment header");
+        let mut seqs = Vec::new();
+        let mut offset = SEGMENT_HEADER_BYTES;
+        loop {
+            match check_frame(&aligned, offset) {
+                FrameCheck::Valid {
+                    seq, next_offset, ..
+                } => {
+                    assert_eq!(next_offset % record::FRAME_ALIGN, 0);
+                    seqs.push(seq);
+                    offset = next_offset;
+                }
+                FrameCheck::End => break,
+                other => panic!("{}: at byte {offset}: {other:?}", path.display()),
+            }
+        }
+        (first_seq, seqs)
+    }
+
+    #[test]
+    fn small_segments_rotate_without_splitting_records_and_reopen_continues_the_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment_max = limits::SEGMENT_BYTES_MIN;
+        let journal =
+            Journal::open(dir.path(), FsyncPolicy::None, segment_max, new_tail()).unwrap();
+        let mut written = Vec::new();
+        let mut rng = 7u64;
+        while written.len() < 1500 {
+            let size = (1 + next_rand(&mut rng) % 8) as usize;
+            let records: Vec<_> = (written.len()..written.len() + size)
+                .map(|n| order(0, n, (n * 37) % 300))
+                .collect();
+            let range = journal.append(&batch_of(&records)).unwrap();
+            assert_eq!(range.first, written.len() as u64 + 1);
+            journal.commit(range.last).unwrap();
+            written.extend(records);
+        }
+        journal.close().unwrap();
+        drop(journal);
+
+        let segments = list_segments(dir.path()).unwrap();
+        assert!(
+            segments.len() >= 4,
+            "expected several segments, got {}",
+            segments.len()
+        );
+        let mut expected_first = 1;
+        for (index, (name_seq, path)) in segments.iter().enumerate() {
+            let name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(name, segment_file_name(*name_seq));
+            let (header_seq, seqs) = frames_of(path);
+            assert_eq!(header_seq, *name_seq, "{name}: header and name agree");
+            assert_eq!(
+                *name_seq, expected_first,
+                "{name} is named after its first seq"
+            );
+            assert!(!seqs.is_empty(), "{name} holds records");
+            for (i, seq) in seqs.iter().enumerate() {
+                assert_eq!(*seq, name_seq + i as u64, "{name}: frame {i}");
+            }
+            expected_first = name_seq + seqs.len() as u64;
+            let len = std::fs::metadata(path).unwrap().len();
+            if index + 1 < segments.len() {
+                // Groups are far smaller than a segment, so rotation keeps each file under
+                // its target.
+                assert!(len <= segment_max, "{name} is {len} bytes");
+            }
+        }
+        assert_eq!(expected_first, written.len() as u64 + 1);
+
+        let (report, records) = recover_all(dir.path());
+        assert_eq!(report.segments, segments.len());
+        assert_eq!(records.len(), written.len());
+        for (index, ((seq, record), expected)) in records.iter().zip(&written).enumerate() {
+            assert_eq!(*seq, index as u64 + 1);
+            assert_eq!(record, expected);
+        }
+        let tail = report.tail.clone();
+        let (tail_path, tail_first, tail_len) = tail.segment.clone().unwrap();
+        assert_eq!(tail_path, segments.last().unwrap().1);
+        assert_eq!(tail_first, segments.last().unwrap().0);
+        assert_eq!(tail_len, std::fs::metadata(&tail_path).unwrap().len());
+        assert_eq!(tail.next_seq, written.len() as u64 + 1);
+
+        // Reopen where recovery left off: the seq continues, into the same segment and on
+        // into new ones.
+        let journal = Journal::open(dir.path(), FsyncPolicy::Always, segment_max, tail).unwrap();
+        assert_eq!(journal.durable_seq(), written.len() as u64);
+        let first_new = written.len();
+        while written.len() < first_new + 300 {
+            let records: Vec<_> = (written.len()..written.len() + 50)
+                .map(|n| order(1, n, 250))
+                .collect();
+            let range = journal.append(&batch_of(&records)).unwrap();
+            assert_eq!(range.first, written.len() as u64 + 1);
+            journal.commit(range.last).unwrap();
+            assert_eq!(journal.durable_seq(), range.last);
+            written.extend(records);
+        }
+        journal.close().unwrap();
+        drop(journal);
+        assert!(list_segments(dir.path()).unwrap().len() > segments.len());
+        let (report, records) = recover_all(dir.path());
+        assert!(report.truncated.is_none());
+        assert_eq!(report.tail.next_seq, written.len() as u64 + 1);
+        let got: Vec<Record> = records.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(got, written);
+    }
+
+    #[test]
+    fn durable_seq_only_moves_forward_and_equals_the_last_committed_seq() {
+        for policy in [
+            FsyncPolicy::Always,
+            FsyncPolicy::Interval,
+            FsyncPolicy::None,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let journal = Journal::open(
+                dir.path(),
+                policy,
+                limits::SEGMENT_BYTES_DEFAULT,
+                new_tail(),
+            )
+            .unwrap();
+            assert_eq!(journal.durable_seq(), 0);
+
+            // One committer: durable_seq is exactly the last committed seq, and an append
+            // alone does not move it.
+            let mut last = 0;
+            for n in 0..40 {
+                let records: Vec<_> = (0..1 + n % 4).map(|i| order(0, n * 10 + i, 0)).collect();
+                let range = journal.append(&batch_of(&records)).unwrap();
+                assert_eq!(
+                    journal.durable_seq(),
+                    last,
+                    "{policy:?}: append is not durable"
+                );
+                journal.commit(range.last).unwrap();
+                assert_eq!(journal.durable_seq(), range.last, "{policy:?}");
+                // A repeated commit of a durable seq changes nothing.
+                journal.commit(range.first).unwrap();
+                assert_eq!(journal.durable_seq(), range.last, "{policy:?}");
+                last = range.last;
+            }
+
+            // Several committers and an observer: the watermark never goes back.
+            let stop = Arc::new(AtomicBool::new(false));
+            let observer = {
+                let journal = journal.clone();
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut previous = journal.durable_seq();
+                    let mut observations = 0u64;
+                    loop {
+                        let stopping = stop.load(Ordering::Acquire);
+                        let now = journal.durable_seq();
+                        assert!(now >= previous, "durable_seq went from {previous} to {now}");
+                        previous = now;
+                        observations += 1;
+                        if stopping {
+                            break;
+                        }
+                    }
+                    observations
+                })
+            };
+            let writers: Vec<_> = (0..3)
+                .map(|thread| {
+                    let journal = journal.clone();
+                    std::thread::spawn(move || {
+                        for n in 0..60 {
+                            let range = journal.append(&batch_of(&[order(thread, n, 0)])).unwrap();
+                            journal.commit(range.last).unwrap();
+                            assert!(journal.durable_seq() >= range.last);
+                        }
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.join().unwrap();
+            }
+            stop.store(true, Ordering::Release);
+            assert!(observer.join().unwrap() > 0);
+            assert_eq!(journal.durable_seq(), last + 180, "{policy:?}");
+            journal.close().unwrap();
+            drop(journal);
+
+            // Reopened after recovery, the watermark starts at the last recovered seq.
+            let (report, _) = recover_all(dir.path());
+            let journal = Journal::open(
+                dir.path(),
+                policy,
+                limits::SEGMENT_BYTES_DEFAULT,
+                report.tail,
+            )
+            .unwrap();
+            assert_eq!(journal.durable_seq(), last + 180);
+            let range = journal.append(&batch_of(&[sku(1)])).unwrap();
+            assert_eq!(range.first, last + 181);
+            journal.commit(range.last).unwrap();
+            assert_eq!(journal.durable_seq(), last + 181);
+        }
+    }
+}
