@@ -26,7 +26,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::config::{Config, FsyncPolicy};
+use crate::config::Config;
 use crate::inventory::{DedupIndex, Inventory, KeyHasher, SlotValues};
 use crate::journal::record::ArchivedEvent;
 use crate::journal::{self, ArchivedRecord, Journal, RecoveryError};
@@ -112,7 +112,9 @@ pub struct Engine {
     catalog: DashMap<String, u32>,
     next_slot: AtomicU32,
     mailboxes: Vec<Sender<Command>>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
+    shard_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The `fsync = "interval"` thread, if any; stopped by `Journal::close`.
+    sync_thread: Mutex<Option<JoinHandle<()>>>,
     pub journal: Journal,
     journal_dir: PathBuf,
     admin_token: String,
@@ -180,16 +182,14 @@ impl Engine {
         .map_err(StartError::JournalOpen)?;
 
         let mut mailboxes = Vec::with_capacity(shard_count);
-        let mut threads = Vec::with_capacity(shard_count + 1);
+        let mut shard_threads = Vec::with_capacity(shard_count);
         for writer in writers {
             let (sender, receiver) = crossbeam_channel::bounded(config.shard.queue_capacity);
             mailboxes.push(sender);
-            threads.push(writer.spawn(journal.clone(), receiver));
+            shard_threads.push(writer.spawn(journal.clone(), receiver));
         }
-        if config.journal.fsync == FsyncPolicy::Interval {
-            let interval = Duration::from_millis(config.journal.fsync_interval_ms);
-            threads.extend(journal.spawn_interval_sync(interval));
-        }
+        let sync_thread =
+            journal.spawn_interval_sync(Duration::from_millis(config.journal.fsync_interval_ms));
 
         let (admin_token, generated_token_file) = resolve_admin_token(config)?;
         let orders = dedup.len();
@@ -200,7 +200,8 @@ impl Engine {
             catalog,
             next_slot: AtomicU32::new(next_slot),
             mailboxes,
-            threads: Mutex::new(threads),
+            shard_threads: Mutex::new(shard_threads),
+            sync_thread: Mutex::new(sync_thread),
             journal,
             journal_dir,
             admin_token,
@@ -356,8 +357,13 @@ impl Engine {
             // A blocking send: the stop must queue behind the orders already admitted.
             let _ = mailbox.send(Command::Stop);
         }
+        // Every shard has journaled its last batch once it exits; only then is the final
+        // sync guaranteed to cover everything that was acknowledged.
+        for thread in self.shard_threads.lock().drain(..) {
+            let _ = thread.join();
+        }
         let result = self.journal.close();
-        for thread in self.threads.lock().drain(..) {
+        if let Some(thread) = self.sync_thread.lock().take() {
             let _ = thread.join();
         }
         result

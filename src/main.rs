@@ -87,6 +87,15 @@ fn run_serve(config: Config) -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    // Installed first, so a SIGTERM at any moment after this is a clean stop, never the
+    // default action that kills the process mid-start.
+    let mut signals = match Signals::install() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("stampede: cannot install signal handlers: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -104,42 +113,23 @@ async fn serve(config: Config) -> ExitCode {
     }));
 
     let config = Arc::new(config);
-    let start = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || Engine::start(&config)).await
-    };
-    let engine = match start {
-        Ok(Ok((engine, report))) => {
-            if let Some((path, offset, dropped)) = &report.truncated {
-                tracing::warn!(path = %path.display(), offset, dropped_bytes = dropped,
-                    "journal had a torn tail; truncated");
-            }
-            if let Some(path) = &report.generated_token_file {
-                tracing::info!(path = %path.display(), "generated an admin token (mode 0600)");
-            }
-            tracing::info!(records = report.records_replayed, segments = report.segments,
-                skus = report.skus, orders = report.orders, shards = engine.shard_count(),
-                fsync = ?config.journal.fsync, "recovered");
-            engine
-        }
-        Ok(Err(error)) => {
-            tracing::error!(%error, "start-up failed");
-            eprintln!("stampede: {error}");
-            return ExitCode::from(3);
-        }
-        Err(error) => {
-            eprintln!("stampede: start-up panicked: {error}");
-            return ExitCode::FAILURE;
+    let starting = start_engine(config.clone());
+    let engine = tokio::select! {
+        started = starting => match started {
+            Ok(engine) => engine,
+            Err(code) => return code,
+        },
+        () = signals.recv() => {
+            // Nothing was admitted yet: recovery only reads (and trims a torn tail, which
+            // a restart trims again), so leaving now loses nothing.
+            tracing::info!("signal received during start-up; exiting before admitting orders");
+            std::process::exit(0);
         }
     };
-    if let Err(error) = engine.seed_catalogue(&config).await {
-        eprintln!("stampede: {error}");
-        return ExitCode::from(3);
-    }
     state.set_engine(engine.clone());
     tracing::info!(%address, "ready");
 
-    wait_for_signal().await;
+    signals.recv().await;
     tracing::info!("signal received: draining");
     state.start_draining();
     let _ = stop_sender.send(());
@@ -161,12 +151,62 @@ async fn serve(config: Config) -> ExitCode {
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut terminate = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut interrupt = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+/// Recovery, shards and the demo catalogue (start-up steps of `Engine::start`).
+async fn start_engine(config: Arc<Config>) -> Result<Arc<Engine>, ExitCode> {
+    let start = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || Engine::start(&config)).await
+    };
+    let engine = match start {
+        Ok(Ok((engine, report))) => {
+            if let Some((path, offset, dropped)) = &report.truncated {
+                tracing::warn!(path = %path.display(), offset, dropped_bytes = dropped,
+                    "journal had a torn tail; truncated");
+            }
+            if let Some(path) = &report.generated_token_file {
+                tracing::info!(path = %path.display(), "generated an admin token (mode 0600)");
+            }
+            tracing::info!(records = report.records_replayed, segments = report.segments,
+                skus = report.skus, orders = report.orders, shards = engine.shard_count(),
+                fsync = ?config.journal.fsync, "recovered");
+            engine
+        }
+        Ok(Err(error)) => {
+            tracing::error!(%error, "start-up failed");
+            eprintln!("stampede: {error}");
+            return Err(ExitCode::from(3));
+        }
+        Err(error) => {
+            eprintln!("stampede: start-up panicked: {error}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    if let Err(error) = engine.seed_catalogue(&config).await {
+        eprintln!("stampede: {error}");
+        return Err(ExitCode::from(3));
+    }
+    Ok(engine)
+}
+
+/// SIGTERM and SIGINT, the two ways an operator or orchestrator asks for a drain.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
     }
 }

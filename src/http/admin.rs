@@ -83,6 +83,7 @@ fn integer_field(
 
 /// Decodes a SKU PUT body into an update (pure; unit-tested).
 pub fn decode_sku_update(body: &[u8]) -> Result<SkuUpdate, ApiError> {
+    crate::http::orders::require_json_object(body)?;
     let parsed: SkuBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -234,6 +235,7 @@ mod tests {
         assert_eq!(code(r#"{"stock":"5"}"#), ErrorCode::BadRequest);
         assert_eq!(code(r#"{"stock":1.5}"#), ErrorCode::BadRequest);
         assert_eq!(code("nope"), ErrorCode::BadRequest);
+        assert_eq!(code("[5,0,1,900]"), ErrorCode::BadRequest);
     }
 
     #[test]

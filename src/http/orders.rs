@@ -41,8 +41,21 @@ pub struct ValidOrder {
     pub address: Option<String>,
 }
 
+/// serde's derived decoders also accept a struct written as a JSON array of its fields; the
+/// contract's bodies are objects, so anything else is refused before decoding.
+pub fn require_json_object(body: &[u8]) -> Result<(), ApiError> {
+    match body.iter().find(|byte| !byte.is_ascii_whitespace()) {
+        Some(b'{') => Ok(()),
+        _ => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "body must be a JSON object",
+        )),
+    }
+}
+
 /// Decodes and validates an order body (no engine state involved; unit-tested alone).
 pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
+    require_json_object(body)?;
     let parsed: OrderBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             ErrorCode::BadRequest,
@@ -164,10 +177,16 @@ pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
     }
     let keys = &engine.keys;
     let key = keys.order_key(&order.order_id);
-    // Fast path: a sold-out SKU is answered here, without a trip through the shard, unless
-    // this may be a retry of an order that got in (the shard must answer that one).
-    let available = engine.inventory.slot(slot_index).available();
-    if available < u64::from(order.qty) && !engine.dedup.contains(key) {
+    // Fast path: an order that cannot succeed is answered here, without a trip through the
+    // shard, unless it may be a retry of an order that got in (the shard answers that one).
+    // Same precedence as the shard: max_per_order, then stock.
+    let slot = engine.inventory.slot(slot_index);
+    let (available, max_per_order) = (slot.available(), slot.max_per_order());
+    let qty = u64::from(order.qty);
+    if (qty > u64::from(max_per_order) || available < qty) && !engine.dedup.contains(key) {
+        if qty > u64::from(max_per_order) {
+            return qty_over_max(order.qty, max_per_order);
+        }
         return sold_out(&order.sku, order.qty, available);
     }
     let fingerprint = keys.content_fingerprint(
@@ -236,11 +255,7 @@ pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
             format!("order_id {order_id:?} was already used with different content"),
         )
         .into_response(),
-        OrderOutcome::QtyOverMax { max_per_order } => ApiError::new(
-            ErrorCode::Invalid,
-            format!("qty {qty} is more than max_per_order {max_per_order}"),
-        )
-        .into_response(),
+        OrderOutcome::QtyOverMax { max_per_order } => qty_over_max(qty, max_per_order),
         OrderOutcome::Unavailable { reason } => ApiError::new(
             ErrorCode::Unavailable,
             format!("nothing was taken: {reason}"),
@@ -255,6 +270,14 @@ fn engine_sku_name(engine: &Engine, slot_index: u32) -> String {
         .slot(slot_index)
         .sku_name()
         .unwrap_or_default()
+}
+
+fn qty_over_max(qty: u32, max_per_order: u32) -> HttpResponse {
+    ApiError::new(
+        ErrorCode::Invalid,
+        format!("qty {qty} is more than max_per_order {max_per_order}"),
+    )
+    .into_response()
 }
 
 fn sold_out(sku: &str, qty: u32, available: u64) -> HttpResponse {
@@ -291,6 +314,11 @@ mod tests {
     fn malformed_bodies_are_bad_requests() {
         assert_eq!(code_of("not json"), ErrorCode::BadRequest);
         assert_eq!(code_of("[]"), ErrorCode::BadRequest);
+        assert_eq!(
+            code_of(r#"["a","b","c",1,"prepaid",null]"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code_of(""), ErrorCode::BadRequest);
         assert_eq!(
             code_of(r#"{"user_id":"b","sku":"c","qty":1}"#),
             ErrorCode::BadRequest

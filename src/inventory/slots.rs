@@ -132,6 +132,11 @@ impl Slot {
         self.available.load(Ordering::Acquire)
     }
 
+    /// The SKU's `max_per_order`, for the fast path (a single field needs no seqlock).
+    pub fn max_per_order(&self) -> u32 {
+        self.max_per_order.load(Ordering::Acquire)
+    }
+
     /// Updates the slot. Only the owning shard (the single writer) may call this; the new
     /// values must balance, which is asserted before anything is published.
     pub fn write(&self, values: SlotValues) {
