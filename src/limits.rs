@@ -70,6 +70,15 @@ pub const RETRY_AFTER_S: u32 = 1;
 /// Highest journal sequence number the dedup index can store (40 bits: a trillion records).
 pub const SEQ_MAX: u64 = (1 << 40) - 1;
 
+// Tables that grow with traffic, and what bounds them:
+// - the dedup index holds one entry per *accepted* order (rejections leave nothing behind),
+//   and every accepted order takes at least one unit, so it never holds more entries than
+//   the units of stock loaded for the event (at ~17-39 bytes each, see inventory::dedup);
+// - the purchase counts hold at most one entry per accepted order, by the same argument;
+// - the journal's pending buffer holds at most `shards * batch_max` frames of at most
+//   `RECORD_PAYLOAD_BYTES_MAX + 24` bytes (one batch per shard waits for each commit);
+// - the catalogue holds at most `inventory.skus_max` SKUs (the slot file's size).
+
 const _: () = assert!(BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
