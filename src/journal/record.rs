@@ -98,7 +98,7 @@ impl ArchivedRecord {
         };
         let mut object = serde_json::Map::new();
         object.insert("seq".into(), seq.into());
-        object.insert("at".into(), at.into());
+        object.insert("at".into(), at);
         object.insert("at_ms".into(), at_ms.into());
         object.insert("type".into(), self.type_name().into());
         match &self.event {
