@@ -62,6 +62,7 @@ pub struct ShardConfig {
 #[serde(deny_unknown_fields)]
 pub struct InventoryConfig {
     pub skus_max: u32,
+    pub orders_expected: usize,
 }
 
 /// One SKU of the catalogue that the engine creates at start-up if the journal has no such
@@ -284,6 +285,13 @@ impl Config {
                 "shard.batch_max must be 1..={}, got {}",
                 limits::SHARD_BATCH_MAX,
                 self.shard.batch_max
+            ));
+        }
+        if self.inventory.orders_expected > limits::ORDERS_EXPECTED_MAX {
+            return fail(format!(
+                "inventory.orders_expected must be at most {}, got {}",
+                limits::ORDERS_EXPECTED_MAX,
+                self.inventory.orders_expected
             ));
         }
         if !(1..=limits::SKUS_MAX).contains(&self.inventory.skus_max) {

@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::inventory::{DedupIndex, Inventory, KeyHasher, SlotValues};
+use crate::inventory::{DedupIndex, Inventory, KeyHasher, PurchaseCounts, SlotValues};
 use crate::journal::record::ArchivedEvent;
 use crate::journal::{self, ArchivedRecord, Journal, RecoveryError};
 use crate::shard::{self, Command, OrderCommand, ShardWriter, SkuCommand, SkuOutcome, SkuUpdate};
@@ -144,17 +144,20 @@ impl Engine {
             Inventory::create(&data_dir.join("inventory.slots"), config.inventory.skus_max)
                 .map_err(dir_err(data_dir))?,
         );
-        let dedup = Arc::new(DedupIndex::new());
+        let orders_expected = config.inventory.orders_expected;
+        let dedup = Arc::new(DedupIndex::with_capacity(orders_expected));
         let keys = KeyHasher::random();
         let shard_count = config.shard_count();
         let mut writers: Vec<ShardWriter> = (0..shard_count)
             .map(|index| {
-                ShardWriter::new(
+                let mut writer = ShardWriter::new(
                     index,
                     inventory.clone(),
                     dedup.clone(),
                     config.shard.batch_max,
-                )
+                );
+                writer.purchases = PurchaseCounts::with_capacity(orders_expected / shard_count);
+                writer
             })
             .collect();
         let catalog: DashMap<String, u32> = DashMap::new();

@@ -46,6 +46,10 @@ pub const SHARDS_MAX: usize = 256;
 pub const SKUS_DEFAULT: u32 = 65_536;
 pub const SKUS_MAX: u32 = 1 << 22;
 
+/// Ceiling for `inventory.orders_expected`, the size the hot tables are built with: 10^8
+/// orders is ~6 GiB of tables, past what one engine of this design should be asked to hold.
+pub const ORDERS_EXPECTED_MAX: usize = 100_000_000;
+
 /// Largest stock of one SKU. Keeps `sold + reserved + available` far from u64 overflow and
 /// inside what a JSON client parses exactly (2^53).
 pub const STOCK_MAX: u64 = 1 << 40;

@@ -134,10 +134,20 @@ async fn serve(config: Config) -> ExitCode {
     state.start_draining();
     let _ = stop_sender.send(());
     let _ = server.await;
+    let journal = engine.journal.clone();
     let shutdown = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+    let engine_stats = {
+        use std::sync::atomic::Ordering::Relaxed;
+        let stats = journal.stats();
+        let fsyncs = stats.fsyncs.load(Relaxed);
+        let mean_us = stats.fsync_nanos_total.load(Relaxed) / fsyncs.max(1) / 1000;
+        (stats.records.load(Relaxed), stats.writes.load(Relaxed), fsyncs, mean_us)
+    };
     match shutdown {
         Ok(Ok(())) => {
-            tracing::info!("journal synced; bye");
+            let stats = engine_stats;
+            tracing::info!(records = stats.0, writes = stats.1, fsyncs = stats.2,
+                fsync_mean_us = stats.3, "journal synced; bye");
             ExitCode::SUCCESS
         }
         Ok(Err(error)) => {

@@ -29,6 +29,11 @@ impl PurchaseCounts {
         Self::default()
     }
 
+    /// A table sized for `pairs` (user, SKU) pairs without rehashing.
+    pub fn with_capacity(pairs: usize) -> Self {
+        Self { table: HashTable::with_capacity(pairs) }
+    }
+
     /// Units this user has bought of this SKU (orders not cancelled).
     pub fn units(&self, key: PurchaseKey) -> u32 {
         self.table
