@@ -113,8 +113,8 @@ pub struct Engine {
     next_slot: AtomicU32,
     mailboxes: Vec<Sender<Command>>,
     shard_threads: Mutex<Vec<JoinHandle<()>>>,
-    /// The `fsync = "interval"` thread, if any; stopped by `Journal::close`.
-    sync_thread: Mutex<Option<JoinHandle<()>>>,
+    /// The journal's interval-sync and preallocator threads; stopped by `Journal::close`.
+    journal_threads: Mutex<Vec<JoinHandle<()>>>,
     pub journal: Journal,
     journal_dir: PathBuf,
     admin_token: String,
@@ -191,8 +191,11 @@ impl Engine {
             mailboxes.push(sender);
             shard_threads.push(writer.spawn(journal.clone(), receiver));
         }
-        let sync_thread =
-            journal.spawn_interval_sync(Duration::from_millis(config.journal.fsync_interval_ms));
+        let mut journal_threads: Vec<JoinHandle<()>> = Vec::new();
+        journal_threads.extend(
+            journal.spawn_interval_sync(Duration::from_millis(config.journal.fsync_interval_ms)),
+        );
+        journal_threads.extend(journal.spawn_preallocator());
 
         let (admin_token, generated_token_file) = resolve_admin_token(config)?;
         let orders = dedup.len();
@@ -204,7 +207,7 @@ impl Engine {
             next_slot: AtomicU32::new(next_slot),
             mailboxes,
             shard_threads: Mutex::new(shard_threads),
-            sync_thread: Mutex::new(sync_thread),
+            journal_threads: Mutex::new(journal_threads),
             journal,
             journal_dir,
             admin_token,
@@ -366,7 +369,7 @@ impl Engine {
             let _ = thread.join();
         }
         let result = self.journal.close();
-        if let Some(thread) = self.sync_thread.lock().take() {
+        for thread in self.journal_threads.lock().drain(..) {
             let _ = thread.join();
         }
         result

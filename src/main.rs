@@ -141,13 +141,23 @@ async fn serve(config: Config) -> ExitCode {
         let stats = journal.stats();
         let fsyncs = stats.fsyncs.load(Relaxed);
         let mean_us = stats.fsync_nanos_total.load(Relaxed) / fsyncs.max(1) / 1000;
-        (stats.records.load(Relaxed), stats.writes.load(Relaxed), fsyncs, mean_us)
+        (
+            stats.records.load(Relaxed),
+            stats.writes.load(Relaxed),
+            fsyncs,
+            mean_us,
+        )
     };
     match shutdown {
         Ok(Ok(())) => {
             let stats = engine_stats;
-            tracing::info!(records = stats.0, writes = stats.1, fsyncs = stats.2,
-                fsync_mean_us = stats.3, "journal synced; bye");
+            tracing::info!(
+                records = stats.0,
+                writes = stats.1,
+                fsyncs = stats.2,
+                fsync_mean_us = stats.3,
+                "journal synced; bye"
+            );
             ExitCode::SUCCESS
         }
         Ok(Err(error)) => {

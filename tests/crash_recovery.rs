@@ -331,6 +331,20 @@ fn output_mentions_truncation(server: &Server) -> bool {
     output.contains("truncat") && output.contains("torn")
 }
 
+/// Where the last whole frame of a segment ends (zeros after it are preallocated room).
+fn logical_end(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let frames = segment_frames(&bytes);
+    let end = frames
+        .last()
+        .map_or(16, |&(offset, total, _, _)| offset + total);
+    assert!(
+        bytes[end..].iter().all(|byte| *byte == 0),
+        "only zeros may follow the last frame"
+    );
+    end as u64
+}
+
 fn append(path: &std::path::Path, bytes: &[u8]) {
     use std::io::Write;
     let mut file = std::fs::OpenOptions::new()
@@ -344,11 +358,31 @@ fn append(path: &std::path::Path, bytes: &[u8]) {
 async fn garbage_after_the_last_record_is_cut_off_at_restart() {
     let (mut server, journal, orders) = server_with_orders("TAIL-G", 8).await;
     let segment = server.segments().pop().unwrap();
-    let clean_len = std::fs::metadata(&segment).unwrap().len();
+    let clean_len = logical_end(&segment);
+
+    // Zeros after the last record are room the journal preallocated ahead of its writer:
+    // kept, not reported as a torn tail, and written over later.
+    append(&segment, &[0; 4096]);
+    server.restart().await;
+    assert!(
+        !output_mentions_truncation(&server),
+        "zeros are not a torn tail:\n{}",
+        server.output()
+    );
+    assert_eq!(logical_end(&segment), clean_len);
+    assert_eq!(
+        server.journal().await,
+        journal,
+        "every record is still there"
+    );
+    let status = server.terminate().await;
+    assert_eq!(status.code(), Some(0), "{status}");
 
     // Short garbage (less than a frame header), a header with an impossible length, and
-    // zeros (what a preallocated or half-flushed file tail looks like).
-    let garbage: [Vec<u8>; 3] = [vec![0xA5; 13], vec![0xA5; 40], vec![0; 64]];
+    // garbage after a run of zeros (a write that tore inside preallocated room).
+    let mut after_zeros = vec![0; 4096];
+    after_zeros.extend_from_slice(&[0xA5; 7]);
+    let garbage: [Vec<u8>; 3] = [vec![0xA5; 13], vec![0xA5; 40], after_zeros];
     for bytes in garbage {
         append(&segment, &bytes);
         server.restart().await;
@@ -358,7 +392,7 @@ async fn garbage_after_the_last_record_is_cut_off_at_restart() {
             server.output()
         );
         assert_eq!(
-            std::fs::metadata(&segment).unwrap().len(),
+            logical_end(&segment),
             clean_len,
             "the tail is cut back to the last whole record"
         );
@@ -417,8 +451,8 @@ async fn a_last_record_cut_in_half_is_dropped_and_the_others_survive() {
     let &(offset, total, payload_len, seq) = frames.last().unwrap();
     assert_eq!(
         offset + total,
-        bytes.len(),
-        "clean stop ends on a frame boundary"
+        logical_end(&segment) as usize,
+        "clean stop ends on a frame boundary, followed only by preallocated zeros"
     );
     assert_eq!(seq, journal.len() as u64);
 
@@ -436,7 +470,7 @@ async fn a_last_record_cut_in_half_is_dropped_and_the_others_survive() {
         "start-up output should mention the truncated torn tail:\n{}",
         server.output()
     );
-    assert_eq!(std::fs::metadata(&segment).unwrap().len(), offset as u64);
+    assert_eq!(logical_end(&segment), offset as u64);
     let after = server.journal().await;
     assert_eq!(
         after,

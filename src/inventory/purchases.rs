@@ -31,7 +31,9 @@ impl PurchaseCounts {
 
     /// A table sized for `pairs` (user, SKU) pairs without rehashing.
     pub fn with_capacity(pairs: usize) -> Self {
-        Self { table: HashTable::with_capacity(pairs) }
+        Self {
+            table: HashTable::with_capacity(pairs),
+        }
     }
 
     /// Units this user has bought of this SKU (orders not cancelled).

@@ -163,6 +163,21 @@ impl SegmentCursor {
         })
     }
 
+    /// True when every byte from `offset` to the end of the file is zero.
+    pub fn rest_is_zero(&self, offset: u64) -> io::Result<bool> {
+        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        let mut at = offset;
+        while at < self.file_len {
+            let len = (self.file_len - at).min(READ_CHUNK_BYTES as u64) as usize;
+            self.file.read_exact_at(&mut chunk[..len], at)?;
+            if chunk[..len].iter().any(|byte| *byte != 0) {
+                return Ok(false);
+            }
+            at += len as u64;
+        }
+        Ok(true)
+    }
+
     /// True when a valid frame starts anywhere after `offset` in this segment: then a bad
     /// frame at `offset` is damage, not a torn tail.
     pub fn valid_frame_after(&self, offset: u64) -> io::Result<Option<u64>> {
@@ -296,6 +311,11 @@ pub fn recover(
                     reason,
                     torn,
                 } => {
+                    // Zeros to the end of the file are room the preallocator wrote ahead of
+                    // the writer: the clean end of the data, not damage and not a torn tail.
+                    if cursor.rest_is_zero(offset).map_err(io_err(path))? {
+                        break;
+                    }
                     if !is_last {
                         return Err(damage(offset, reason));
                     }
@@ -326,9 +346,10 @@ pub fn recover(
         };
     }
     if let Some((path, _, len)) = &report.tail.segment {
-        // The cursor's offset is where the writer continues; the file must end there.
+        // The cursor's offset is where the writer continues; past it there may only be the
+        // preallocator's zeros.
         let file_len = std::fs::metadata(path).map_err(io_err(path))?.len();
-        debug_assert_eq!(file_len, *len);
+        debug_assert!(file_len >= *len);
     }
     Ok(report)
 }
@@ -646,6 +667,40 @@ mod tests {
     }
 
     #[test]
+    fn zeros_after_the_last_frame_are_preallocated_room_kept_and_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (written, segments) = multi_segment_journal(dir.path());
+        let (first_seq, last) = segments.last().unwrap().clone();
+        let good_len = file_len(&last);
+        for zeros in [1usize, 7, 8, 16, 64, 4096, 1 << 20] {
+            let copy = copy_dir(dir.path());
+            let path = in_copy(&copy, &last);
+            append_bytes(&path, &vec![0u8; zeros]);
+            let (report, records) = recover_ok(copy.path());
+            assert!(
+                report.truncated.is_none(),
+                "{zeros} zeros are not a torn tail"
+            );
+            assert_eq!(file_len(&path), good_len + zeros as u64, "the room is kept");
+            assert_eq!(records, written);
+            assert_eq!(
+                report.tail.segment,
+                Some((path.clone(), first_seq, good_len))
+            );
+            // The writer continues at the logical end, over the zeros.
+            write_batches(
+                copy.path(),
+                report.tail,
+                &[vec![order(300, 0), order(300, 1)]],
+                limits::SEGMENT_BYTES_DEFAULT,
+            );
+            let (_, records) = recover_ok(copy.path());
+            assert_eq!(records.len(), written.len() + 2);
+            assert_eq!(records[written.len()..], [order(300, 0), order(300, 1)]);
+        }
+    }
+
+    #[test]
     fn garbage_after_the_last_frame_is_truncated() {
         let dir = tempfile::tempdir().unwrap();
         let (written, segments) = multi_segment_journal(dir.path());
@@ -657,11 +712,10 @@ mod tests {
             .iter()
             .map(|&len| (0..len).map(|_| next_rand(&mut rng) as u8).collect())
             .collect();
-        garbages.extend(
-            [1usize, 7, 8, 16, 64, 4096]
-                .iter()
-                .map(|&len| vec![0u8; len]),
-        );
+        // Zeros followed by anything else: a write landed in preallocated room but tore.
+        let mut zeros_then_garbage = vec![0u8; 4096];
+        zeros_then_garbage.extend_from_slice(&[0xA5; 5]);
+        garbages.push(zeros_then_garbage);
         // A plausible frame header whose payload never made it to disk.
         let mut header_only = vec![0u8; 16];
         header_only[..4].copy_from_slice(&200u32.to_le_bytes());
@@ -779,9 +833,17 @@ mod tests {
         assert_damage(copy.path(), &path, last_offset);
         let copy = copy_dir(dir.path());
         let path = in_copy(&copy, first);
-        append_bytes(&path, &[0u8; 32]);
+        append_bytes(&path, &[0xA5u8; 32]);
         assert_damage(copy.path(), &path, len);
         assert_eq!(file_len(&path), len + 32);
+
+        // Zeros after the last frame are the preallocator's room, in any segment: clean.
+        let copy = copy_dir(dir.path());
+        let path = in_copy(&copy, first);
+        append_bytes(&path, &[0u8; 4096]);
+        let (report, _) = recover_ok(copy.path());
+        assert!(report.truncated.is_none());
+        assert_eq!(file_len(&path), len + 4096, "preallocated room is kept");
     }
 
     #[test]

@@ -29,6 +29,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::FsyncPolicy;
 use crate::journal::record::{self, FrameBatch, SEGMENT_HEADER_BYTES};
+use crate::limits;
 
 /// Where a recovered journal ends: the writer continues there.
 #[derive(Debug, Clone)]
@@ -72,7 +73,10 @@ struct SegmentWriter {
     dir: PathBuf,
     file: File,
     path: PathBuf,
+    /// Logical end: where the next frame goes. Everything before it is frames.
     len: u64,
+    /// Physical size: `[len, allocated_len)` is zeros written ahead by the preallocator.
+    allocated_len: u64,
     segment_bytes_max: u64,
     policy: FsyncPolicy,
 }
@@ -86,7 +90,8 @@ struct Shared {
     durable_seq: AtomicU64,
     poisoned: AtomicBool,
     stats: JournalStats,
-    stop_interval_sync: AtomicBool,
+    /// Tells the background threads (interval sync, preallocator) to finish.
+    stop_background: AtomicBool,
 }
 
 /// The append side of the journal. Cheap to clone; all clones write the same files.
@@ -113,11 +118,15 @@ impl Journal {
         let segment = match tail.segment {
             Some((path, _first_seq, len)) => {
                 let file = OpenOptions::new().read(true).write(true).open(&path)?;
+                // Recovery ends the segment at its last frame; zeros after it are room a
+                // preallocator wrote before the restart.
+                let allocated_len = file.metadata()?.len().max(len);
                 SegmentWriter {
                     dir: dir.to_owned(),
                     file,
                     path,
                     len,
+                    allocated_len,
                     segment_bytes_max,
                     policy,
                 }
@@ -141,7 +150,7 @@ impl Journal {
             durable_seq: AtomicU64::new(durable),
             poisoned: AtomicBool::new(false),
             stats: JournalStats::default(),
-            stop_interval_sync: AtomicBool::new(false),
+            stop_background: AtomicBool::new(false),
         });
         Ok(Self { shared })
     }
@@ -321,7 +330,7 @@ impl Journal {
         let handle = std::thread::Builder::new()
             .name("journal-sync".into())
             .spawn(move || {
-                while !journal.shared.stop_interval_sync.load(Ordering::Acquire) {
+                while !journal.shared.stop_background.load(Ordering::Acquire) {
                     std::thread::sleep(interval);
                     if journal.sync_now().is_err() {
                         return;
@@ -332,11 +341,43 @@ impl Journal {
         Some(handle)
     }
 
+    /// Starts the preallocator for the policies that fsync: a thread that keeps
+    /// `PREALLOCATE_AHEAD_BYTES` of synced zeros ahead of the writer in the current segment.
+    /// An `fdatasync` that only overwrites existing blocks need not commit a new file size,
+    /// which makes the group commit's fsync markedly cheaper (see BENCHMARKS.md). A failure
+    /// here is only logged: the writer appends without room ahead and meets any real disk
+    /// problem itself.
+    pub fn spawn_preallocator(&self) -> Option<std::thread::JoinHandle<()>> {
+        if self.shared.policy == FsyncPolicy::None {
+            return None;
+        }
+        let journal = self.clone();
+        let handle = std::thread::Builder::new()
+            .name("journal-prealloc".into())
+            .spawn(move || {
+                let shared = &*journal.shared;
+                let mut warned = false;
+                while !shared.stop_background.load(Ordering::Acquire) {
+                    let step = shared.segment.lock().preallocate_step();
+                    match step.and_then(|file| file.map(|f| f.sync_data()).transpose()) {
+                        Ok(Some(())) => continue,
+                        Ok(None) => {}
+                        Err(error) if !warned => {
+                            warned = true;
+                            tracing::warn!(%error, "journal preallocation failed; appending without it");
+                        }
+                        Err(_) => {}
+                    }
+                    std::thread::sleep(PREALLOCATE_POLL);
+                }
+            })
+            .expect("spawn journal-prealloc thread");
+        Some(handle)
+    }
+
     /// Stops the interval thread (if any) and syncs whatever is written, for shutdown.
     pub fn close(&self) -> Result<(), JournalError> {
-        self.shared
-            .stop_interval_sync
-            .store(true, Ordering::Release);
+        self.shared.stop_background.store(true, Ordering::Release);
         if self.is_poisoned() {
             return Err(self
                 .shared
@@ -375,6 +416,7 @@ impl SegmentWriter {
             file,
             path,
             len: SEGMENT_HEADER_BYTES as u64,
+            allocated_len: SEGMENT_HEADER_BYTES as u64,
             segment_bytes_max,
             policy,
         })
@@ -390,10 +432,29 @@ impl SegmentWriter {
         if let Err(error) = self.file.write_all_at(group, self.len) {
             // A partial write leaves a torn tail; cut it so the file ends on a frame boundary.
             let _ = self.file.set_len(self.len);
+            self.allocated_len = self.len;
             return Err(error);
         }
         self.len += group.len() as u64;
+        self.allocated_len = self.allocated_len.max(self.len);
         Ok(())
+    }
+
+    /// Writes the next chunk of zeros ahead of the logical end, if the room ahead is below
+    /// `PREALLOCATE_AHEAD_BYTES`, and returns a descriptor to sync them with (outside the
+    /// lock). Zeros are written only beyond `len`, under the segment lock, so they can
+    /// never overwrite a frame. Capped at the segment's target size.
+    fn preallocate_step(&mut self) -> io::Result<Option<File>> {
+        let target = (self.len + limits::PREALLOCATE_AHEAD_BYTES).min(self.segment_bytes_max);
+        let start = self.allocated_len.max(self.len);
+        if start >= target {
+            return Ok(None);
+        }
+        let end = (start + limits::PREALLOCATE_CHUNK_BYTES).min(target);
+        self.file
+            .write_all_at(&ZEROS[..(end - start) as usize], start)?;
+        self.allocated_len = end;
+        Ok(Some(self.file.try_clone()?))
     }
 
     fn rotate(&mut self, first_seq: u64) -> io::Result<()> {
@@ -413,8 +474,16 @@ impl SegmentWriter {
             tracing::error!(%error, path = %self.path.display(), "cannot truncate unsynced tail");
         }
         self.len = good;
+        self.allocated_len = good;
     }
 }
+
+/// Zeros for the preallocator, one chunk's worth.
+static ZEROS: [u8; limits::PREALLOCATE_CHUNK_BYTES as usize] =
+    [0; limits::PREALLOCATE_CHUNK_BYTES as usize];
+
+/// How often the preallocator looks at the room ahead when there is enough.
+const PREALLOCATE_POLL: Duration = Duration::from_millis(5);
 
 /// `<first_seq:020>.seg`: names sort in seq order.
 pub fn segment_file_name(first_seq: u64) -> String {
@@ -731,6 +800,81 @@ mod tests {
         assert_eq!(report.tail.next_seq, written.len() as u64 + 1);
         let got: Vec<Record> = records.into_iter().map(|(_, r)| r).collect();
         assert_eq!(got, written);
+    }
+
+    #[test]
+    fn the_preallocator_keeps_synced_zeros_ahead_that_recovery_treats_as_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let segment_bytes_max = 4 * limits::PREALLOCATE_AHEAD_BYTES;
+        let journal = Journal::open(
+            dir.path(),
+            FsyncPolicy::Always,
+            segment_bytes_max,
+            new_tail(),
+        )
+        .unwrap();
+        let preallocator = journal
+            .spawn_preallocator()
+            .expect("policy always preallocates");
+        let mut written = Vec::new();
+        for n in 0..200 {
+            let records = vec![order(0, n, 16), order(1, n, 0)];
+            let range = journal.append(&batch_of(&records)).unwrap();
+            journal.commit(range.last).unwrap();
+            written.extend(records);
+        }
+        // The room ahead reaches its target within a bounded wait.
+        let path = dir.path().join(segment_file_name(1));
+        let logical_len = journal.shared.segment.lock().len;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&path).unwrap().len()
+            < logical_len + limits::PREALLOCATE_AHEAD_BYTES
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "preallocation did not catch up"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        journal.close().unwrap();
+        preallocator.join().unwrap();
+
+        let (report, records) = recover_all(dir.path());
+        assert!(
+            report.truncated.is_none(),
+            "zeros ahead are not a torn tail"
+        );
+        assert_eq!(report.tail.segment.as_ref().unwrap().2, logical_len);
+        let records: Vec<Record> = records.into_iter().map(|(_, record)| record).collect();
+        assert_eq!(records, written);
+
+        // Reopened, the writer writes over the zeros from the logical end.
+        let journal = Journal::open(
+            dir.path(),
+            FsyncPolicy::Always,
+            segment_bytes_max,
+            report.tail,
+        )
+        .unwrap();
+        let range = journal.append(&batch_of(&[sku(7)])).unwrap();
+        journal.commit(range.last).unwrap();
+        let (report, records) = recover_all(dir.path());
+        assert!(report.truncated.is_none());
+        assert_eq!(records.len(), written.len() + 1);
+        assert_eq!(records.last().unwrap().1, sku(7));
+    }
+
+    #[test]
+    fn the_preallocator_never_runs_for_fsync_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(
+            dir.path(),
+            FsyncPolicy::None,
+            limits::SEGMENT_BYTES_DEFAULT,
+            new_tail(),
+        )
+        .unwrap();
+        assert!(journal.spawn_preallocator().is_none());
     }
 
     #[test]
