@@ -288,7 +288,9 @@ fn main() {
         drop(counts);
     }
 
-    println!("\nPre-sized index, as the engine builds it (inventory.orders_expected = 1M by default):");
+    println!(
+        "\nPre-sized index, as the engine builds it (inventory.orders_expected = 1M by default):"
+    );
     let mut kept = None;
     let presized = measure(|| {
         let built = DedupIndex::with_capacity(orders);
