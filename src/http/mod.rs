@@ -125,7 +125,7 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(Duration::from_millis(limits::DRAIN_TIMEOUT_MS)) => {
-            tracing::warn!("drain timeout: closing connections with requests still open");
+            tracing::warn!("drain timeout: no longer waiting for open connections; what they send now is answered 503");
         }
     }
 }

@@ -41,6 +41,14 @@ pub struct ValidOrder {
     pub address: Option<String>,
 }
 
+/// An integer literal too large for i64/u64, which serde_json hands over as a float: a
+/// well-formed integer out of range (422), not a wrong type (400).
+pub fn is_integer_beyond_64_bits(number: &serde_json::Number) -> bool {
+    number
+        .as_f64()
+        .is_some_and(|value| value.fract() == 0.0 && value.abs() >= 9.2e18)
+}
+
 /// serde's derived decoders also accept a struct written as a JSON array of its fields; the
 /// contract's bodies are objects, so anything else is refused before decoding.
 pub fn require_json_object(body: &[u8]) -> Result<(), ApiError> {
@@ -84,6 +92,10 @@ pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
         }
     } else if let Some(negative) = qty.as_i64() {
         return Err(invalid(format!("qty must be at least 1, got {negative}")));
+    } else if is_integer_beyond_64_bits(&qty) {
+        return Err(invalid(format!(
+            "qty must be at most max_per_order, got {qty}"
+        )));
     } else {
         return Err(ApiError::new(
             ErrorCode::BadRequest,
@@ -353,6 +365,10 @@ mod tests {
         );
         assert_eq!(
             code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":-1}"#),
+            ErrorCode::Invalid
+        );
+        assert_eq!(
+            code_of(r#"{"order_id":"a","user_id":"b","sku":"c","qty":1000000000000000000000000}"#),
             ErrorCode::Invalid
         );
         assert_eq!(

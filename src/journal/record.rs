@@ -117,6 +117,8 @@ impl ArchivedRecord {
                 }
             }
             ArchivedEvent::Sku(sku) => {
+                // Every record has `order_id` (contract); a stock change belongs to none.
+                object.insert("order_id".into(), serde_json::Value::Null);
                 object.insert("sku".into(), sku.sku.as_str().into());
                 object.insert("stock_total".into(), sku.stock_total.to_native().into());
                 object.insert(

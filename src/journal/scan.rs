@@ -402,8 +402,14 @@ pub fn read_range(
                     }
                 }
                 CursorStep::End => break,
-                // Past the durable watermark a frame may be half written; stop there.
-                CursorStep::Bad { .. } => return Ok(delivered),
+                CursorStep::Bad { offset, .. } => {
+                    // Preallocated zeros end a segment's data: go on with the next segment.
+                    // Anything else is past the durable watermark (a frame being written).
+                    if cursor.rest_is_zero(offset)? {
+                        break;
+                    }
+                    return Ok(delivered);
+                }
             }
         }
     }

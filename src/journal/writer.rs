@@ -90,8 +90,9 @@ struct Shared {
     durable_seq: AtomicU64,
     poisoned: AtomicBool,
     stats: JournalStats,
-    /// Tells the background threads (interval sync, preallocator) to finish.
-    stop_background: AtomicBool,
+    /// Tells the background threads (interval sync, preallocator) to finish, and wakes them.
+    stop_background_lock: Mutex<bool>,
+    stop_background_wake: Condvar,
 }
 
 /// The append side of the journal. Cheap to clone; all clones write the same files.
@@ -150,7 +151,8 @@ impl Journal {
             durable_seq: AtomicU64::new(durable),
             poisoned: AtomicBool::new(false),
             stats: JournalStats::default(),
-            stop_background: AtomicBool::new(false),
+            stop_background_lock: Mutex::new(false),
+            stop_background_wake: Condvar::new(),
         });
         Ok(Self { shared })
     }
@@ -203,15 +205,18 @@ impl Journal {
         let shared = &*self.shared;
         let mut state = shared.state.lock();
         loop {
-            if let Some(failure) = &state.failure {
-                return Err(failure.clone());
-            }
+            // Durability first: a record that reached the promised durability is acknowledged
+            // even if a later write has failed since (its bytes are on disk and readers see
+            // them; rolling it back would make memory disagree with the journal).
             let done = match shared.policy {
                 FsyncPolicy::Always => state.synced_seq >= seq,
                 FsyncPolicy::Interval | FsyncPolicy::None => state.written_seq >= seq,
             };
             if done {
                 return Ok(());
+            }
+            if let Some(failure) = &state.failure {
+                return Err(failure.clone());
             }
             if state.flushing {
                 shared.flushed.wait(&mut state);
@@ -229,7 +234,12 @@ impl Journal {
             let group_last = state.next_seq - 1;
             drop(state);
 
-            let result = self.write_group(&group, group_first, group_last);
+            // A panic while writing must not leave `flushing` set (every committer would wait
+            // forever): it becomes an I/O failure, which poisons the journal.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.write_group(&group, group_first, group_last)
+            }))
+            .unwrap_or_else(|_| Err(io::Error::other("journal writer panicked")));
 
             state = shared.state.lock();
             state.flushing = false;
@@ -304,12 +314,9 @@ impl Journal {
         };
         let started = Instant::now();
         if let Err(error) = file.sync_data() {
-            let mut state = shared.state.lock();
-            let failure = JournalError(format!("fdatasync failed: {error}").into());
-            state.failure = Some(failure.clone());
-            shared.poisoned.store(true, Ordering::Release);
-            shared.flushed.notify_all();
-            return Err(failure);
+            let reason = format!("fdatasync failed: {error}");
+            self.poison(reason.clone());
+            return Err(JournalError(reason.into()));
         }
         shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         shared
@@ -330,8 +337,7 @@ impl Journal {
         let handle = std::thread::Builder::new()
             .name("journal-sync".into())
             .spawn(move || {
-                while !journal.shared.stop_background.load(Ordering::Acquire) {
-                    std::thread::sleep(interval);
+                while !journal.wait_for_stop(interval) {
                     if journal.sync_now().is_err() {
                         return;
                     }
@@ -356,28 +362,64 @@ impl Journal {
             .name("journal-prealloc".into())
             .spawn(move || {
                 let shared = &*journal.shared;
-                let mut warned = false;
-                while !shared.stop_background.load(Ordering::Acquire) {
+                loop {
                     let step = shared.segment.lock().preallocate_step();
-                    match step.and_then(|file| file.map(|f| f.sync_data()).transpose()) {
-                        Ok(Some(())) => continue,
-                        Ok(None) => {}
-                        Err(error) if !warned => {
-                            warned = true;
-                            tracing::warn!(%error, "journal preallocation failed; appending without it");
+                    match step {
+                        Ok(Some(file)) => {
+                            // Linux reports a write-back error once per open file, to the first
+                            // descriptor that syncs: this one shares the writer's open file, so
+                            // an error here may be the writer's. Treat it as the writer's.
+                            if let Err(error) = file.sync_data() {
+                                journal.poison(format!("fdatasync failed: {error}"));
+                                return;
+                            }
+                            continue;
                         }
-                        Err(_) => {}
+                        Ok(None) => {}
+                        Err(error) => {
+                            // Writing zeros failed (ENOSPC, say): stop preallocating; the
+                            // writer appends without room ahead and meets the disk itself.
+                            tracing::warn!(%error, "journal preallocation stopped");
+                            return;
+                        }
                     }
-                    std::thread::sleep(PREALLOCATE_POLL);
+                    if journal.wait_for_stop(PREALLOCATE_POLL) {
+                        return;
+                    }
                 }
             })
             .expect("spawn journal-prealloc thread");
         Some(handle)
     }
 
+    /// Sleeps up to `timeout`, returning early (true) once `close` has been called.
+    fn wait_for_stop(&self, timeout: Duration) -> bool {
+        let mut stopped = self.shared.stop_background_lock.lock();
+        if !*stopped {
+            self.shared
+                .stop_background_wake
+                .wait_for(&mut stopped, timeout);
+        }
+        *stopped
+    }
+
+    /// Stops the journal for good: every pending and later commit fails, admission stops.
+    /// For failures found outside a commit (a background fdatasync, a shard that died).
+    pub fn poison(&self, reason: String) {
+        let shared = &*self.shared;
+        let mut state = shared.state.lock();
+        if state.failure.is_none() {
+            tracing::error!(%reason, "journal poisoned; admission stops until restart");
+            state.failure = Some(JournalError(reason.into()));
+        }
+        shared.poisoned.store(true, Ordering::Release);
+        shared.flushed.notify_all();
+    }
+
     /// Stops the interval thread (if any) and syncs whatever is written, for shutdown.
     pub fn close(&self) -> Result<(), JournalError> {
-        self.shared.stop_background.store(true, Ordering::Release);
+        *self.shared.stop_background_lock.lock() = true;
+        self.shared.stop_background_wake.notify_all();
         if self.is_poisoned() {
             return Err(self
                 .shared

@@ -223,10 +223,19 @@ impl ShardWriter {
 
     /// Starts the shard's thread on its mailbox.
     pub fn spawn(mut self, journal: Journal, mailbox: Receiver<Command>) -> JoinHandle<()> {
-        self.journal = Some(journal);
+        self.journal = Some(journal.clone());
+        let index = self.index;
         std::thread::Builder::new()
-            .name(format!("shard-{}", self.index))
-            .spawn(move || self.run(mailbox))
+            .name(format!("shard-{index}"))
+            .spawn(move || {
+                // A shard that dies would leave its SKUs unanswerable while `/readyz` said 200.
+                // Poisoning the journal stops admission everywhere, turns `/readyz` to 503 and
+                // makes the exit code say so; a restart recovers from the journal.
+                let run = std::panic::AssertUnwindSafe(move || self.run(mailbox));
+                if std::panic::catch_unwind(run).is_err() {
+                    journal.poison(format!("shard {index} panicked"));
+                }
+            })
             .expect("spawn shard thread")
     }
 
@@ -312,8 +321,14 @@ impl ShardWriter {
         } else {
             let bought = self.purchases.units(purchase_key);
             let limit = values.per_user_limit;
-            (limit > 0 && u64::from(bought) + u64::from(qty) > u64::from(limit))
-                .then_some(OrderOutcome::PurchaseLimit { limit, bought })
+            let after = u64::from(bought) + u64::from(qty);
+            // Counts are u32 for every SKU, limited or not: past u32::MAX units per buyer the
+            // counter is the limit (about 4 billion units; far past any real purchase).
+            let effective_limit = if limit > 0 { limit } else { u32::MAX };
+            (after > u64::from(effective_limit)).then_some(OrderOutcome::PurchaseLimit {
+                limit: effective_limit,
+                bought,
+            })
         };
         if let Some(rejection) = rejection {
             self.dedup.remove_pending(key);
@@ -428,6 +443,20 @@ impl ShardWriter {
             reply,
         } = command;
         let slot = self.inventory.slot(slot_index);
+        // The slot must be what the engine thinks it is, checked before anything is journaled
+        // (a record that could not be applied would make the journal unreplayable).
+        let slot_name = slot.sku_name();
+        let slot_matches = if is_new {
+            slot_name.is_none()
+        } else {
+            slot_name.as_deref() == Some(sku.as_str())
+        };
+        if !slot_matches {
+            let reason = format!("slot {slot_index} holds {slot_name:?}, not what {sku} expects");
+            tracing::error!(%reason, "sku change refused");
+            let _ = reply.send(SkuOutcome::Unavailable { reason });
+            return;
+        }
         let values = if is_new {
             new_sku_values(&update)
         } else {
