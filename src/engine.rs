@@ -133,7 +133,7 @@ pub fn journal_dir(data_dir: &Path) -> PathBuf {
 }
 
 impl Engine {
-    /// Runs start-up steps 1 to 5 (blocking: call it off the async runtime).
+    /// Runs start-up steps 1 to 4 (blocking: call it off the async runtime).
     pub fn start(config: &Config) -> Result<(Arc<Engine>, StartReport), StartError> {
         let data_dir = &config.data_dir;
         let dir_err = |path: &Path| {
@@ -236,7 +236,7 @@ impl Engine {
         Ok((engine, start_report))
     }
 
-    /// Start-up step 4: creates each catalogue SKU that the journal does not know yet.
+    /// Start-up step 5: creates each catalogue SKU that the journal does not know yet.
     pub async fn seed_catalogue(self: &Arc<Self>, config: &Config) -> Result<usize, StartError> {
         let mut created = 0;
         for item in &config.catalogue {

@@ -84,8 +84,11 @@ pub const SEQ_MAX: u64 = (1 << 40) - 1;
 // Tables that grow with traffic, and what bounds them:
 // - the dedup index holds one entry per *accepted* order (rejections leave nothing behind),
 //   and every accepted order takes at least one unit, so it never holds more entries than
-//   the units of stock loaded for the event (at ~17-39 bytes each, see inventory::dedup);
-// - the purchase counts hold at most one entry per accepted order, by the same argument;
+//   the units of stock loaded. That is a bound an operator sets per event (the catalogue),
+//   not a constant: it is sized by `inventory.orders_expected` and costs ~36 bytes per order
+//   (see BENCHMARKS.md), so 10^7 orders need ~360 MiB;
+// - the purchase counts hold at most one entry per accepted order, by the same argument
+//   (~27 bytes per order);
 // - the journal's pending buffer holds at most `shards * batch_max` frames of at most
 //   `RECORD_PAYLOAD_BYTES_MAX + 24` bytes (one batch per shard waits for each commit);
 // - the catalogue holds at most `inventory.skus_max` SKUs (the slot file's size).

@@ -120,8 +120,9 @@ async fn serve(config: Config) -> ExitCode {
             Err(code) => return code,
         },
         () = signals.recv() => {
-            // Nothing was admitted yet: recovery only reads (and trims a torn tail, which
-            // a restart trims again), so leaving now loses nothing.
+            // Nothing was admitted yet. Recovery trims at most a torn tail and seeding writes
+            // whole catalogue records; an exit in between leaves at worst a torn tail, which
+            // the next start trims. Leaving now loses nothing acknowledged.
             tracing::info!("signal received during start-up; exiting before admitting orders");
             std::process::exit(0);
         }

@@ -770,9 +770,8 @@ async fn sigterm_with_a_stalled_upload_still_exits_zero_within_the_drain_bound()
     assert!(orders.contains_key("stall-ok"));
 }
 
-/// The SIGTERM handler is installed only once recovery and the catalogue seeding are done
-/// (`src/main.rs`, `wait_for_signal` after `seed_catalogue`), so a SIGTERM during start-up
-/// kills the process by the default disposition instead of a clean exit 0.
+/// A SIGTERM while the engine is still starting (recovery, catalogue) is a clean exit 0, not
+/// the default disposition that kills the process: the handlers are installed first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_start_up_exits_zero() {
     use std::os::unix::process::ExitStatusExt;

@@ -12,8 +12,11 @@
 //! 4. on success give each accepted order its `seq` in the dedup index and reply; on failure
 //!    undo the batch in reverse order and answer 503 `unavailable`: nothing was taken.
 //!
-//! Rejections that depend on nothing pending (sold out, purchase limit, conflict, replay of a
-//! durable order) are answered at once, without waiting for the batch's fsync. SKU changes
+//! Rejections (sold out, purchase limit, conflict, replay of a durable order) are answered at
+//! once, without waiting for the batch's fsync. One may rest on a decision of the same batch
+//! that is not durable yet (stock an earlier order took, a pending id); if that batch fails,
+//! the journal is poisoned and nothing is admitted again before a restart, so no later
+//! answer contradicts it. SKU changes
 //! are rare: a SKU command first finishes the current batch, then goes through the journal
 //! alone, and is applied only after it is durable.
 
