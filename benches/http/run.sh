@@ -3,6 +3,7 @@
 #   bare      examples/bare_server: HTTP + the same JSON decode, no engine (the ceiling)
 #   none      the engine, every order accepted, journal fsync = "none"
 #   always    the engine, every order accepted, fsync = "always" (group commit)
+#   prealloc  as `always`, with journal.preallocate = true (synced zeros ahead of the writer)
 #   soldout   the engine, every order for a sold-out SKU (the fast path)
 # Each scenario runs ROUNDS times, interleaved, and the medians are reported with the
 # server's CPU time per request (utime+stime from /proc/PID/stat), which is steadier than
@@ -38,10 +39,13 @@ start_server() { # scenario -> sets SERVER_PID
     bare)
       ./target/release/examples/bare_server "127.0.0.1:$PORT" >/dev/null & SERVER_PID=$!
       sleep 0.3 ;;
-    none|always|soldout)
-      local fsync=$1; [ "$1" = soldout ] && fsync=always
+    none|always|prealloc|soldout)
+      local fsync=$1 preallocate=false
+      [ "$1" = soldout ] && fsync=always
+      [ "$1" = prealloc ] && fsync=always && preallocate=true
       rm -rf "$work/data"
-      STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_LOG=warn ./target/release/stampede serve \
+      STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_JOURNAL_PREALLOCATE=$preallocate STAMPEDE_LOG=warn \
+        ./target/release/stampede serve \
         --config benches/http/bench.toml --listen "127.0.0.1:$PORT" --data-dir "$work/data" \
         >/dev/null 2>"$work/server.err" & SERVER_PID=$!
       wait_ready readyz ;;
@@ -73,7 +77,7 @@ run_one() { # scenario round
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores, wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds"
 for round in $(seq 1 "$ROUNDS"); do
-  for scenario in bare none always soldout; do
+  for scenario in bare none always prealloc soldout; do
     run_one "$scenario" "$round"
   done
 done
@@ -94,9 +98,9 @@ for line in open(sys.argv[1]):
 med = {s: [statistics.median(c) for c in zip(*v)] for s, v in rows.items()}
 base = med["bare"][0]; base_cpu = med["bare"][3]
 print(f"{'scenario':10}{'req/s':>10}{'x bare':>8}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>12}{'x bare cpu':>12}")
-for s in ("bare", "none", "always", "soldout"):
+for s in ("bare", "none", "always", "prealloc", "soldout"):
     rps, p50, p99, cpu = med[s]
     print(f"{s:10}{rps:10.0f}{rps/base:8.2f}{p50:9.3f}{p99:9.3f}{cpu:12.1f}{cpu/base_cpu:12.2f}")
-n, a = med["none"][0], med["always"][0]
-print(f"\nalways / none throughput: {a/n:.2f}")
+n, a, p = med["none"][0], med["always"][0], med["prealloc"][0]
+print(f"\nalways / none throughput: {a/n:.2f}   prealloc / none: {p/n:.2f}")
 PY

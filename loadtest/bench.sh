@@ -1,0 +1,257 @@
+#!/usr/bin/env bash
+# One run, one machine, every system measured the same way and interleaved round by round:
+#
+#   wrk-bare        wrk (Lua script benches/http/orders.lua) against examples/bare_server
+#   load-bare       stampede-load, same connections and threads, against the same server:
+#                   the generator must reach >= 0.9x wrk's request rate
+#   engine-none     the engine, journal fsync = "none"
+#   engine-1s       the engine, fsync = "interval" every 1000 ms (Redis everysec's durability)
+#   engine-always   the engine, fsync = "always" (group commit)
+#   redis-everysec  Redis + the flash-sale Lua script, AOF appendfsync everysec
+#   redis-always    Redis + the Lua script, AOF appendfsync always
+#   open-always     the engine (fsync always) under the open model at a fixed rate: latency
+#                   from the intended send time (corrected, as wrk2) next to the service time
+#                   of the same requests (uncorrected)
+#
+# Every stampede-load run uses the `throughput` scenario (each request a new accepted order on
+# one SKU) in the closed model; engine and Redis runs end with the audit. Redis is driven by
+# stampede-load itself (`--target redis`: EVALSHA over its own RESP connection), so all the
+# systems see the same client. Results: medians over ROUNDS, then the ratios.
+#
+# Usage: loadtest/bench.sh
+#   env: DURATION=10s WARMUP=2s CONNS=64 THREADS=1 ROUNDS=3
+#        OPEN_RATE=<req/s; default half of engine-always's closed rate in the same round>
+#        ONLY="load-bare wrk-bare" (run a subset)  AUDIT=1  BENCH_DIR=target/stampede-load-bench
+#        PORT=18190 REDIS_PORT=18191  SKIP_BUILD=1 (use the release binaries already built)
+# Needs: wrk, redis-server (both installed with apt-get when missing), curl, python3.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-1}
+ROUNDS=${ROUNDS:-3}
+OPEN_RATE=${OPEN_RATE:-}
+AUDIT=${AUDIT:-1}
+PORT=${PORT:-18190}
+REDIS_PORT=${REDIS_PORT:-18191}
+BENCH_DIR=${BENCH_DIR:-target/stampede-load-bench}
+ALL="wrk-bare load-bare engine-none engine-1s engine-always redis-everysec redis-always open-always"
+ONLY=${ONLY:-$ALL}
+TOKEN=bench-admin-token-0123456789abcdef
+
+install_if_missing() { # command package
+  command -v "$1" >/dev/null && return 0
+  echo "# installing $2 (apt-get)" >&2
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y "$2" >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y "$2" >/dev/null; }
+  else
+    sudo apt-get install -y "$2" >/dev/null
+  fi
+}
+install_if_missing wrk wrk
+install_if_missing redis-server redis-server
+install_if_missing curl curl
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  cargo build --release --quiet --bin stampede --example bare_server
+  cargo build --release --quiet -p stampede-load
+fi
+LOAD=./target/release/stampede-load
+
+# On the project's disk (not a tmpfs), so fsync costs what it costs.
+mkdir -p "$BENCH_DIR"
+work=$(mktemp -d -p "$(cd "$BENCH_DIR" && pwd)")
+SERVER_PID=
+stop_server() {
+  if [ -n "$SERVER_PID" ]; then
+    kill "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+    SERVER_PID=
+  fi
+}
+trap 'stop_server; rm -rf "$work"' EXIT
+
+cat >"$work/engine.toml" <<'TOML'
+# Sized for a bench run: no rehash of the dedup index mid-run.
+[inventory]
+orders_expected = 8000000
+TOML
+
+wait_until() { # command...
+  for _ in $(seq 1 150); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "server did not become ready: $*" >&2; exit 1
+}
+
+start_engine() { # fsync policy
+  rm -rf "$work/data"
+  STAMPEDE_JOURNAL_FSYNC=$1 STAMPEDE_JOURNAL_FSYNC_INTERVAL_MS=1000 STAMPEDE_ADMIN_TOKEN=$TOKEN \
+    STAMPEDE_LOG=warn ./target/release/stampede serve --config "$work/engine.toml" \
+    --listen "127.0.0.1:$PORT" --data-dir "$work/data" >/dev/null 2>"$work/engine.err" &
+  SERVER_PID=$!
+  wait_until curl -sf "http://127.0.0.1:$PORT/readyz"
+}
+
+start_bare() {
+  ./target/release/examples/bare_server "127.0.0.1:$PORT" >/dev/null &
+  SERVER_PID=$!
+  wait_until bash -c "exec 3<>/dev/tcp/127.0.0.1/$PORT"
+}
+
+start_redis() { # appendfsync policy
+  rm -rf "$work/redis"; mkdir -p "$work/redis"
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly yes \
+    --appendfsync "$1" --dir "$work/redis" --daemonize no --logfile "$work/redis.log" &
+  SERVER_PID=$!
+  wait_until redis-cli -p "$REDIS_PORT" ping
+}
+
+audit_flag() { [ "$AUDIT" = 1 ] || echo --no-audit; }
+
+load() { # name round extra-args...: a closed-model stampede-load run, JSON kept
+  local name=$1 round=$2; shift 2
+  local code=0
+  "$LOAD" -s throughput --model closed -c "$CONNS" --threads "$THREADS" -d "$DURATION" \
+    --warmup "$WARMUP" -q --json "$work/$name.$round.json" $(audit_flag) "$@" \
+    >"$work/$name.$round.txt" 2>&1 || code=$?
+  echo "$name $round stampede-load $code" >>"$work/runs"
+  summarize_one "$name" "$round"
+}
+
+summarize_one() { # name round: one line for the log
+  python3 - "$work/$1.$2.json" "$1" "$2" <<'PY'
+import json, sys
+path, name, rnd = sys.argv[1:]
+try:
+    s = json.load(open(path))
+except Exception as e:
+    print(f"{name:15} round {rnd}: no summary ({e})"); sys.exit(0)
+a = s.get("answered") or {}
+audit = s.get("audit")
+verdict = "skipped" if audit is None else ("passed" if audit["passed"] else "FAILED")
+print(f"{name:15} round {rnd}: {s['totals']['throughput_per_s']:10.0f} req/s  p50 {a.get('p50_us',0)/1e3:7.3f} ms  p99 {a.get('p99_us',0)/1e3:7.3f} ms  errors {s['totals']['error_rate']:.4f}  audit {verdict}")
+PY
+}
+
+run_one() { # scenario round
+  local name=$1 round=$2
+  case "$name" in
+    wrk-bare)
+      start_bare
+      SKU=BENCH RUN_ID="r$round" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
+        -s benches/http/orders.lua "http://127.0.0.1:$PORT" >"$work/$name.$round.wrk"
+      stop_server
+      echo "$name $round wrk 0" >>"$work/runs"
+      awk -v n="$name" -v r="$round" '/Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
+        END {printf "%-15s round %s: %10.0f req/s  p50 %s  p99 %s (wrk)\n", n, r, rps, p50, p99}' \
+        "$work/$name.$round.wrk" ;;
+    load-bare)
+      start_bare
+      load "$name" "$round" --target bare --url "http://127.0.0.1:$PORT" --warmup 0s
+      stop_server ;;
+    engine-none|engine-1s|engine-always)
+      local policy=${name#engine-}; [ "$policy" = 1s ] && policy=interval
+      start_engine "$policy"
+      load "$name" "$round" --url "http://127.0.0.1:$PORT" --admin-token "$TOKEN"
+      stop_server ;;
+    redis-everysec|redis-always)
+      start_redis "${name#redis-}"
+      load "$name" "$round" --target redis --redis "127.0.0.1:$REDIS_PORT"
+      stop_server ;;
+    open-always)
+      local rate=$OPEN_RATE
+      if [ -z "$rate" ]; then
+        rate=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(max(1000, int(s['totals']['throughput_per_s'] / 2 / 1000) * 1000))" \
+          "$work/engine-always.$round.json" 2>/dev/null || echo 10000)
+      fi
+      start_engine always
+      local code=0
+      "$LOAD" -s throughput --model open --rate "$rate" -c "$CONNS" --threads "$THREADS" \
+        -d "$DURATION" --warmup "$WARMUP" -q --json "$work/$name.$round.json" $(audit_flag) \
+        --url "http://127.0.0.1:$PORT" --admin-token "$TOKEN" >"$work/$name.$round.txt" 2>&1 || code=$?
+      echo "$name $round stampede-load $code" >>"$work/runs"
+      summarize_one "$name" "$round"
+      stop_server ;;
+    *) echo "unknown scenario $name (known: $ALL)" >&2; exit 3 ;;
+  esac
+}
+
+echo "# $(date -u +%FT%TZ) $(nproc) cores; closed model, $CONNS connections, $THREADS generator thread(s), $DURATION measured after $WARMUP warm-up, $ROUNDS round(s)"
+echo "# stampede-load drives Redis itself (--target redis: EVALSHA over RESP), not redis-benchmark"
+for round in $(seq 1 "$ROUNDS"); do
+  for name in $ALL; do
+    case " $ONLY " in *" $name "*) run_one "$name" "$round" ;; esac
+  done
+done
+
+echo
+python3 - "$work" <<'PY'
+import glob, json, os, re, statistics, sys
+work = sys.argv[1]
+
+def ms(text):
+    for unit, f in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * f
+    return float(text)
+
+rows = {}   # name -> list of (rps, p50 ms, p99 ms, audit)
+extra = {}  # open-always: list of (rate, corr p50, corr p99, svc p50, svc p99)
+for line in open(os.path.join(work, "runs")):
+    name, rnd, tool, code = line.split()
+    if tool == "wrk":
+        text = open(os.path.join(work, f"{name}.{rnd}.wrk")).read()
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+        p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+        p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+        rows.setdefault(name, []).append((rps, p50, p99, "-"))
+        continue
+    try:
+        s = json.load(open(os.path.join(work, f"{name}.{rnd}.json")))
+    except Exception:
+        rows.setdefault(name, []).append((float("nan"),) * 3 + (f"exit {code}",))
+        continue
+    a = s.get("answered") or {"p50_us": 0, "p99_us": 0}
+    audit = s.get("audit")
+    verdict = "-" if audit is None else ("pass" if audit["passed"] else "FAIL")
+    rows.setdefault(name, []).append((s["totals"]["throughput_per_s"], a["p50_us"] / 1e3, a["p99_us"] / 1e3, verdict))
+    if name == "open-always":
+        svc = s.get("service_time") or {"p50_us": 0, "p99_us": 0}
+        extra.setdefault(name, []).append((s["run"]["rate_per_s"], a["p50_us"] / 1e3, a["p99_us"] / 1e3,
+                                           svc["p50_us"] / 1e3, svc["p99_us"] / 1e3, s["totals"]["error_rate"]))
+
+def med(name, i):
+    values = [r[i] for r in rows.get(name, [])]
+    return statistics.median(values) if values else float("nan")
+
+order = ["wrk-bare", "load-bare", "engine-none", "engine-1s", "engine-always", "redis-everysec", "redis-always", "open-always"]
+print("medians:")
+print(f"{'system':16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x bare':>8}  audit")
+bare = med("load-bare", 0)
+for name in order:
+    if name not in rows:
+        continue
+    audits = ",".join(sorted({r[3] for r in rows[name]}))
+    print(f"{name:16}{med(name,0):10.0f}{med(name,1):9.3f}{med(name,2):9.3f}{med(name,0)/bare:8.2f}  {audits}")
+
+def ratio(label, a, b):
+    if a in rows and b in rows:
+        print(f"  {label:44} {med(a,0)/med(b,0):6.2f}   ({a} / {b})")
+
+print("\nratios of req/s:")
+ratio("generator / wrk, same server (>= 0.9 wanted)", "load-bare", "wrk-bare")
+ratio("engine fsync none / bare", "engine-none", "load-bare")
+ratio("engine fsync always / bare", "engine-always", "load-bare")
+ratio("engine always / none", "engine-always", "engine-none")
+ratio("engine 1s / redis everysec (same durability)", "engine-1s", "redis-everysec")
+ratio("engine always / redis always (same durability)", "engine-always", "redis-always")
+ratio("redis always / everysec", "redis-always", "redis-everysec")
+
+if "open-always" in extra:
+    e = extra["open-always"]
+    m = lambda i: statistics.median(x[i] for x in e)
+    print(f"\nopen model at {m(0):.0f} req/s against engine fsync always (medians):")
+    print(f"  corrected, from intended send (wrk2-style): p50 {m(1):.3f} ms  p99 {m(2):.3f} ms")
+    print(f"  uncorrected, from actual send:              p50 {m(3):.3f} ms  p99 {m(4):.3f} ms")
+    print(f"  error rate (incl. requests never sent):     {m(5):.5f}")
+PY
