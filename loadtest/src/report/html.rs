@@ -218,7 +218,15 @@ pub fn render_html(summary: &Summary) -> String {
 
     // Charts.
     out.push_str("<h2>Charts</h2>");
-    let seconds = &summary.timeline;
+    // Answers that complete after the measured window (the requests in flight when sending
+    // stopped) fall in a last, mostly empty second; drawn, it would look like a collapse.
+    let end_s = run.warmup_s + run.duration_s;
+    let seconds: Vec<_> = summary
+        .timeline
+        .iter()
+        .filter(|s| (s.second as f64) < end_s)
+        .cloned()
+        .collect();
     let mut throughput_series: Vec<Series> = OutcomeClass::ALL
         .into_iter()
         .filter(|class| seconds.iter().any(|s| s.counts.get(*class) > 0))

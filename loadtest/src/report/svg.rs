@@ -35,7 +35,7 @@ pub struct Chart {
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 340.0;
 const LEFT: f64 = 72.0;
-const RIGHT: f64 = 16.0;
+const RIGHT: f64 = 28.0; // room for the last x label ("99.999%"), centred on the edge
 const TOP: f64 = 34.0;
 const BOTTOM: f64 = 48.0;
 
