@@ -27,6 +27,10 @@ use crate::engine::Engine;
 use crate::limits;
 use reply::{ApiError, ErrorCode, HttpResponse};
 
+/// A group write (with its fsync) running this long means the disk is not keeping up or has
+/// hung: `/readyz` says `journal_stalled` so load balancers move traffic away before clients
+/// time out. Normal fsyncs take well under a millisecond to tens of milliseconds.
+const JOURNAL_STALL: Duration = Duration::from_secs(2);
 /// Longest time a client may take to send its request headers (slowloris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections at once; past it new connections wait in the kernel's accept backlog.
@@ -71,6 +75,14 @@ impl AppState {
         match self.engine.get() {
             None => Some("recovering"),
             Some(engine) if engine.journal.is_poisoned() => Some("journal_unwritable"),
+            Some(engine)
+                if engine
+                    .journal
+                    .write_stalled_for()
+                    .is_some_and(|d| d >= JOURNAL_STALL) =>
+            {
+                Some("journal_stalled")
+            }
             Some(_) => None,
         }
     }

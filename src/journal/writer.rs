@@ -88,6 +88,8 @@ struct Shared {
     policy: FsyncPolicy,
     /// Mirror of the durable watermark for lock-free readers.
     durable_seq: AtomicU64,
+    /// `monotonic_ms()` when the running group write began; 0 when none is running.
+    write_started_ms: AtomicU64,
     poisoned: AtomicBool,
     stats: JournalStats,
     /// Tells the background threads (interval sync, preallocator) to finish, and wakes them.
@@ -149,6 +151,7 @@ impl Journal {
             segment: Mutex::new(segment),
             policy,
             durable_seq: AtomicU64::new(durable),
+            write_started_ms: AtomicU64::new(0),
             poisoned: AtomicBool::new(false),
             stats: JournalStats::default(),
             stop_background_lock: Mutex::new(false),
@@ -267,6 +270,27 @@ impl Journal {
     }
 
     fn write_group(&self, group: &[u8], first_seq: u64, last_seq: u64) -> io::Result<()> {
+        let shared = &*self.shared;
+        shared
+            .write_started_ms
+            .store(monotonic_ms(), Ordering::Release);
+        let result = self.write_and_sync(group, first_seq, last_seq);
+        shared.write_started_ms.store(0, Ordering::Release);
+        result
+    }
+
+    /// How long the current group write (with its fsync) has been running, if one is. A disk
+    /// that hangs shows here long before anything fails: `/readyz` reports it.
+    pub fn write_stalled_for(&self) -> Option<Duration> {
+        self.write_stalled_at(monotonic_ms())
+    }
+
+    fn write_stalled_at(&self, now_ms: u64) -> Option<Duration> {
+        let started = self.shared.write_started_ms.load(Ordering::Acquire);
+        (started != 0).then(|| Duration::from_millis(now_ms.saturating_sub(started)))
+    }
+
+    fn write_and_sync(&self, group: &[u8], first_seq: u64, last_seq: u64) -> io::Result<()> {
         let shared = &*self.shared;
         let mut segment = shared.segment.lock();
         segment.append(group, first_seq)?;
@@ -518,6 +542,12 @@ impl SegmentWriter {
         self.len = good;
         self.allocated_len = good;
     }
+}
+
+/// Milliseconds on a monotonic clock (immune to wall-clock jumps), never 0.
+fn monotonic_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Zeros for the preallocator, one chunk's worth.
@@ -904,6 +934,35 @@ mod tests {
         assert!(report.truncated.is_none());
         assert_eq!(records.len(), written.len() + 1);
         assert_eq!(records.last().unwrap().1, sku(7));
+    }
+
+    #[test]
+    fn no_stall_is_reported_between_group_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(
+            dir.path(),
+            FsyncPolicy::Always,
+            limits::SEGMENT_BYTES_DEFAULT,
+            new_tail(),
+        )
+        .unwrap();
+        assert_eq!(journal.write_stalled_for(), None);
+        let range = journal.append(&batch_of(&[sku(1)])).unwrap();
+        journal.commit(range.last).unwrap();
+        assert_eq!(
+            journal.write_stalled_for(),
+            None,
+            "the finished write cleared its mark"
+        );
+        // While a write runs, the mark holds its start: 3 s later it reports 3 s.
+        journal
+            .shared
+            .write_started_ms
+            .store(1_000, Ordering::Release);
+        assert_eq!(
+            journal.write_stalled_at(4_000),
+            Some(Duration::from_secs(3))
+        );
     }
 
     #[test]
