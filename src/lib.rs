@@ -29,8 +29,10 @@
 //! 2. [`http::orders::decode_order`] decodes and validates it (400 / 422), the SKU is looked
 //!    up in the catalogue (404), and the order's fixed-width keys are hashed
 //!    ([`inventory::KeyHasher`]) on the HTTP task, off the shard thread.
-//! 3. Fast path: if the SKU's slot shows less stock than asked and the order id is not known,
-//!    the answer is 409 `sold_out` at once: a stampede on a sold-out item never queues.
+//! 3. Fast paths on the HTTP task: a retry of an order already durable in the journal is
+//!    answered 200 from the dedup index (422 if its content differs); if the SKU's slot shows
+//!    less stock than asked and the order id is not known, the answer is 409 `sold_out` at
+//!    once. A stampede on a sold-out item, or of retries, never queues.
 //! 4. [`engine::Engine::submit_order`] routes by the SKU's slot to its shard's bounded
 //!    mailbox; a full mailbox sheds with 429 and `Retry-After`.
 //! 5. The shard thread ([`shard::ShardWriter`]) takes a batch, and for each order checks the

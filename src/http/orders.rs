@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 
 use crate::engine::{Engine, SubmitError};
 use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
+use crate::inventory::DedupCheck;
 use crate::journal::OrderAccepted;
 use crate::limits;
 use crate::order::{self, OrderStatus, Payment};
@@ -180,27 +181,8 @@ pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
         return ApiError::new(ErrorCode::UnknownSku, format!("no sku {:?}", order.sku))
             .into_response();
     };
-    if engine.journal.is_poisoned() {
-        return ApiError::new(
-            ErrorCode::Unavailable,
-            "journal cannot be written; admission stopped",
-        )
-        .into_response();
-    }
     let keys = &engine.keys;
     let key = keys.order_key(&order.order_id);
-    // Fast path: an order that cannot succeed is answered here, without a trip through the
-    // shard, unless it may be a retry of an order that got in (the shard answers that one).
-    // Same precedence as the shard: max_per_order, then stock.
-    let slot = engine.inventory.slot(slot_index);
-    let (available, max_per_order) = (slot.available(), slot.max_per_order());
-    let qty = u64::from(order.qty);
-    if (qty > u64::from(max_per_order) || available < qty) && !engine.dedup.contains(key) {
-        if qty > u64::from(max_per_order) {
-            return qty_over_max(order.qty, max_per_order);
-        }
-        return sold_out(&order.sku, order.qty, available);
-    }
     let fingerprint = keys.content_fingerprint(
         &order.user_id,
         &order.sku,
@@ -208,6 +190,37 @@ pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
         order.payment,
         order.address.as_deref(),
     );
+    // A retry of a durable order (or a reuse of its id) is answered here, with no shard trip:
+    // it needs no write, so it is served even when the journal has stopped admission or the
+    // shard's mailbox is full. A pending original is the shard's to answer.
+    let known = match engine.dedup.lookup(key, fingerprint) {
+        DedupCheck::New => false,
+        DedupCheck::Retry { seq: Some(seq) } => {
+            let status = order.payment.initial_status();
+            return order_reply(&order.order_id, status, seq, true);
+        }
+        DedupCheck::Conflict => return idempotency_conflict(&order.order_id),
+        DedupCheck::Retry { seq: None } => true,
+    };
+    if engine.journal.is_poisoned() {
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "journal cannot be written; admission stopped",
+        )
+        .into_response();
+    }
+    // Fast path: an order that cannot succeed is answered here, without a trip through the
+    // shard, unless it may be a retry of an order that got in (the shard answers that one).
+    // Same precedence as the shard: max_per_order, then stock.
+    let slot = engine.inventory.slot(slot_index);
+    let (available, max_per_order) = (slot.available(), slot.max_per_order());
+    let qty = u64::from(order.qty);
+    if (qty > u64::from(max_per_order) || available < qty) && !known {
+        if qty > u64::from(max_per_order) {
+            return qty_over_max(order.qty, max_per_order);
+        }
+        return sold_out(&order.sku, order.qty, available);
+    }
     let purchase_key = keys.purchase_key(&order.user_id, &order.sku);
     let (reply_sender, reply_receiver) = oneshot::channel();
     let ValidOrder {
@@ -262,11 +275,7 @@ pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
             format!("per_user_limit is {limit}; this user has {bought} and asked for {qty} more"),
         )
         .into_response(),
-        OrderOutcome::IdempotencyConflict => ApiError::new(
-            ErrorCode::IdempotencyConflict,
-            format!("order_id {order_id:?} was already used with different content"),
-        )
-        .into_response(),
+        OrderOutcome::IdempotencyConflict => idempotency_conflict(&order_id),
         OrderOutcome::QtyOverMax { max_per_order } => qty_over_max(qty, max_per_order),
         OrderOutcome::Unavailable { reason } => ApiError::new(
             ErrorCode::Unavailable,
@@ -282,6 +291,14 @@ fn engine_sku_name(engine: &Engine, slot_index: u32) -> String {
         .slot(slot_index)
         .sku_name()
         .unwrap_or_default()
+}
+
+fn idempotency_conflict(order_id: &str) -> HttpResponse {
+    ApiError::new(
+        ErrorCode::IdempotencyConflict,
+        format!("order_id {order_id:?} was already used with different content"),
+    )
+    .into_response()
 }
 
 fn qty_over_max(qty: u32, max_per_order: u32) -> HttpResponse {

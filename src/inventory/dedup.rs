@@ -136,6 +136,21 @@ impl DedupIndex {
         self.entries.contains_key(&key.0)
     }
 
+    /// Reads what the index says about an order without changing anything: lets the HTTP
+    /// task answer a retry of a durable order (or a reuse of its id) without a shard trip.
+    pub fn lookup(&self, key: OrderKey, fingerprint: ContentFingerprint) -> DedupCheck {
+        match self.entries.get(&key.0).map(|entry| *entry) {
+            None => DedupCheck::New,
+            Some(value) if (value >> SEQ_BITS) as u32 != fingerprint.0 => DedupCheck::Conflict,
+            Some(value) => {
+                let seq = value & SEQ_MASK;
+                DedupCheck::Retry {
+                    seq: (seq != 0).then_some(seq),
+                }
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -168,7 +183,13 @@ mod tests {
         let index = DedupIndex::new();
         let key = OrderKey(42);
         let fp = ContentFingerprint(7);
+        assert_eq!(index.lookup(key, fp), DedupCheck::New);
         assert_eq!(index.check_or_insert(key, fp), DedupCheck::New);
+        assert_eq!(index.lookup(key, fp), DedupCheck::Retry { seq: None });
+        assert_eq!(
+            index.lookup(key, ContentFingerprint(8)),
+            DedupCheck::Conflict
+        );
         assert_eq!(
             index.check_or_insert(key, fp),
             DedupCheck::Retry { seq: None }
