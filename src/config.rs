@@ -50,6 +50,7 @@ pub struct JournalConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub body_bytes_max: usize,
+    pub body_read_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +169,11 @@ const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
         EnvKind::Integer,
     ),
     (
+        "STAMPEDE_HTTP_BODY_READ_TIMEOUT_MS",
+        &["http", "body_read_timeout_ms"],
+        EnvKind::Integer,
+    ),
+    (
         "STAMPEDE_SHARD_QUEUE_CAPACITY",
         &["shard", "queue_capacity"],
         EnvKind::Integer,
@@ -282,6 +288,12 @@ impl Config {
             return fail(format!(
                 "journal.fsync_interval_ms must be 1..=60000, got {}",
                 j.fsync_interval_ms
+            ));
+        }
+        if !(100..=60_000).contains(&self.http.body_read_timeout_ms) {
+            return fail(format!(
+                "http.body_read_timeout_ms must be 100..=60000, got {}",
+                self.http.body_read_timeout_ms
             ));
         }
         if !(1024..=limits::BODY_BYTES_MAX).contains(&self.http.body_bytes_max) {

@@ -106,7 +106,10 @@ async fn serve(config: Config) -> ExitCode {
     let address = listener.local_addr().expect("bound socket has an address");
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("stampede listening on http://{address}");
-    let state = Arc::new(AppState::new(config.http.body_bytes_max));
+    let state = Arc::new(AppState::new(
+        config.http.body_bytes_max,
+        std::time::Duration::from_millis(config.http.body_read_timeout_ms),
+    ));
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve(listener, state.clone(), async {
         let _ = stop_receiver.await;

@@ -383,6 +383,54 @@ async fn every_bad_order_gets_the_contract_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_is_answered_408_and_takes_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start(Opts {
+        env: vec![(
+            "STAMPEDE_HTTP_BODY_READ_TIMEOUT_MS".to_string(),
+            "300".to_string(),
+        )],
+        ..Opts::default()
+    })
+    .await;
+    server.create_sku("SLOW-1", 10, 0, 1).await;
+    let mut stream = tokio::net::TcpStream::connect(&server.addr)
+        .await
+        .expect("connect");
+    let body = order("slow-1", "u1", "SLOW-1", 1, "prepaid").to_string();
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    // Half the body, then silence: a slow or hostile sender.
+    stream
+        .write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .expect("half a body");
+    let started = std::time::Instant::now();
+    let mut response = vec![0u8; 4096];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read(&mut response),
+    )
+    .await
+    .expect("answered long before the client gives up")
+    .expect("read");
+    let text = String::from_utf8_lossy(&response[..read]).to_string();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("\"error\":\"request_timeout\""), "{text}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(3));
+    assert_eq!(
+        server.sku("SLOW-1").await["available"],
+        10,
+        "nothing was taken"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_body_over_the_limit_is_too_large() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = Server::start(Opts::default()).await;

@@ -71,7 +71,10 @@ async fn start_engine(data_dir: &std::path::Path) -> RunningEngine {
     .expect("test config is valid");
     let listener = tokio::net::TcpListener::bind(config.listen).await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let state = Arc::new(AppState::new(config.http.body_bytes_max));
+    let state = Arc::new(AppState::new(
+        config.http.body_bytes_max,
+        std::time::Duration::from_millis(config.http.body_read_timeout_ms),
+    ));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve(listener, state.clone(), async {
         let _ = stopped.await;

@@ -42,14 +42,16 @@ pub struct AppState {
     engine: OnceLock<Arc<Engine>>,
     draining: AtomicBool,
     body_bytes_max: usize,
+    body_read_timeout: Duration,
 }
 
 impl AppState {
-    pub fn new(body_bytes_max: usize) -> Self {
+    pub fn new(body_bytes_max: usize, body_read_timeout: Duration) -> Self {
         Self {
             engine: OnceLock::new(),
             draining: AtomicBool::new(false),
             body_bytes_max,
+            body_read_timeout,
         }
     }
 
@@ -172,7 +174,7 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                 Ok(engine) => engine,
                 Err(error) => return error.into_response(),
             };
-            match read_body(&parts.headers, body, state.body_bytes_max).await {
+            match read_body(&parts.headers, body, state).await {
                 Ok(body) => orders::create_order(engine, &body).await,
                 Err(error) => error.into_response(),
             }
@@ -189,7 +191,7 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
             if let Err(error) = admin::authorize(engine, &parts.headers) {
                 return error.into_response();
             }
-            match read_body(&parts.headers, body, state.body_bytes_max).await {
+            match read_body(&parts.headers, body, state).await {
                 Ok(body) => admin::put_sku(engine, sku, &body).await,
                 Err(error) => error.into_response(),
             }
@@ -255,8 +257,9 @@ fn with_engine(state: &AppState, handler: impl FnOnce(&Engine) -> HttpResponse) 
 async fn read_body(
     headers: &hyper::HeaderMap,
     body: Incoming,
-    limit: usize,
+    state: &AppState,
 ) -> Result<Bytes, ApiError> {
+    let limit = state.body_bytes_max;
     let too_large = || {
         ApiError::new(
             ErrorCode::TooLarge,
@@ -270,7 +273,18 @@ async fn read_body(
     if declared.is_some_and(|length| length > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
+    let reading =
+        tokio::time::timeout(state.body_read_timeout, Limited::new(body, limit).collect());
+    let Ok(read) = reading.await else {
+        return Err(ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "body not received within {} ms",
+                state.body_read_timeout.as_millis()
+            ),
+        ));
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(error) => Err(ApiError::new(

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     Unavailable,
     NotFound,
     MethodNotAllowed,
+    /// The body did not arrive within `http.body_read_timeout_ms` (408).
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -48,6 +50,7 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
         }
     }
 
@@ -62,6 +65,7 @@ impl ErrorCode {
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
