@@ -31,6 +31,9 @@ use reply::{ApiError, ErrorCode, HttpResponse};
 /// hung: `/readyz` says `journal_stalled` so load balancers move traffic away before clients
 /// time out. Normal fsyncs take well under a millisecond to tens of milliseconds.
 const JOURNAL_STALL: Duration = Duration::from_secs(2);
+/// `GET /v1/journal` pages read at once (each on the blocking pool, up to a page of
+/// `JOURNAL_PAGE_MAX` records); more are shed with 429. Fulfilment workers are few.
+pub const JOURNAL_READERS_MAX: usize = 8;
 /// Longest time a client may take to send its request headers (slowloris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Open connections at once; past it new connections wait in the kernel's accept backlog.
@@ -43,6 +46,7 @@ pub struct AppState {
     draining: AtomicBool,
     body_bytes_max: usize,
     body_read_timeout: Duration,
+    journal_readers: Semaphore,
 }
 
 impl AppState {
@@ -52,6 +56,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             body_bytes_max,
             body_read_timeout,
+            journal_readers: Semaphore::new(JOURNAL_READERS_MAX),
         }
     }
 
@@ -206,7 +211,18 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                     "follow=true is not served yet; page with from=<last seq>",
                 )
                 .into_response(),
-                Ok(query) => admin::read_journal(engine, &query).await,
+                Ok(query) => {
+                    // Each page read runs on the blocking pool and may scan a segment: a bound
+                    // on how many run at once keeps readers from starving the engine.
+                    let Ok(_reader) = state.journal_readers.try_acquire() else {
+                        return ApiError::new(
+                            ErrorCode::Overloaded,
+                            format!("{JOURNAL_READERS_MAX} journal reads are running; retry"),
+                        )
+                        .into_response();
+                    };
+                    admin::read_journal(engine, &query).await
+                }
                 Err(error) => error.into_response(),
             }
         }
