@@ -291,13 +291,23 @@ impl Engine {
 
     /// Every SKU with its current stock, sorted by name.
     pub fn sku_views(&self) -> Vec<SkuView> {
-        let mut views: Vec<SkuView> = self
+        self.sku_page("", usize::MAX)
+    }
+
+    /// Up to `limit` SKUs whose names sort after `after`, by name, with their stock.
+    pub fn sku_page(&self, after: &str, limit: usize) -> Vec<SkuView> {
+        let mut names: Vec<(String, u32)> = self
             .catalog
             .iter()
-            .map(|entry| SkuView::new(entry.key(), self.inventory.slot(*entry.value()).read()))
+            .filter(|entry| entry.key().as_str() > after)
+            .map(|entry| (entry.key().clone(), *entry.value()))
             .collect();
-        views.sort_by(|a, b| a.sku.cmp(&b.sku));
-        views
+        names.sort_unstable();
+        names
+            .into_iter()
+            .take(limit)
+            .map(|(name, slot)| SkuView::new(&name, self.inventory.slot(slot).read()))
+            .collect()
     }
 
     /// Hands an order to the shard that owns its SKU, without waiting.

@@ -83,6 +83,32 @@ async fn stampede_of_buyers_sells_exactly_the_stock() {
         assert_eq!(listed[field], view[field], "{field}: {listed} vs {view}");
     }
 
+    // The list pages by name: every SKU exactly once, in order, then an empty page.
+    let mut names = Vec::new();
+    let mut after = String::new();
+    for _ in 0..10 {
+        let page = server.get(&format!("/v1/skus?limit=2&after={after}")).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        let skus = page.json["skus"].as_array().expect("skus array").clone();
+        assert!(skus.len() <= 2, "{}", page.text);
+        names.extend(
+            skus.iter()
+                .map(|sku| sku["sku"].as_str().unwrap().to_string()),
+        );
+        match page.json["next_after"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    let all: Vec<String> = list.json["skus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|sku| sku["sku"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, all, "paged names equal the full list, in order");
+    assert!(names.windows(2).all(|pair| pair[0] < pair[1]));
+
     // The journal: strictly increasing seqs, exactly the 50 accepted orders, with the seqs
     // their 201s announced.
     let journal = server.journal().await;

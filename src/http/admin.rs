@@ -40,10 +40,34 @@ pub fn get_sku(engine: &Engine, sku: &str) -> HttpResponse {
     }
 }
 
-pub fn list_skus(engine: &Engine) -> HttpResponse {
+/// `GET /v1/skus?after=NAME&limit=N`: SKUs by name, a page at a time (default 1000, at most
+/// `limits::JOURNAL_PAGE_MAX`); `next_after` names the last one when more may follow.
+pub fn list_skus(engine: &Engine, query: Option<&str>) -> HttpResponse {
+    let mut after = "";
+    let mut limit = 1000usize;
+    for pair in query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "after" => after = value,
+            "limit" => match value.parse::<usize>() {
+                Ok(n) if n >= 1 => limit = n.min(limits::JOURNAL_PAGE_MAX),
+                _ => {
+                    return ApiError::new(ErrorCode::BadRequest, format!("bad limit {value:?}"))
+                        .into_response();
+                }
+            },
+            _ => {}
+        }
+    }
+    let page = engine.sku_page(after, limit);
+    let next_after = (page.len() == limit).then(|| page.last().map(|view| view.sku.clone()));
     reply::json(
         StatusCode::OK,
-        &serde_json::json!({ "skus": engine.sku_views() }),
+        &serde_json::json!({ "skus": page, "next_after": next_after.flatten() }),
     )
 }
 

@@ -184,7 +184,9 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                 Err(error) => error.into_response(),
             }
         }
-        (["v1", "skus"], &Method::GET) => with_engine(state, admin::list_skus),
+        (["v1", "skus"], &Method::GET) => {
+            with_engine(state, |engine| admin::list_skus(engine, parts.uri.query()))
+        }
         (["v1", "skus", sku], &Method::GET) => {
             with_engine(state, |engine| admin::get_sku(engine, sku))
         }
