@@ -459,6 +459,17 @@ mod tests {
     }
 
     #[test]
+    fn every_environment_override_is_documented_in_the_default_file() {
+        for (name, path, _) in ENV_OVERRIDES {
+            assert!(
+                DEFAULT_TOML.contains(name),
+                "{name} ({}) is not documented",
+                path.join(".")
+            );
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_an_error_not_a_silent_typo() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("typo.toml");
