@@ -129,7 +129,12 @@ except Exception as e:
 a = s.get("answered") or {}
 audit = s.get("audit")
 verdict = "skipped" if audit is None else ("passed" if audit["passed"] else "FAILED")
-print(f"{name:15} round {rnd}: {s['totals']['throughput_per_s']:10.0f} req/s  p50 {a.get('p50_us',0)/1e3:7.3f} ms  p99 {a.get('p99_us',0)/1e3:7.3f} ms  errors {s['totals']['error_rate']:.4f}  audit {verdict}")
+t = s['totals']
+goodput = t.get('goodput_per_s', t['throughput_per_s'])
+print(f"{name:15} round {rnd}: {t['throughput_per_s']:10.0f} req/s  goodput {goodput:10.0f} req/s  p50 {a.get('p50_us',0)/1e3:7.3f} ms  p99 {a.get('p99_us',0)/1e3:7.3f} ms  errors {t['error_rate']:.4f}  audit {verdict}")
+if t['error_rate'] > 0.001:
+    print(f"WARNING: {name} round {rnd}: error rate {t['error_rate']*100:.3f}% is above 0.1%: "
+          f"its req/s counts errors; compare goodput ({goodput:.0f} req/s)", file=sys.stderr)
 PY
 }
 

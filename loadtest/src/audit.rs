@@ -13,7 +13,7 @@
 //! 2. `no_oversell`: units journaled for a SKU (accepted minus returned) are at most its stock,
 //!    equal sold + reserved, and the units the generator saw answered 201 are at most its stock.
 //! 3. `created_orders_journaled`: every order answered 201 is journaled exactly once, with the
-//!    `seq` of the answer and the same SKU.
+//!    `seq` of the answer, the same SKU and the same qty.
 //! 4. `no_duplicate_journal_orders`: no order id is journaled as accepted twice.
 //! 5. `no_double_acceptance`: no order id was answered 201 twice.
 //! 6. `replays_match_originals`: every 200 replay carries the journaled `seq` of its order.
@@ -101,6 +101,9 @@ pub struct JournalScan {
     run_id: String,
     sku_indexes: HashMap<String, u32>,
     pub records: u64,
+    /// Records that touch this run: one of its order ids or one of its SKUs. Other clients'
+    /// records on other SKUs do not count, so a busy engine does not look like a moving run.
+    pub run_records: u64,
     pub last_seq: u64,
     ours: Vec<JournaledOrder>,
     /// Accepted units on each scenario SKU, whoever ordered.
@@ -122,6 +125,7 @@ impl JournalScan {
                 .map(|(index, sku)| (sku.name.clone(), index as u32))
                 .collect(),
             records: 0,
+            run_records: 0,
             last_seq: 0,
             ours: Vec::new(),
             accepted_units: vec![0; skus.len()],
@@ -143,10 +147,18 @@ impl JournalScan {
         }
         self.records += 1;
         self.last_seq = record.seq;
+        let our_sku = record
+            .sku
+            .is_some_and(|sku| self.sku_indexes.contains_key(sku));
+        let key = record
+            .order_id
+            .and_then(|order_id| parse_order_id(&self.run_id, order_id));
+        if our_sku || key.is_some() {
+            self.run_records += 1;
+        }
         let Some(order_id) = record.order_id else {
             return Ok(record.seq);
         };
-        let key = parse_order_id(&self.run_id, order_id);
         if record.kind == "accepted" {
             let sku_index = record
                 .sku
@@ -389,6 +401,15 @@ pub fn audit(
                     check.violation(|| {
                         format!("{} is journaled for another SKU", name_of(created.key))
                     });
+                } else if order.qty != u64::from(created.qty) {
+                    check.violation(|| {
+                        format!(
+                            "{} was ordered with qty {} but is journaled with qty {}",
+                            name_of(created.key),
+                            created.qty,
+                            order.qty
+                        )
+                    });
                 }
             }
             Some(orders) => check.violation(|| {
@@ -609,6 +630,37 @@ mod tests {
         let report = audit(RUN, &skus(), &state(2, 1), &scan(&[accepted(2, a)]), &log);
         assert_eq!(failed(&report), vec!["created_orders_journaled"]);
         assert!(report.checks[2].violations[0].contains("r1-0-1 was answered 201 (seq 3)"));
+    }
+
+    #[test]
+    fn the_audit_detects_a_201_journaled_with_another_qty() {
+        let a = order_key(0, 0);
+        let mut ordered = created(a, 2);
+        ordered.qty = 2;
+        let log = OrderLog {
+            created: vec![ordered],
+            ..OrderLog::default()
+        };
+        // Journaled (and taken) with qty 1, though the generator ordered 2.
+        let report = audit(RUN, &skus(), &state(2, 1), &scan(&[accepted(2, a)]), &log);
+        assert_eq!(failed(&report), vec!["created_orders_journaled"]);
+        assert!(
+            report.checks[2].violations[0].contains("qty 2 but is journaled with qty 1"),
+            "{:?}",
+            report.checks[2]
+        );
+    }
+
+    #[test]
+    fn only_this_runs_records_count_as_the_run_moving() {
+        let mut scan = JournalScan::new(RUN, &skus());
+        scan.add_line(r#"{"seq":1,"type":"accepted","order_id":"x-1","sku":"ELSE","qty":1}"#)
+            .unwrap();
+        assert_eq!((scan.records, scan.run_records), (1, 0));
+        scan.add_line(&accepted(2, order_key(0, 0))).unwrap();
+        scan.add_line(r#"{"seq":3,"type":"accepted","order_id":"x-2","sku":"S-r1-0","qty":1}"#)
+            .unwrap();
+        assert_eq!((scan.records, scan.run_records), (3, 2));
     }
 
     #[test]

@@ -235,7 +235,8 @@ pub struct Args {
     )]
     pub slo_error_rate: Option<f64>,
 
-    /// SLO: measured throughput at least this many requests per second.
+    /// SLO: measured goodput (non-error answers: 201, 200 replay, 409, 422) at least this many
+    /// per second.
     #[arg(
         long,
         value_name = "PER_S",
@@ -472,6 +473,16 @@ mod tests {
         assert!(error.contains("--model open"), "{error}");
         let error = parse(&["-s", "throughput"]).unwrap_err();
         assert!(error.contains("admin token"), "{error}");
+        for extreme in [
+            ["--rate", "1e-300", "--burst", "0"],
+            ["--rate", "1e300", "--burst", "0"],
+            ["--rate", "10", "--burst", "18446744073709551615"],
+        ] {
+            let mut argv = vec!["-s", "throughput", "--model", "open", "--target", "bare"];
+            argv.extend_from_slice(&extreme);
+            let error = parse(&argv).unwrap_err();
+            assert!(error.contains("out of range"), "{extreme:?}: {error}");
+        }
         let error = parse(&[
             "-s",
             "throughput",

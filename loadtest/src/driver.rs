@@ -35,7 +35,7 @@ use crate::audit::{Created, OrderLog};
 use crate::outcome::OutcomeClass;
 use crate::recorder::{Recorder, Sample, Timeline};
 use crate::schedule::{OpenSchedule, closed_start_offset};
-use crate::target::{Answered, Connection, RequestContext, Target};
+use crate::target::{Answered, Connection, RequestContext, SendError, Target};
 use crate::workload::{Workload, WorkloadPlan};
 
 /// Pause after a failed connect in the closed model, so a dead target is not spun on.
@@ -113,6 +113,9 @@ pub struct DriveResult {
     pub unsent: u64,
     /// Open model: of `unsent`, those due inside the measured window.
     pub unsent_measured: u64,
+    /// Keep-alive connections found closed by the server before a request went out on them
+    /// (idle timeout), replaced by a new connection that carried the request.
+    pub reconnects: u64,
     /// From the start instant to the last answer.
     pub elapsed: Duration,
     pub started_unix_ms: u64,
@@ -131,6 +134,7 @@ struct TaskResult {
     recorder: Recorder,
     log: OrderLog,
     sent: u64,
+    reconnects: u64,
 }
 
 /// Opens every connection, runs the plan, and returns the merged results.
@@ -164,11 +168,13 @@ pub async fn drive(
     let mut recorder = Recorder::new();
     let mut log = OrderLog::default();
     let mut sent = 0;
+    let mut reconnects = 0;
     while let Some(done) = tasks.join_next().await {
         let result = done.context("a connection task panicked")?;
         recorder.merge(&result.recorder);
         log.merge(result.log);
         sent += result.sent;
+        reconnects += result.reconnects;
     }
     let elapsed = start.elapsed();
     let (unsent, unsent_measured) = match plan.model {
@@ -188,6 +194,7 @@ pub async fn drive(
         sent,
         unsent,
         unsent_measured,
+        reconnects,
         elapsed,
         started_unix_ms,
     })
@@ -230,6 +237,7 @@ async fn connection_task(
         recorder: Recorder::new(),
         log: OrderLog::default(),
         sent: 0,
+        reconnects: 0,
     };
     let plan = &shared.plan;
     let end = shared.start + plan.run_length();
@@ -254,7 +262,14 @@ async fn connection_task(
                 break;
             }
             let request = workload.next_request();
-            let answered = send(&mut connection, &shared, &request, &mut context).await;
+            let answered = send(
+                &mut connection,
+                &shared,
+                &request,
+                &mut context,
+                &mut result.reconnects,
+            )
+            .await;
             let done = Instant::now();
             result.sent += 1;
             workload.answered(&request, answered.class);
@@ -282,7 +297,14 @@ async fn connection_task(
                     break;
                 }
                 let request = workload.next_request();
-                let answered = send(&mut connection, &shared, &request, &mut context).await;
+                let answered = send(
+                    &mut connection,
+                    &shared,
+                    &request,
+                    &mut context,
+                    &mut result.reconnects,
+                )
+                .await;
                 let done = Instant::now();
                 result.sent += 1;
                 workload.answered(&request, answered.class);
@@ -310,22 +332,39 @@ async fn connection_task(
 }
 
 /// Sends one request on the task's connection, reconnecting first if it was lost.
+///
+/// A keep-alive connection the server closed while it sat idle (the engine closes one after
+/// 10 s) is only found out when the next request is sent. When no byte of the request had
+/// left, it goes out again on a new connection (counted in `reconnects`); a request that had
+/// started to go out stays a transport error, since it may have been processed.
 async fn send(
     connection: &mut Option<Connection>,
     shared: &Shared,
     request: &crate::workload::OrderRequest,
     context: &mut RequestContext<'_>,
+    reconnects: &mut u64,
 ) -> Answered {
     shared.live.sent.fetch_add(1, Ordering::Relaxed);
     let attempt = tokio::time::timeout(shared.plan.timeout, async {
-        if connection.is_none() {
-            *connection = Some(shared.target.connect().await.map_err(|_| "connect")?);
+        loop {
+            let fresh = connection.is_none();
+            if fresh {
+                *connection = Some(shared.target.connect().await.map_err(|_| "connect")?);
+            }
+            let sent = connection
+                .as_mut()
+                .expect("connected above")
+                .order(request, context)
+                .await;
+            match sent {
+                // Not on a connection just opened: that one is not stale, the target is.
+                Err(SendError::NotSent(_)) if !fresh => {
+                    *connection = None;
+                    *reconnects += 1;
+                }
+                other => return other.map_err(SendError::what),
+            }
         }
-        connection
-            .as_mut()
-            .expect("connected above")
-            .order(request, context)
-            .await
     })
     .await;
     shared.live.completed.fetch_add(1, Ordering::Relaxed);

@@ -89,20 +89,52 @@ fn main() -> ExitCode {
     };
     print!("{}", text::render(&summary));
     let _ = std::io::stdout().flush();
+    // A file that cannot be written is reported, but a failed SLO or audit (exit 1 or 2) is the
+    // run's result and outranks it; only a passing run turns into exit 3.
+    let mut write_failed = false;
     if let Some(mut file) = json_file {
         let written = serde_json::to_writer_pretty(&mut file, &summary)
             .map_err(std::io::Error::other)
             .and_then(|()| file.write_all(b"\n"));
         if let Err(error) = written {
             eprintln!("stampede-load: cannot write the JSON summary: {error}");
-            return ExitCode::from(exit::USAGE);
+            write_failed = true;
         }
     }
     if let Some(mut file) = html_file
         && let Err(error) = file.write_all(html::render_html(&summary).as_bytes())
     {
         eprintln!("stampede-load: cannot write the HTML report: {error}");
-        return ExitCode::from(exit::USAGE);
+        write_failed = true;
     }
-    ExitCode::from(summary.exit_code)
+    ExitCode::from(exit_code_after_writes(summary.exit_code, write_failed))
+}
+
+/// The exit code once the report files are written: the run's own failure (1 or 2) is kept
+/// when a file could not be written; a pass becomes a usage error (3).
+fn exit_code_after_writes(run_exit: u8, write_failed: bool) -> u8 {
+    if write_failed && run_exit == exit::OK {
+        exit::USAGE
+    } else {
+        run_exit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_keeps_a_failed_runs_exit_code() {
+        assert_eq!(exit_code_after_writes(exit::OK, false), exit::OK);
+        assert_eq!(exit_code_after_writes(exit::OK, true), exit::USAGE);
+        assert_eq!(
+            exit_code_after_writes(exit::SLO_FAILED, true),
+            exit::SLO_FAILED
+        );
+        assert_eq!(
+            exit_code_after_writes(exit::AUDIT_FAILED, true),
+            exit::AUDIT_FAILED
+        );
+    }
 }

@@ -60,7 +60,8 @@ pub struct Sample<'a> {
     /// (closed model) to the complete answer.
     pub latency: Duration,
     /// Open model only: from the actual send, i.e. what a tool that ignores the schedule
-    /// would report.
+    /// would report. Recorded for answered requests only, like the corrected latency row, so
+    /// that the two rows describe the same requests.
     pub service: Option<Duration>,
     /// Open model only: how late the generator sent it (actual send - intended).
     pub send_lag: Option<Duration>,
@@ -189,7 +190,7 @@ impl Recorder {
                 self.latency[index].get_or_insert_with(|| new_histogram(LATENCY_SIGFIG)),
                 latency_us,
             );
-            if let Some(service) = sample.service {
+            if let Some(service) = sample.service.filter(|_| sample.class.is_answered()) {
                 record_micros(
                     self.service
                         .get_or_insert_with(|| new_histogram(LATENCY_SIGFIG)),
@@ -413,5 +414,18 @@ mod tests {
                 .equivalent(recorder.service_histogram().unwrap().max(), 100)
         );
         assert_eq!(recorder.send_lag_histogram().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn service_time_counts_the_same_requests_as_the_corrected_row() {
+        let timeline = Mutex::new(Timeline::default());
+        let mut recorder = Recorder::new();
+        for class in [OutcomeClass::Created, OutcomeClass::TransportError] {
+            let mut s = sample(class, 10_000, 0, true);
+            s.service = Some(Duration::from_micros(100));
+            recorder.record(&s, &timeline);
+        }
+        assert_eq!(recorder.answered_histogram().len(), 1);
+        assert_eq!(recorder.service_histogram().unwrap().len(), 1);
     }
 }

@@ -29,6 +29,7 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<Summary> {
                 .journal_head()
                 .await
                 .context("cannot read the journal's head")?;
+            client.check_run_id_unused(&settings.run_id, &skus).await?;
             http::create_skus(&client, &skus)
                 .await
                 .context("creating the scenario's SKUs")?;

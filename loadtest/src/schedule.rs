@@ -18,6 +18,12 @@
 
 use std::time::Duration;
 
+/// Lowest and highest accepted arrival rates, requests per second.
+pub const RATE_MIN_PER_S: f64 = 0.001;
+pub const RATE_MAX_PER_S: f64 = 100_000_000.0;
+/// Most requests accepted in the opening burst.
+pub const BURST_MAX: u64 = 1_000_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OpenSchedule {
     rate_per_s: f64,
@@ -32,6 +38,18 @@ impl OpenSchedule {
         if !(rate_per_s.is_finite() && rate_per_s > 0.0) {
             return Err(format!(
                 "the open model needs a positive rate, got {rate_per_s}"
+            ));
+        }
+        // Bounds that keep every intended time and request count far from overflow (a tiny
+        // rate puts request k at k/rate seconds; a huge burst or rate overflows the counts).
+        if !(RATE_MIN_PER_S..=RATE_MAX_PER_S).contains(&rate_per_s) {
+            return Err(format!(
+                "rate {rate_per_s} is out of range: give {RATE_MIN_PER_S}..={RATE_MAX_PER_S} requests per second"
+            ));
+        }
+        if burst > BURST_MAX {
+            return Err(format!(
+                "burst {burst} is out of range: give at most {BURST_MAX} requests"
             ));
         }
         Ok(Self {

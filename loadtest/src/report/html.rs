@@ -147,6 +147,13 @@ pub fn render_html(summary: &Summary) -> String {
             ),
         ),
         (
+            "goodput",
+            format!(
+                "{:.0} req/s (201, 200 replay, 409, 422: answers that are not errors)",
+                totals.goodput_per_s
+            ),
+        ),
+        (
             "error rate",
             format!(
                 "{:.3}% (429/503, other, transport, unsent)",
@@ -154,6 +161,7 @@ pub fn render_html(summary: &Summary) -> String {
             ),
         ),
         ("due but never sent", totals.unsent.to_string()),
+        ("idle connections reopened", totals.reconnects.to_string()),
     ] {
         let _ = write!(
             out,

@@ -166,8 +166,15 @@ pub struct Totals {
     /// Open model: due in the measured window but never sent (every connection was busy).
     pub unsent: u64,
     pub elapsed_s: f64,
-    /// Measured requests per second of measured duration.
+    /// Measured requests per second of measured duration, errors included.
     pub throughput_per_s: f64,
+    /// Measured requests that got a non-error answer (201, 200 replay, 409, 422).
+    pub goodput: u64,
+    /// `goodput` per second of measured duration: what `--slo-min-throughput` gates.
+    pub goodput_per_s: f64,
+    /// Keep-alive connections found closed by the server (idle timeout) before a request went
+    /// out on them, replaced by a new one that carried the request (warm-up included).
+    pub reconnects: u64,
     pub created_per_s: f64,
     /// (429/503 + other + transport errors + unsent) / (measured + unsent).
     pub error_rate: f64,
@@ -279,6 +286,11 @@ pub fn summarize(
         .sum::<u64>()
         + result.unsent_measured;
     let offered = measured + result.unsent_measured;
+    let goodput: u64 = OutcomeClass::ALL
+        .into_iter()
+        .filter(|c| c.is_answered() && !c.is_error())
+        .map(|c| recorder.count(c))
+        .sum();
     let totals = Totals {
         sent: result.sent,
         measured,
@@ -286,6 +298,9 @@ pub fn summarize(
         unsent: result.unsent_measured,
         elapsed_s: result.elapsed.as_secs_f64(),
         throughput_per_s: measured as f64 / duration_s,
+        goodput,
+        goodput_per_s: goodput as f64 / duration_s,
+        reconnects: result.reconnects,
         created_per_s: recorder.count(OutcomeClass::Created) as f64 / duration_s,
         error_rate: if offered == 0 {
             0.0
@@ -362,12 +377,13 @@ pub fn summarize(
         });
     }
     if let Some(threshold) = slo.min_throughput {
+        // Errors are not throughput a buyer can use: the floor is on goodput.
         checks.push(SloCheck {
-            name: "throughput",
+            name: "goodput",
             threshold,
-            actual: Some(totals.throughput_per_s),
+            actual: Some(totals.goodput_per_s),
             unit: "req/s",
-            passed: totals.throughput_per_s >= threshold,
+            passed: totals.goodput_per_s >= threshold,
         });
     }
     let slo_report = SloReport {
@@ -459,6 +475,7 @@ mod tests {
             sent: 1000 + errors,
             unsent: 0,
             unsent_measured: 0,
+            reconnects: 0,
             elapsed: Duration::from_secs(10),
             started_unix_ms: 0,
         }
@@ -516,6 +533,32 @@ mod tests {
         let summary = summarize(info(), &result(20), Some(audit(true)), None, &loose);
         assert!((summary.totals.error_rate - 20.0 / 1020.0).abs() < 1e-12);
         assert_eq!(summary.exit_code, exit::SLO_FAILED);
+    }
+
+    #[test]
+    fn the_throughput_floor_is_on_goodput_not_on_errors() {
+        let slo = SloThresholds {
+            min_throughput: Some(120.0),
+            ..SloThresholds::default()
+        };
+        // 1000 answers and 500 shed in 10 s: 150 req/s sent and answered, 100 of them useful.
+        let summary = summarize(info(), &result(500), Some(audit(true)), None, &slo);
+        assert!((summary.totals.throughput_per_s - 150.0).abs() < 1e-9);
+        assert!((summary.totals.goodput_per_s - 100.0).abs() < 1e-9);
+        assert_eq!(summary.totals.goodput, 1000);
+        assert_eq!(summary.slo.checks[0].name, "goodput");
+        assert_eq!(summary.exit_code, exit::SLO_FAILED);
+        let json = serde_json::to_value(&summary).unwrap();
+        assert_eq!(json["totals"]["goodput"], 1000);
+        assert!(json["totals"]["throughput_per_s"].as_f64().is_some());
+        assert!(text::render(&summary).contains("goodput 100 req/s"));
+        assert!(html::render_html(&summary).contains("goodput"));
+        let slo = SloThresholds {
+            min_throughput: Some(100.0),
+            ..SloThresholds::default()
+        };
+        let summary = summarize(info(), &result(500), Some(audit(true)), None, &slo);
+        assert_eq!(summary.exit_code, exit::OK);
     }
 
     #[test]

@@ -60,12 +60,21 @@ pub fn render(summary: &Summary) -> String {
     );
     let _ = writeln!(
         out,
-        "\nrequests: {} measured (+{} warm-up), {:.0} req/s, {:.0} created/s, error rate {:.3}%{}",
+        "\nrequests: {} measured (+{} warm-up), {:.0} req/s, goodput {:.0} req/s, {:.0} created/s, error rate {:.3}%{}{}",
         totals.measured,
         totals.warmup,
         totals.throughput_per_s,
+        totals.goodput_per_s,
         totals.created_per_s,
         totals.error_rate * 100.0,
+        if totals.reconnects > 0 {
+            format!(
+                ", {} idle connections closed by the server and reopened",
+                totals.reconnects
+            )
+        } else {
+            String::new()
+        },
         if totals.unsent > 0 {
             format!(
                 ", {} due but never sent (all connections busy)",
@@ -169,11 +178,7 @@ pub fn render(summary: &Summary) -> String {
                 .actual
                 .map(|a| format!("{a:.4}"))
                 .unwrap_or_else(|| "no data".into());
-            let relation = if check.name == "throughput" {
-                ">="
-            } else {
-                "<="
-            };
+            let relation = if check.name == "goodput" { ">=" } else { "<=" };
             let _ = writeln!(
                 out,
                 "  {} {:<14} {actual} {relation} {} {}",

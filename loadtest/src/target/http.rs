@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use super::{ADMIN_TIMEOUT, Answered};
+use super::{ADMIN_TIMEOUT, Answered, SendError};
 use crate::audit::{JournalScan, SkuState};
 use crate::outcome::OutcomeClass;
 use crate::scenario::SkuSpec;
@@ -22,6 +22,12 @@ use crate::scenario::SkuSpec;
 /// Largest answer body read (the engine's are well under a kilobyte; a journal page of 10 000
 /// records is a few MiB).
 const BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Answers of 429 or 503 (shed: nothing was done) retried after their `Retry-After` by the
+/// admin and read calls, before the call fails.
+const SHED_RETRIES: u32 = 4;
+/// Longest and shortest wait before such a retry, whatever `Retry-After` says (1 s without it).
+const SHED_WAIT_MAX: Duration = Duration::from_secs(10);
+const SHED_WAIT_MIN: Duration = Duration::from_millis(50);
 /// Concurrent connections for setup (SKU creation) and for reading SKU figures in the audit.
 const ADMIN_CONNECTIONS: usize = 8;
 
@@ -68,6 +74,8 @@ impl Endpoint {
 pub struct HttpAnswer {
     pub status: u16,
     pub replayed: bool,
+    /// The `Retry-After` header, in seconds, when it has one.
+    pub retry_after: Option<u64>,
     pub body: Bytes,
 }
 
@@ -95,27 +103,43 @@ impl Connection {
         Ok(Self { sender })
     }
 
-    /// Sends `request` and reads the whole answer.
-    pub async fn send(
-        &mut self,
-        request: Request<Full<Bytes>>,
-    ) -> Result<HttpAnswer, &'static str> {
-        self.sender.ready().await.map_err(|_| "closed")?;
+    /// Sends `request` and reads the whole answer. [`SendError::NotSent`] when the connection
+    /// turned out to be closed before any byte of the request was written (hyper hands the
+    /// request back then); [`SendError::Failed`] once it had started going out.
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<HttpAnswer, SendError> {
+        self.sender
+            .ready()
+            .await
+            .map_err(|_| SendError::NotSent("closed"))?;
         let response = self
             .sender
-            .send_request(request)
+            .try_send_request(request)
             .await
-            .map_err(|error| if error.is_canceled() { "closed" } else { "io" })?;
+            .map_err(|mut error| {
+                if error.take_message().is_some() {
+                    SendError::NotSent("closed")
+                } else if error.error().is_canceled() {
+                    SendError::Failed("closed")
+                } else {
+                    SendError::Failed("io")
+                }
+            })?;
         let status = response.status().as_u16();
         let replayed = response.headers().contains_key("idempotent-replayed");
+        let retry_after = response
+            .headers()
+            .get(hyper::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse().ok());
         let body = http_body_util::Limited::new(response.into_body(), BODY_BYTES_MAX)
             .collect()
             .await
-            .map_err(|_| "body")?
+            .map_err(|_| SendError::Failed("body"))?
             .to_bytes();
         Ok(HttpAnswer {
             status,
             replayed,
+            retry_after,
             body,
         })
     }
@@ -125,7 +149,7 @@ impl Connection {
         &mut self,
         endpoint: &Endpoint,
         body: String,
-    ) -> Result<Answered, &'static str> {
+    ) -> Result<Answered, SendError> {
         let mut request = Request::new(Full::new(Bytes::from(body)));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = hyper::Uri::from_static("/v1/orders");
@@ -248,7 +272,41 @@ impl AdminClient {
         }
     }
 
+    /// One admin or read call; an answer of 429 or 503 (the engine shed it, nothing was done)
+    /// is retried after its `Retry-After`, up to [`SHED_RETRIES`] times, so that an engine busy
+    /// with other clients does not fail a setup or an audit.
     async fn call(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<HttpAnswer> {
+        let mut retries = 0;
+        loop {
+            let answer = self.call_once(method.clone(), path, body.clone()).await?;
+            if !matches!(answer.status, 429 | 503) {
+                return Ok(answer);
+            }
+            if retries == SHED_RETRIES {
+                bail!(
+                    "{method} {path} answered {} {} {} times in a row, retried after its \
+                     Retry-After each time; the engine is overloaded or unavailable: try again \
+                     when it is less busy",
+                    answer.status,
+                    String::from_utf8_lossy(&answer.body).trim(),
+                    retries + 1
+                );
+            }
+            retries += 1;
+            let wait = answer
+                .retry_after
+                .map_or(Duration::from_secs(1), Duration::from_secs)
+                .clamp(SHED_WAIT_MIN, SHED_WAIT_MAX);
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    async fn call_once(
         &mut self,
         method: Method,
         path: &str,
@@ -276,11 +334,8 @@ impl AdminClient {
             let sent = tokio::time::timeout(ADMIN_TIMEOUT, connection.send(request)).await;
             match sent {
                 Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(what)) if attempt == 0 => {
-                    self.connection = None;
-                    let _ = what;
-                }
-                Ok(Err(what)) => bail!("{method} {path} failed: {what}"),
+                Ok(Err(_)) if attempt == 0 => self.connection = None,
+                Ok(Err(what)) => bail!("{method} {path} failed: {}", what.what()),
                 Err(_) => bail!("{method} {path} timed out after {ADMIN_TIMEOUT:?}"),
             }
         }
@@ -289,7 +344,8 @@ impl AdminClient {
 
     /// Fails unless `GET /readyz` answers 200.
     pub async fn check_ready(&mut self) -> anyhow::Result<()> {
-        let answer = self.call(Method::GET, "/readyz", Bytes::new()).await?;
+        // Not retried: a 503 here means "not ready", which is the answer sought.
+        let answer = self.call_once(Method::GET, "/readyz", Bytes::new()).await?;
         if answer.status != 200 {
             bail!(
                 "{} is not ready: /readyz answered {} {}",
@@ -371,6 +427,34 @@ impl AdminClient {
             ),
             status => bail!(
                 "PUT /v1/skus/{} answered {status}: {}",
+                sku.name,
+                String::from_utf8_lossy(&answer.body).trim()
+            ),
+        }
+    }
+
+    /// Fails unless the run's SKUs are new to the engine (`GET /v1/skus/{sku}` answers 404):
+    /// a run id used before would mix two runs' orders and stock in one audit.
+    pub async fn check_run_id_unused(
+        &mut self,
+        run_id: &str,
+        skus: &[SkuSpec],
+    ) -> anyhow::Result<()> {
+        let Some(sku) = skus.first() else {
+            return Ok(());
+        };
+        let answer = self
+            .call(Method::GET, &format!("/v1/skus/{}", sku.name), Bytes::new())
+            .await?;
+        match answer.status {
+            404 => Ok(()),
+            200 => bail!(
+                "run id {run_id:?} was used before on this engine (SKU {} exists): pick another \
+                 --run-id",
+                sku.name
+            ),
+            status => bail!(
+                "GET /v1/skus/{} answered {status}: {}",
                 sku.name,
                 String::from_utf8_lossy(&answer.body).trim()
             ),
@@ -499,14 +583,19 @@ pub async fn gather_audit_inputs(
         tokio::time::sleep(Duration::from_millis(50)).await;
         admin.scan_journal(from, &mut scan).await?;
     }
+    // Only this run's records matter: other clients may keep the journal growing on their own
+    // SKUs without changing anything the audit compares.
     for _ in 0..5 {
+        let before = scan.run_records;
         let states = read_skus(admin, skus).await;
-        if admin.scan_journal(from, &mut scan).await? == 0 {
+        admin.scan_journal(from, &mut scan).await?;
+        if scan.run_records == before {
             return Ok((scan, states));
         }
     }
     bail!(
-        "the journal kept growing while the audit read it: is another client writing to this run's SKUs?"
+        "the journal's records of this run's SKUs and orders kept growing while the audit read \
+         them: is another client writing to this run's SKUs?"
     )
 }
 
@@ -518,6 +607,7 @@ mod tests {
         HttpAnswer {
             status,
             replayed,
+            retry_after: None,
             body: Bytes::from(body.to_owned()),
         }
     }

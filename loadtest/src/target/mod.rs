@@ -35,6 +35,26 @@ impl Answered {
     }
 }
 
+/// Why a request got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection was found closed before any byte of this request was written (a
+    /// keep-alive connection the server closed while idle): the request never reached the
+    /// server and may be sent again on a new connection.
+    NotSent(&'static str),
+    /// The request started going out and then failed: it may or may not have been processed.
+    Failed(&'static str),
+}
+
+impl SendError {
+    /// What failed, for the per-code counts.
+    pub fn what(self) -> &'static str {
+        match self {
+            SendError::NotSent(what) | SendError::Failed(what) => what,
+        }
+    }
+}
+
 /// Where the orders go.
 #[derive(Debug, Clone)]
 pub enum Target {
@@ -89,12 +109,13 @@ pub struct RequestContext<'a> {
 
 impl Connection {
     /// Sends one order and reads the whole answer. An `Err` means the connection is unusable
-    /// (the caller drops it and reconnects); its text says what failed.
+    /// (the caller drops it and reconnects); [`SendError::NotSent`] says the request did not
+    /// leave, so it may be sent again on a new connection.
     pub async fn order(
         &mut self,
         request: &OrderRequest,
         context: &mut RequestContext<'_>,
-    ) -> Result<Answered, &'static str> {
+    ) -> Result<Answered, SendError> {
         match (self, context.target) {
             (Connection::Http(connection), Target::Engine(endpoint) | Target::Bare(endpoint)) => {
                 request.write_json(context.run_id, context.skus, &mut context.scratch);
@@ -102,9 +123,10 @@ impl Connection {
                     .post_order(endpoint, std::mem::take(&mut context.scratch))
                     .await
             }
-            (Connection::Redis(connection), Target::Redis(redis)) => {
-                connection.order(redis, request, context).await
-            }
+            (Connection::Redis(connection), Target::Redis(redis)) => connection
+                .order(redis, request, context)
+                .await
+                .map_err(SendError::Failed),
             _ => unreachable!("a connection is opened by its own target"),
         }
     }
