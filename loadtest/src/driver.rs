@@ -261,19 +261,14 @@ async fn connection_task(
                 // Due before the end, but every connection was busy until well after it.
                 break;
             }
-            let request = workload.next_request();
-            let answered = send(
+            let (answered, done) = exchange(
                 &mut connection,
                 &shared,
-                &request,
+                &mut workload,
                 &mut context,
-                &mut result.reconnects,
+                &mut result,
             )
             .await;
-            let done = Instant::now();
-            result.sent += 1;
-            workload.answered(&request, answered.class);
-            note_for_audit(&mut result.log, &request, &answered);
             result.recorder.record(
                 &Sample {
                     class: answered.class,
@@ -296,19 +291,14 @@ async fn connection_task(
                 if sent_at >= end {
                     break;
                 }
-                let request = workload.next_request();
-                let answered = send(
+                let (answered, done) = exchange(
                     &mut connection,
                     &shared,
-                    &request,
+                    &mut workload,
                     &mut context,
-                    &mut result.reconnects,
+                    &mut result,
                 )
                 .await;
-                let done = Instant::now();
-                result.sent += 1;
-                workload.answered(&request, answered.class);
-                note_for_audit(&mut result.log, &request, &answered);
                 result.recorder.record(
                     &Sample {
                         class: answered.class,
@@ -329,6 +319,31 @@ async fn connection_task(
     }
     result.recorder.flush(&shared.live.timeline);
     result
+}
+
+/// One request of either model: the workload's next order, sent and answered, counted, fed
+/// back to the workload and noted for the audit. Returns the answer and when it arrived.
+async fn exchange(
+    connection: &mut Option<Connection>,
+    shared: &Shared,
+    workload: &mut Workload<'_>,
+    context: &mut RequestContext<'_>,
+    result: &mut TaskResult,
+) -> (Answered, Instant) {
+    let request = workload.next_request();
+    let answered = send(
+        connection,
+        shared,
+        &request,
+        context,
+        &mut result.reconnects,
+    )
+    .await;
+    let done = Instant::now();
+    result.sent += 1;
+    workload.answered(&request, answered.class);
+    note_for_audit(&mut result.log, &request, &answered);
+    (answered, done)
 }
 
 /// Sends one request on the task's connection, reconnecting first if it was lost.
