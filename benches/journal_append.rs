@@ -62,6 +62,7 @@ fn open_journal(policy: FsyncPolicy) -> (tempfile::TempDir, Journal) {
         JournalTail {
             segment: None,
             next_seq: 1,
+            index: Default::default(),
         },
     )
     .expect("open journal");

@@ -6,8 +6,8 @@
 //! - `keys`: [`KeyHasher::order_key`] + [`KeyHasher::content_fingerprint`] +
 //!   [`KeyHasher::purchase_key`] (three SipHash-1-3 runs; done on the HTTP task in the
 //!   engine, included because every order pays it).
-//! - `dedup_insert`: [`DedupIndex::check_or_insert`] of a never-seen key, then
-//!   [`DedupIndex::set_seq`] as the commit does: two `DashMap` shard locks per order.
+//! - `dedup_insert`: [`OrderIndex::check_or_insert`] of a never-seen key, then
+//!   [`OrderIndex::set_seq`] as the commit does: two `DashMap` shard locks per order.
 //! - `purchases`: [`PurchaseCounts::units`] + [`PurchaseCounts::add`] for a new buyer (the
 //!   common case in a stampede: each buyer orders once), so every add inserts.
 //! - `slot`: [`Slot::values`] + [`SlotValues::take`] + [`Slot::write`] (the seqlock write) on
@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use stampede::inventory::{
-    ContentFingerprint, DedupCheck, DedupIndex, Inventory, KeyHasher, OrderKey, PurchaseCounts,
+    ContentFingerprint, DedupCheck, Inventory, KeyHasher, OrderIndex, OrderKey, PurchaseCounts,
     PurchaseKey, Slot, SlotValues,
 };
 use stampede::journal::{Event, FrameBatch, OrderAccepted, Record};
@@ -143,14 +143,14 @@ fn steps(c: &mut Criterion, group_name: &str) {
     });
 
     group.bench_function("dedup_insert", |b| {
-        let mut index = DedupIndex::new();
+        let mut index = OrderIndex::new();
         let mut next = 0u64;
         b.iter_custom(|iters| {
             let mut elapsed = Duration::ZERO;
             let mut left = iters;
             while left > 0 {
                 if index.len() as u64 >= TABLE_RESET {
-                    index = DedupIndex::new();
+                    index = OrderIndex::new();
                 }
                 let chunk = left.min(TABLE_RESET - index.len() as u64);
                 let started = Instant::now();
@@ -161,7 +161,8 @@ fn steps(c: &mut Criterion, group_name: &str) {
                     let check = index.check_or_insert(black_box(key), fingerprint);
                     debug_assert_eq!(check, DedupCheck::New);
                     black_box(check);
-                    index.set_seq(key, (next & stampede::limits::SEQ_MAX).max(1));
+                    index
+                        .commit_accepted(key, committed((next & stampede::limits::SEQ_MAX).max(1)));
                 }
                 elapsed += started.elapsed();
                 left -= chunk;
@@ -237,7 +238,7 @@ fn composed(c: &mut Criterion, group_name: &str) {
         let dir = tempfile::tempdir().expect("tempdir");
         let inventory = inventory(&dir);
         let hasher = KeyHasher::with_keys(1, 2);
-        let mut index = DedupIndex::new();
+        let mut index = OrderIndex::new();
         let mut counts = PurchaseCounts::new();
         let mut frames = FrameBatch::with_capacity(BATCH * 256);
         let mut frame_keys: Vec<OrderKey> = Vec::with_capacity(BATCH);
@@ -255,7 +256,7 @@ fn composed(c: &mut Criterion, group_name: &str) {
             while left > 0 {
                 refill(inventory.slot(0));
                 if index.len() as u64 >= TABLE_RESET {
-                    index = DedupIndex::new();
+                    index = OrderIndex::new();
                     counts = PurchaseCounts::new();
                 }
                 let chunk = left
@@ -294,7 +295,7 @@ fn composed(c: &mut Criterion, group_name: &str) {
                     // The commit's side: each order of the durable batch gets its seq.
                     for key in frame_keys.drain(..) {
                         seq += 1;
-                        index.set_seq(key, seq);
+                        index.commit_accepted(key, committed(seq));
                     }
                     frames.clear();
                 }
@@ -315,18 +316,25 @@ fn decide(c: &mut Criterion, group_name: &str) {
         let dir = tempfile::tempdir().expect("tempdir");
         let inventory = inventory(&dir);
         let hasher = KeyHasher::with_keys(3, 4);
-        let mut dedup = Arc::new(DedupIndex::new());
+        let mut dedup = Arc::new(OrderIndex::new());
         let mut next = 0u64;
         b.iter_custom(|iters| {
             let mut elapsed = Duration::ZERO;
             for _ in 0..iters {
                 refill(inventory.slot(0));
                 if dedup.len() as u64 >= TABLE_RESET {
-                    dedup = Arc::new(DedupIndex::new());
+                    dedup = Arc::new(OrderIndex::new());
                 }
                 // A fresh writer each batch: without a journal `finish_batch` cannot run, and
                 // it is the only thing that empties the batch.
-                let mut writer = ShardWriter::new(0, inventory.clone(), dedup.clone(), BATCH);
+                let mut writer = ShardWriter::new(
+                    0,
+                    1,
+                    inventory.clone(),
+                    dedup.clone(),
+                    stampede::shard::Clock::system(),
+                    BATCH,
+                );
                 let mut replies = Vec::with_capacity(BATCH);
                 let commands: Vec<OrderCommand> = (0..BATCH)
                     .map(|_| {
@@ -353,7 +361,7 @@ fn decide(c: &mut Criterion, group_name: &str) {
                         }
                     })
                     .collect();
-                let at_ms = stampede::shard::now_ms();
+                let at_ms = stampede::shard::Clock::system().now_ms();
                 let started = Instant::now();
                 for command in commands {
                     writer.decide(command, at_ms);
@@ -378,3 +386,14 @@ fn reserve_path(c: &mut Criterion) {
 
 criterion_group!(benches, reserve_path);
 criterion_main!(benches);
+
+/// What the commit publishes for an accepted order (a prepaid order of slot 0).
+fn committed(seq: u64) -> stampede::inventory::AcceptedOrder {
+    stampede::inventory::AcceptedOrder {
+        seq,
+        status: stampede::order::OrderStatus::PendingPayment,
+        purchase_key: stampede::inventory::PurchaseKey(seq),
+        slot_index: 0,
+        qty: 1,
+    }
+}

@@ -1,5 +1,5 @@
 //! RAM cost per accepted order of the two tables that grow with every order: the shared
-//! idempotency index ([`DedupIndex`]) and the per-shard purchase-limit counts
+//! idempotency index ([`OrderIndex`]) and the per-shard purchase-limit counts
 //! ([`PurchaseCounts`]). Everything else the engine keeps is fixed-size (slots, buffers), so
 //! these two decide how many orders a sale can take before memory runs out, and neither is
 //! ever pruned while the process runs.
@@ -33,7 +33,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use stampede::inventory::{DedupCheck, DedupIndex, KeyHasher, PurchaseCounts};
+use stampede::inventory::{DedupCheck, KeyHasher, OrderIndex, PurchaseCounts};
 use stampede::order::Payment;
 
 /// `System`, counting the bytes currently allocated and the highest that count reached.
@@ -186,7 +186,7 @@ fn args() -> Args {
 /// Inserts orders `from..to` (distinct ids and buyers) into `index` as a shard does: check,
 /// then the commit's seq. Ids are formatted into reused buffers, so nothing else stays on
 /// the heap.
-fn fill_dedup(index: &DedupIndex, hasher: &KeyHasher, from: usize, to: usize) {
+fn fill_dedup(index: &OrderIndex, hasher: &KeyHasher, from: usize, to: usize) {
     let mut order_id = String::with_capacity(64);
     let mut user_id = String::with_capacity(64);
     for n in from..to {
@@ -198,7 +198,16 @@ fn fill_dedup(index: &DedupIndex, hasher: &KeyHasher, from: usize, to: usize) {
         let fingerprint =
             hasher.content_fingerprint(&user_id, "SKU-000", 1, Payment::Prepaid, None);
         assert_eq!(index.check_or_insert(key, fingerprint), DedupCheck::New);
-        index.set_seq(key, n as u64 + 1);
+        index.commit_accepted(
+            key,
+            stampede::inventory::AcceptedOrder {
+                seq: n as u64 + 1,
+                status: stampede::order::OrderStatus::PendingPayment,
+                purchase_key: stampede::inventory::PurchaseKey(n as u64),
+                slot_index: 0,
+                qty: 1,
+            },
+        );
     }
 }
 
@@ -235,14 +244,14 @@ fn main() {
 
         let mut index = None;
         let dedup = measure(|| {
-            let built = DedupIndex::new();
+            let built = OrderIndex::new();
             fill_dedup(&built, &hasher, 0, orders);
             let estimate = built.allocated_bytes();
             assert_eq!(built.len(), orders);
             index = Some(built);
             estimate
         });
-        print_row("DedupIndex::new()", &dedup, orders);
+        print_row("OrderIndex::new()", &dedup, orders);
 
         let mut counts = None;
         let purchases = measure(|| {
@@ -293,14 +302,14 @@ fn main() {
     );
     let mut kept = None;
     let presized = measure(|| {
-        let built = DedupIndex::with_capacity(orders);
+        let built = OrderIndex::with_capacity(orders);
         fill_dedup(&built, &hasher, 0, orders);
         let estimate = built.allocated_bytes();
         kept = Some(built);
         estimate
     });
     print_row(
-        &format!("DedupIndex::with_capacity({orders})"),
+        &format!("OrderIndex::with_capacity({orders})"),
         &presized,
         orders,
     );
@@ -310,7 +319,7 @@ fn main() {
         "\nDoubling cycle, 1 SKU: live B/order of both tables together after n orders \
          (a table doubles when it passes 7/8 of a power of two buckets)"
     );
-    let index = DedupIndex::new();
+    let index = OrderIndex::new();
     let skus = ["SKU-000".to_owned()];
     let mut counts = [PurchaseCounts::new()];
     let base = live_bytes();

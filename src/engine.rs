@@ -27,10 +27,17 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use crate::config::Config;
-use crate::inventory::{DedupIndex, Inventory, KeyHasher, PurchaseCounts, SlotValues};
+use crate::inventory::{
+    AcceptedOrder, Inventory, KeyHasher, OrderIndex, OrderState, PurchaseCounts, SlotValues,
+};
 use crate::journal::record::ArchivedEvent;
 use crate::journal::{self, ArchivedRecord, Journal, RecoveryError};
-use crate::shard::{self, Command, OrderCommand, ShardWriter, SkuCommand, SkuOutcome, SkuUpdate};
+use crate::limits;
+use crate::order::{Action, StockEffect, transition};
+use crate::shard::{
+    self, ActionCommand, ActionOutcome, Clock, Command, OrderCommand, PaymentTimer, ShardWriter,
+    SkuCommand, SkuOutcome, SkuUpdate,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -93,6 +100,49 @@ impl SkuView {
     }
 }
 
+/// A client's action on an order, as the HTTP layer decoded it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionRequest {
+    pub order_id: String,
+    pub action: Action,
+    pub reason: Option<String>,
+    /// `modify`: the new address object as raw JSON text.
+    pub address: Option<String>,
+    /// `return`: the goods are back and go on sale again.
+    pub restock: bool,
+    /// `exchange`: the SKU to take a unit of.
+    pub exchange_sku: Option<String>,
+}
+
+/// Why an action could not be decided by the order's shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionError {
+    /// `exchange` to a SKU the engine does not know.
+    UnknownSku(String),
+    /// `exchange`: no unit of the new SKU is left.
+    SoldOut {
+        available: u64,
+    },
+    Overloaded,
+    Stopped,
+}
+
+/// `GET /v1/orders/{id}`: the order as its journal records tell it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub user_id: String,
+    pub sku: String,
+    pub qty: u32,
+    pub payment: &'static str,
+    pub status: &'static str,
+    /// The latest address: the last `modify`'s, or the one given with the order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<serde_json::Value>,
+    /// Every record of the order, oldest first: `{"event","seq","at",...}`.
+    pub history: Vec<serde_json::Value>,
+}
+
 /// What recovery did, for the start-up log line.
 #[derive(Debug, Clone)]
 pub struct StartReport {
@@ -107,7 +157,10 @@ pub struct StartReport {
 pub struct Engine {
     pub keys: KeyHasher,
     pub inventory: Arc<Inventory>,
-    pub dedup: Arc<DedupIndex>,
+    /// Every accepted order: idempotency, state, and the head of its history chain.
+    pub orders: Arc<OrderIndex>,
+    /// The time the shards decide by (the system clock, except in tests).
+    pub clock: Clock,
     /// SKU name → slot index. Written only under `sku_admin` (or before start).
     catalog: DashMap<String, u32>,
     next_slot: AtomicU32,
@@ -135,6 +188,14 @@ pub fn journal_dir(data_dir: &Path) -> PathBuf {
 impl Engine {
     /// Runs start-up steps 1 to 4 (blocking: call it off the async runtime).
     pub fn start(config: &Config) -> Result<(Arc<Engine>, StartReport), StartError> {
+        Self::start_with_clock(config, Clock::system())
+    }
+
+    /// [`Engine::start`] on a given clock: tests move a manual clock to fire payment timers.
+    pub fn start_with_clock(
+        config: &Config,
+        clock: Clock,
+    ) -> Result<(Arc<Engine>, StartReport), StartError> {
         let data_dir = &config.data_dir;
         let dir_err = |path: &Path| {
             let path = path.to_owned();
@@ -149,15 +210,17 @@ impl Engine {
                 .map_err(dir_err(data_dir))?,
         );
         let orders_expected = config.inventory.orders_expected;
-        let dedup = Arc::new(DedupIndex::with_capacity(orders_expected));
+        let orders = Arc::new(OrderIndex::with_capacity(orders_expected));
         let keys = KeyHasher::random();
         let shard_count = config.shard_count();
         let mut writers: Vec<ShardWriter> = (0..shard_count)
             .map(|index| {
                 let mut writer = ShardWriter::new(
                     index,
+                    shard_count,
                     inventory.clone(),
-                    dedup.clone(),
+                    orders.clone(),
+                    clock.clone(),
                     config.shard.batch_max,
                 );
                 writer.purchases = PurchaseCounts::with_capacity(orders_expected);
@@ -172,13 +235,16 @@ impl Engine {
                 seq,
                 record,
                 &inventory,
-                &dedup,
+                &orders,
                 &keys,
                 &catalog,
                 &mut next_slot,
                 &mut writers,
             )
         })?;
+        for writer in &mut writers {
+            writer.drop_stale_timers();
+        }
 
         let journal = Journal::open(
             &journal_dir,
@@ -206,11 +272,12 @@ impl Engine {
         }
 
         let (admin_token, generated_token_file) = resolve_admin_token(config)?;
-        let orders = dedup.len();
+        let order_count = orders.len();
         let engine = Arc::new(Engine {
             keys,
             inventory,
-            dedup,
+            orders,
+            clock,
             catalog,
             next_slot: AtomicU32::new(next_slot),
             mailboxes,
@@ -230,7 +297,7 @@ impl Engine {
             segments: report.segments,
             truncated: report.truncated,
             skus: engine.catalog.len(),
-            orders,
+            orders: order_count,
             generated_token_file,
         };
         Ok((engine, start_report))
@@ -323,6 +390,211 @@ impl Engine {
         }
     }
 
+    /// Decides a client's action on an order: routes it to the shard that owns the order
+    /// (and, for `exchange`, holds a unit on the new SKU's shard first; see [`crate::shard`]).
+    pub async fn order_action(
+        self: &Arc<Self>,
+        request: ActionRequest,
+    ) -> Result<ActionOutcome, ActionError> {
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(ActionError::Stopped);
+        }
+        let key = self.keys.order_key(&request.order_id);
+        let Some(entry) = self.orders.get(key) else {
+            return Ok(ActionOutcome::UnknownOrder);
+        };
+        let order_shard = shard::shard_of(entry.slot_index, self.mailboxes.len());
+        let exchange_slot = match (request.action, &request.exchange_sku) {
+            (Action::Exchange, Some(sku)) => Some(
+                self.slot_of(sku)
+                    .ok_or_else(|| ActionError::UnknownSku(sku.clone()))?,
+            ),
+            _ => None,
+        };
+        let (reply, outcome) = oneshot::channel();
+        let command = Command::Action(ActionCommand {
+            order_id: request.order_id,
+            key,
+            action: request.action,
+            reason: request.reason,
+            address: request.address,
+            restock: request.restock,
+            exchange_sku: request.exchange_sku,
+            reply,
+        });
+        let Some(exchange_slot) = exchange_slot else {
+            match self.mailboxes[order_shard].try_send(command) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return Err(ActionError::Overloaded),
+                Err(TrySendError::Disconnected(_)) => return Err(ActionError::Stopped),
+            }
+            return outcome.await.map_err(|_| ActionError::Stopped);
+        };
+        // Refuse early what the order's state refuses, before a unit is held for nothing
+        // (the order's shard decides again; this only spares the hold).
+        let state = entry.state();
+        if transition(state.status, Action::Exchange, false).is_none() {
+            return Ok(ActionOutcome::Refused {
+                status: state.status,
+            });
+        }
+        // The hold, the exchange and the settle run in their own task: once a unit is held,
+        // a client that goes away must not leave it held.
+        let engine = self.clone();
+        tokio::spawn(async move {
+            engine
+                .exchange_to_completion(order_shard, exchange_slot, command, outcome)
+                .await
+        })
+        .await
+        .unwrap_or(Err(ActionError::Stopped))
+    }
+
+    async fn exchange_to_completion(
+        &self,
+        order_shard: usize,
+        exchange_slot: u32,
+        command: Command,
+        outcome: oneshot::Receiver<ActionOutcome>,
+    ) -> Result<ActionOutcome, ActionError> {
+        let exchange_shard = shard::shard_of(exchange_slot, self.mailboxes.len());
+        let (hold_reply, held) = oneshot::channel();
+        let hold = Command::Hold {
+            slot_index: exchange_slot,
+            reply: hold_reply,
+        };
+        self.send_patiently(exchange_shard, hold).await?;
+        match held.await {
+            Ok(Ok(())) => {}
+            Ok(Err(available)) => return Err(ActionError::SoldOut { available }),
+            Err(_) => return Err(ActionError::Stopped),
+        }
+        let result = match self.send_patiently(order_shard, command).await {
+            Ok(()) => outcome.await.map_err(|_| ActionError::Stopped),
+            Err(error) => Err(error),
+        };
+        let sold = matches!(result, Ok(ActionOutcome::Done { .. }));
+        let settle = Command::Settle {
+            slot_index: exchange_slot,
+            sold,
+        };
+        // Only a stopping engine refuses this; its memory is then rebuilt from the journal.
+        let _ = self.send_patiently(exchange_shard, settle).await;
+        result
+    }
+
+    /// Sends a command that must not be shed (an admin change, an exchange's steps), waiting
+    /// up to a second for room in a busy mailbox.
+    async fn send_patiently(&self, shard: usize, mut command: Command) -> Result<(), ActionError> {
+        let mailbox = &self.mailboxes[shard];
+        for _ in 0..limits::PATIENT_SEND_ATTEMPTS {
+            match mailbox.try_send(command) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(back)) => {
+                    command = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return Err(ActionError::Stopped),
+            }
+        }
+        Err(ActionError::Overloaded)
+    }
+
+    /// Wakes every shard to fire the timers a moved manual clock made due.
+    pub fn tick(&self) {
+        for mailbox in &self.mailboxes {
+            // A full mailbox means the shard has a turn coming anyway.
+            let _ = mailbox.try_send(Command::Tick);
+        }
+    }
+
+    /// The order as `GET /v1/orders/{id}` shows it, read back from the journal along the
+    /// order's history chain (blocking file reads: call it off the async runtime). `None`
+    /// when the order is unknown or not yet durable.
+    pub fn order_view(&self, order_id: &str) -> io::Result<Option<OrderView>> {
+        let key = self.keys.order_key(order_id);
+        let Some(entry) = self.orders.get(key) else {
+            return Ok(None);
+        };
+        let state = entry.state();
+        let mut history = Vec::with_capacity(state.records as usize);
+        let mut view = None;
+        let mut latest_address: Option<serde_json::Value> = None;
+        let mut seq = state.last_seq;
+        while view.is_none() {
+            if history.len() > limits::RECORDS_PER_ORDER_MAX as usize {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("history of order {order_id} does not end"),
+                ));
+            }
+            let mut prev_seq = None;
+            let mut broken = None;
+            let found = self.journal.read_with(seq, &mut |record| {
+                let mut item = record.to_json(seq);
+                let object = item.as_object_mut().expect("records are objects");
+                let event = object.remove("type").unwrap_or_default();
+                object.insert("event".into(), event);
+                object.remove("order_id");
+                match &record.event {
+                    ArchivedEvent::Accepted(order) => {
+                        for field in ["user_id", "sku", "qty", "payment", "address"] {
+                            object.remove(field);
+                        }
+                        let payment = order.payment.to_native();
+                        object.insert("status".into(), payment.initial_status().as_str().into());
+                        if latest_address.is_none() {
+                            latest_address = order
+                                .address
+                                .as_ref()
+                                .map(|a| journal::record::json_object_text(a.as_str()));
+                        }
+                        view = Some(OrderView {
+                            order_id: order.order_id.to_string(),
+                            user_id: order.user_id.to_string(),
+                            sku: order.sku.to_string(),
+                            qty: order.qty.to_native(),
+                            payment: payment.as_str(),
+                            status: state.status.as_str(),
+                            address: None,
+                            history: Vec::new(),
+                        });
+                    }
+                    ArchivedEvent::Action(action) => {
+                        object.remove("prev_seq");
+                        if latest_address.is_none() {
+                            latest_address = object.get("address").cloned();
+                        }
+                        prev_seq = Some(action.prev_seq.to_native());
+                    }
+                    ArchivedEvent::Sku(_) => broken = Some("a stock change"),
+                }
+                history.push(item);
+            })?;
+            if !found || broken.is_some() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "history of order {order_id} leads to seq {seq}, which is {}",
+                        broken.unwrap_or("not in the journal")
+                    ),
+                ));
+            }
+            if let Some(prev) = prev_seq {
+                seq = prev;
+            }
+        }
+        let mut view = view.expect("the loop ends on the acceptance");
+        if view.order_id != order_id {
+            // Another id with the same 64-bit key (see inventory::keys): not this order.
+            return Ok(None);
+        }
+        history.reverse();
+        view.history = history;
+        view.address = latest_address;
+        Ok(Some(view))
+    }
+
     /// Creates or updates a SKU through its shard and the journal. The work runs in its own
     /// task: if the caller goes away (a client disconnects mid-PUT) the change still
     /// completes and the catalogue learns of it, so memory never disagrees with the journal.
@@ -361,29 +633,18 @@ impl Engine {
             }
         };
         let (reply, outcome) = oneshot::channel();
-        let mut command = Command::Sku(SkuCommand {
+        let command = Command::Sku(SkuCommand {
             sku: sku.to_owned(),
             slot_index,
             is_new,
             update,
             reply,
         });
-        let mailbox = &self.mailboxes[shard::shard_of(slot_index, self.mailboxes.len())];
-        // An admin change waits for room in a busy mailbox (up to a second) rather than fail.
-        let mut attempts = 0;
-        loop {
-            match mailbox.try_send(command) {
-                Ok(()) => break,
-                Err(TrySendError::Full(back)) if attempts < 1000 => {
-                    command = back;
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(TrySendError::Full(_)) => return Err(PutSkuError::Overloaded),
-                Err(TrySendError::Disconnected(_)) => {
-                    return Err(PutSkuError::Unavailable("engine is stopping".into()));
-                }
-            }
+        let shard = shard::shard_of(slot_index, self.mailboxes.len());
+        match self.send_patiently(shard, command).await {
+            Ok(()) => {}
+            Err(ActionError::Overloaded) => return Err(PutSkuError::Overloaded),
+            Err(_) => return Err(PutSkuError::Unavailable("engine is stopping".into())),
         }
         match outcome.await {
             Ok(SkuOutcome::Applied { values, .. }) => {
@@ -432,7 +693,7 @@ fn replay(
     seq: u64,
     record: &ArchivedRecord,
     inventory: &Inventory,
-    dedup: &DedupIndex,
+    orders: &OrderIndex,
     keys: &KeyHasher,
     catalog: &DashMap<String, u32>,
     next_slot: &mut u32,
@@ -489,24 +750,102 @@ fn replay(
             let user_id = order.user_id.as_str();
             let key = keys.order_key(order.order_id.as_str());
             let fingerprint = keys.content_fingerprint(user_id, sku, qty, payment, address);
-            if !dedup.insert_durable(key, fingerprint, seq) {
+            let purchase_key = keys.purchase_key(user_id, sku);
+            let status = payment.initial_status();
+            let accepted = AcceptedOrder {
+                seq,
+                status,
+                purchase_key,
+                slot_index,
+                qty,
+            };
+            if !orders.insert_durable(key, fingerprint, accepted) {
                 // Two ids share this process's 64-bit key (or one id was journaled twice).
                 // The journal is the truth: the order took its stock, so it is applied; only
-                // its dedup entry is shadowed by the first one (see inventory::keys).
+                // its index entry is shadowed by the first one (see inventory::keys).
                 tracing::warn!(
                     seq,
                     order_id = order.order_id.as_str(),
                     "order key collides with an earlier order; replays of it answer as that one"
                 );
             }
-            let available = inventory.slot(slot_index).values().available;
-            if available < u64::from(qty) {
+            let slot_values = inventory.slot(slot_index).values();
+            if slot_values.available < u64::from(qty) {
                 return Err(format!(
-                    "order takes {qty} units of {sku} but only {available} left"
+                    "order takes {qty} units of {sku} but only {} left",
+                    slot_values.available
                 ));
             }
+            let timer = status.holds_reserved().then(|| {
+                PaymentTimer::for_order(
+                    key,
+                    order.order_id.as_str(),
+                    record.at_ms.to_native(),
+                    slot_values.payment_timeout_s,
+                )
+            });
             let writer = &mut writers[shard::shard_of(slot_index, writers.len())];
-            writer.replay_accepted(slot_index, qty, payment, keys.purchase_key(user_id, sku));
+            writer.replay_accepted(slot_index, qty, payment, purchase_key, timer);
+        }
+        ArchivedEvent::Action(change) => {
+            let order_id = change.order_id.as_str();
+            let key = keys.order_key(order_id);
+            let Some(entry) = orders.get(key) else {
+                return Err(format!(
+                    "{} of unknown order {order_id}",
+                    change.action.to_native().as_str()
+                ));
+            };
+            let state = entry.state();
+            let action = change.action.to_native();
+            // The live path decided this with the same function on the same state.
+            let moved = transition(state.status, action, change.restock).ok_or_else(|| {
+                format!(
+                    "{} of order {order_id} in state {} is not a valid transition",
+                    action.as_str(),
+                    state.status.as_str()
+                )
+            })?;
+            let recorded = change.status.to_native();
+            if moved.to != recorded || change.prev_seq.to_native() != state.last_seq {
+                return Err(format!(
+                    "{} of order {order_id} records state {} after seq {}, replay says {} after seq {}",
+                    action.as_str(),
+                    recorded.as_str(),
+                    change.prev_seq.to_native(),
+                    moved.to.as_str(),
+                    state.last_seq
+                ));
+            }
+            if moved.stock == StockEffect::TakeExchangeUnit {
+                let Some(sku) = change.exchange_sku.as_ref().map(|s| s.as_str()) else {
+                    return Err(format!("exchange of order {order_id} names no sku"));
+                };
+                let Some(slot_index) = catalog.get(sku).map(|entry| *entry) else {
+                    return Err(format!("exchange of order {order_id} to unknown sku {sku}"));
+                };
+                let slot = inventory.slot(slot_index);
+                let mut values = slot.values();
+                if values.available < 1 {
+                    return Err(format!(
+                        "exchange of order {order_id} takes a unit of {sku} but none is left"
+                    ));
+                }
+                values.take_into(1, false);
+                slot.write(values);
+            }
+            let writer = &mut writers[shard::shard_of(entry.slot_index, writers.len())];
+            writer.replay_action(&entry, moved.stock);
+            orders.set_state(
+                key,
+                OrderState {
+                    status: moved.to,
+                    last_seq: seq,
+                    last_action: Some(action),
+                    records: state.records + 1,
+                    reminded: state.reminded || action == Action::PaymentReminder,
+                },
+            );
         }
     }
     Ok(())

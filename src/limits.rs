@@ -45,6 +45,10 @@ pub const SHARD_BATCH_MAX: usize = 4096;
 pub const SHARD_QUEUE_DEFAULT: usize = 4096;
 pub const SHARD_QUEUE_MAX: usize = 1 << 20;
 
+/// Tries, 1 ms apart, to queue a command that must not be shed (a SKU change, the steps of
+/// an exchange) into a full mailbox: a second of patience, then 429.
+pub const PATIENT_SEND_ATTEMPTS: usize = 1000;
+
 /// Number of single-writer shards allowed. More shards than cores only adds hand-offs.
 pub const SHARDS_MAX: usize = 256;
 
@@ -77,6 +81,14 @@ pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// `Retry-After` (seconds) on a shed request: one second is the smallest value the header
 /// can say, and a mailbox drains in milliseconds.
 pub const RETRY_AFTER_S: u32 = 1;
+
+/// Journal records one order may have (acceptance, payment, the fulfilment stages, a few
+/// after-sales steps). `modify`, `reship` and `exchange` can repeat; the cap bounds the
+/// history `GET /v1/orders/{id}` reads back from the journal. A normal life is ~14 records.
+pub const RECORDS_PER_ORDER_MAX: u32 = 64;
+
+/// Longest `reason` text an action may carry, in bytes: a note, not a document.
+pub const REASON_BYTES_MAX: usize = 256;
 
 /// Highest journal sequence number the dedup index can store (40 bits: a trillion records).
 pub const SEQ_MAX: u64 = (1 << 40) - 1;

@@ -3,6 +3,7 @@
 //! awaits a oneshot from its shard, file reads run on the blocking pool.
 
 pub mod admin;
+pub mod lifecycle;
 pub mod orders;
 pub mod reply;
 
@@ -25,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
 use crate::limits;
+use crate::order::Action;
 use reply::{ApiError, ErrorCode, HttpResponse};
 
 /// A group write (with its fsync) running this long means the disk is not keeping up or has
@@ -184,6 +186,35 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                 Err(error) => error.into_response(),
             }
         }
+        (["v1", "orders", order_id], &Method::GET) => match state.engine() {
+            Some(engine) => lifecycle::get_order(engine, order_id).await,
+            None => recovering(),
+        },
+        (["v1", "orders", order_id, action], &Method::POST) => {
+            let Some(action) = Action::parse_client(action) else {
+                return ApiError::new(
+                    ErrorCode::NotFound,
+                    format!(
+                        "no action {action:?}; one of {}",
+                        Action::ALL
+                            .iter()
+                            .filter(|a| a.is_client_action())
+                            .map(|a| a.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+                .into_response();
+            };
+            let engine = match admitting_engine(state) {
+                Ok(engine) => engine,
+                Err(error) => return error.into_response(),
+            };
+            match read_body(&parts.headers, body, state).await {
+                Ok(body) => lifecycle::order_action(engine, order_id, action, &body).await,
+                Err(error) => error.into_response(),
+            }
+        }
         (["v1", "skus"], &Method::GET) => {
             with_engine(state, |engine| admin::list_skus(engine, parts.uri.query()))
         }
@@ -228,13 +259,17 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                 Err(error) => error.into_response(),
             }
         }
-        (["healthz" | "readyz"] | ["v1", "orders" | "skus" | "journal"] | ["v1", "skus", _], _) => {
-            ApiError::new(
-                ErrorCode::MethodNotAllowed,
-                format!("{method} is not allowed on {path}"),
-            )
-            .into_response()
-        }
+        (
+            ["healthz" | "readyz"]
+            | ["v1", "orders" | "skus" | "journal"]
+            | ["v1", "skus" | "orders", _]
+            | ["v1", "orders", _, _],
+            _,
+        ) => ApiError::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed on {path}"),
+        )
+        .into_response(),
         _ => ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}"))
             .into_response(),
     }

@@ -193,7 +193,7 @@ pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
     // A retry of a durable order (or a reuse of its id) is answered here, with no shard trip:
     // it needs no write, so it is served even when the journal has stopped admission or the
     // shard's mailbox is full. A pending original is the shard's to answer.
-    let known = match engine.dedup.lookup(key, fingerprint) {
+    let known = match engine.orders.lookup(key, fingerprint) {
         DedupCheck::New => false,
         DedupCheck::Retry { seq: Some(seq) } => {
             let status = order.payment.initial_status();

@@ -22,6 +22,8 @@ pub enum ErrorCode {
     PurchaseLimit,
     IdempotencyConflict,
     StockConflict,
+    /// The order's state does not allow the action (409).
+    InvalidTransition,
     Unauthorized,
     /// Shed by admission control (429, `Retry-After`).
     Overloaded,
@@ -45,6 +47,7 @@ impl ErrorCode {
             Self::PurchaseLimit => "purchase_limit",
             Self::IdempotencyConflict => "idempotency_conflict",
             Self::StockConflict => "stock_conflict",
+            Self::InvalidTransition => "invalid_transition",
             Self::Unauthorized => "unauthorized",
             Self::Overloaded => "overloaded",
             Self::Unavailable => "unavailable",
@@ -60,7 +63,9 @@ impl ErrorCode {
             Self::Invalid | Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnknownSku | Self::UnknownOrder | Self::NotFound => StatusCode::NOT_FOUND,
-            Self::SoldOut | Self::PurchaseLimit | Self::StockConflict => StatusCode::CONFLICT,
+            Self::SoldOut | Self::PurchaseLimit | Self::StockConflict | Self::InvalidTransition => {
+                StatusCode::CONFLICT
+            }
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

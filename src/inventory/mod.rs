@@ -1,12 +1,12 @@
-//! Stock and the hot-path tables: the memory-mapped slot file, the shared idempotency index,
+//! Stock and the hot-path tables: the memory-mapped slot file, the shared order index (idempotency and order state),
 //! per-shard purchase counts, and the fixed-width keys they are indexed by.
 
-pub mod dedup;
 pub mod keys;
+pub mod order_index;
 pub mod purchases;
 pub mod slots;
 
-pub use dedup::{DedupCheck, DedupIndex};
 pub use keys::{ContentFingerprint, KeyHasher, OrderKey, PurchaseKey};
+pub use order_index::{AcceptedOrder, DedupCheck, OrderEntry, OrderIndex, OrderState};
 pub use purchases::PurchaseCounts;
 pub use slots::{Inventory, Slot, SlotValues};

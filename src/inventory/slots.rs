@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 use memmap2::MmapMut;
 
 use crate::limits;
-use crate::order::{OrderStatus, Payment};
+use crate::order::Payment;
 
 const MAGIC: [u8; 8] = *b"STMPINV1";
 const FORMAT: u32 = 1;
@@ -73,28 +73,49 @@ impl SlotValues {
     /// Takes `qty` units for a new order: reserved while it awaits payment, sold when it is
     /// confirmed at once (cash on delivery). The caller has checked `available >= qty`.
     pub fn take(&mut self, qty: u64, payment: Payment) {
+        self.take_into(qty, payment.initial_status().holds_reserved());
+    }
+
+    /// Undoes [`SlotValues::take`] (a batch that failed to become durable).
+    pub fn untake(&mut self, qty: u64, payment: Payment) {
+        self.give_back(qty, payment.initial_status().holds_reserved());
+    }
+
+    /// Moves `qty` units from `available` to `reserved` (or `sold`).
+    pub fn take_into(&mut self, qty: u64, reserved: bool) {
         assert!(
             self.available >= qty,
             "stock would go negative: {self:?} - {qty}"
         );
         self.available -= qty;
-        match payment.initial_status() {
-            OrderStatus::PendingPayment => self.reserved += qty,
-            OrderStatus::Confirmed => self.sold += qty,
+        if reserved {
+            self.reserved += qty;
+        } else {
+            self.sold += qty;
         }
     }
 
-    /// Undoes [`SlotValues::take`] (a batch that failed to become durable).
-    pub fn untake(&mut self, qty: u64, payment: Payment) {
-        match payment.initial_status() {
-            OrderStatus::PendingPayment => {
-                self.reserved = self.reserved.checked_sub(qty).expect("reserved underflow")
-            }
-            OrderStatus::Confirmed => {
-                self.sold = self.sold.checked_sub(qty).expect("sold underflow")
-            }
+    /// Moves `qty` units from `reserved` (or `sold`) back to `available`: a cancellation,
+    /// refund, expiry or restocked return, or the undo of a take.
+    pub fn give_back(&mut self, qty: u64, from_reserved: bool) {
+        if from_reserved {
+            self.reserved = self.reserved.checked_sub(qty).expect("reserved underflow");
+        } else {
+            self.sold = self.sold.checked_sub(qty).expect("sold underflow");
         }
         self.available += qty;
+    }
+
+    /// Payment: `qty` units move from `reserved` to `sold`.
+    pub fn settle_reserved(&mut self, qty: u64) {
+        self.reserved = self.reserved.checked_sub(qty).expect("reserved underflow");
+        self.sold += qty;
+    }
+
+    /// Undoes [`SlotValues::settle_reserved`].
+    pub fn unsettle_reserved(&mut self, qty: u64) {
+        self.sold = self.sold.checked_sub(qty).expect("sold underflow");
+        self.reserved += qty;
     }
 }
 

@@ -4,11 +4,16 @@
 //! - [`record`]: the on-disk format (frames, rkyv records) and the consumer-facing schema.
 //! - [`writer`]: sequence numbers, segments, group commit under the fsync policy.
 //! - [`scan`]: the segment cursor, the recovery scan, and range reads for `GET /v1/journal`.
+//! - [`index`]: the sparse seq → file position map behind reads of one record.
 
+pub mod index;
 pub mod record;
 pub mod scan;
 pub mod writer;
 
-pub use record::{ArchivedRecord, Event, FrameBatch, OrderAccepted, Record, SkuChanged};
+pub use index::SeqIndex;
+pub use record::{
+    ArchivedRecord, Event, FrameBatch, OrderAccepted, OrderAction, Record, SkuChanged,
+};
 pub use scan::{RecoveryError, RecoveryReport, read_range, recover};
 pub use writer::{Journal, JournalError, JournalTail, SeqRange};

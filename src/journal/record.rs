@@ -22,7 +22,7 @@
 use rkyv::rancor;
 
 use crate::limits;
-use crate::order::Payment;
+use crate::order::{Action, OrderStatus, Payment};
 
 pub const SEGMENT_MAGIC: [u8; 8] = *b"STMPJRN1";
 pub const SEGMENT_HEADER_BYTES: usize = 16;
@@ -47,6 +47,9 @@ pub enum Event {
     Accepted(OrderAccepted),
     /// A SKU was created or its settings changed (`type: "sku"`).
     Sku(SkuChanged),
+    /// An action on an accepted order, or the payment timer's reminder or expiry (`type`:
+    /// the action's name, `payment_reminder` or `expired`).
+    Action(OrderAction),
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -59,6 +62,29 @@ pub struct OrderAccepted {
     pub payment: Payment,
     /// The buyer's address object as raw JSON text, stored as given.
     pub address: Option<String>,
+}
+
+/// One step of an order's life after its acceptance.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct OrderAction {
+    pub order_id: String,
+    pub action: Action,
+    /// The order's state after this record.
+    pub status: OrderStatus,
+    /// Seq of the order's previous record: following these links from the latest record
+    /// back to the acceptance yields the order's history without an index on disk.
+    pub prev_seq: u64,
+    /// The client's `reason`, as given.
+    pub reason: Option<String>,
+    /// `modify`: the new address object as raw JSON text.
+    pub address: Option<String>,
+    /// `modify` after `ship`: a redirect the carrier must act on.
+    pub redirect: bool,
+    /// `return`: the goods are back on the shelf and the units available again.
+    pub restock: bool,
+    /// `exchange`: the SKU one unit was taken from.
+    pub exchange_sku: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -79,6 +105,7 @@ impl ArchivedRecord {
         match &self.event {
             ArchivedEvent::Accepted(_) => "accepted",
             ArchivedEvent::Sku(_) => "sku",
+            ArchivedEvent::Action(action) => action.action.to_native().as_str(),
         }
     }
 
@@ -109,11 +136,7 @@ impl ArchivedRecord {
                 object.insert("qty".into(), order.qty.to_native().into());
                 object.insert("payment".into(), order.payment.to_native().as_str().into());
                 if let Some(address) = order.address.as_ref() {
-                    // Stored only after it parsed as a JSON object, so this parse succeeds;
-                    // should the bytes ever not parse, say so rather than drop the field.
-                    let value = serde_json::from_str(address.as_str())
-                        .unwrap_or_else(|_| serde_json::Value::String(address.to_string()));
-                    object.insert("address".into(), value);
+                    object.insert("address".into(), json_object_text(address.as_str()));
                 }
             }
             ArchivedEvent::Sku(sku) => {
@@ -131,9 +154,34 @@ impl ArchivedRecord {
                     sku.payment_timeout_s.to_native().into(),
                 );
             }
+            ArchivedEvent::Action(action) => {
+                object.insert("order_id".into(), action.order_id.as_str().into());
+                object.insert("status".into(), action.status.to_native().as_str().into());
+                object.insert("prev_seq".into(), action.prev_seq.to_native().into());
+                if let Some(reason) = action.reason.as_ref() {
+                    object.insert("reason".into(), reason.as_str().into());
+                }
+                if let Some(address) = action.address.as_ref() {
+                    object.insert("address".into(), json_object_text(address.as_str()));
+                    object.insert("redirect".into(), action.redirect.into());
+                }
+                if action.action.to_native() == Action::Return {
+                    object.insert("restock".into(), action.restock.into());
+                }
+                if let Some(sku) = action.exchange_sku.as_ref() {
+                    object.insert("sku".into(), sku.as_str().into());
+                }
+            }
         }
         serde_json::Value::Object(object)
     }
+}
+
+/// An address stored as raw JSON text, back as a JSON value. Stored only after it parsed as
+/// a JSON object, so this parse succeeds; should the bytes ever not parse, they are returned
+/// as a string rather than dropped.
+pub fn json_object_text(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -92,6 +92,20 @@ impl SegmentCursor {
         }))
     }
 
+    /// Opens a segment and positions the cursor at `offset`, which must be where a frame
+    /// starts (a [`crate::journal::SeqIndex`] point).
+    pub fn open_at(path: &Path, offset: u64) -> io::Result<Result<Self, String>> {
+        let mut cursor = match Self::open(path)? {
+            Ok(cursor) => cursor,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        if offset < SEGMENT_HEADER_BYTES as u64 || offset % FRAME_ALIGN as u64 != 0 {
+            return Ok(Err(format!("offset {offset} is not a frame boundary")));
+        }
+        cursor.buf_offset = offset.min(cursor.file_len);
+        Ok(Ok(cursor))
+    }
+
     /// Limits the cursor to the first `len` bytes of the file (the durable part).
     pub fn limit_len(&mut self, len: u64) {
         self.file_len = self.file_len.min(len);
@@ -243,6 +257,7 @@ pub fn recover(
         tail: JournalTail {
             segment: None,
             next_seq: 1,
+            index: Default::default(),
         },
         records: 0,
         segments: segments.len(),
@@ -302,6 +317,7 @@ pub fn recover(
                         seq,
                         reason,
                     })?;
+                    report.tail.index.note(seq, *name_seq, offset);
                     report.records += 1;
                     seq_next += 1;
                 }
@@ -340,10 +356,8 @@ pub fn recover(
             }
         }
         expected_seq = Some(seq_next);
-        report.tail = JournalTail {
-            segment: Some((path.clone(), *name_seq, cursor.offset())),
-            next_seq: seq_next,
-        };
+        report.tail.segment = Some((path.clone(), *name_seq, cursor.offset()));
+        report.tail.next_seq = seq_next;
     }
     if let Some((path, _, len)) = &report.tail.segment {
         // The cursor's offset is where the writer continues; past it there may only be the
@@ -448,6 +462,7 @@ mod tests {
         JournalTail {
             segment: None,
             next_seq: 1,
+            index: Default::default(),
         }
     }
 

@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::config::FsyncPolicy;
-use crate::journal::record::{self, FrameBatch, SEGMENT_HEADER_BYTES};
+use crate::journal::index::SeqIndex;
+use crate::journal::record::{self, ArchivedRecord, FrameBatch, Record, SEGMENT_HEADER_BYTES};
 use crate::limits;
 
 /// Where a recovered journal ends: the writer continues there.
@@ -38,6 +39,8 @@ pub struct JournalTail {
     pub segment: Option<(PathBuf, u64, u64)>,
     /// The seq the next record gets.
     pub next_seq: u64,
+    /// Where the recovered frames lie; the writer goes on adding to it.
+    pub index: Arc<SeqIndex>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -73,6 +76,8 @@ struct SegmentWriter {
     dir: PathBuf,
     file: File,
     path: PathBuf,
+    /// The seq of the segment's first frame (its name).
+    first_seq: u64,
     /// Logical end: where the next frame goes. Everything before it is frames.
     len: u64,
     /// Physical size: `[len, allocated_len)` is zeros written ahead by the preallocator.
@@ -95,6 +100,8 @@ struct Shared {
     /// Tells the background threads (interval sync, preallocator) to finish, and wakes them.
     stop_background_lock: Mutex<bool>,
     stop_background_wake: Condvar,
+    index: Arc<SeqIndex>,
+    dir: PathBuf,
 }
 
 /// The append side of the journal. Cheap to clone; all clones write the same files.
@@ -119,7 +126,7 @@ impl Journal {
         tail: JournalTail,
     ) -> io::Result<Self> {
         let segment = match tail.segment {
-            Some((path, _first_seq, len)) => {
+            Some((path, first_seq, len)) => {
                 let file = OpenOptions::new().read(true).write(true).open(&path)?;
                 // Recovery ends the segment at its last frame; zeros after it are room a
                 // preallocator wrote before the restart.
@@ -128,6 +135,7 @@ impl Journal {
                     dir: dir.to_owned(),
                     file,
                     path,
+                    first_seq,
                     len,
                     allocated_len,
                     segment_bytes_max,
@@ -156,6 +164,8 @@ impl Journal {
             stats: JournalStats::default(),
             stop_background_lock: Mutex::new(false),
             stop_background_wake: Condvar::new(),
+            index: tail.index.clone(),
+            dir: dir.to_owned(),
         });
         Ok(Self { shared })
     }
@@ -167,6 +177,23 @@ impl Journal {
     /// Highest seq a reader may see: synced for `always`, written for the other policies.
     pub fn durable_seq(&self) -> u64 {
         self.shared.durable_seq.load(Ordering::Acquire)
+    }
+
+    /// Reads one durable record by its seq (the order history's random reads). `Ok(None)`
+    /// for a seq that is not durable or not in the journal.
+    pub fn read_owned(&self, seq: u64) -> io::Result<Option<Record>> {
+        if seq == 0 || seq > self.durable_seq() {
+            return Ok(None);
+        }
+        self.shared.index.read_owned(&self.shared.dir, seq)
+    }
+
+    /// [`Journal::read_owned`] without the copy: `visit` sees the validated archive.
+    pub fn read_with(&self, seq: u64, visit: &mut dyn FnMut(&ArchivedRecord)) -> io::Result<bool> {
+        if seq == 0 || seq > self.durable_seq() {
+            return Ok(false);
+        }
+        self.shared.index.read(&self.shared.dir, seq, visit)
     }
 
     /// True once an I/O error stopped the journal; admission answers 503 from then on.
@@ -293,7 +320,8 @@ impl Journal {
     fn write_and_sync(&self, group: &[u8], first_seq: u64, last_seq: u64) -> io::Result<()> {
         let shared = &*self.shared;
         let mut segment = shared.segment.lock();
-        segment.append(group, first_seq)?;
+        let offset = segment.append(group, first_seq)?;
+        shared.index.note(first_seq, segment.first_seq, offset);
         shared.stats.writes.fetch_add(1, Ordering::Relaxed);
         shared
             .stats
@@ -481,6 +509,7 @@ impl SegmentWriter {
             dir: dir.to_owned(),
             file,
             path,
+            first_seq,
             len: SEGMENT_HEADER_BYTES as u64,
             allocated_len: SEGMENT_HEADER_BYTES as u64,
             segment_bytes_max,
@@ -490,7 +519,8 @@ impl SegmentWriter {
 
     /// Writes one group at the end of the current segment, starting a new segment first when
     /// the group would carry this one past its target size. A group never spans two files.
-    fn append(&mut self, group: &[u8], first_seq: u64) -> io::Result<()> {
+    /// Returns the offset the group starts at.
+    fn append(&mut self, group: &[u8], first_seq: u64) -> io::Result<u64> {
         let len_after = self.len + group.len() as u64;
         if self.len > SEGMENT_HEADER_BYTES as u64 && len_after > self.segment_bytes_max {
             self.rotate(first_seq)?;
@@ -501,9 +531,10 @@ impl SegmentWriter {
             self.allocated_len = self.len;
             return Err(error);
         }
+        let offset = self.len;
         self.len += group.len() as u64;
         self.allocated_len = self.allocated_len.max(self.len);
-        Ok(())
+        Ok(offset)
     }
 
     /// Writes the next chunk of zeros ahead of the logical end, if the room ahead is below
@@ -627,6 +658,7 @@ mod tests {
         JournalTail {
             segment: None,
             next_seq: 1,
+            index: Default::default(),
         }
     }
 

@@ -1,8 +1,13 @@
-//! The order's vocabulary: identifier rules, payment types, the states an order reports, and
-//! the validation of SKU settings. Pure functions and plain types, no I/O: the HTTP layer
+//! The order's vocabulary: identifier rules, payment types, the validation of SKU settings,
+//! and (in [`lifecycle`]) the states an order moves through and the one transition function.
+//! Pure functions and plain types, no I/O: the HTTP layer
 //! decodes into these, the shards decide on them, the journal stores them.
 
 use crate::limits;
+
+pub mod lifecycle;
+
+pub use lifecycle::{Action, OrderStatus, StockEffect, Transition, transition};
 
 /// How a buyer pays; decides the order's first state and whether stock is reserved (awaiting
 /// payment) or sold (cash on delivery is confirmed at once).
@@ -53,22 +58,6 @@ impl ArchivedPayment {
             Self::Prepaid => Payment::Prepaid,
             Self::Escrow => Payment::Escrow,
             Self::Cod => Payment::Cod,
-        }
-    }
-}
-
-/// The state an order reports to clients (contract: `status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderStatus {
-    PendingPayment,
-    Confirmed,
-}
-
-impl OrderStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PendingPayment => "pending_payment",
-            Self::Confirmed => "confirmed",
         }
     }
 }

@@ -9,8 +9,25 @@
 //!    limit; an accepted order takes stock in the slot at once (so later orders in the same
 //!    batch see it) and becomes a journal frame, with an undo entry;
 //! 3. append the batch's frames to the journal and commit (group commit across shards);
-//! 4. on success give each accepted order its `seq` in the dedup index and reply; on failure
+//! 4. on success give each accepted order its `seq` in the order index and reply; on failure
 //!    undo the batch in reverse order and answer 503 `unavailable`: nothing was taken.
+//!
+//! Order actions (`pay`, `cancel`, the fulfilment stages, ...) and the payment timers go the
+//! same way: the shard that owns the order's SKU decides them with [`transition`] against the
+//! order's durable state in the [`OrderIndex`], applies their stock effect at once (undone if
+//! the batch fails), journals them in the batch, and publishes the new state to the index
+//! only once the record is durable. An order has at most one undecided record at a time: a
+//! second action on an order already changed in the open batch first finishes that batch, so
+//! each record's `prev_seq` (the history chain) is known when it is encoded. Before deciding
+//! the commands of a turn the shard fires the payment timers that are due, so a payment that
+//! arrives after its deadline meets an expired order.
+//!
+//! An `exchange` takes a unit of a SKU that another shard may own. Stock slots keep one
+//! writer: the engine first asks the SKU's shard to *hold* a unit ([`Command::Hold`]: that
+//! shard finishes its open batch, then moves one unit from available to reserved), then sends
+//! the exchange to the order's shard, then *settles* the hold (sold if the exchange was
+//! journaled, available again if not). The hold is never journaled: after a crash the
+//! exchange record alone says a unit was taken, and recovery replays exactly that.
 //!
 //! Rejections (sold out, purchase limit, conflict, replay of a durable order) are answered at
 //! once, without waiting for the batch's fsync. One may rest on a decision of the same batch
@@ -20,19 +37,23 @@
 //! are rare: a SKU command first finishes the current batch, then goes through the journal
 //! alone, and is applied only after it is durable.
 
+pub mod timers;
+
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use tokio::sync::oneshot;
 
 use crate::inventory::{
-    ContentFingerprint, DedupCheck, DedupIndex, Inventory, OrderKey, PurchaseCounts, PurchaseKey,
-    SlotValues,
+    AcceptedOrder, ContentFingerprint, DedupCheck, Inventory, OrderEntry, OrderIndex, OrderKey,
+    OrderState, PurchaseCounts, PurchaseKey, SlotValues,
 };
-use crate::journal::{Event, FrameBatch, Journal, OrderAccepted, Record, SkuChanged};
-use crate::order::{OrderStatus, Payment};
+use crate::journal::{Event, FrameBatch, Journal, OrderAccepted, OrderAction, Record, SkuChanged};
+use crate::limits;
+use crate::order::{Action, OrderStatus, Payment, StockEffect, transition};
+pub use timers::{Clock, PaymentTimer, TimerHeap};
 
 /// A decoded, validated order on its way to the shard that owns its SKU. The strings move
 /// into the journal record; the keys were computed by the HTTP task, off the shard thread.
@@ -90,9 +111,63 @@ pub enum SkuOutcome {
     },
 }
 
+/// An action on an accepted order, on its way to the shard that owns the order's SKU.
+#[derive(Debug)]
+pub struct ActionCommand {
+    pub order_id: String,
+    pub key: OrderKey,
+    pub action: Action,
+    pub reason: Option<String>,
+    /// `modify`: the new address object as raw JSON text.
+    pub address: Option<String>,
+    /// `return`: the goods are back and go on sale again.
+    pub restock: bool,
+    /// `exchange`: the SKU a unit is taken from (already held on its shard).
+    pub exchange_sku: Option<String>,
+    pub reply: oneshot::Sender<ActionOutcome>,
+}
+
+/// What happened to an action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionOutcome {
+    /// Journaled (durable); the order is now in `status`.
+    Done {
+        seq: u64,
+        status: OrderStatus,
+    },
+    /// The order's latest record is already this action: a retry, nothing done again.
+    Replayed {
+        status: OrderStatus,
+    },
+    /// Not allowed from the order's state (409 `invalid_transition`).
+    Refused {
+        status: OrderStatus,
+    },
+    /// The order has `RECORDS_PER_ORDER_MAX` records already.
+    TooManyRecords,
+    UnknownOrder,
+    Unavailable {
+        reason: String,
+    },
+}
+
 pub enum Command {
     Order(OrderCommand),
+    Action(ActionCommand),
     Sku(SkuCommand),
+    /// Finish the open batch, then move one unit of the slot from available to reserved for
+    /// an exchange. Replies `Err(available)` when there is none.
+    Hold {
+        slot_index: u32,
+        reply: oneshot::Sender<Result<(), u64>>,
+    },
+    /// Ends a hold: the unit is sold (the exchange is durable) or available again.
+    Settle {
+        slot_index: u32,
+        sold: bool,
+    },
+    /// Wakes the shard to fire timers (a manual clock moved).
+    Tick,
     /// Finish everything before this command, then exit the thread.
     Stop,
 }
@@ -100,13 +175,6 @@ pub enum Command {
 /// Which shard owns a slot.
 pub fn shard_of(slot_index: u32, shard_count: usize) -> usize {
     slot_index as usize % shard_count
-}
-
-/// Wall-clock milliseconds, for the record's `at`.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The defaults of a new SKU (contract): no per-user limit, 10 per order, 900 s to pay.
@@ -148,13 +216,36 @@ pub fn updated_sku_values(current: SlotValues, update: &SkuUpdate) -> Result<Slo
     })
 }
 
-/// How to take back one accepted order of a failed batch.
-struct Undo {
-    slot_index: u32,
-    qty: u32,
-    payment: Payment,
-    key: OrderKey,
-    purchase_key: PurchaseKey,
+/// How to take back one decision of a failed batch.
+enum Undo {
+    Accepted {
+        slot_index: u32,
+        qty: u32,
+        payment: Payment,
+        key: OrderKey,
+        purchase_key: PurchaseKey,
+    },
+    Action {
+        entry: OrderEntry,
+        effect: StockEffect,
+    },
+}
+
+/// What a frame of the open batch is, to publish once it is durable.
+enum FrameOwner {
+    Accepted {
+        key: OrderKey,
+        order: AcceptedOrder,
+        /// The payment timer of a prepaid or escrow order.
+        timer: Option<PaymentTimer>,
+    },
+    Action {
+        key: OrderKey,
+        /// The state after the record; `last_seq` is filled in at commit.
+        state: OrderState,
+        /// A reminder's timer, back in the heap for the deadline.
+        timer: Option<PaymentTimer>,
+    },
 }
 
 /// A reply that waits for the batch's commit.
@@ -171,19 +262,39 @@ enum DeferredReply {
         frame_index: usize,
         status: OrderStatus,
     },
+    /// An action journaled as frame `frame_index`.
+    Action {
+        reply: oneshot::Sender<ActionOutcome>,
+        frame_index: usize,
+        status: OrderStatus,
+    },
+}
+
+/// An action to decide: a client's, or the payment timer's.
+struct ActionRequest {
+    order_id: String,
+    key: OrderKey,
+    action: Action,
+    reason: Option<String>,
+    address: Option<String>,
+    restock: bool,
+    exchange_sku: Option<String>,
 }
 
 /// One shard's state and loop. Built (and filled by recovery) before its thread starts.
 pub struct ShardWriter {
     pub index: usize,
+    shard_count: usize,
     inventory: Arc<Inventory>,
-    dedup: Arc<DedupIndex>,
+    orders: Arc<OrderIndex>,
     pub purchases: PurchaseCounts,
+    pub timers: TimerHeap,
+    clock: Clock,
     journal: Option<Journal>,
     batch_max: usize,
     frames: FrameBatch,
-    /// Order key of each frame of the current batch (`None` for non-order frames).
-    frame_keys: Vec<Option<OrderKey>>,
+    /// One entry per frame of the open batch (SKU changes are journaled on their own).
+    frame_owners: Vec<FrameOwner>,
     undo: Vec<Undo>,
     deferred: Vec<DeferredReply>,
 }
@@ -191,19 +302,24 @@ pub struct ShardWriter {
 impl ShardWriter {
     pub fn new(
         index: usize,
+        shard_count: usize,
         inventory: Arc<Inventory>,
-        dedup: Arc<DedupIndex>,
+        orders: Arc<OrderIndex>,
+        clock: Clock,
         batch_max: usize,
     ) -> Self {
         Self {
             index,
+            shard_count,
             inventory,
-            dedup,
+            orders,
             purchases: PurchaseCounts::new(),
+            timers: TimerHeap::default(),
+            clock,
             journal: None,
             batch_max,
             frames: FrameBatch::with_capacity(batch_max * 256),
-            frame_keys: Vec::with_capacity(batch_max),
+            frame_owners: Vec::with_capacity(batch_max),
             undo: Vec::with_capacity(batch_max),
             deferred: Vec::with_capacity(batch_max),
         }
@@ -216,12 +332,62 @@ impl ShardWriter {
         qty: u32,
         payment: Payment,
         purchase_key: PurchaseKey,
+        timer: Option<PaymentTimer>,
     ) {
         let slot = self.inventory.slot(slot_index);
         let mut values = slot.values();
         values.take(u64::from(qty), payment);
         slot.write(values);
         self.purchases.add(purchase_key, qty);
+        if let Some(timer) = timer {
+            self.timers.push(timer);
+        }
+    }
+
+    /// Replays the stock effect of one order action during recovery (an exchange's unit is
+    /// taken by the caller, from the exchange SKU's slot).
+    pub fn replay_action(&mut self, entry: &OrderEntry, effect: StockEffect) {
+        self.apply_effect(entry, effect);
+    }
+
+    /// After recovery: forgets the timers of orders that no longer wait for payment.
+    pub fn drop_stale_timers(&mut self) {
+        let orders = &self.orders;
+        self.timers.retain(|timer| {
+            orders
+                .get(timer.key)
+                .is_some_and(|entry| entry.state().status == OrderStatus::PendingPayment)
+        });
+    }
+
+    fn apply_effect(&mut self, entry: &OrderEntry, effect: StockEffect) {
+        let qty = u64::from(entry.qty);
+        let slot = self.inventory.slot(entry.slot_index);
+        let mut values = slot.values();
+        match effect {
+            StockEffect::None | StockEffect::TakeExchangeUnit => return,
+            StockEffect::ReservedToSold => values.settle_reserved(qty),
+            StockEffect::GiveBack { from_reserved } => {
+                values.give_back(qty, from_reserved);
+                self.purchases.subtract(entry.purchase_key, entry.qty);
+            }
+        }
+        slot.write(values);
+    }
+
+    fn revert_effect(&mut self, entry: &OrderEntry, effect: StockEffect) {
+        let qty = u64::from(entry.qty);
+        let slot = self.inventory.slot(entry.slot_index);
+        let mut values = slot.values();
+        match effect {
+            StockEffect::None | StockEffect::TakeExchangeUnit => return,
+            StockEffect::ReservedToSold => values.unsettle_reserved(qty),
+            StockEffect::GiveBack { from_reserved } => {
+                values.take_into(qty, from_reserved);
+                self.purchases.add(entry.purchase_key, entry.qty);
+            }
+        }
+        slot.write(values);
     }
 
     /// Starts the shard's thread on its mailbox.
@@ -245,23 +411,65 @@ impl ShardWriter {
     fn run(mut self, mailbox: Receiver<Command>) {
         let mut batch: Vec<Command> = Vec::with_capacity(self.batch_max);
         loop {
-            let Ok(first) = mailbox.recv() else { break };
-            batch.push(first);
-            while batch.len() < self.batch_max {
-                match mailbox.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            // Block for the next command, or until the earliest timer is due.
+            let first = match self.until_next_timer() {
+                None => match mailbox.recv() {
+                    Ok(command) => Some(command),
+                    Err(_) => break,
+                },
+                Some(wait) => match mailbox.recv_timeout(wait) {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+            };
+            if let Some(first) = first {
+                batch.push(first);
+                while batch.len() < self.batch_max {
+                    match mailbox.try_recv() {
+                        Ok(command) => batch.push(command),
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
                 }
             }
-            let at_ms = now_ms();
+            let at_ms = self.clock.now_ms();
+            self.fire_timers(at_ms);
             let mut stop = false;
             for command in batch.drain(..) {
                 match command {
                     Command::Order(order) => self.decide(order, at_ms),
+                    Command::Action(action) => {
+                        let ActionCommand {
+                            order_id,
+                            key,
+                            action,
+                            reason,
+                            address,
+                            restock,
+                            exchange_sku,
+                            reply,
+                        } = action;
+                        let request = ActionRequest {
+                            order_id,
+                            key,
+                            action,
+                            reason,
+                            address,
+                            restock,
+                            exchange_sku,
+                        };
+                        self.decide_action(request, Some(reply), None, at_ms);
+                    }
                     Command::Sku(sku) => {
                         self.finish_batch();
                         self.apply_sku(sku, at_ms);
                     }
+                    Command::Hold { slot_index, reply } => {
+                        self.finish_batch();
+                        let _ = reply.send(self.hold(slot_index));
+                    }
+                    Command::Settle { slot_index, sold } => self.settle(slot_index, sold),
+                    Command::Tick => {}
                     Command::Stop => stop = true,
                 }
             }
@@ -271,6 +479,201 @@ impl ShardWriter {
             }
         }
         tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    /// How long the loop may block before a timer is due (`None`: no timer, block for a
+    /// command). A manual clock only moves with a `Tick`, so only what is due now counts.
+    fn until_next_timer(&self) -> Option<Duration> {
+        let due = self.timers.next_due_ms()?;
+        let now = self.clock.now_ms();
+        if due <= now {
+            Some(Duration::ZERO)
+        } else if self.clock.is_manual() {
+            None
+        } else {
+            Some(Duration::from_millis(due - now))
+        }
+    }
+
+    /// Journals the reminders and expiries that are due (at most one batch of them per turn;
+    /// the rest fire on the next turn, which comes at once).
+    pub fn fire_timers(&mut self, now_ms: u64) {
+        let mut fired = 0;
+        let mut later = Vec::new();
+        while fired < self.batch_max {
+            let Some(mut timer) = self.timers.pop_due(now_ms) else {
+                break;
+            };
+            let Some(entry) = self.orders.get(timer.key) else {
+                continue;
+            };
+            let state = entry.state();
+            if state.status != OrderStatus::PendingPayment {
+                continue;
+            }
+            if self.has_open_record(timer.key) {
+                // A client's action on this order is in the open batch (a payment, perhaps):
+                // decide the timer again once that is durable.
+                later.push(timer);
+                continue;
+            }
+            let action = if now_ms >= timer.deadline_ms {
+                Action::Expire
+            } else if !state.reminded {
+                Action::PaymentReminder
+            } else {
+                // Reminded before a restart: wait for the deadline.
+                timer.due_ms = timer.deadline_ms;
+                self.timers.push(timer);
+                continue;
+            };
+            let key = timer.key;
+            let order_id = timer.order_id.to_string();
+            let next = (action == Action::PaymentReminder).then_some(PaymentTimer {
+                due_ms: timer.deadline_ms,
+                ..timer
+            });
+            let request = ActionRequest {
+                order_id,
+                key,
+                action,
+                reason: None,
+                address: None,
+                restock: false,
+                exchange_sku: None,
+            };
+            self.decide_action(request, None, next, now_ms);
+            fired += 1;
+        }
+        for timer in later {
+            self.timers.push(timer);
+        }
+    }
+
+    /// True when a record of this order is in the open batch.
+    fn has_open_record(&self, key: OrderKey) -> bool {
+        self.frame_owners.iter().any(|owner| {
+            matches!(owner, FrameOwner::Action { key: k, .. } | FrameOwner::Accepted { key: k, .. } if *k == key)
+        })
+    }
+
+    /// Decides one action on an order: a client's (with `reply`) or a timer's.
+    fn decide_action(
+        &mut self,
+        request: ActionRequest,
+        reply: Option<oneshot::Sender<ActionOutcome>>,
+        timer: Option<PaymentTimer>,
+        at_ms: u64,
+    ) {
+        let respond = |reply: Option<oneshot::Sender<ActionOutcome>>, outcome| {
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        };
+        let key = request.key;
+        if self.has_open_record(key) {
+            // The record's `prev_seq` must be the seq of the open one: make it durable first.
+            self.finish_batch();
+        }
+        let Some(entry) = self.orders.get(key) else {
+            return respond(reply, ActionOutcome::UnknownOrder);
+        };
+        debug_assert_eq!(
+            shard_of(entry.slot_index, self.shard_count),
+            self.index,
+            "action routed to a shard that does not own the order"
+        );
+        let state = entry.state();
+        let action = request.action;
+        if !action.repeats() && state.last_action == Some(action) {
+            return respond(
+                reply,
+                ActionOutcome::Replayed {
+                    status: state.status,
+                },
+            );
+        }
+        let Some(moved) = transition(state.status, action, request.restock) else {
+            return respond(
+                reply,
+                ActionOutcome::Refused {
+                    status: state.status,
+                },
+            );
+        };
+        if state.records >= limits::RECORDS_PER_ORDER_MAX {
+            return respond(reply, ActionOutcome::TooManyRecords);
+        }
+        let record = Record {
+            at_ms,
+            event: Event::Action(OrderAction {
+                order_id: request.order_id,
+                action,
+                status: moved.to,
+                prev_seq: state.last_seq,
+                reason: request.reason,
+                redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
+                address: request.address,
+                restock: action == Action::Return && request.restock,
+                exchange_sku: request.exchange_sku,
+            }),
+        };
+        if let Err(error) = self.frames.push(&record) {
+            tracing::error!(%error, "cannot encode an order action");
+            return respond(
+                reply,
+                ActionOutcome::Unavailable {
+                    reason: error.to_string(),
+                },
+            );
+        }
+        self.apply_effect(&entry, moved.stock);
+        self.undo.push(Undo::Action {
+            entry,
+            effect: moved.stock,
+        });
+        let frame_index = self.frame_owners.len();
+        if let Some(reply) = reply {
+            self.deferred.push(DeferredReply::Action {
+                reply,
+                frame_index,
+                status: moved.to,
+            });
+        }
+        self.frame_owners.push(FrameOwner::Action {
+            key,
+            state: OrderState {
+                status: moved.to,
+                last_seq: 0,
+                last_action: Some(action),
+                records: state.records + 1,
+                reminded: state.reminded || action == Action::PaymentReminder,
+            },
+            timer,
+        });
+    }
+
+    /// Moves one unit of the slot from available to reserved for an exchange.
+    fn hold(&mut self, slot_index: u32) -> Result<(), u64> {
+        let slot = self.inventory.slot(slot_index);
+        let mut values = slot.values();
+        if values.available < 1 {
+            return Err(values.available);
+        }
+        values.take_into(1, true);
+        slot.write(values);
+        Ok(())
+    }
+
+    fn settle(&mut self, slot_index: u32, sold: bool) {
+        let slot = self.inventory.slot(slot_index);
+        let mut values = slot.values();
+        if sold {
+            values.settle_reserved(1);
+        } else {
+            values.give_back(1, true);
+        }
+        slot.write(values);
     }
 
     /// Decides one order (step 2 of the module doc).
@@ -284,7 +687,7 @@ impl ShardWriter {
             reply,
         } = command;
         let status = order.payment.initial_status();
-        match self.dedup.check_or_insert(key, fingerprint) {
+        match self.orders.check_or_insert(key, fingerprint) {
             DedupCheck::New => {}
             DedupCheck::Conflict => {
                 let _ = reply.send(OrderOutcome::IdempotencyConflict);
@@ -297,7 +700,10 @@ impl ShardWriter {
             DedupCheck::Retry { seq: None } => {
                 // Pending: in this batch (a true retry), or another shard's pending order
                 // whose 24-bit fingerprint happens to match (a reuse of the id): conflict.
-                match self.frame_keys.iter().position(|k| *k == Some(key)) {
+                let in_batch = self.frame_owners.iter().position(
+                    |owner| matches!(owner, FrameOwner::Accepted { key: k, .. } if *k == key),
+                );
+                match in_batch {
                     Some(frame_index) => self.deferred.push(DeferredReply::Replayed {
                         reply,
                         frame_index,
@@ -334,11 +740,15 @@ impl ShardWriter {
             })
         };
         if let Some(rejection) = rejection {
-            self.dedup.remove_pending(key);
+            self.orders.remove_pending(key);
             let _ = reply.send(rejection);
             return;
         }
         let payment = order.payment;
+        // Only an order that waits for payment needs its id again (for the timer's records).
+        let timer = status.holds_reserved().then(|| {
+            PaymentTimer::for_order(key, &order.order_id, at_ms, values.payment_timeout_s)
+        });
         let record = Record {
             at_ms,
             event: Event::Accepted(order),
@@ -346,7 +756,7 @@ impl ShardWriter {
         if let Err(error) = self.frames.push(&record) {
             // Validation bounds every field, so this is a bug; refuse the order, keep going.
             tracing::error!(%error, "cannot encode an accepted order");
-            self.dedup.remove_pending(key);
+            self.orders.remove_pending(key);
             let _ = reply.send(OrderOutcome::Unavailable {
                 reason: error.to_string(),
             });
@@ -355,7 +765,7 @@ impl ShardWriter {
         values.take(u64::from(qty), payment);
         slot.write(values);
         self.purchases.add(purchase_key, qty);
-        self.undo.push(Undo {
+        self.undo.push(Undo::Accepted {
             slot_index,
             qty,
             payment,
@@ -364,10 +774,20 @@ impl ShardWriter {
         });
         self.deferred.push(DeferredReply::Accepted {
             reply,
-            frame_index: self.frame_keys.len(),
+            frame_index: self.frame_owners.len(),
             status,
         });
-        self.frame_keys.push(Some(key));
+        self.frame_owners.push(FrameOwner::Accepted {
+            key,
+            order: AcceptedOrder {
+                seq: 0,
+                status,
+                purchase_key,
+                slot_index,
+                qty,
+            },
+            timer,
+        });
     }
 
     /// Journals the current batch and replies (steps 3 and 4 of the module doc).
@@ -386,9 +806,31 @@ impl ShardWriter {
         });
         match committed {
             Ok(range) => {
-                for (frame_index, key) in self.frame_keys.iter().enumerate() {
-                    if let Some(key) = key {
-                        self.dedup.set_seq(*key, range.first + frame_index as u64);
+                for (frame_index, owner) in self.frame_owners.drain(..).enumerate() {
+                    let seq = range.first + frame_index as u64;
+                    match owner {
+                        FrameOwner::Accepted {
+                            key,
+                            mut order,
+                            timer,
+                        } => {
+                            order.seq = seq;
+                            self.orders.commit_accepted(key, order);
+                            if let Some(timer) = timer {
+                                self.timers.push(timer);
+                            }
+                        }
+                        FrameOwner::Action {
+                            key,
+                            mut state,
+                            timer,
+                        } => {
+                            state.last_seq = seq;
+                            self.orders.set_state(key, state);
+                            if let Some(timer) = timer {
+                                self.timers.push(timer);
+                            }
+                        }
                     }
                 }
                 for deferred in self.deferred.drain(..) {
@@ -409,31 +851,60 @@ impl ShardWriter {
                             let seq = range.first + frame_index as u64;
                             let _ = reply.send(OrderOutcome::Replayed { seq, status });
                         }
+                        DeferredReply::Action {
+                            reply,
+                            frame_index,
+                            status,
+                        } => {
+                            let seq = range.first + frame_index as u64;
+                            let _ = reply.send(ActionOutcome::Done { seq, status });
+                        }
                     }
                 }
                 self.undo.clear();
             }
             Err(error) => {
-                for undo in self.undo.drain(..).rev() {
-                    let slot = self.inventory.slot(undo.slot_index);
-                    let mut values = slot.values();
-                    values.untake(u64::from(undo.qty), undo.payment);
-                    slot.write(values);
-                    self.purchases.subtract(undo.purchase_key, undo.qty);
-                    self.dedup.remove_pending(undo.key);
+                let mut undo = std::mem::take(&mut self.undo);
+                for undo in undo.drain(..).rev() {
+                    match undo {
+                        Undo::Accepted {
+                            slot_index,
+                            qty,
+                            payment,
+                            key,
+                            purchase_key,
+                        } => {
+                            let slot = self.inventory.slot(slot_index);
+                            let mut values = slot.values();
+                            values.untake(u64::from(qty), payment);
+                            slot.write(values);
+                            self.purchases.subtract(purchase_key, qty);
+                            self.orders.remove_pending(key);
+                        }
+                        Undo::Action { entry, effect } => self.revert_effect(&entry, effect),
+                    }
                 }
+                self.undo = undo;
                 let reason = error.to_string();
                 for deferred in self.deferred.drain(..) {
-                    let (DeferredReply::Accepted { reply, .. }
-                    | DeferredReply::Replayed { reply, .. }) = deferred;
-                    let _ = reply.send(OrderOutcome::Unavailable {
-                        reason: reason.clone(),
-                    });
+                    match deferred {
+                        DeferredReply::Accepted { reply, .. }
+                        | DeferredReply::Replayed { reply, .. } => {
+                            let _ = reply.send(OrderOutcome::Unavailable {
+                                reason: reason.clone(),
+                            });
+                        }
+                        DeferredReply::Action { reply, .. } => {
+                            let _ = reply.send(ActionOutcome::Unavailable {
+                                reason: reason.clone(),
+                            });
+                        }
+                    }
                 }
+                self.frame_owners.clear();
             }
         }
         self.frames.clear();
-        self.frame_keys.clear();
     }
 
     /// Journals a SKU change on its own and applies it once durable.

@@ -1,0 +1,271 @@
+//! `GET /v1/orders/{id}` and `POST /v1/orders/{id}/{action}`: an order's life after it was
+//! accepted. The action is decoded here; the order's shard decides it ([`crate::shard`]);
+//! the answer is the order as `GET` shows it, read back from the journal.
+//!
+//! Error precedence, first match wins: 404 `not_found` (no such action), 413 `too_large`,
+//! 400 `bad_request` (body not a JSON object, wrong types), 422 `invalid` (reason too long,
+//! `modify` without an address, `exchange` without a valid sku), 404 `unknown_order`,
+//! 404 `unknown_sku` (exchange), 409 `invalid_transition`, 409 `sold_out` (exchange), then
+//! 200. A repeat of the order's latest action (a client retry of `pay`, `ship`, ...) is
+//! answered 200 with `Idempotent-Replayed: true` and changes nothing; `modify`, `reship` and
+//! `exchange` may legitimately repeat, so each of those is new work.
+
+use hyper::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::engine::{ActionError, ActionRequest, Engine};
+use crate::http::orders::require_json_object;
+use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
+use crate::limits;
+use crate::order::{self, Action};
+use crate::shard::ActionOutcome;
+
+#[derive(Deserialize)]
+struct ActionBody {
+    reason: Option<String>,
+    address: Option<Box<RawValue>>,
+    restock: Option<bool>,
+    sku: Option<String>,
+}
+
+/// Decodes an action's optional body (no engine state; unit-tested alone).
+pub fn decode_action(
+    order_id: &str,
+    action: Action,
+    body: &[u8],
+) -> Result<ActionRequest, ApiError> {
+    let parsed = if body.iter().all(u8::is_ascii_whitespace) {
+        ActionBody {
+            reason: None,
+            address: None,
+            restock: None,
+            sku: None,
+        }
+    } else {
+        require_json_object(body)?;
+        serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("body is not a valid action: {e}"),
+            )
+        })?
+    };
+    let invalid = |detail: String| ApiError::new(ErrorCode::Invalid, detail);
+    if let Some(reason) = &parsed.reason
+        && reason.len() > limits::REASON_BYTES_MAX
+    {
+        return Err(invalid(format!(
+            "reason is {} bytes, at most {} allowed",
+            reason.len(),
+            limits::REASON_BYTES_MAX
+        )));
+    }
+    let address = match (action, parsed.address) {
+        (Action::Modify, None) => {
+            return Err(invalid("modify needs an address object".into()));
+        }
+        (Action::Modify, Some(raw)) => {
+            let text = raw.get();
+            if !text.starts_with('{') {
+                return Err(ApiError::new(
+                    ErrorCode::BadRequest,
+                    "address must be a JSON object",
+                ));
+            }
+            if text.len() > limits::ADDRESS_BYTES_MAX {
+                return Err(invalid(format!(
+                    "address is {} bytes, at most {} allowed",
+                    text.len(),
+                    limits::ADDRESS_BYTES_MAX
+                )));
+            }
+            Some(text.to_owned())
+        }
+        // Other actions ignore an address, as unknown fields are ignored.
+        (_, _) => None,
+    };
+    let exchange_sku = match (action, parsed.sku) {
+        (Action::Exchange, None) => {
+            return Err(invalid("exchange needs the sku to send instead".into()));
+        }
+        (Action::Exchange, Some(sku)) => {
+            order::validate_id("sku", &sku, limits::SKU_BYTES_MAX).map_err(invalid)?;
+            Some(sku)
+        }
+        (_, _) => None,
+    };
+    Ok(ActionRequest {
+        order_id: order_id.to_owned(),
+        action,
+        reason: parsed.reason,
+        address,
+        restock: action == Action::Return && parsed.restock.unwrap_or(false),
+        exchange_sku,
+    })
+}
+
+fn unknown_order(order_id: &str) -> HttpResponse {
+    ApiError::new(ErrorCode::UnknownOrder, format!("no order {order_id:?}")).into_response()
+}
+
+/// `GET /v1/orders/{id}`.
+pub async fn get_order(engine: &std::sync::Arc<Engine>, order_id: &str) -> HttpResponse {
+    if order::validate_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
+        return unknown_order(order_id);
+    }
+    view_response(engine, order_id, false).await
+}
+
+/// The order as `GET` shows it, read off the async runtime (it reads journal files).
+async fn view_response(
+    engine: &std::sync::Arc<Engine>,
+    order_id: &str,
+    replayed: bool,
+) -> HttpResponse {
+    let reader = engine.clone();
+    let id = order_id.to_owned();
+    let view = tokio::task::spawn_blocking(move || reader.order_view(&id)).await;
+    match view {
+        Ok(Ok(Some(view))) => {
+            let mut response = reply::json(StatusCode::OK, &view);
+            if replayed {
+                response.headers_mut().insert(
+                    "idempotent-replayed",
+                    hyper::header::HeaderValue::from_static("true"),
+                );
+            }
+            response
+        }
+        Ok(Ok(None)) => unknown_order(order_id),
+        Ok(Err(error)) => {
+            tracing::error!(%error, order_id, "cannot read an order's history");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                format!("cannot read the order's history: {error}"),
+            )
+            .into_response()
+        }
+        Err(error) => {
+            ApiError::new(ErrorCode::Unavailable, format!("reader failed: {error}")).into_response()
+        }
+    }
+}
+
+/// `POST /v1/orders/{id}/{action}` for a body that fit the size cap.
+pub async fn order_action(
+    engine: &std::sync::Arc<Engine>,
+    order_id: &str,
+    action: Action,
+    body: &[u8],
+) -> HttpResponse {
+    let request = match decode_action(order_id, action, body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    if order::validate_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
+        return unknown_order(order_id);
+    }
+    if engine.journal.is_poisoned() {
+        return ApiError::new(
+            ErrorCode::Unavailable,
+            "journal cannot be written; admission stopped",
+        )
+        .into_response();
+    }
+    let sku = request.exchange_sku.clone();
+    match engine.order_action(request).await {
+        Ok(ActionOutcome::Done { .. }) => view_response(engine, order_id, false).await,
+        Ok(ActionOutcome::Replayed { .. }) => view_response(engine, order_id, true).await,
+        Ok(ActionOutcome::Refused { status }) => ApiError::new(
+            ErrorCode::InvalidTransition,
+            format!(
+                "order {order_id} is {}; {} is not allowed from it",
+                status.as_str(),
+                action.as_str()
+            ),
+        )
+        .into_response(),
+        Ok(ActionOutcome::TooManyRecords) => ApiError::new(
+            ErrorCode::InvalidTransition,
+            format!(
+                "order {order_id} has {} records, the most one order may have; {} refused",
+                limits::RECORDS_PER_ORDER_MAX,
+                action.as_str()
+            ),
+        )
+        .into_response(),
+        Ok(ActionOutcome::UnknownOrder) => unknown_order(order_id),
+        Ok(ActionOutcome::Unavailable { reason }) => {
+            ApiError::new(ErrorCode::Unavailable, reason).into_response()
+        }
+        Err(ActionError::UnknownSku(sku)) => {
+            ApiError::new(ErrorCode::UnknownSku, format!("no sku {sku:?}")).into_response()
+        }
+        Err(ActionError::SoldOut { available }) => ApiError::new(
+            ErrorCode::SoldOut,
+            format!(
+                "no unit of {} left for the exchange ({available} available)",
+                sku.unwrap_or_default()
+            ),
+        )
+        .into_response(),
+        Err(ActionError::Overloaded) => {
+            ApiError::new(ErrorCode::Overloaded, "shard queue is full; retry shortly")
+                .into_response()
+        }
+        Err(ActionError::Stopped) => {
+            ApiError::new(ErrorCode::Unavailable, "engine is stopping").into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_decode_per_action() {
+        let empty = decode_action("o1", Action::Pay, b"").unwrap();
+        assert_eq!(empty.reason, None);
+        let reason = decode_action("o1", Action::Cancel, br#"{"reason":"changed mind"}"#).unwrap();
+        assert_eq!(reason.reason.as_deref(), Some("changed mind"));
+        let modify =
+            decode_action("o1", Action::Modify, br#"{"address":{"city":"Oslo"}}"#).unwrap();
+        assert_eq!(modify.address.as_deref(), Some(r#"{"city":"Oslo"}"#));
+        let ret = decode_action("o1", Action::Return, br#"{"restock":true}"#).unwrap();
+        assert!(ret.restock);
+        let not_return = decode_action("o1", Action::Refund, br#"{"restock":true}"#).unwrap();
+        assert!(!not_return.restock);
+        let exchange = decode_action("o1", Action::Exchange, br#"{"sku":"SKU-2"}"#).unwrap();
+        assert_eq!(exchange.exchange_sku.as_deref(), Some("SKU-2"));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_the_right_code() {
+        let code = |action, body: &[u8]| decode_action("o1", action, body).unwrap_err().code;
+        assert_eq!(code(Action::Modify, b""), ErrorCode::Invalid);
+        assert_eq!(
+            code(Action::Modify, br#"{"address":"x"}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code(Action::Exchange, b"{}"), ErrorCode::Invalid);
+        assert_eq!(
+            code(Action::Exchange, br#"{"sku":"a b"}"#),
+            ErrorCode::Invalid
+        );
+        assert_eq!(code(Action::Pay, b"[1]"), ErrorCode::BadRequest);
+        assert_eq!(code(Action::Pay, b"not json"), ErrorCode::BadRequest);
+        assert_eq!(
+            code(Action::Return, br#"{"restock":"yes"}"#),
+            ErrorCode::BadRequest
+        );
+        let long = format!(
+            r#"{{"reason":"{}"}}"#,
+            "x".repeat(limits::REASON_BYTES_MAX + 1)
+        );
+        assert_eq!(code(Action::Cancel, long.as_bytes()), ErrorCode::Invalid);
+        let address = format!(r#"{{"address":{{"a":"{}"}}}}"#, "x".repeat(1100));
+        assert_eq!(code(Action::Modify, address.as_bytes()), ErrorCode::Invalid);
+    }
+}
