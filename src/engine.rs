@@ -474,12 +474,16 @@ impl Engine {
             Err(error) => Err(error),
         };
         let sold = matches!(result, Ok(ActionOutcome::Done { .. }));
+        let (done, settled) = oneshot::channel();
         let settle = Command::Settle {
             slot_index: exchange_slot,
             sold,
+            done,
         };
         // Only a stopping engine refuses this; its memory is then rebuilt from the journal.
-        let _ = self.send_patiently(exchange_shard, settle).await;
+        if self.send_patiently(exchange_shard, settle).await.is_ok() {
+            let _ = settled.await;
+        }
         result
     }
 

@@ -161,10 +161,12 @@ pub enum Command {
         slot_index: u32,
         reply: oneshot::Sender<Result<(), u64>>,
     },
-    /// Ends a hold: the unit is sold (the exchange is durable) or available again.
+    /// Ends a hold: the unit is sold (the exchange is durable) or available again. `done`
+    /// is answered once the slot shows it, so the exchange's reply never runs ahead of it.
     Settle {
         slot_index: u32,
         sold: bool,
+        done: oneshot::Sender<()>,
     },
     /// Wakes the shard to fire timers (a manual clock moved).
     Tick,
@@ -468,7 +470,14 @@ impl ShardWriter {
                         self.finish_batch();
                         let _ = reply.send(self.hold(slot_index));
                     }
-                    Command::Settle { slot_index, sold } => self.settle(slot_index, sold),
+                    Command::Settle {
+                        slot_index,
+                        sold,
+                        done,
+                    } => {
+                        self.settle(slot_index, sold);
+                        let _ = done.send(());
+                    }
                     Command::Tick => {}
                     Command::Stop => stop = true,
                 }

@@ -1,0 +1,591 @@
+//! Property test of the order lifecycle against a simple model: random sequences of orders,
+//! actions, clock advances and restarts, run on the real engine (in process, real journal
+//! files, a manual clock so payment timers fire on command). After every step:
+//! - every SKU's stock equals the model's and `sold + reserved + available = stock_total`;
+//! - every order's state equals the model's;
+//! - every outcome (accepted, sold out, purchase limit, refused, ...) is the one the model
+//!   predicts, so per-user limits hold exactly;
+//! and after every restart the replayed state equals the live state before it.
+//!
+//! The model decides transitions with [`stampede::order::transition`] (whose table is tested
+//! on its own against the contract); everything else, stock, limits, timers and idempotency,
+//! it computes by itself. More cases: `PROPTEST_CASES=500 cargo test --test lifecycle_model`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+use stampede::config::{Config, Overrides};
+use stampede::engine::{ActionError, ActionRequest, Engine};
+use stampede::journal::OrderAccepted;
+use stampede::order::{Action, OrderStatus, Payment, StockEffect, transition};
+use stampede::shard::{ActionOutcome, Clock, OrderCommand, OrderOutcome, SkuUpdate};
+
+const SKUS: [&str; 3] = ["P-A", "P-B", "P-C"];
+const STOCK: [u64; 3] = [3, 2, 4];
+const PER_USER_LIMIT: u32 = 2;
+const MAX_PER_ORDER: u32 = 2;
+const TIMEOUT_S: u32 = 60;
+const ORDER_IDS: usize = 10;
+const USERS: usize = 3;
+const START_MS: u64 = 1_800_000_000_000;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Place {
+        order: usize,
+        user: usize,
+        sku: usize,
+        qty: u32,
+        payment: Payment,
+    },
+    Act {
+        order: usize,
+        action: Action,
+        restock: bool,
+        exchange_sku: usize,
+    },
+    Advance {
+        seconds: u64,
+    },
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let payment = prop_oneof![
+        Just(Payment::Prepaid),
+        Just(Payment::Escrow),
+        Just(Payment::Cod)
+    ];
+    // Every client action, the ones that move money and stock three times over, so that
+    // short sequences reach cancellations, refunds and re-purchases often.
+    let client_actions: Vec<Action> = Action::ALL
+        .into_iter()
+        .filter(|a| a.is_client_action())
+        .chain([Action::Pay, Action::Cancel, Action::Refund, Action::Return].repeat(2))
+        .collect();
+    prop_oneof![
+        4 => (0..ORDER_IDS, 0..USERS, 0..SKUS.len(), 1..=MAX_PER_ORDER + 1, payment)
+            .prop_map(|(order, user, sku, qty, payment)| Op::Place { order, user, sku, qty, payment }),
+        6 => (0..ORDER_IDS, proptest::sample::select(client_actions), any::<bool>(), 0..SKUS.len())
+            .prop_map(|(order, action, restock, exchange_sku)| Op::Act { order, action, restock, exchange_sku }),
+        1 => (1u64..=45).prop_map(|seconds| Op::Advance { seconds }),
+        1 => Just(Op::Restart),
+    ]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Stock {
+    total: u64,
+    available: u64,
+    reserved: u64,
+    sold: u64,
+}
+
+#[derive(Debug, Clone)]
+struct ModelOrder {
+    user: usize,
+    sku: usize,
+    qty: u32,
+    payment: Payment,
+    status: OrderStatus,
+    accepted_ms: u64,
+    last_action: Option<Action>,
+    records: u32,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    now_ms: u64,
+    stock: [Stock; 3],
+    bought: HashMap<(usize, usize), u32>,
+    orders: HashMap<usize, ModelOrder>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Expect {
+    Accepted,
+    Replayed,
+    Conflict,
+    QtyOverMax,
+    SoldOut,
+    PurchaseLimit,
+    Done(OrderStatus),
+    ActionReplayed,
+    Refused,
+    UnknownOrder,
+    TooManyRecords,
+}
+
+impl Model {
+    fn give_back(&mut self, id: usize, from_reserved: bool) {
+        let order = self.orders[&id].clone();
+        let stock = &mut self.stock[order.sku];
+        let qty = u64::from(order.qty);
+        if from_reserved {
+            stock.reserved -= qty;
+        } else {
+            stock.sold -= qty;
+        }
+        stock.available += qty;
+        *self.bought.get_mut(&(order.user, order.sku)).unwrap() -= order.qty;
+    }
+
+    fn place(&mut self, id: usize, user: usize, sku: usize, qty: u32, payment: Payment) -> Expect {
+        if let Some(existing) = self.orders.get(&id) {
+            let same = (existing.user, existing.sku, existing.qty, existing.payment)
+                == (user, sku, qty, payment);
+            return if same {
+                Expect::Replayed
+            } else {
+                Expect::Conflict
+            };
+        }
+        let bought = self.bought.get(&(user, sku)).copied().unwrap_or(0);
+        if qty > MAX_PER_ORDER {
+            return Expect::QtyOverMax;
+        }
+        if self.stock[sku].available < u64::from(qty) {
+            return Expect::SoldOut;
+        }
+        if bought + qty > PER_USER_LIMIT {
+            return Expect::PurchaseLimit;
+        }
+        let status = payment.initial_status();
+        let stock = &mut self.stock[sku];
+        stock.available -= u64::from(qty);
+        if status == OrderStatus::PendingPayment {
+            stock.reserved += u64::from(qty);
+        } else {
+            stock.sold += u64::from(qty);
+        }
+        *self.bought.entry((user, sku)).or_default() += qty;
+        self.orders.insert(
+            id,
+            ModelOrder {
+                user,
+                sku,
+                qty,
+                payment,
+                status,
+                accepted_ms: self.now_ms,
+                last_action: None,
+                records: 1,
+            },
+        );
+        Expect::Accepted
+    }
+
+    fn act(&mut self, id: usize, action: Action, restock: bool, exchange_sku: usize) -> Expect {
+        let Some(order) = self.orders.get(&id).cloned() else {
+            return Expect::UnknownOrder;
+        };
+        if !action.repeats() && order.last_action == Some(action) {
+            return Expect::ActionReplayed;
+        }
+        let Some(moved) = transition(order.status, action, restock) else {
+            return Expect::Refused;
+        };
+        if action == Action::Exchange && self.stock[exchange_sku].available < 1 {
+            return Expect::SoldOut;
+        }
+        if order.records >= stampede::limits::RECORDS_PER_ORDER_MAX {
+            return Expect::TooManyRecords;
+        }
+        match moved.stock {
+            StockEffect::None => {}
+            StockEffect::ReservedToSold => {
+                let stock = &mut self.stock[order.sku];
+                stock.reserved -= u64::from(order.qty);
+                stock.sold += u64::from(order.qty);
+            }
+            StockEffect::GiveBack { from_reserved } => self.give_back(id, from_reserved),
+            StockEffect::TakeExchangeUnit => {
+                let stock = &mut self.stock[exchange_sku];
+                stock.available -= 1;
+                stock.sold += 1;
+            }
+        }
+        let order = self.orders.get_mut(&id).unwrap();
+        order.status = moved.to;
+        order.last_action = Some(action);
+        order.records += 1;
+        Expect::Done(moved.to)
+    }
+
+    /// Moves time on and expires what the payment timers expire (the reminder changes no
+    /// state the model compares).
+    fn advance(&mut self, seconds: u64) {
+        self.now_ms += seconds * 1000;
+        let due: Vec<usize> = self
+            .orders
+            .iter()
+            .filter(|(_, order)| {
+                order.status == OrderStatus::PendingPayment
+                    && self.now_ms >= order.accepted_ms + u64::from(TIMEOUT_S) * 1000
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.give_back(id, true);
+            let order = self.orders.get_mut(&id).unwrap();
+            order.status = OrderStatus::Expired;
+            order.last_action = Some(Action::Expire);
+        }
+    }
+}
+
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    config: Config,
+    clock: Clock,
+    engine: Option<Arc<Engine>>,
+}
+
+impl Harness {
+    fn new(data_dir: &Path) -> Self {
+        let overrides = Overrides {
+            config_file: None,
+            listen: None,
+            data_dir: Some(data_dir.to_path_buf()),
+        };
+        let config = Config::load_with_env(&overrides, |name| match name {
+            "STAMPEDE_JOURNAL_FSYNC" => Some("none".into()),
+            "STAMPEDE_SHARDS" => Some("2".into()),
+            _ => None,
+        })
+        .expect("test config is valid");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mut harness = Self {
+            runtime,
+            config,
+            clock: Clock::manual(START_MS),
+            engine: None,
+        };
+        harness.start();
+        let engine = harness.engine().clone();
+        harness.runtime.block_on(async {
+            for (sku, stock) in SKUS.iter().zip(STOCK) {
+                let update = SkuUpdate {
+                    stock: Some(stock),
+                    per_user_limit: Some(PER_USER_LIMIT),
+                    max_per_order: Some(MAX_PER_ORDER),
+                    payment_timeout_s: Some(TIMEOUT_S),
+                };
+                engine.put_sku(sku, update).await.expect("sku created");
+            }
+        });
+        harness
+    }
+
+    fn engine(&self) -> &Arc<Engine> {
+        self.engine.as_ref().expect("engine running")
+    }
+
+    fn start(&mut self) {
+        let (engine, _report) =
+            Engine::start_with_clock(&self.config, self.clock.clone()).expect("engine starts");
+        self.engine = Some(engine);
+    }
+
+    fn restart(&mut self) {
+        let engine = self.engine.take().expect("engine running");
+        engine.shutdown().expect("clean shutdown");
+        drop(engine);
+        self.start();
+    }
+
+    fn place(&self, id: usize, user: usize, sku: usize, qty: u32, payment: Payment) -> Expect {
+        let engine = self.engine().clone();
+        let order = OrderAccepted {
+            order_id: format!("o{id}"),
+            user_id: format!("u{user}"),
+            sku: SKUS[sku].to_owned(),
+            qty,
+            payment,
+            address: None,
+        };
+        let keys = &engine.keys;
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        let command = OrderCommand {
+            slot_index: engine.slot_of(&order.sku).unwrap(),
+            key: keys.order_key(&order.order_id),
+            fingerprint: keys.content_fingerprint(&order.user_id, &order.sku, qty, payment, None),
+            purchase_key: keys.purchase_key(&order.user_id, &order.sku),
+            order,
+            reply,
+        };
+        engine.submit_order(command).expect("mailbox has room");
+        match self.runtime.block_on(outcome).expect("shard replies") {
+            OrderOutcome::Accepted { .. } => Expect::Accepted,
+            OrderOutcome::Replayed { .. } => Expect::Replayed,
+            OrderOutcome::IdempotencyConflict => Expect::Conflict,
+            OrderOutcome::QtyOverMax { .. } => Expect::QtyOverMax,
+            OrderOutcome::SoldOut { .. } => Expect::SoldOut,
+            OrderOutcome::PurchaseLimit { .. } => Expect::PurchaseLimit,
+            OrderOutcome::Unavailable { reason } => panic!("unavailable: {reason}"),
+        }
+    }
+
+    fn act(&self, id: usize, action: Action, restock: bool, exchange_sku: usize) -> Expect {
+        let engine = self.engine().clone();
+        let request = ActionRequest {
+            order_id: format!("o{id}"),
+            action,
+            reason: None,
+            address: (action == Action::Modify).then(|| r#"{"city":"X"}"#.to_owned()),
+            restock,
+            exchange_sku: (action == Action::Exchange).then(|| SKUS[exchange_sku].to_owned()),
+        };
+        match self.runtime.block_on(engine.order_action(request)) {
+            Ok(ActionOutcome::Done { status, .. }) => Expect::Done(status),
+            Ok(ActionOutcome::Replayed { .. }) => Expect::ActionReplayed,
+            Ok(ActionOutcome::Refused { .. }) => Expect::Refused,
+            Ok(ActionOutcome::UnknownOrder) => Expect::UnknownOrder,
+            Ok(ActionOutcome::TooManyRecords) => Expect::TooManyRecords,
+            Ok(ActionOutcome::Unavailable { reason }) => panic!("unavailable: {reason}"),
+            Err(ActionError::SoldOut { .. }) => Expect::SoldOut,
+            Err(error) => panic!("action failed: {error:?}"),
+        }
+    }
+
+    /// What the engine shows: every SKU's stock and every order's status.
+    fn snapshot(&self) -> ([Stock; 3], HashMap<usize, OrderStatus>) {
+        let engine = self.engine();
+        let stock = SKUS.map(|sku| {
+            let view = engine.sku_view(sku).unwrap();
+            assert_eq!(
+                view.available + view.reserved + view.sold,
+                view.stock_total,
+                "{view:?} does not balance"
+            );
+            Stock {
+                total: view.stock_total,
+                available: view.available,
+                reserved: view.reserved,
+                sold: view.sold,
+            }
+        });
+        let statuses = (0..ORDER_IDS)
+            .filter_map(|id| {
+                let key = engine.keys.order_key(&format!("o{id}"));
+                engine
+                    .orders
+                    .get(key)
+                    .map(|entry| (id, entry.state().status))
+            })
+            .collect();
+        (stock, statuses)
+    }
+}
+
+fn model_snapshot(model: &Model) -> ([Stock; 3], HashMap<usize, OrderStatus>) {
+    let statuses = model
+        .orders
+        .iter()
+        .map(|(id, order)| (*id, order.status))
+        .collect();
+    (model.stock, statuses)
+}
+
+fn run(ops: &[Op]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut harness = Harness::new(&dir.path().join("data"));
+    let mut model = Model {
+        now_ms: START_MS,
+        ..Model::default()
+    };
+    for (n, stock) in STOCK.iter().enumerate() {
+        model.stock[n] = Stock {
+            total: *stock,
+            available: *stock,
+            ..Stock::default()
+        };
+    }
+    for (step, op) in ops.iter().enumerate() {
+        match op {
+            Op::Place {
+                order,
+                user,
+                sku,
+                qty,
+                payment,
+            } => {
+                let expected = model.place(*order, *user, *sku, *qty, *payment);
+                let got = harness.place(*order, *user, *sku, *qty, *payment);
+                prop_assert_eq!(got, expected, "step {}: {:?}", step, op);
+            }
+            Op::Act {
+                order,
+                action,
+                restock,
+                exchange_sku,
+            } => {
+                let expected = model.act(*order, *action, *restock, *exchange_sku);
+                let got = harness.act(*order, *action, *restock, *exchange_sku);
+                prop_assert_eq!(got, expected, "step {}: {:?}", step, op);
+            }
+            Op::Advance { seconds } => {
+                model.advance(*seconds);
+                harness.clock.advance(Duration::from_secs(*seconds));
+                harness.engine().tick();
+                // The shards fire timers on their next turn: wait (bounded) until they have.
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while harness.snapshot() != model_snapshot(&model) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            Op::Restart => {
+                let before = harness.snapshot();
+                harness.restart();
+                prop_assert_eq!(harness.snapshot(), before, "step {}: replay differs", step);
+            }
+        }
+        prop_assert_eq!(
+            harness.snapshot(),
+            model_snapshot(&model),
+            "step {}: {:?}",
+            step,
+            op
+        );
+    }
+    // A last restart: what the journal replays is what was live.
+    let before = harness.snapshot();
+    harness.restart();
+    prop_assert_eq!(harness.snapshot(), before, "final replay differs");
+    harness.engine().shutdown().expect("clean shutdown");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 64,
+        max_shrink_iters: 200,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn the_engine_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+        run(&ops)?;
+    }
+}
+
+/// One hand-written sequence through every money path, as a readable example of the model.
+#[test]
+fn a_known_sequence_matches_the_model() {
+    let ops = vec![
+        Op::Place {
+            order: 0,
+            user: 0,
+            sku: 0,
+            qty: 2,
+            payment: Payment::Prepaid,
+        },
+        Op::Place {
+            order: 1,
+            user: 0,
+            sku: 0,
+            qty: 1,
+            payment: Payment::Cod,
+        },
+        Op::Place {
+            order: 2,
+            user: 1,
+            sku: 0,
+            qty: 1,
+            payment: Payment::Escrow,
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Pay,
+            restock: false,
+            exchange_sku: 0,
+        },
+        Op::Advance { seconds: 31 },
+        Op::Restart,
+        Op::Advance { seconds: 30 },
+        Op::Place {
+            order: 1,
+            user: 0,
+            sku: 0,
+            qty: 1,
+            payment: Payment::Cod,
+        },
+        Op::Place {
+            order: 3,
+            user: 0,
+            sku: 0,
+            qty: 1,
+            payment: Payment::Cod,
+        },
+        Op::Act {
+            order: 3,
+            action: Action::Cancel,
+            restock: false,
+            exchange_sku: 0,
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Verify,
+            restock: false,
+            exchange_sku: 0,
+        },
+        Op::Restart,
+        Op::Act {
+            order: 2,
+            action: Action::Print,
+            restock: false,
+            exchange_sku: 0,
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Pick,
+            restock: false,
+            exchange_sku: 0,
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Check,
+            restock: false,
+            exchange_sku: 0,
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Pack,
+            restock: false,
+            exchange_sku: 0,
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Weigh,
+            restock: false,
+            exchange_sku: 0,
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Ship,
+            restock: false,
+            exchange_sku: 0,
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Exchange,
+            restock: false,
+            exchange_sku: 1,
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Return,
+            restock: true,
+            exchange_sku: 0,
+        },
+        Op::Restart,
+    ];
+    run(&ops).unwrap();
+}
