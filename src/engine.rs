@@ -4,7 +4,7 @@
 //!
 //! Start-up order, each step before the next:
 //! 1. lock `<data_dir>/LOCK` (two engines on one journal would interleave sequence numbers);
-//! 2. recreate the inventory map and replay the journal into it, the dedup index and the
+//! 2. recreate the inventory map and replay the journal into it, the order index and the
 //!    shards' purchase counts (torn tail truncated; damage refuses to start);
 //! 3. open the journal writer at the recovered tail and start one thread per shard;
 //! 4. resolve the admin token;

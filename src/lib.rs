@@ -14,10 +14,10 @@
 //! | [`config`]    | the TOML file, flags and `STAMPEDE_*` overrides, validated once |
 //! | [`limits`]    | every capacity, size and timeout, each with its reason |
 //! | [`http`]      | the accept loop, body cap, decoding, status codes |
-//! | [`order`]     | identifier rules, payment types, order states |
+//! | [`order`]     | identifier rules, payment types, the order state machine |
 //! | [`engine`]    | start-up (lock, recovery, shards, catalogue), the handle HTTP talks to |
-//! | [`shard`]     | the single-writer loop: batches, decisions, group commit, replies |
-//! | [`inventory`] | the memory-mapped stock slots, the dedup index, purchase counts |
+//! | [`shard`]     | the single-writer loop: batches, decisions, payment timers, replies |
+//! | [`inventory`] | the memory-mapped stock slots, the order index, purchase counts |
 //! | [`journal`]   | frames and records, segments, group-commit writer, recovery scan |
 //!
 //! # Data path
@@ -30,26 +30,33 @@
 //!    up in the catalogue (404), and the order's fixed-width keys are hashed
 //!    ([`inventory::KeyHasher`]) on the HTTP task, off the shard thread.
 //! 3. Fast paths on the HTTP task: a retry of an order already durable in the journal is
-//!    answered 200 from the dedup index (422 if its content differs); if the SKU's slot shows
+//!    answered 200 from the order index (422 if its content differs); if the SKU's slot shows
 //!    less stock than asked and the order id is not known, the answer is 409 `sold_out` at
 //!    once. A stampede on a sold-out item, or of retries, never queues.
 //! 4. [`engine::Engine::submit_order`] routes by the SKU's slot to its shard's bounded
 //!    mailbox; a full mailbox sheds with 429 and `Retry-After`.
 //! 5. The shard thread ([`shard::ShardWriter`]) takes a batch, and for each order checks the
-//!    idempotency index ([`inventory::DedupIndex`]), `max_per_order`, stock and the buyer's
+//!    order index ([`inventory::OrderIndex`]), `max_per_order`, stock and the buyer's
 //!    purchase count; an accepted order takes stock in its memory-mapped slot
 //!    ([`inventory::Slot`]) and becomes a checksummed rkyv frame
 //!    ([`journal::record::FrameBatch`]).
 //! 6. The batch is appended to the journal ([`journal::Journal::append`]: `seq` assigned) and
 //!    committed ([`journal::Journal::commit`]): one leader writes every shard's pending frames
 //!    and runs one `fdatasync` for all of them (`fsync = "always"`).
-//! 7. Only then does the shard record each order's `seq` in the dedup index and reply through
+//! 7. Only then does the shard record each order's `seq` in the order index and reply through
 //!    the order's oneshot; the HTTP task answers 201 `{"order_id","status","seq"}`. If the
 //!    journal failed, the shard undoes the batch and the answer is 503: nothing was taken.
 //!
-//! At start-up, [`engine::Engine::start`] rebuilds the slots, the dedup index and the
-//! purchase counts by replaying the journal ([`journal::recover`]), which truncates a torn
-//! tail and refuses to start on damage anywhere else.
+//! After acceptance, an action (`POST /v1/orders/{id}/{action}`) takes the same road from
+//! step 4: [`engine::Engine::order_action`] routes it to the shard that owns the order, which
+//! decides it with [`order::transition`], journals it in its batch, and publishes the new
+//! state to the order index once it is durable; the payment timers
+//! ([`shard::timers`]) journal reminders and expiries the same way. `GET /v1/orders/{id}`
+//! reads the order's history back from the journal ([`engine::Engine::order_view`]).
+//!
+//! At start-up, [`engine::Engine::start`] rebuilds the slots, the order index, the purchase
+//! counts and the payment timers by replaying the journal ([`journal::recover`]), which
+//! truncates a torn tail and refuses to start on damage anywhere else.
 
 pub mod config;
 pub mod engine;

@@ -90,17 +90,21 @@ pub const RECORDS_PER_ORDER_MAX: u32 = 64;
 /// Longest `reason` text an action may carry, in bytes: a note, not a document.
 pub const REASON_BYTES_MAX: usize = 256;
 
-/// Highest journal sequence number the dedup index can store (40 bits: a trillion records).
+/// Highest journal sequence number the order index can store (40 bits: a trillion records).
 pub const SEQ_MAX: u64 = (1 << 40) - 1;
 
 // Tables that grow with traffic, and what bounds them:
-// - the dedup index holds one entry per *accepted* order (rejections leave nothing behind),
-//   and every accepted order takes at least one unit, so it never holds more entries than
-//   the units of stock loaded. That is a bound an operator sets per event (the catalogue),
-//   not a constant: it is sized by `inventory.orders_expected` and costs ~36 bytes per order
-//   (see BENCHMARKS.md), so 10^7 orders need ~360 MiB;
-// - the purchase counts hold at most one entry per accepted order, by the same argument
-//   (~27 bytes per order);
+// - the order index holds one entry per *accepted* order (rejections leave nothing behind).
+//   An order takes at least one unit when accepted, and a unit comes back only through a
+//   cancel, refund, expiry or restocked return (each a journal record), so the index holds
+//   at most the units of stock loaded plus the units given back. That is a bound an operator
+//   sets per event (the catalogue), not a constant: the table is sized by
+//   `inventory.orders_expected` and costs one 41-byte bucket per order at ≤ 7/8 load (see
+//   BENCHMARKS.md for the measured bytes per order);
+// - the payment timers hold at most one entry per prepaid or escrow order accepted within
+//   the longest `payment_timeout_s` (an entry leaves when it comes due, paid or not);
+// - the purchase counts hold at most one entry per accepted order (~27 bytes per order);
+// - an order's history read (`GET /v1/orders/{id}`) is bounded by `RECORDS_PER_ORDER_MAX`;
 // - the journal's pending buffer holds at most `shards * batch_max` frames of at most
 //   `RECORD_PAYLOAD_BYTES_MAX + 24` bytes (one batch per shard waits for each commit);
 // - the catalogue holds at most `inventory.skus_max` SKUs (the slot file's size).

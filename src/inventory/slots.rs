@@ -177,7 +177,7 @@ impl Slot {
         self.payment_timeout_s
             .store(values.payment_timeout_s, Ordering::Relaxed);
         // `available` last, with Release: a fast-path reader that sees the new value also
-        // sees everything the shard did before it (the dedup entry of the order included).
+        // sees everything the shard did before it (the order-index entry of the order included).
         self.available.store(values.available, Ordering::Release);
         self.version.store(version + 2, Ordering::Release);
     }

@@ -1,4 +1,4 @@
-//! The append-only, checksummed journal: the single source of truth. Memory (stock, dedup,
+//! The append-only, checksummed journal: the single source of truth. Memory (stock, order index,
 //! purchase counts) is rebuilt from it at start-up, and fulfilment workers tail it.
 //!
 //! - [`record`]: the on-disk format (frames, rkyv records) and the consumer-facing schema.
