@@ -31,7 +31,7 @@ use crate::workload::{OrderKey, parse_order_id};
 /// Violations listed per check in the report; the count is always exact.
 const VIOLATIONS_SHOWN_MAX: usize = 10;
 
-/// Journal record types that give an order's stock back.
+/// Journal record types that give an order's stock back (and `return` with `restock: true`).
 const RETURNING_TYPES: &[&str] = &["cancel", "refund", "expired"];
 
 /// An order the generator saw answered 201.
@@ -92,6 +92,8 @@ struct JournalLine<'a> {
     sku: Option<&'a str>,
     #[serde(default)]
     qty: Option<u64>,
+    #[serde(default)]
+    restock: Option<bool>,
 }
 
 /// The journal range of a run, reduced line by line to what the audit needs: this run's
@@ -180,7 +182,13 @@ impl JournalScan {
                     }
                 }
             }
-        } else if RETURNING_TYPES.contains(&record.kind)
+        } else if record.kind == "exchange" {
+            // One unit of the record's `sku` went out in place of the order's.
+            if let Some(index) = record.sku.and_then(|sku| self.sku_indexes.get(sku)) {
+                self.accepted_units[*index as usize] += 1;
+            }
+        } else if (RETURNING_TYPES.contains(&record.kind)
+            || (record.kind == "return" && record.restock == Some(true)))
             && let Some(key) = key
         {
             self.returned.push(key);
@@ -754,6 +762,36 @@ mod tests {
             &log,
         );
         assert!(report.passed, "{:#?}", report.checks);
+    }
+
+    #[test]
+    fn only_a_restocked_return_gives_units_back_and_an_exchange_takes_one() {
+        let a = order_key(0, 0);
+        let id = crate::workload::order_id(RUN, a);
+        let log = OrderLog {
+            created: vec![created(a, 2)],
+            ..OrderLog::default()
+        };
+        let kept = format!(r#"{{"seq":3,"type":"return","order_id":"{id}","restock":false}}"#);
+        let back = format!(r#"{{"seq":3,"type":"return","order_id":"{id}","restock":true}}"#);
+        let audit_of = |line: &String, available| {
+            audit(
+                RUN,
+                &skus(),
+                &state(available, 0),
+                &scan(&[accepted(2, a), line.clone()]),
+                &log,
+            )
+        };
+        // Kept by the buyer: one unit still taken; restocked: none.
+        assert!(!audit_of(&kept, 3).passed);
+        assert!(audit_of(&back, 3).passed);
+        // An exchange to this SKU takes one more unit.
+        let exchange = format!(
+            r#"{{"seq":4,"type":"exchange","order_id":"x-other","sku":"S-r1-0","status":"shipped"}}"#
+        );
+        let scan = scan(&[accepted(2, a), back.clone(), exchange]);
+        assert_eq!(scan.accepted_units, vec![2]);
     }
 
     #[test]
