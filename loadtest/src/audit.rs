@@ -787,9 +787,9 @@ mod tests {
         assert!(!audit_of(&kept, 3).passed);
         assert!(audit_of(&back, 3).passed);
         // An exchange to this SKU takes one more unit.
-        let exchange = format!(
-            r#"{{"seq":4,"type":"exchange","order_id":"x-other","sku":"S-r1-0","status":"shipped"}}"#
-        );
+        let exchange =
+            r#"{"seq":4,"type":"exchange","order_id":"x-other","sku":"S-r1-0","status":"shipped"}"#
+                .to_string();
         let scan = scan(&[accepted(2, a), back.clone(), exchange]);
         assert_eq!(scan.accepted_units, vec![2]);
     }
