@@ -4,8 +4,9 @@
 //! - every SKU's stock equals the model's and `sold + reserved + available = stock_total`;
 //! - every order's state equals the model's;
 //! - every outcome (accepted, sold out, purchase limit, refused, ...) is the one the model
-//!   predicts, so per-user limits hold exactly;
-//! and after every restart the replayed state equals the live state before it.
+//!   predicts, so per-user limits hold exactly.
+//!
+//! And after every restart the replayed state equals the live state before it.
 //!
 //! The model decides transitions with [`stampede::order::transition`] (whose table is tested
 //! on its own against the contract); everything else, stock, limits, timers and idempotency,

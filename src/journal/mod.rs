@@ -5,13 +5,16 @@
 //! - [`writer`]: sequence numbers, segments, group commit under the fsync policy.
 //! - [`scan`]: the segment cursor, the recovery scan, and range reads for `GET /v1/journal`.
 //! - [`index`]: the sparse seq → file position map behind reads of one record.
+//! - [`reader`]: the consumer's reader (records after a seq, zero-copy, follow).
 
 pub mod index;
+pub mod reader;
 pub mod record;
 pub mod scan;
 pub mod writer;
 
 pub use index::SeqIndex;
+pub use reader::{JournalReader, ReadError, ReadLimit};
 pub use record::{
     ArchivedRecord, Event, FrameBatch, OrderAccepted, OrderAction, Record, SkuChanged,
 };

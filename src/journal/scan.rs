@@ -56,6 +56,28 @@ pub enum CursorStep<'a> {
     },
 }
 
+/// What [`SegmentCursor::peek`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    Frame { seq: u64 },
+    End,
+    Bad { torn: bool },
+}
+
+enum FrameHere {
+    Frame {
+        seq: u64,
+        payload_start: usize,
+        payload_end: usize,
+        next_pos: usize,
+    },
+    End,
+    Bad {
+        reason: String,
+        torn: bool,
+    },
+}
+
 /// Reads the frames of one segment in order through an aligned buffer, so payloads are
 /// validated and accessed in place (zero-copy).
 pub struct SegmentCursor {
@@ -128,9 +150,10 @@ impl SegmentCursor {
         Ok(())
     }
 
-    /// The next frame, the end of data, or what is wrong at the current offset.
-    pub fn step(&mut self) -> io::Result<CursorStep<'_>> {
-        let (seq, payload_start, payload_end, next_pos) = loop {
+    /// Finds the frame at the current offset (refilling the buffer as needed) without
+    /// moving past it.
+    fn frame_here(&mut self) -> io::Result<FrameHere> {
+        loop {
             match check_frame(&self.buf, self.pos) {
                 FrameCheck::Valid {
                     seq,
@@ -138,7 +161,12 @@ impl SegmentCursor {
                     next_offset,
                 } => {
                     let start = payload.as_ptr() as usize - self.buf.as_ptr() as usize;
-                    break (seq, start, start + payload.len(), next_offset);
+                    return Ok(FrameHere::Frame {
+                        seq,
+                        payload_start: start,
+                        payload_end: start + payload.len(),
+                        next_pos: next_offset,
+                    });
                 }
                 FrameCheck::End | FrameCheck::Incomplete { .. }
                     if self.buf_offset + (self.buf.len() as u64) < self.file_len =>
@@ -149,23 +177,42 @@ impl SegmentCursor {
                     };
                     self.refill(needed)?;
                 }
-                FrameCheck::End => return Ok(CursorStep::End),
+                FrameCheck::End => return Ok(FrameHere::End),
                 FrameCheck::Incomplete { needed } => {
-                    return Ok(CursorStep::Bad {
-                        offset: self.offset(),
+                    return Ok(FrameHere::Bad {
                         reason: format!("frame of {needed} bytes cut short by the end of the file"),
                         torn: true,
                     });
                 }
                 FrameCheck::Corrupt { reason } => {
-                    return Ok(CursorStep::Bad {
-                        offset: self.offset(),
+                    return Ok(FrameHere::Bad {
                         reason,
                         torn: false,
                     });
                 }
             }
+        }
+    }
+
+    /// The next frame, the end of data, or what is wrong at the current offset.
+    pub fn step(&mut self) -> io::Result<CursorStep<'_>> {
+        let (seq, payload_start, payload_end, next_pos) = match self.frame_here()? {
+            FrameHere::Frame {
+                seq,
+                payload_start,
+                payload_end,
+                next_pos,
+            } => (seq, payload_start, payload_end, next_pos),
+            FrameHere::End => return Ok(CursorStep::End),
+            FrameHere::Bad { reason, torn } => {
+                return Ok(CursorStep::Bad {
+                    offset: self.offset(),
+                    reason,
+                    torn,
+                });
+            }
         };
+        // A refill keeps the frame's start at the current offset.
         let offset = self.offset();
         self.pos = next_pos;
         let payload = &self.buf[payload_start..payload_end];
@@ -175,6 +222,30 @@ impl SegmentCursor {
             offset,
             record,
         })
+    }
+
+    /// What [`SegmentCursor::step`] would return next, without moving: the frame's seq, the
+    /// end of data, or a bad frame (whose offset is [`SegmentCursor::offset`]).
+    pub fn peek(&mut self) -> io::Result<Peek> {
+        Ok(match self.frame_here()? {
+            FrameHere::Frame { seq, .. } => Peek::Frame { seq },
+            FrameHere::End => Peek::End,
+            FrameHere::Bad { torn, .. } => Peek::Bad { torn },
+        })
+    }
+
+    /// Moves past the frame at the current offset (after [`SegmentCursor::peek`] saw one).
+    pub fn skip(&mut self) -> io::Result<()> {
+        if let FrameHere::Frame { next_pos, .. } = self.frame_here()? {
+            self.pos = next_pos;
+        }
+        Ok(())
+    }
+
+    /// The file's length now: a reader following a live segment sees it grow.
+    pub fn refresh_len(&mut self) -> io::Result<u64> {
+        self.file_len = self.file.metadata()?.len();
+        Ok(self.file_len)
     }
 
     /// True when every byte from `offset` to the end of the file is zero.

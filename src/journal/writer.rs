@@ -102,6 +102,8 @@ struct Shared {
     stop_background_wake: Condvar,
     index: Arc<SeqIndex>,
     dir: PathBuf,
+    /// The durable watermark for async followers (`GET /v1/journal?follow=true`).
+    durable_watch: tokio::sync::watch::Sender<u64>,
 }
 
 /// The append side of the journal. Cheap to clone; all clones write the same files.
@@ -166,6 +168,7 @@ impl Journal {
             stop_background_wake: Condvar::new(),
             index: tail.index.clone(),
             dir: dir.to_owned(),
+            durable_watch: tokio::sync::watch::Sender::new(durable),
         });
         Ok(Self { shared })
     }
@@ -194,6 +197,29 @@ impl Journal {
             return Ok(false);
         }
         self.shared.index.read(&self.shared.dir, seq, visit)
+    }
+
+    /// Blocks until a record past `after` is durable, the journal stops, or `timeout`
+    /// passes; returns the durable watermark then. For followers on threads.
+    pub fn wait_durable_past(&self, after: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.state.lock();
+        while self.durable_seq() <= after && state.failure.is_none() {
+            if self
+                .shared
+                .flushed
+                .wait_until(&mut state, deadline)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        self.durable_seq()
+    }
+
+    /// The durable watermark as a watch channel, for async followers.
+    pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.durable_watch.subscribe()
     }
 
     /// True once an I/O error stopped the journal; admission answers 503 from then on.
@@ -283,6 +309,7 @@ impl Journal {
                         state.synced_seq = group_last;
                     }
                     shared.durable_seq.store(group_last, Ordering::Release);
+                    shared.durable_watch.send_replace(group_last);
                 }
                 Err(error) => {
                     tracing::error!(%error, first_seq = group_first, last_seq = group_last,
