@@ -31,7 +31,7 @@ use crate::inventory::{
     AcceptedOrder, Inventory, KeyHasher, OrderIndex, OrderState, PurchaseCounts, SlotValues,
 };
 use crate::journal::record::ArchivedEvent;
-use crate::journal::{self, ArchivedRecord, Journal, RecoveryError};
+use crate::journal::{self, ArchivedRecord, ConsumerOffsets, Journal, RecoveryError};
 use crate::limits;
 use crate::order::{Action, StockEffect, transition};
 use crate::shard::{
@@ -161,6 +161,8 @@ pub struct Engine {
     pub orders: Arc<OrderIndex>,
     /// The time the shards decide by (the system clock, except in tests).
     pub clock: Clock,
+    /// Consumer groups' committed offsets (`<data_dir>/consumers`).
+    pub consumers: ConsumerOffsets,
     /// SKU name → slot index. Written only under `sku_admin` (or before start).
     catalog: DashMap<String, u32>,
     next_slot: AtomicU32,
@@ -204,6 +206,7 @@ impl Engine {
         let journal_dir = journal_dir(data_dir);
         std::fs::create_dir_all(&journal_dir).map_err(dir_err(&journal_dir))?;
         let lock = lock_data_dir(data_dir)?;
+        let consumers = ConsumerOffsets::open(data_dir).map_err(dir_err(data_dir))?;
 
         let inventory = Arc::new(
             Inventory::create(&data_dir.join("inventory.slots"), config.inventory.skus_max)
@@ -278,6 +281,7 @@ impl Engine {
             inventory,
             orders,
             clock,
+            consumers,
             catalog,
             next_slot: AtomicU32::new(next_slot),
             mailboxes,

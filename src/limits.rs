@@ -74,6 +74,19 @@ pub const PAYMENT_TIMEOUT_S_MAX: u32 = 30 * 24 * 3600;
 pub const JOURNAL_PAGE_DEFAULT: usize = 100;
 pub const JOURNAL_PAGE_MAX: usize = 10_000;
 
+/// Consumer groups with a committed offset. Each is a file and a row of lag; a few per
+/// warehouse process is the norm, so a thousand is room, and the cap stops a client that
+/// invents group names from filling the directory.
+pub const CONSUMER_GROUPS_MAX: usize = 1024;
+
+/// `GET /v1/journal?follow=true`: streams open at once, the chunks one stream may have
+/// queued (each at most `FOLLOW_CHUNK_BYTES`), and the keep-alive newline's interval. A slow
+/// follower holds at most 4 × 64 KiB here (plus the socket's buffer); the reader waits.
+pub const FOLLOWERS_MAX: usize = 64;
+pub const FOLLOW_QUEUE_CHUNKS: usize = 4;
+pub const FOLLOW_CHUNK_BYTES: usize = 64 * 1024;
+pub const FOLLOW_KEEPALIVE_S: u64 = 10;
+
 /// How long a draining server waits for open requests before it stops serving them. The
 /// orders already admitted are still journaled; only idle or slow connections are cut.
 pub const DRAIN_TIMEOUT_MS: u64 = 10_000;

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use hyper::StatusCode;
 use hyper::header::{AUTHORIZATION, HeaderMap};
 use serde::Deserialize;
@@ -216,35 +215,6 @@ pub fn parse_journal_query(query: Option<&str>) -> Result<JournalQuery, ApiError
         }
     }
     Ok(parsed)
-}
-
-/// One page of durable records with `seq > from`, as NDJSON.
-pub async fn read_journal(engine: &Engine, query: &JournalQuery) -> HttpResponse {
-    let dir = engine.journal_dir().to_owned();
-    let durable = engine.journal.durable_seq();
-    let (from, limit) = (query.from, query.limit);
-    let page = tokio::task::spawn_blocking(move || {
-        let mut body = Vec::with_capacity(limit.min(1024) * 160);
-        crate::journal::read_range(&dir, from, durable, limit, &mut |seq, record| {
-            serde_json::to_writer(&mut body, &record.to_json(seq)).expect("json to a vec");
-            body.push(b'\n');
-        })
-        .map(|_| body)
-    })
-    .await;
-    match page {
-        Ok(Ok(body)) => reply::raw(StatusCode::OK, "application/x-ndjson", Bytes::from(body)),
-        Ok(Err(error)) => ApiError::new(
-            ErrorCode::Unavailable,
-            format!("journal read failed: {error}"),
-        )
-        .into_response(),
-        Err(error) => ApiError::new(
-            ErrorCode::Unavailable,
-            format!("journal reader failed: {error}"),
-        )
-        .into_response(),
-    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! awaits a oneshot from its shard, file reads run on the blocking pool.
 
 pub mod admin;
+pub mod journal;
 pub mod lifecycle;
 pub mod orders;
 pub mod reply;
@@ -49,6 +50,10 @@ pub struct AppState {
     body_bytes_max: usize,
     body_read_timeout: Duration,
     journal_readers: Semaphore,
+    /// Open `follow=true` streams (`FOLLOWERS_MAX`).
+    followers: Arc<Semaphore>,
+    /// Turns true when draining starts: followers end their streams.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -59,6 +64,8 @@ impl AppState {
             body_bytes_max,
             body_read_timeout,
             journal_readers: Semaphore::new(JOURNAL_READERS_MAX),
+            followers: Arc::new(Semaphore::new(limits::FOLLOWERS_MAX)),
+            stopping: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -75,6 +82,7 @@ impl AppState {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Release);
+        self.stopping.send_replace(true);
     }
 
     fn not_ready_reason(&self) -> Option<&'static str> {
@@ -239,14 +247,24 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                 return recovering();
             };
             match admin::parse_journal_query(parts.uri.query()) {
-                Ok(query) if query.follow => ApiError::new(
-                    ErrorCode::BadRequest,
-                    "follow=true is not served yet; page with from=<last seq>",
-                )
-                .into_response(),
+                Ok(query) if query.follow => {
+                    let Ok(permit) = state.followers.clone().try_acquire_owned() else {
+                        return ApiError::new(
+                            ErrorCode::Overloaded,
+                            format!("{} followers are streaming; retry", limits::FOLLOWERS_MAX),
+                        )
+                        .into_response();
+                    };
+                    journal::follow(
+                        engine.clone(),
+                        query.from,
+                        state.stopping.subscribe(),
+                        permit,
+                    )
+                }
                 Ok(query) => {
-                    // Each page read runs on the blocking pool and may scan a segment: a bound
-                    // on how many run at once keeps readers from starving the engine.
+                    // Each page read runs on the blocking pool: a bound on how many run at
+                    // once keeps readers from starving the engine.
                     let Ok(_reader) = state.journal_readers.try_acquire() else {
                         return ApiError::new(
                             ErrorCode::Overloaded,
@@ -254,8 +272,21 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                         )
                         .into_response();
                     };
-                    admin::read_journal(engine, &query).await
+                    journal::read_page(engine, &query).await
                 }
+                Err(error) => error.into_response(),
+            }
+        }
+        (["v1", "consumers", group, "offset"], &Method::GET) => match state.engine() {
+            Some(engine) => journal::get_offset(engine.clone(), group).await,
+            None => recovering(),
+        },
+        (["v1", "consumers", group, "offset"], &Method::PUT) => {
+            let Some(engine) = state.engine() else {
+                return recovering();
+            };
+            match read_body(&parts.headers, body, state).await {
+                Ok(body) => journal::put_offset(engine.clone(), group, &body).await,
                 Err(error) => error.into_response(),
             }
         }

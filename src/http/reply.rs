@@ -8,7 +8,61 @@ use hyper::{Response, StatusCode};
 
 use crate::limits;
 
-pub type HttpResponse = Response<Full<Bytes>>;
+pub type HttpResponse = Response<ResponseBody>;
+
+/// A whole body, or a stream of chunks from a bounded channel (`GET /v1/journal?follow=true`):
+/// the producer waits when the channel is full, so a slow reader holds at most the channel's
+/// chunks in this process's memory, never more.
+pub enum ResponseBody {
+    Full(Full<Bytes>),
+    Stream(tokio::sync::mpsc::Receiver<Bytes>),
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Full(full) => std::pin::Pin::new(full).poll_frame(cx),
+            Self::Stream(chunks) => chunks
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|bytes| Ok(hyper::body::Frame::data(bytes)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(full) => full.is_end_stream(),
+            Self::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Self::Full(full) => full.size_hint(),
+            Self::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// A streaming response: chunks sent into the returned channel's sender go out as they come
+/// (chunked transfer encoding); dropping the sender ends the body.
+pub fn stream(
+    status: StatusCode,
+    content_type: &'static str,
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+) -> HttpResponse {
+    let mut response = Response::new(ResponseBody::Stream(chunks));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
 
 /// The contract's error codes, each with its status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +72,8 @@ pub enum ErrorCode {
     TooLarge,
     UnknownSku,
     UnknownOrder,
+    /// A consumer group that never committed an offset (404).
+    UnknownGroup,
     SoldOut,
     PurchaseLimit,
     IdempotencyConflict,
@@ -43,6 +99,7 @@ impl ErrorCode {
             Self::TooLarge => "too_large",
             Self::UnknownSku => "unknown_sku",
             Self::UnknownOrder => "unknown_order",
+            Self::UnknownGroup => "unknown_group",
             Self::SoldOut => "sold_out",
             Self::PurchaseLimit => "purchase_limit",
             Self::IdempotencyConflict => "idempotency_conflict",
@@ -62,7 +119,9 @@ impl ErrorCode {
             Self::BadRequest => StatusCode::BAD_REQUEST,
             Self::Invalid | Self::IdempotencyConflict => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::UnknownSku | Self::UnknownOrder | Self::NotFound => StatusCode::NOT_FOUND,
+            Self::UnknownSku | Self::UnknownOrder | Self::UnknownGroup | Self::NotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::SoldOut | Self::PurchaseLimit | Self::StockConflict | Self::InvalidTransition => {
                 StatusCode::CONFLICT
             }
@@ -121,7 +180,7 @@ impl ApiError {
 /// A JSON response from anything serializable.
 pub fn json(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
     let bytes = serde_json::to_vec(body).expect("response bodies serialize");
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    let mut response = Response::new(ResponseBody::Full(Full::new(Bytes::from(bytes))));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -131,7 +190,7 @@ pub fn json(status: StatusCode, body: &impl serde::Serialize) -> HttpResponse {
 
 /// A response with a raw body and content type.
 pub fn raw(status: StatusCode, content_type: &'static str, body: Bytes) -> HttpResponse {
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(ResponseBody::Full(Full::new(body)));
     *response.status_mut() = status;
     response
         .headers_mut()

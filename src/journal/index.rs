@@ -60,6 +60,13 @@ impl SeqIndex {
         after.checked_sub(1).map(|index| points[index])
     }
 
+    /// Where to start reading to reach `seq`: (segment first seq, offset of a frame at or
+    /// before it in that segment).
+    pub fn start_for(&self, seq: u64) -> Option<(u64, u64)> {
+        self.locate(seq)
+            .map(|point| (point.segment_first_seq, point.offset))
+    }
+
     pub fn points(&self) -> usize {
         self.points.read().len()
     }

@@ -6,13 +6,16 @@
 //! - [`scan`]: the segment cursor, the recovery scan, and range reads for `GET /v1/journal`.
 //! - [`index`]: the sparse seq → file position map behind reads of one record.
 //! - [`reader`]: the consumer's reader (records after a seq, zero-copy, follow).
+//! - [`consumers`]: consumer groups' durable offsets.
 
+pub mod consumers;
 pub mod index;
 pub mod reader;
 pub mod record;
 pub mod scan;
 pub mod writer;
 
+pub use consumers::ConsumerOffsets;
 pub use index::SeqIndex;
 pub use reader::{JournalReader, ReadError, ReadLimit};
 pub use record::{

@@ -251,6 +251,15 @@ impl JournalReader {
             }
         }
         let segments = list_segments(&self.dir)?;
+        if let ReadLimit::Durable(journal) = &self.limit
+            && let Some((first_seq, offset)) = journal.start_for(self.next_seq)
+            && segments.iter().any(|(first, _)| *first == first_seq)
+        {
+            // In the engine's process the seq index knows a frame at most 64 records before
+            // the one wanted: start there instead of at the segment's head.
+            self.parked = Some((first_seq, offset));
+            return self.open_cursor();
+        }
         let Some(first) = segments.first() else {
             return Ok(false);
         };

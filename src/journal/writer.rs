@@ -217,6 +217,11 @@ impl Journal {
         self.durable_seq()
     }
 
+    /// Where a reader should start to reach `seq` quickly (see [`SeqIndex`]).
+    pub fn start_for(&self, seq: u64) -> Option<(u64, u64)> {
+        self.shared.index.start_for(seq)
+    }
+
     /// The durable watermark as a watch channel, for async followers.
     pub fn durable_watch(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.durable_watch.subscribe()
