@@ -99,6 +99,11 @@ pub const RETRY_AFTER_S: u32 = 1;
 /// after-sales steps). `modify`, `reship` and `exchange` can repeat; the cap bounds the
 /// history `GET /v1/orders/{id}` reads back from the journal. A normal life is ~14 records.
 pub const RECORDS_PER_ORDER_MAX: u32 = 64;
+/// Records a life needs without any repeatable action: acceptance, reminder, payment, the
+/// seven stages, deliver, complete, and an ending (11 + 3, rounded up). Repeatable actions
+/// are refused once an order has `RECORDS_PER_ORDER_MAX - LIFE_RECORDS_RESERVED` records, so
+/// the cap never stops an order from being delivered, returned, refunded or cancelled.
+pub const LIFE_RECORDS_RESERVED: u32 = 16;
 
 /// Longest `reason` text an action may carry, in bytes: a note, not a document.
 pub const REASON_BYTES_MAX: usize = 256;
@@ -122,6 +127,7 @@ pub const SEQ_MAX: u64 = (1 << 40) - 1;
 //   `RECORD_PAYLOAD_BYTES_MAX + 24` bytes (one batch per shard waits for each commit);
 // - the catalogue holds at most `inventory.skus_max` SKUs (the slot file's size).
 
+const _: () = assert!(LIFE_RECORDS_RESERVED < RECORDS_PER_ORDER_MAX);
 const _: () = assert!(BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(PREALLOCATE_CHUNK_BYTES <= PREALLOCATE_AHEAD_BYTES);

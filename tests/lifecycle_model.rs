@@ -192,7 +192,11 @@ impl Model {
         if action == Action::Exchange && self.stock[exchange_sku].available < 1 {
             return Expect::SoldOut;
         }
-        if order.records >= stampede::limits::RECORDS_PER_ORDER_MAX {
+        let limits = (
+            stampede::limits::RECORDS_PER_ORDER_MAX,
+            stampede::limits::LIFE_RECORDS_RESERVED,
+        );
+        if action.repeats() && order.records >= limits.0 - limits.1 {
             return Expect::TooManyRecords;
         }
         match moved.stock {
@@ -349,7 +353,7 @@ impl Harness {
             Ok(ActionOutcome::Replayed { .. }) => Expect::ActionReplayed,
             Ok(ActionOutcome::Refused { .. }) => Expect::Refused,
             Ok(ActionOutcome::UnknownOrder) => Expect::UnknownOrder,
-            Ok(ActionOutcome::TooManyRecords) => Expect::TooManyRecords,
+            Ok(ActionOutcome::TooManyRecords { .. }) => Expect::TooManyRecords,
             Ok(ActionOutcome::Unavailable { reason }) => panic!("unavailable: {reason}"),
             Err(ActionError::SoldOut { .. }) => Expect::SoldOut,
             Err(error) => panic!("action failed: {error:?}"),

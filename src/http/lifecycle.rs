@@ -186,12 +186,14 @@ pub async fn order_action(
             ),
         )
         .into_response(),
-        Ok(ActionOutcome::TooManyRecords) => ApiError::new(
+        Ok(ActionOutcome::TooManyRecords { status }) => ApiError::new(
             ErrorCode::InvalidTransition,
             format!(
-                "order {order_id} has {} records, the most one order may have; {} refused",
-                limits::RECORDS_PER_ORDER_MAX,
-                action.as_str()
+                "order {order_id} is {}; {} is not allowed from it: the order has {} records, \
+                 the most repeated actions may use (its remaining steps are still allowed)",
+                status.as_str(),
+                action.as_str(),
+                limits::RECORDS_PER_ORDER_MAX - limits::LIFE_RECORDS_RESERVED
             ),
         )
         .into_response(),

@@ -143,8 +143,11 @@ pub enum ActionOutcome {
     Refused {
         status: OrderStatus,
     },
-    /// The order has `RECORDS_PER_ORDER_MAX` records already.
-    TooManyRecords,
+    /// A repeatable action (`modify`, `reship`, `exchange`) on an order that has used its
+    /// share of `RECORDS_PER_ORDER_MAX` records; the rest are kept for its life's end.
+    TooManyRecords {
+        status: OrderStatus,
+    },
     UnknownOrder,
     Unavailable {
         reason: String,
@@ -610,9 +613,18 @@ impl ShardWriter {
                 },
             );
         };
-        if state.records >= limits::RECORDS_PER_ORDER_MAX {
-            return respond(reply, ActionOutcome::TooManyRecords);
+        if action.repeats()
+            && action.is_client_action()
+            && state.records >= limits::RECORDS_PER_ORDER_MAX - limits::LIFE_RECORDS_RESERVED
+        {
+            return respond(
+                reply,
+                ActionOutcome::TooManyRecords {
+                    status: state.status,
+                },
+            );
         }
+        debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
         let record = Record {
             at_ms,
             event: Event::Action(OrderAction {
