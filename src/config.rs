@@ -44,6 +44,10 @@ pub struct JournalConfig {
     pub preallocate: bool,
     pub fsync_interval_ms: u64,
     pub segment_bytes_max: u64,
+    /// Seconds a closed segment is kept at least; 0 keeps the whole journal.
+    pub retain_s: u64,
+    /// Seconds between retention passes (checkpoint, then delete what is not needed).
+    pub retention_check_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -162,6 +166,16 @@ const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
         "STAMPEDE_JOURNAL_PREALLOCATE",
         &["journal", "preallocate"],
         EnvKind::Boolean,
+    ),
+    (
+        "STAMPEDE_JOURNAL_RETAIN_S",
+        &["journal", "retain_s"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_JOURNAL_RETENTION_CHECK_S",
+        &["journal", "retention_check_s"],
+        EnvKind::Integer,
     ),
     (
         "STAMPEDE_HTTP_BODY_BYTES_MAX",
@@ -288,6 +302,12 @@ impl Config {
             return fail(format!(
                 "journal.fsync_interval_ms must be 1..=60000, got {}",
                 j.fsync_interval_ms
+            ));
+        }
+        if !(1..=86_400).contains(&j.retention_check_s) {
+            return fail(format!(
+                "journal.retention_check_s must be 1..=86400, got {}",
+                j.retention_check_s
             ));
         }
         if !(100..=60_000).contains(&self.http.body_read_timeout_ms) {

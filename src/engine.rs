@@ -26,6 +26,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
+use crate::checkpoint;
 use crate::config::Config;
 use crate::inventory::{
     AcceptedOrder, Inventory, KeyHasher, OrderIndex, OrderState, PurchaseCounts, SlotValues,
@@ -51,6 +52,10 @@ pub enum StartError {
     JournalOpen(io::Error),
     #[error("cannot create catalogue SKU {sku}: {reason}")]
     Catalogue { sku: String, reason: String },
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+    #[error("hash keys file {path}: {reason}")]
+    HashKeys { path: PathBuf, reason: String },
     #[error("admin token file {path}: {source}")]
     Token { path: PathBuf, source: io::Error },
 }
@@ -131,16 +136,20 @@ pub enum ActionError {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OrderView {
     pub order_id: String,
-    pub user_id: String,
+    /// `None` (null) only when retention deleted the order's acceptance record.
+    pub user_id: Option<String>,
     pub sku: String,
     pub qty: u32,
-    pub payment: &'static str,
+    pub payment: Option<&'static str>,
     pub status: &'static str,
     /// The latest address: the last `modify`'s, or the one given with the order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<serde_json::Value>,
     /// Every record of the order, oldest first: `{"event","seq","at",...}`.
     pub history: Vec<serde_json::Value>,
+    /// False when retention deleted the segments holding the order's first records: the
+    /// history then starts at the oldest record still kept.
+    pub history_complete: bool,
 }
 
 /// What recovery did, for the start-up log line.
@@ -174,6 +183,11 @@ pub struct Engine {
     shard_threads: Mutex<Vec<JoinHandle<()>>>,
     /// The journal's interval-sync and preallocator threads; stopped by `Journal::close`.
     journal_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The retention thread and the sender whose drop stops it.
+    retention: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
+    /// One checkpoint at a time (retention and any caller).
+    checkpointing: Mutex<()>,
+    data_dir: PathBuf,
     pub journal: Journal,
     journal_dir: PathBuf,
     admin_token: String,
@@ -214,7 +228,7 @@ impl Engine {
         );
         let orders_expected = config.inventory.orders_expected;
         let orders = Arc::new(OrderIndex::with_capacity(orders_expected));
-        let keys = KeyHasher::random();
+        let keys = load_or_create_hash_keys(data_dir)?;
         let shard_count = config.shard_count();
         let mut writers: Vec<ShardWriter> = (0..shard_count)
             .map(|index| {
@@ -233,7 +247,50 @@ impl Engine {
         let catalog: DashMap<String, u32> = DashMap::new();
         let mut next_slot = 0u32;
 
+        // A checkpoint, if there is one, stands for the records up to its seq.
+        let checkpoints_dir = checkpoint::checkpoints_dir(data_dir);
+        let loaded =
+            checkpoint::load_latest(&checkpoints_dir).map_err(dir_err(&checkpoints_dir))?;
+        let checkpoint_seq = match loaded {
+            Some((path, state)) => {
+                restore_checkpoint(
+                    &state,
+                    &inventory,
+                    &orders,
+                    &catalog,
+                    &mut next_slot,
+                    &mut writers,
+                )
+                .map_err(|reason| StartError::Checkpoint {
+                    path: path.clone(),
+                    reason,
+                })?;
+                tracing::info!(path = %path.display(), seq = state.seq, orders = state.orders.len(),
+                    "starting from a checkpoint");
+                state.seq
+            }
+            None => 0,
+        };
+        let mut first_replayed: Option<u64> = None;
         let report = journal::recover(&journal_dir, &mut |seq, record: &ArchivedRecord| {
+            if seq <= checkpoint_seq {
+                return Ok(());
+            }
+            if first_replayed.is_none() {
+                first_replayed = Some(seq);
+                if seq != checkpoint_seq + 1 {
+                    return Err(format!(
+                        "the journal resumes at seq {seq}, but {} (the state up to seq \
+                         {checkpoint_seq}) needs seq {} next: records are missing",
+                        if checkpoint_seq == 0 {
+                            "an empty engine"
+                        } else {
+                            "the checkpoint"
+                        },
+                        checkpoint_seq + 1
+                    ));
+                }
+            }
             replay(
                 seq,
                 record,
@@ -247,6 +304,15 @@ impl Engine {
         })?;
         for writer in &mut writers {
             writer.drop_stale_timers();
+        }
+        if report.tail.next_seq <= checkpoint_seq {
+            return Err(StartError::Checkpoint {
+                path: checkpoints_dir,
+                reason: format!(
+                    "the checkpoint covers seq {checkpoint_seq} but the journal ends at seq {}",
+                    report.tail.next_seq - 1
+                ),
+            });
         }
 
         let journal = Journal::open(
@@ -293,8 +359,33 @@ impl Engine {
             journal_dir,
             admin_token,
             sku_admin: tokio::sync::Mutex::new(()),
+            retention: Mutex::new(None),
+            checkpointing: Mutex::new(()),
+            data_dir: data_dir.clone(),
             _lock: lock,
         });
+        if config.journal.retain_s > 0 {
+            let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+            let worker = engine.clone();
+            let retain = Duration::from_secs(config.journal.retain_s);
+            let every = Duration::from_secs(config.journal.retention_check_s);
+            let thread = std::thread::Builder::new()
+                .name("journal-retention".into())
+                .spawn(move || {
+                    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                        stopped.recv_timeout(every)
+                    {
+                        if let Err(error) = worker.retention_pass(retain) {
+                            tracing::error!(%error, "retention pass failed; nothing deleted");
+                        }
+                    }
+                })
+                .map_err(|e| StartError::DataDir {
+                    path: data_dir.clone(),
+                    source: e,
+                })?;
+            *engine.retention.lock() = Some((stop, thread));
+        }
 
         let start_report = StartReport {
             records_replayed: report.records,
@@ -508,6 +599,156 @@ impl Engine {
         Err(ActionError::Overloaded)
     }
 
+    /// Writes a checkpoint of the engine's state at the current durable seq (blocking: call it
+    /// off the async runtime). Every shard finishes its batch and pauses while the state is
+    /// copied (tens of milliseconds per million orders), then the copy is written while the
+    /// engine runs on. Returns the checkpoint's seq.
+    pub fn checkpoint(&self) -> io::Result<u64> {
+        let _one_at_a_time = self.checkpointing.lock();
+        if self.stopping.load(Ordering::Acquire) {
+            return Err(io::Error::other("engine is stopping"));
+        }
+        let (resume, paused) = crossbeam_channel::bounded::<()>(0);
+        let mut snapshots = Vec::with_capacity(self.mailboxes.len());
+        for mailbox in &self.mailboxes {
+            let (reply, snapshot) = oneshot::channel();
+            let command = Command::Checkpoint {
+                reply,
+                resume: paused.clone(),
+            };
+            // Blocking: the barrier must reach every shard, behind what is queued.
+            mailbox
+                .send(command)
+                .map_err(|_| io::Error::other("a shard has stopped"))?;
+            snapshots.push(snapshot);
+        }
+        let mut timers = Vec::new();
+        let mut holds: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+        for snapshot in snapshots {
+            let snapshot = snapshot
+                .blocking_recv()
+                .map_err(|_| io::Error::other("a shard stopped during the checkpoint"))?;
+            timers.extend(snapshot.timers);
+            for (slot, held) in snapshot.holds {
+                *holds.entry(slot).or_default() += held;
+            }
+        }
+        // Every shard is paused with its batch durable: memory is exactly records 1..=seq.
+        let seq = self.journal.durable_seq();
+        let mut skus = Vec::new();
+        for slot_index in 0..self.inventory.slots_max() {
+            let slot = self.inventory.slot(slot_index);
+            let Some(name) = slot.sku_name() else {
+                continue;
+            };
+            let mut values = slot.values();
+            if let Some(held) = holds.get(&slot_index) {
+                // An exchange's hold is in no record: the unit is available as of `seq`.
+                values.reserved -= held;
+                values.available += held;
+            }
+            skus.push(checkpoint::SkuState {
+                name,
+                slot_index,
+                stock_total: values.stock_total,
+                available: values.available,
+                reserved: values.reserved,
+                sold: values.sold,
+                per_user_limit: values.per_user_limit,
+                max_per_order: values.max_per_order,
+                payment_timeout_s: values.payment_timeout_s,
+            });
+        }
+        let orders: Vec<checkpoint::OrderState> = self
+            .orders
+            .snapshot()
+            .into_iter()
+            .map(|(key, entry)| checkpoint::OrderState {
+                key: key.0,
+                words: entry.to_words(),
+            })
+            .collect();
+        let timers: Vec<checkpoint::TimerState> = timers
+            .into_iter()
+            .filter(|timer| {
+                self.orders.get(timer.key).is_some_and(|entry| {
+                    entry.state().status == crate::order::OrderStatus::PendingPayment
+                })
+            })
+            .map(|timer| checkpoint::TimerState {
+                key: timer.key.0,
+                due_ms: timer.due_ms,
+                deadline_ms: timer.deadline_ms,
+                order_id: timer.order_id.to_string(),
+            })
+            .collect();
+        drop(resume);
+        let state = checkpoint::Checkpoint {
+            seq,
+            created_ms: self.clock.now_ms(),
+            skus,
+            orders,
+            timers,
+        };
+        let path = checkpoint::write(&checkpoint::checkpoints_dir(&self.data_dir), &state)?;
+        tracing::info!(path = %path.display(), seq, orders = state.orders.len(), "checkpoint written");
+        Ok(seq)
+    }
+
+    /// One retention pass: the closed segments at the head of the journal that are older than
+    /// `retain`, wholly below every consumer group's offset and covered by a checkpoint (one
+    /// is taken if needed) are deleted. Never the last segment, never one a group or recovery
+    /// still needs. Returns the number of segments deleted.
+    pub fn retention_pass(&self, retain: Duration) -> io::Result<usize> {
+        let segments = journal::scan::list_segments(&self.journal_dir)?;
+        let group_floor = self
+            .consumers
+            .list()?
+            .into_iter()
+            .map(|(_, seq)| seq)
+            .min()
+            .unwrap_or(u64::MAX);
+        let now = std::time::SystemTime::now();
+        let mut deletable = Vec::new();
+        for pair in segments.windows(2) {
+            let ((_, path), (next_first, _)) = (&pair[0], &pair[1]);
+            let last_seq = next_first - 1;
+            let age = std::fs::metadata(path)?
+                .modified()
+                .ok()
+                .and_then(|modified| now.duration_since(modified).ok())
+                .unwrap_or_default();
+            if age < retain || last_seq > group_floor {
+                break; // only a prefix: the journal stays contiguous
+            }
+            deletable.push((last_seq, path.clone()));
+        }
+        let Some((needed, _)) = deletable.last() else {
+            return Ok(0);
+        };
+        let covered = checkpoint::list(&checkpoint::checkpoints_dir(&self.data_dir))?
+            .first()
+            .map_or(0, |(seq, _)| *seq);
+        let covered = if covered >= *needed {
+            covered
+        } else {
+            self.checkpoint()?
+        };
+        let mut deleted = 0;
+        for (last_seq, path) in deletable {
+            if last_seq > covered {
+                break;
+            }
+            std::fs::remove_file(&path)?;
+            tracing::info!(path = %path.display(), last_seq, "retention deleted a journal segment");
+            deleted += 1;
+        }
+        if deleted > 0 {
+            File::open(&self.journal_dir)?.sync_all()?;
+        }
+        Ok(deleted)
+    }
+
     /// Wakes every shard to fire the timers a moved manual clock made due.
     pub fn tick(&self) {
         for mailbox in &self.mailboxes {
@@ -529,6 +770,7 @@ impl Engine {
         let mut view = None;
         let mut latest_address: Option<serde_json::Value> = None;
         let mut seq = state.last_seq;
+        let first_retained = self.first_retained_seq()?;
         while view.is_none() {
             if history.len() > limits::RECORDS_PER_ORDER_MAX as usize {
                 return Err(io::Error::new(
@@ -538,6 +780,26 @@ impl Engine {
             }
             let mut prev_seq = None;
             let mut broken = None;
+            if seq < first_retained {
+                // Retention deleted the rest of the chain: what is kept is the history.
+                let sku = self
+                    .inventory
+                    .slot(entry.slot_index)
+                    .sku_name()
+                    .unwrap_or_default();
+                view = Some(OrderView {
+                    order_id: order_id.to_owned(),
+                    user_id: None,
+                    sku,
+                    qty: entry.qty,
+                    payment: None,
+                    status: state.status.as_str(),
+                    address: None,
+                    history: Vec::new(),
+                    history_complete: false,
+                });
+                break;
+            }
             let found = self.journal.read_with(seq, &mut |record| {
                 let mut item = record.to_json(seq);
                 let object = item.as_object_mut().expect("records are objects");
@@ -559,13 +821,14 @@ impl Engine {
                         }
                         view = Some(OrderView {
                             order_id: order.order_id.to_string(),
-                            user_id: order.user_id.to_string(),
+                            user_id: Some(order.user_id.to_string()),
                             sku: order.sku.to_string(),
                             qty: order.qty.to_native(),
-                            payment: payment.as_str(),
+                            payment: Some(payment.as_str()),
                             status: state.status.as_str(),
                             address: None,
                             history: Vec::new(),
+                            history_complete: true,
                         });
                     }
                     ArchivedEvent::Action(action) => {
@@ -601,6 +864,13 @@ impl Engine {
         view.history = history;
         view.address = latest_address;
         Ok(Some(view))
+    }
+
+    /// The seq of the oldest record still in the journal (retention deletes older ones).
+    pub fn first_retained_seq(&self) -> io::Result<u64> {
+        Ok(journal::scan::list_segments(&self.journal_dir)?
+            .first()
+            .map_or(1, |(first_seq, _)| *first_seq))
     }
 
     /// Creates or updates a SKU through its shard and the journal. The work runs in its own
@@ -674,6 +944,11 @@ impl Engine {
     /// the journal. Blocking; idempotent.
     pub fn shutdown(&self) -> Result<(), journal::JournalError> {
         self.stopping.store(true, Ordering::Release);
+        // Retention first: a checkpoint it may be taking needs the shards running.
+        if let Some((stop, thread)) = self.retention.lock().take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         for mailbox in &self.mailboxes {
             // A blocking send: the stop must queue behind the orders already admitted.
             let _ = mailbox.send(Command::Stop);
@@ -852,6 +1127,7 @@ fn replay(
                     last_action: Some(action),
                     records: state.records + 1,
                     reminded: state.reminded || action == Action::PaymentReminder,
+                    released: state.released || matches!(moved.stock, StockEffect::GiveBack { .. }),
                 },
             );
         }
@@ -885,6 +1161,126 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, StartError> {
 
 /// The admin token: configured (file or env), else `<data_dir>/admin.token`, made with a
 /// random value and mode 0600 on first start. Returns the token and the file it created.
+/// The order-key hash keys of this data directory: random, drawn when the directory is first
+/// used and kept in `<data_dir>/hash.keys` (mode 0600), because checkpoints store order keys.
+/// Secret like the admin token: knowing them, a client could aim key collisions.
+fn load_or_create_hash_keys(data_dir: &Path) -> Result<KeyHasher, StartError> {
+    let path = data_dir.join("hash.keys");
+    let fail = |reason: String| StartError::HashKeys {
+        path: path.clone(),
+        reason,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let mut words = text.split_whitespace().map(|w| u64::from_str_radix(w, 16));
+            match (words.next(), words.next(), words.next()) {
+                (Some(Ok(k0)), Some(Ok(k1)), None) => Ok(KeyHasher::with_keys(k0, k1)),
+                _ => Err(fail("expected two 64-bit hex keys".into())),
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            if !checkpoint::list(&checkpoint::checkpoints_dir(data_dir))
+                .map_err(|e| fail(e.to_string()))?
+                .is_empty()
+            {
+                return Err(fail(
+                    "missing, but checkpoints exist that need it; restore it or remove the \
+                     checkpoints (recovery then replays the whole journal, if it is complete)"
+                        .into(),
+                ));
+            }
+            let mut bytes = [0u8; 16];
+            getrandom::fill(&mut bytes).map_err(|e| fail(e.to_string()))?;
+            let k0 = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+            let k1 = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| fail(e.to_string()))?;
+            file.write_all(format!("{k0:016x} {k1:016x}\n").as_bytes())
+                .and_then(|()| file.sync_all())
+                .and_then(|()| File::open(data_dir)?.sync_all())
+                .map_err(|e| fail(e.to_string()))?;
+            Ok(KeyHasher::with_keys(k0, k1))
+        }
+        Err(error) => Err(fail(error.to_string())),
+    }
+}
+
+/// Loads a checkpoint into the empty engine: slots, catalogue, order entries, timers, and
+/// the purchase counts (the quantities of the orders that have not given their units back).
+fn restore_checkpoint(
+    state: &checkpoint::Checkpoint,
+    inventory: &Inventory,
+    orders: &OrderIndex,
+    catalog: &DashMap<String, u32>,
+    next_slot: &mut u32,
+    writers: &mut [ShardWriter],
+) -> Result<(), String> {
+    for sku in &state.skus {
+        if sku.slot_index >= inventory.slots_max() {
+            return Err(format!(
+                "slot {} of {} is beyond inventory.skus_max = {}; raise it to start",
+                sku.slot_index,
+                sku.name,
+                inventory.slots_max()
+            ));
+        }
+        let values = SlotValues {
+            stock_total: sku.stock_total,
+            available: sku.available,
+            reserved: sku.reserved,
+            sold: sku.sold,
+            per_user_limit: sku.per_user_limit,
+            max_per_order: sku.max_per_order,
+            payment_timeout_s: sku.payment_timeout_s,
+        };
+        if !values.is_balanced() || catalog.contains_key(&sku.name) {
+            return Err(format!("sku {} is inconsistent: {values:?}", sku.name));
+        }
+        inventory.init_slot(sku.slot_index, &sku.name, values);
+        catalog.insert(sku.name.clone(), sku.slot_index);
+        *next_slot = (*next_slot).max(sku.slot_index + 1);
+    }
+    let shard_count = writers.len();
+    for order in &state.orders {
+        let entry = crate::inventory::OrderEntry::from_words(order.words)
+            .ok_or_else(|| format!("order entry {:?} is not valid", order.words))?;
+        if entry.slot_index >= *next_slot {
+            return Err(format!(
+                "an order is on slot {}, which has no sku",
+                entry.slot_index
+            ));
+        }
+        orders.restore(crate::inventory::OrderKey(order.key), entry);
+        if !entry.state().released {
+            writers[shard::shard_of(entry.slot_index, shard_count)]
+                .purchases
+                .add(entry.purchase_key, entry.qty);
+        }
+    }
+    for timer in &state.timers {
+        let key = crate::inventory::OrderKey(timer.key);
+        let Some(entry) = orders.get(key) else {
+            return Err(format!(
+                "a timer for order {} that has no entry",
+                timer.order_id
+            ));
+        };
+        writers[shard::shard_of(entry.slot_index, shard_count)]
+            .timers
+            .push(PaymentTimer {
+                due_ms: timer.due_ms,
+                deadline_ms: timer.deadline_ms,
+                key,
+                order_id: timer.order_id.as_str().into(),
+            });
+    }
+    Ok(())
+}
+
 fn resolve_admin_token(config: &Config) -> Result<(String, Option<PathBuf>), StartError> {
     if let Some(token) = &config.admin_token {
         return Ok((token.clone(), None));

@@ -18,7 +18,8 @@
 //! | [`engine`]    | start-up (lock, recovery, shards, catalogue), the handle HTTP talks to |
 //! | [`shard`]     | the single-writer loop: batches, decisions, payment timers, replies |
 //! | [`inventory`] | the memory-mapped stock slots, the order index, purchase counts |
-//! | [`journal`]   | frames and records, segments, group-commit writer, recovery scan |
+//! | [`journal`]   | frames and records, segments, group-commit writer, recovery scan, readers |
+//! | [`checkpoint`] | the replay state at one seq: recovery starts there, retention deletes before it |
 //!
 //! # Data path
 //!
@@ -58,6 +59,7 @@
 //! counts and the payment timers by replaying the journal ([`journal::recover`]), which
 //! truncates a torn tail and refuses to start on damage anywhere else.
 
+pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod http;

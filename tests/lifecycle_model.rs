@@ -6,7 +6,8 @@
 //! - every outcome (accepted, sold out, purchase limit, refused, ...) is the one the model
 //!   predicts, so per-user limits hold exactly.
 //!
-//! And after every restart the replayed state equals the live state before it.
+//! And after every restart (from the journal alone, or from a checkpoint and the records
+//! after it) the replayed state equals the live state before it.
 //!
 //! The model decides transitions with [`stampede::order::transition`] (whose table is tested
 //! on its own against the contract); everything else, stock, limits, timers and idempotency,
@@ -51,6 +52,8 @@ enum Op {
     Advance {
         seconds: u64,
     },
+    /// A checkpoint: the next restart starts from it and replays only what follows.
+    Checkpoint,
     Restart,
 }
 
@@ -73,6 +76,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..ORDER_IDS, proptest::sample::select(client_actions), any::<bool>(), 0..SKUS.len())
             .prop_map(|(order, action, restock, exchange_sku)| Op::Act { order, action, restock, exchange_sku }),
         1 => (1u64..=45).prop_map(|seconds| Op::Advance { seconds }),
+        1 => Just(Op::Checkpoint),
         1 => Just(Op::Restart),
     ]
 }
@@ -446,6 +450,9 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                     std::thread::sleep(Duration::from_millis(2));
                 }
             }
+            Op::Checkpoint => {
+                harness.engine().checkpoint().expect("checkpoint written");
+            }
             Op::Restart => {
                 let before = harness.snapshot();
                 harness.restart();
@@ -513,6 +520,7 @@ fn a_known_sequence_matches_the_model() {
             exchange_sku: 0,
         },
         Op::Advance { seconds: 31 },
+        Op::Checkpoint,
         Op::Restart,
         Op::Advance { seconds: 30 },
         Op::Place {

@@ -45,6 +45,24 @@ fn read_chunk(
     Ok((body, count))
 }
 
+fn read_error(error: ReadError) -> HttpResponse {
+    match error {
+        ReadError::Deleted {
+            wanted,
+            first_available,
+        } => ApiError::new(
+            ErrorCode::Gone,
+            format!(
+                "records from seq {wanted} on were deleted by retention; the oldest kept is \
+                 {first_available} (page on with from={})",
+                first_available - 1
+            ),
+        )
+        .into_response(),
+        other => read_failed(other),
+    }
+}
+
 fn read_failed(error: impl std::fmt::Display) -> HttpResponse {
     ApiError::new(
         ErrorCode::Unavailable,
@@ -65,7 +83,7 @@ pub async fn read_page(engine: &Engine, query: &JournalQuery) -> HttpResponse {
         tokio::task::spawn_blocking(move || read_chunk(&mut reader, limit, usize::MAX)).await;
     match page {
         Ok(Ok((body, _))) => reply::raw(StatusCode::OK, NDJSON, Bytes::from(body)),
-        Ok(Err(error)) => read_failed(error),
+        Ok(Err(error)) => read_error(error),
         Err(error) => read_failed(error),
     }
 }

@@ -89,6 +89,8 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The body did not arrive within `http.body_read_timeout_ms` (408).
     RequestTimeout,
+    /// Journal records asked for were deleted by retention (410).
+    Gone,
 }
 
 impl ErrorCode {
@@ -111,6 +113,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
+            Self::Gone => "gone",
         }
     }
 
@@ -130,6 +133,7 @@ impl ErrorCode {
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::Gone => StatusCode::GONE,
         }
     }
 }

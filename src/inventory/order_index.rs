@@ -79,6 +79,9 @@ pub struct OrderState {
     pub records: u32,
     /// True once the payment reminder is journaled.
     pub reminded: bool,
+    /// True once the order gave its units back (cancel, refund, expiry, restocked return):
+    /// it no longer counts toward the buyer's purchase limit.
+    pub released: bool,
 }
 
 const STATUS_SHIFT: u32 = 40;
@@ -86,7 +89,8 @@ const REMINDED_BIT: u32 = 45;
 const ACTION_SHIFT: u32 = 46;
 const ACTION_NONE: u64 = 31;
 const RECORDS_SHIFT: u32 = 51;
-const RECORDS_BITS_MAX: u64 = (1 << (64 - RECORDS_SHIFT)) - 1;
+const RELEASED_BIT: u32 = 63;
+const RECORDS_BITS_MAX: u64 = (1 << (RELEASED_BIT - RECORDS_SHIFT)) - 1;
 const _: () = assert!(OrderStatus::ALL.len() <= 1 << (REMINDED_BIT - STATUS_SHIFT));
 const _: () = assert!((Action::ALL.len() as u64) < ACTION_NONE);
 const _: () = assert!(limits::RECORDS_PER_ORDER_MAX as u64 <= RECORDS_BITS_MAX);
@@ -96,7 +100,8 @@ const _: () = assert!(limits::RECORDS_PER_ORDER_MAX as u64 <= RECORDS_BITS_MAX);
 pub struct OrderEntry {
     /// `fingerprint << 40 | accepted seq` (seq 0: pending).
     accepted: u64,
-    /// `records << 51 | last_action << 46 | reminded << 45 | status << 40 | last_seq`.
+    /// `released << 63 | records << 51 | last_action << 46 | reminded << 45 | status << 40 |
+    /// last_seq`.
     chain: u64,
     pub purchase_key: PurchaseKey,
     pub slot_index: u32,
@@ -132,8 +137,9 @@ impl OrderEntry {
             last_seq: chain & SEQ_MASK,
             last_action: (action != ACTION_NONE)
                 .then(|| Action::from_u8(action as u8).expect("stored action is valid")),
-            records: (chain >> RECORDS_SHIFT) as u32,
+            records: ((chain >> RECORDS_SHIFT) & RECORDS_BITS_MAX) as u32,
             reminded: (chain >> REMINDED_BIT) & 1 == 1,
+            released: (chain >> RELEASED_BIT) & 1 == 1,
         }
     }
 
@@ -147,7 +153,38 @@ impl OrderEntry {
             | (state.status as u64) << STATUS_SHIFT
             | u64::from(state.reminded) << REMINDED_BIT
             | state.last_action.map_or(ACTION_NONE, |a| a as u64) << ACTION_SHIFT
-            | u64::from(state.records) << RECORDS_SHIFT;
+            | u64::from(state.records) << RECORDS_SHIFT
+            | u64::from(state.released) << RELEASED_BIT;
+    }
+
+    /// The entry as four words (checkpoints store it so).
+    pub fn to_words(&self) -> [u64; 4] {
+        [
+            self.accepted,
+            self.chain,
+            self.purchase_key.0,
+            u64::from(self.slot_index) << 32 | u64::from(self.qty),
+        ]
+    }
+
+    /// The entry from [`OrderEntry::to_words`]; `None` if the words cannot be an entry.
+    pub fn from_words(words: [u64; 4]) -> Option<Self> {
+        let entry = Self {
+            accepted: words[0],
+            chain: words[1],
+            purchase_key: PurchaseKey(words[2]),
+            slot_index: (words[3] >> 32) as u32,
+            qty: words[3] as u32,
+        };
+        let chain = words[1];
+        let valid = entry.accepted_seq() != 0
+            && chain & SEQ_MASK != 0
+            && OrderStatus::from_u8(((chain >> STATUS_SHIFT) & 31) as u8).is_some()
+            && {
+                let action = (chain >> ACTION_SHIFT) & 31;
+                action == ACTION_NONE || Action::from_u8(action as u8).is_some()
+            };
+        valid.then_some(entry)
     }
 }
 
@@ -184,6 +221,7 @@ fn durable_entry(fingerprint: ContentFingerprint, order: AcceptedOrder) -> Order
         last_action: None,
         records: 1,
         reminded: false,
+        released: false,
     });
     entry
 }
@@ -267,6 +305,20 @@ impl OrderIndex {
         entry.set_state(state);
     }
 
+    /// Inserts an entry from a checkpoint (start-up, before any shard runs).
+    pub fn restore(&self, key: OrderKey, entry: OrderEntry) -> bool {
+        self.entries.insert(key.0, entry).is_none()
+    }
+
+    /// Every durable entry with its key (a checkpoint, while the shards are paused).
+    pub fn snapshot(&self) -> Vec<(OrderKey, OrderEntry)> {
+        self.entries
+            .iter()
+            .filter(|item| item.value().accepted_seq() != 0)
+            .map(|item| (OrderKey(*item.key()), *item.value()))
+            .collect()
+    }
+
     /// True if the key is known (durable or pending).
     pub fn contains(&self, key: OrderKey) -> bool {
         self.entries.contains_key(&key.0)
@@ -343,17 +395,19 @@ mod tests {
         assert_eq!((first.slot_index, first.qty), (3, 2));
         for status in OrderStatus::ALL {
             for action in Action::ALL.map(Some).into_iter().chain([None]) {
-                for reminded in [false, true] {
+                for (reminded, released) in [(false, true), (true, false), (true, true)] {
                     let state = OrderState {
                         status,
                         last_seq: SEQ_MAX,
                         last_action: action,
                         records: limits::RECORDS_PER_ORDER_MAX,
                         reminded,
+                        released,
                     };
                     index.set_state(key, state);
                     let entry = index.get(key).unwrap();
                     assert_eq!(entry.state(), state);
+                    assert_eq!(OrderEntry::from_words(entry.to_words()), Some(entry));
                     assert_eq!(entry.accepted_seq(), 5);
                     assert_eq!(entry.purchase_key, PurchaseKey(77));
                 }

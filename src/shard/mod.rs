@@ -173,8 +173,24 @@ pub enum Command {
     },
     /// Wakes the shard to fire timers (a manual clock moved).
     Tick,
+    /// Finish the open batch, send what only this shard knows (its timers, its exchange
+    /// holds), then pause until `resume` disconnects: while every shard is paused, nothing
+    /// changes and the engine copies a consistent checkpoint.
+    Checkpoint {
+        reply: oneshot::Sender<ShardSnapshot>,
+        resume: Receiver<()>,
+    },
     /// Finish everything before this command, then exit the thread.
     Stop,
+}
+
+/// A paused shard's part of a checkpoint.
+#[derive(Debug)]
+pub struct ShardSnapshot {
+    pub timers: Vec<PaymentTimer>,
+    /// Units held for exchanges not yet settled, per slot: in the slots' `reserved` but in
+    /// no journal record, so a checkpoint must not count them.
+    pub holds: Vec<(u32, u64)>,
 }
 
 /// Which shard owns a slot.
@@ -302,6 +318,8 @@ pub struct ShardWriter {
     frame_owners: Vec<FrameOwner>,
     undo: Vec<Undo>,
     deferred: Vec<DeferredReply>,
+    /// Exchange holds not yet settled, per slot.
+    holds: std::collections::HashMap<u32, u64>,
 }
 
 impl ShardWriter {
@@ -327,6 +345,7 @@ impl ShardWriter {
             frame_owners: Vec::with_capacity(batch_max),
             undo: Vec::with_capacity(batch_max),
             deferred: Vec::with_capacity(batch_max),
+            holds: std::collections::HashMap::new(),
         }
     }
 
@@ -482,6 +501,17 @@ impl ShardWriter {
                         let _ = done.send(());
                     }
                     Command::Tick => {}
+                    Command::Checkpoint { reply, resume } => {
+                        self.finish_batch();
+                        let snapshot = ShardSnapshot {
+                            timers: self.timers.snapshot(),
+                            holds: self.holds.iter().map(|(s, n)| (*s, *n)).collect(),
+                        };
+                        if reply.send(snapshot).is_ok() {
+                            // Blocks until the engine has copied its checkpoint.
+                            let _ = resume.recv();
+                        }
+                    }
                     Command::Stop => stop = true,
                 }
             }
@@ -669,6 +699,7 @@ impl ShardWriter {
                 last_action: Some(action),
                 records: state.records + 1,
                 reminded: state.reminded || action == Action::PaymentReminder,
+                released: state.released || matches!(moved.stock, StockEffect::GiveBack { .. }),
             },
             timer,
         });
@@ -683,6 +714,7 @@ impl ShardWriter {
         }
         values.take_into(1, true);
         slot.write(values);
+        *self.holds.entry(slot_index).or_default() += 1;
         Ok(())
     }
 
@@ -695,6 +727,12 @@ impl ShardWriter {
             values.give_back(1, true);
         }
         slot.write(values);
+        if let Some(held) = self.holds.get_mut(&slot_index) {
+            *held -= 1;
+            if *held == 0 {
+                self.holds.remove(&slot_index);
+            }
+        }
     }
 
     /// Decides one order (step 2 of the module doc).

@@ -137,6 +137,11 @@ impl TimerHeap {
         self.heap.len()
     }
 
+    /// A copy of every timer (a checkpoint).
+    pub fn snapshot(&self) -> Vec<PaymentTimer> {
+        self.heap.iter().cloned().collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }

@@ -1,0 +1,225 @@
+//! Checkpoints: the engine's replay state at one journal `seq`, so that recovery can start
+//! there instead of at seq 1, and retention can delete the segments before it.
+//!
+//! A checkpoint holds exactly what replaying the journal up to its `seq` would build: every
+//! SKU's slot (name, settings, stock figures), every order's 32-byte index entry with its
+//! key, and the payment timer (with the order id) of every order still awaiting payment. The
+//! buyers' purchase counts are not stored: they are the sum of the quantities of the orders
+//! that have not given their units back, rebuilt from the entries at load.
+//!
+//! Order keys are keyed SipHash values, so a checkpoint is only meaningful with the hash keys
+//! it was written with: those live in `<data_dir>/hash.keys`, created once per data dir.
+//!
+//! ```text
+//! <data_dir>/checkpoints/<seq:020>.ckpt
+//!   magic "STMPCKP1" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
+//! ```
+//!
+//! Written to a temporary name, fdatasynced, renamed, and the directory synced: a crash
+//! leaves the previous checkpoints intact. Loading tries the newest first and falls back to
+//! an older one if the newest does not check (and says so).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use rkyv::rancor;
+use rkyv::util::AlignedVec;
+
+const MAGIC: [u8; 8] = *b"STMPCKP1";
+const HEADER_BYTES: usize = 24;
+/// Checkpoints kept on disk: the newest and one before it, in case the newest is damaged.
+pub const CHECKPOINTS_KEPT: usize = 2;
+
+/// One SKU's slot as the checkpoint saw it.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SkuState {
+    pub name: String,
+    pub slot_index: u32,
+    pub stock_total: u64,
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+    pub per_user_limit: u32,
+    pub max_per_order: u32,
+    pub payment_timeout_s: u32,
+}
+
+/// One order's index entry ([`crate::inventory::OrderEntry::to_words`]) and key.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct OrderState {
+    pub key: u64,
+    pub words: [u64; 4],
+}
+
+/// A payment timer of an order awaiting payment.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TimerState {
+    pub key: u64,
+    pub due_ms: u64,
+    pub deadline_ms: u64,
+    pub order_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Checkpoint {
+    /// The state is what the journal's records `1..=seq` build.
+    pub seq: u64,
+    pub created_ms: u64,
+    pub skus: Vec<SkuState>,
+    pub orders: Vec<OrderState>,
+    pub timers: Vec<TimerState>,
+}
+
+/// Folder of the checkpoint files inside the data directory.
+pub fn checkpoints_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("checkpoints")
+}
+
+fn file_name(seq: u64) -> String {
+    format!("{seq:020}.ckpt")
+}
+
+/// The checkpoints in `dir`, newest first.
+pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut found = Vec::new();
+    match fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                let Some(seq): Option<u64> = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".ckpt"))
+                    .filter(|n| n.len() == 20)
+                    .and_then(|n| n.parse().ok())
+                else {
+                    continue;
+                };
+                found.push((seq, entry.path()));
+            }
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    found.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+    Ok(found)
+}
+
+/// Writes `checkpoint` durably into `dir` and removes all but the newest
+/// [`CHECKPOINTS_KEPT`]. Returns its path.
+pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let payload = rkyv::to_bytes::<rancor::Error>(checkpoint)
+        .map_err(|e| io::Error::other(format!("checkpoint does not serialize: {e}")))?;
+    let mut header = [0u8; HEADER_BYTES];
+    header[..8].copy_from_slice(&MAGIC);
+    header[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    header[16..20].copy_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    let path = dir.join(file_name(checkpoint.seq));
+    let temporary = dir.join(format!(".{}.tmp", file_name(checkpoint.seq)));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temporary)?;
+    file.write_all(&header)?;
+    file.write_all(&payload)?;
+    file.sync_data()?;
+    fs::rename(&temporary, &path)?;
+    File::open(dir)?.sync_all()?;
+    for (_, old) in list(dir)?.into_iter().skip(CHECKPOINTS_KEPT) {
+        fs::remove_file(old)?;
+    }
+    Ok(path)
+}
+
+/// Reads and checks one checkpoint file.
+pub fn read(path: &Path) -> Result<Checkpoint, String> {
+    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    if bytes.len() < HEADER_BYTES || bytes[..8] != MAGIC {
+        return Err("not a checkpoint (bad magic or too short)".into());
+    }
+    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
+    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    if bytes.len() - HEADER_BYTES != len {
+        return Err(format!(
+            "payload is {} bytes, the header says {len}",
+            bytes.len() - HEADER_BYTES
+        ));
+    }
+    let mut payload = AlignedVec::<16>::with_capacity(len);
+    payload.extend_from_slice(&bytes[HEADER_BYTES..]);
+    if crc32c::crc32c(&payload) != crc {
+        return Err("checksum does not match".into());
+    }
+    rkyv::from_bytes::<Checkpoint, rancor::Error>(&payload)
+        .map_err(|e| format!("does not decode: {e}"))
+}
+
+/// The newest checkpoint that checks, if any. A damaged newer one is reported and skipped:
+/// the older one plus the journal after it rebuild the same state.
+pub fn load_latest(dir: &Path) -> io::Result<Option<(PathBuf, Checkpoint)>> {
+    for (_, path) in list(dir)? {
+        match read(&path) {
+            Ok(checkpoint) => return Ok(Some((path, checkpoint))),
+            Err(reason) => {
+                tracing::warn!(path = %path.display(), %reason, "skipping a damaged checkpoint");
+            }
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(seq: u64) -> Checkpoint {
+        Checkpoint {
+            seq,
+            created_ms: 1,
+            skus: vec![SkuState {
+                name: "SKU-1".into(),
+                slot_index: 0,
+                stock_total: 10,
+                available: 7,
+                reserved: 2,
+                sold: 1,
+                per_user_limit: 0,
+                max_per_order: 10,
+                payment_timeout_s: 900,
+            }],
+            orders: vec![OrderState {
+                key: 42,
+                words: [1, 2, 3, 4],
+            }],
+            timers: vec![TimerState {
+                key: 42,
+                due_ms: 5,
+                deadline_ms: 9,
+                order_id: "o1".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_newest_good_checkpoint_is_loaded_and_old_ones_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        for seq in [10, 20, 30] {
+            write(dir.path(), &sample(seq)).unwrap();
+        }
+        let kept: Vec<u64> = list(dir.path()).unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(kept, vec![30, 20]);
+        assert_eq!(load_latest(dir.path()).unwrap().unwrap().1, sample(30));
+        // Damage the newest: the one before it is used.
+        let newest = dir.path().join(file_name(30));
+        let mut bytes = fs::read(&newest).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&newest, bytes).unwrap();
+        assert!(read(&newest).unwrap_err().contains("checksum"));
+        assert_eq!(load_latest(dir.path()).unwrap().unwrap().1.seq, 20);
+        assert!(load_latest(&dir.path().join("none")).unwrap().is_none());
+    }
+}
