@@ -20,6 +20,7 @@
 //! | [`inventory`] | the memory-mapped stock slots, the order index, purchase counts |
 //! | [`journal`]   | frames and records, segments, group-commit writer, recovery scan, readers |
 //! | [`checkpoint`] | the replay state at one seq: recovery starts there, retention deletes before it |
+//! | [`tail`]      | `stampede tail`: the journal as NDJSON on stdout, consumer-group commits |
 //!
 //! # Data path
 //!
@@ -68,3 +69,4 @@ pub mod journal;
 pub mod limits;
 pub mod order;
 pub mod shard;
+pub mod tail;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use stampede::config::{Config, Overrides};
 use stampede::engine::Engine;
 use stampede::http::{self, AppState};
+use stampede::tail;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -35,6 +36,27 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Print journal records as NDJSON, one a line, oldest first (the JSON of GET /v1/journal).
+    Tail {
+        /// The engine's data directory, read directly, engine running or not (default ./data).
+        #[arg(long, value_name = "DIR", conflicts_with = "url")]
+        data_dir: Option<PathBuf>,
+        /// Read from a running engine over HTTP instead, e.g. http://127.0.0.1:8080.
+        #[arg(long, value_name = "URL", value_parser = tail::parse_url)]
+        url: Option<tail::Endpoint>,
+        /// Print the records after this seq (when the group has no offset yet).
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        from: u64,
+        /// Keep waiting for new records until SIGINT/SIGTERM or stdout closes.
+        #[arg(long)]
+        follow: bool,
+        /// Resume after this consumer group's offset, and commit it as lines are delivered.
+        #[arg(long, value_name = "NAME", value_parser = tail::parse_group)]
+        group: Option<String>,
+        /// Print only records of these types (repeat it, or separate them with commas).
+        #[arg(long = "type", value_name = "TYPE", value_delimiter = ',', value_parser = tail::parse_type)]
+        types: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +81,33 @@ fn main() -> ExitCode {
             };
             init_tracing();
             run_serve(config)
+        }
+        Command::Tail {
+            data_dir,
+            url,
+            from,
+            follow,
+            group,
+            types,
+        } => {
+            let source = match url {
+                Some(endpoint) => tail::Source::Url(endpoint),
+                None => tail::Source::DataDir(data_dir.unwrap_or_else(|| PathBuf::from("data"))),
+            };
+            let options = tail::Options {
+                source,
+                from,
+                follow,
+                group,
+                types,
+            };
+            match tail::run(options) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    eprintln!("stampede tail: {error}");
+                    ExitCode::FAILURE
+                }
+            }
         }
     }
 }

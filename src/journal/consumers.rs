@@ -93,7 +93,14 @@ impl ConsumerOffsets {
                 ),
             ));
         }
-        let temporary = self.dir.join(format!(".{group}.offset.tmp"));
+        // Unique per writer: the engine and a `tail --data-dir` may commit the same group at
+        // once, and each must rename its own complete file.
+        static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nonce = COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temporary = self.dir.join(format!(
+            ".{group}.offset.{}.{nonce}.tmp",
+            std::process::id()
+        ));
         let mut file = OpenOptions::new()
             .write(true)
             .create(true)
