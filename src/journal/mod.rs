@@ -3,7 +3,7 @@
 //!
 //! - [`record`]: the on-disk format (frames, rkyv records) and the consumer-facing schema.
 //! - [`writer`]: sequence numbers, segments, group commit under the fsync policy.
-//! - [`scan`]: the segment cursor, the recovery scan, and range reads for `GET /v1/journal`.
+//! - [`scan`]: the segment cursor and the recovery scan.
 //! - [`index`]: the sparse seq → file position map behind reads of one record.
 //! - [`reader`]: the consumer's reader (records after a seq, zero-copy, follow).
 //! - [`consumers`]: consumer groups' durable offsets.
@@ -21,5 +21,5 @@ pub use reader::{JournalReader, ReadError, ReadLimit};
 pub use record::{
     ArchivedRecord, Event, FrameBatch, OrderAccepted, OrderAction, Record, SkuChanged,
 };
-pub use scan::{RecoveryError, RecoveryReport, read_range, recover};
+pub use scan::{RecoveryError, RecoveryReport, recover};
 pub use writer::{Journal, JournalError, JournalTail, SeqRange};

@@ -50,6 +50,8 @@ pub enum ReadLimit {
     Durable(Journal),
     /// Whatever valid frames the files hold (any process, engine running or not).
     Written,
+    /// Up to this seq and no further (a fixed range of the journal).
+    UpTo(u64),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +114,7 @@ impl JournalReader {
         match &self.limit {
             ReadLimit::Durable(journal) => self.next_seq > journal.durable_seq(),
             ReadLimit::Written => false,
+            ReadLimit::UpTo(last) => self.next_seq > *last,
         }
     }
 
@@ -208,6 +211,12 @@ impl JournalReader {
             ReadLimit::Written => {
                 std::thread::sleep(timeout.min(FILE_POLL_INTERVAL));
                 true
+            }
+            ReadLimit::UpTo(last) => {
+                if self.next_seq <= *last {
+                    std::thread::sleep(timeout.min(FILE_POLL_INTERVAL));
+                }
+                self.next_seq <= *last
             }
         }
     }

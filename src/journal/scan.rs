@@ -1,5 +1,6 @@
-//! Reading the journal back: a sequential cursor over one segment, the recovery scan that
-//! validates every frame at start-up, and the range read behind `GET /v1/journal`.
+//! Reading the journal back: a sequential cursor over one segment (which the consumers'
+//! [`crate::journal::JournalReader`] is built on) and the recovery scan that validates every
+//! frame at start-up.
 //!
 //! Recovery rules (the promise operators rely on):
 //! - every frame must check (length, CRC32C), decode (rkyv validation) and carry exactly the
@@ -439,68 +440,6 @@ pub fn recover(
     Ok(report)
 }
 
-/// Reads records with `after_seq < seq <= max_seq`, at most `limit`, oldest first, handing
-/// each to `visit` zero-copy. Used by `GET /v1/journal`; `max_seq` is the durable watermark,
-/// so a frame being written concurrently is never read.
-pub fn read_range(
-    dir: &Path,
-    after_seq: u64,
-    max_seq: u64,
-    limit: usize,
-    visit: &mut dyn FnMut(u64, &ArchivedRecord),
-) -> io::Result<usize> {
-    let segments = list_segments(dir)?;
-    // `after_seq` comes from the client (`from`): any u64, so no `+ 1` that can overflow.
-    let start_index = segments
-        .iter()
-        .rposition(|(first, _)| *first <= after_seq.saturating_add(1))
-        .unwrap_or(0);
-    let mut delivered = 0;
-    for (first_seq, path) in &segments[start_index..] {
-        // A segment that starts past the watermark may be one the writer is creating right
-        // now, its header not yet written: judge it by its name and do not open it.
-        if delivered >= limit || *first_seq > max_seq {
-            break;
-        }
-        let mut cursor = match SegmentCursor::open(path)? {
-            Ok(cursor) => cursor,
-            Err(reason) => return Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
-        };
-        if cursor.first_seq > max_seq {
-            break;
-        }
-        loop {
-            match cursor.step()? {
-                CursorStep::Frame { seq, record, .. } => {
-                    if seq > max_seq {
-                        return Ok(delivered);
-                    }
-                    if seq <= after_seq {
-                        continue;
-                    }
-                    let record =
-                        record.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                    visit(seq, record);
-                    delivered += 1;
-                    if delivered >= limit {
-                        return Ok(delivered);
-                    }
-                }
-                CursorStep::End => break,
-                CursorStep::Bad { offset, .. } => {
-                    // Preallocated zeros end a segment's data: go on with the next segment.
-                    // Anything else is past the durable watermark (a frame being written).
-                    if cursor.rest_is_zero(offset)? {
-                        break;
-                    }
-                    return Ok(delivered);
-                }
-            }
-        }
-    }
-    Ok(delivered)
-}
-
 const _: () = assert!(READ_CHUNK_BYTES >= limits::RECORD_PAYLOAD_BYTES_MAX * 4);
 
 #[cfg(test)]
@@ -510,6 +449,7 @@ mod tests {
     use super::*;
     use crate::config::FsyncPolicy;
     use crate::journal::record::{Event, FrameBatch, OrderAccepted, Record, SkuChanged};
+    use crate::journal::reader::{JournalReader, ReadLimit};
     use crate::journal::writer::{Journal, segment_file_name};
     use crate::order::Payment;
 
@@ -1172,23 +1112,26 @@ mod tests {
         let (report, records) = recover_ok(copy.path());
         assert_eq!(report.truncated.unwrap().1, straddler);
         assert_eq!(records.len(), written.len() - 1);
-        // A range read crosses the chunk end too.
+        // A reader crosses the chunk end too.
         let got = read_seqs(dir.path(), 0, written.len() as u64, usize::MAX);
         assert_eq!(got.len(), written.len());
     }
 
+    /// Records with `after < seq <= max`, at most `limit`, through the consumers' reader.
     fn read_seqs(dir: &Path, after: u64, max: u64, limit: usize) -> Vec<(u64, Record)> {
+        let mut reader = JournalReader::open(dir, after, ReadLimit::UpTo(max));
         let mut seen = Vec::new();
-        let delivered = read_range(dir, after, max, limit, &mut |seq, record| {
+        while seen.len() < limit {
+            let Some((seq, record)) = reader.next_record().unwrap() else {
+                break;
+            };
             seen.push((seq, to_owned_record(record)));
-        })
-        .unwrap();
-        assert_eq!(delivered, seen.len());
+        }
         seen
     }
 
     #[test]
-    fn read_range_returns_the_window_across_segment_boundaries() {
+    fn a_reader_returns_the_window_across_segment_boundaries() {
         let dir = tempfile::tempdir().unwrap();
         let (written, segments) = multi_segment_journal(dir.path());
         let total = written.len() as u64;
@@ -1241,7 +1184,7 @@ mod tests {
     }
 
     #[test]
-    fn read_range_never_reads_past_max_seq() {
+    fn a_reader_never_reads_past_its_limit() {
         let dir = tempfile::tempdir().unwrap();
         let (written, segments) = multi_segment_journal(dir.path());
         let total = written.len() as u64;
@@ -1283,7 +1226,7 @@ mod tests {
     }
 
     #[test]
-    fn read_range_under_a_concurrent_writer_stops_at_the_durable_watermark() {
+    fn a_reader_under_a_concurrent_writer_stops_at_the_durable_watermark() {
         let dir = tempfile::tempdir().unwrap();
         let journal = Journal::open(
             dir.path(),
@@ -1404,11 +1347,12 @@ mod tests {
                 prop_assert_eq!(*seq, index as u64 + 1);
                 prop_assert_eq!(record, expected);
             }
-            // The JSON view agrees as well, record by record, through a range read.
+            // The JSON view agrees as well, record by record, through a reader.
             let mut json = Vec::new();
-            read_range(dir.path(), 0, u64::MAX, usize::MAX, &mut |seq, record| {
+            let mut reader = JournalReader::open(dir.path(), 0, ReadLimit::Written);
+            while let Some((seq, record)) = reader.next_record().unwrap() {
                 json.push(record.to_json(seq));
-            }).unwrap();
+            }
             prop_assert_eq!(json.len(), written.len());
             for (index, value) in json.iter().enumerate() {
                 prop_assert_eq!(&value["seq"], &serde_json::json!(index + 1));
