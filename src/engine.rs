@@ -187,6 +187,9 @@ pub struct Engine {
     retention: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     /// One checkpoint at a time (retention and any caller).
     checkpointing: Mutex<()>,
+    /// Held shared by every exchange from its hold to its settle, and exclusively by a
+    /// checkpoint: a hold is in no journal record, so no checkpoint may see one.
+    exchange_gate: tokio::sync::RwLock<()>,
     data_dir: PathBuf,
     pub journal: Journal,
     journal_dir: PathBuf,
@@ -361,6 +364,7 @@ impl Engine {
             sku_admin: tokio::sync::Mutex::new(()),
             retention: Mutex::new(None),
             checkpointing: Mutex::new(()),
+            exchange_gate: tokio::sync::RwLock::new(()),
             data_dir: data_dir.clone(),
             _lock: lock,
         });
@@ -553,6 +557,7 @@ impl Engine {
         outcome: oneshot::Receiver<ActionOutcome>,
     ) -> Result<ActionOutcome, ActionError> {
         let exchange_shard = shard::shard_of(exchange_slot, self.mailboxes.len());
+        let _no_checkpoint_until_settled = self.exchange_gate.read().await;
         let (hold_reply, held) = oneshot::channel();
         let hold = Command::Hold {
             slot_index: exchange_slot,
@@ -608,6 +613,9 @@ impl Engine {
         if self.stopping.load(Ordering::Acquire) {
             return Err(io::Error::other("engine is stopping"));
         }
+        // Waits for exchanges in flight to settle and keeps new ones out until the copy is
+        // taken (an exchange waits at most this long: tens of milliseconds).
+        let _no_exchange_in_flight = self.exchange_gate.blocking_write();
         let (resume, paused) = crossbeam_channel::bounded::<()>(0);
         let mut snapshots = Vec::with_capacity(self.mailboxes.len());
         for mailbox in &self.mailboxes {
@@ -623,15 +631,19 @@ impl Engine {
             snapshots.push(snapshot);
         }
         let mut timers = Vec::new();
-        let mut holds: std::collections::HashMap<u32, u64> = std::collections::HashMap::new();
+        let mut holds = 0;
         for snapshot in snapshots {
             let snapshot = snapshot
                 .blocking_recv()
                 .map_err(|_| io::Error::other("a shard stopped during the checkpoint"))?;
             timers.extend(snapshot.timers);
-            for (slot, held) in snapshot.holds {
-                *holds.entry(slot).or_default() += held;
-            }
+            holds += snapshot.holds.len();
+        }
+        if holds > 0 {
+            // The exchange gate makes this unreachable; a hold would be a unit in no record.
+            return Err(io::Error::other(format!(
+                "{holds} exchange holds outstanding; checkpoint not taken"
+            )));
         }
         // Every shard is paused with its batch durable: memory is exactly records 1..=seq.
         let seq = self.journal.durable_seq();
@@ -641,12 +653,7 @@ impl Engine {
             let Some(name) = slot.sku_name() else {
                 continue;
             };
-            let mut values = slot.values();
-            if let Some(held) = holds.get(&slot_index) {
-                // An exchange's hold is in no record: the unit is available as of `seq`.
-                values.reserved -= held;
-                values.available += held;
-            }
+            let values = slot.values();
             skus.push(checkpoint::SkuState {
                 name,
                 slot_index,

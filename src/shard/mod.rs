@@ -189,7 +189,8 @@ pub enum Command {
 pub struct ShardSnapshot {
     pub timers: Vec<PaymentTimer>,
     /// Units held for exchanges not yet settled, per slot: in the slots' `reserved` but in
-    /// no journal record, so a checkpoint must not count them.
+    /// no journal record. The engine's exchange gate keeps this empty at a checkpoint; the
+    /// engine refuses to write one if it is not.
     pub holds: Vec<(u32, u64)>,
 }
 
