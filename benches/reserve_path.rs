@@ -7,7 +7,7 @@
 //!   [`KeyHasher::purchase_key`] (three SipHash-1-3 runs; done on the HTTP task in the
 //!   engine, included because every order pays it).
 //! - `dedup_insert`: [`OrderIndex::check_or_insert`] of a never-seen key, then
-//!   [`OrderIndex::set_seq`] as the commit does: two `DashMap` shard locks per order.
+//!   [`OrderIndex::commit_accepted`] as the commit does: two `DashMap` shard locks per order.
 //! - `purchases`: [`PurchaseCounts::units`] + [`PurchaseCounts::add`] for a new buyer (the
 //!   common case in a stampede: each buyer orders once), so every add inserts.
 //! - `slot`: [`Slot::values`] + [`SlotValues::take`] + [`Slot::write`] (the seqlock write) on

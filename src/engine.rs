@@ -155,7 +155,10 @@ pub struct OrderView {
 /// What recovery did, for the start-up log line.
 #[derive(Debug, Clone)]
 pub struct StartReport {
+    /// Records scanned and checked (all of them; those after the checkpoint were applied).
     pub records_replayed: u64,
+    /// The seq of the checkpoint recovery started from, if any.
+    pub checkpoint_seq: Option<u64>,
     pub segments: usize,
     pub truncated: Option<(PathBuf, u64, u64)>,
     pub skus: usize,
@@ -393,6 +396,7 @@ impl Engine {
 
         let start_report = StartReport {
             records_replayed: report.records,
+            checkpoint_seq: (checkpoint_seq > 0).then_some(checkpoint_seq),
             segments: report.segments,
             truncated: report.truncated,
             skus: engine.catalog.len(),

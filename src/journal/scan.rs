@@ -448,8 +448,8 @@ mod tests {
 
     use super::*;
     use crate::config::FsyncPolicy;
-    use crate::journal::record::{Event, FrameBatch, OrderAccepted, Record, SkuChanged};
     use crate::journal::reader::{JournalReader, ReadLimit};
+    use crate::journal::record::{Event, FrameBatch, OrderAccepted, Record, SkuChanged};
     use crate::journal::writer::{Journal, segment_file_name};
     use crate::order::Payment;
 

@@ -1,0 +1,163 @@
+//! Checkpoints taken while the engine is busy: a restart from the newest checkpoint plus the
+//! records after it must rebuild exactly the live state, whatever was in flight when the
+//! shards paused (orders, payments, cross-shard exchanges with their holds).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stampede::config::{Config, Overrides};
+use stampede::engine::{ActionRequest, Engine, SkuView};
+use stampede::journal::OrderAccepted;
+use stampede::order::{Action, Payment};
+use stampede::shard::{ActionOutcome, Clock, OrderCommand, OrderOutcome, SkuUpdate};
+
+const ORDERS: usize = 120;
+
+fn config(data_dir: &std::path::Path) -> Config {
+    let overrides = Overrides {
+        config_file: None,
+        listen: None,
+        data_dir: Some(data_dir.to_path_buf()),
+    };
+    Config::load_with_env(&overrides, |name| match name {
+        "STAMPEDE_JOURNAL_FSYNC" => Some("none".into()),
+        "STAMPEDE_SHARDS" => Some("2".into()),
+        _ => None,
+    })
+    .expect("test config is valid")
+}
+
+async fn place(engine: &Arc<Engine>, id: &str, sku: &str, payment: Payment) {
+    let keys = &engine.keys;
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    let command = OrderCommand {
+        slot_index: engine.slot_of(sku).unwrap(),
+        key: keys.order_key(id),
+        fingerprint: keys.content_fingerprint("u", sku, 1, payment, None),
+        purchase_key: keys.purchase_key("u", sku),
+        order: OrderAccepted {
+            order_id: id.into(),
+            user_id: "u".into(),
+            sku: sku.into(),
+            qty: 1,
+            payment,
+            address: None,
+        },
+        reply,
+    };
+    engine.submit_order(command).expect("mailbox has room");
+    assert!(matches!(
+        outcome.await.unwrap(),
+        OrderOutcome::Accepted { .. }
+    ));
+}
+
+async fn act(engine: &Arc<Engine>, id: &str, action: Action, sku: Option<&str>) -> ActionOutcome {
+    let request = ActionRequest {
+        order_id: id.into(),
+        action,
+        reason: None,
+        address: None,
+        restock: false,
+        exchange_sku: sku.map(str::to_owned),
+    };
+    engine.order_action(request).await.expect("action decided")
+}
+
+fn stock(engine: &Engine) -> Vec<SkuView> {
+    let views = ["CK-A", "CK-B"].map(|sku| engine.sku_view(sku).unwrap());
+    for view in &views {
+        assert_eq!(
+            view.available + view.reserved + view.sold,
+            view.stock_total,
+            "{view:?}"
+        );
+    }
+    views.to_vec()
+}
+
+#[test]
+fn checkpoints_taken_under_exchanges_and_payments_restart_to_the_live_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir.path().join("data"));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (engine, _) = Engine::start_with_clock(&config, Clock::system()).unwrap();
+    runtime.block_on(async {
+        for sku in ["CK-A", "CK-B"] {
+            let update = SkuUpdate {
+                stock: Some(ORDERS as u64 * 2),
+                per_user_limit: Some(0),
+                max_per_order: Some(1),
+                payment_timeout_s: Some(900),
+            };
+            engine.put_sku(sku, update).await.unwrap();
+        }
+        // Orders on A, shipped (cash on delivery), ready to be exchanged to B.
+        for n in 0..ORDERS {
+            let id = format!("x{n}");
+            place(&engine, &id, "CK-A", Payment::Cod).await;
+            for stage in [
+                Action::Verify,
+                Action::Print,
+                Action::Pick,
+                Action::Check,
+                Action::Pack,
+                Action::Weigh,
+                Action::Ship,
+            ] {
+                assert!(matches!(
+                    act(&engine, &id, stage, None).await,
+                    ActionOutcome::Done { .. }
+                ));
+            }
+        }
+    });
+    // Checkpoints in a loop on their own thread while exchanges, new orders and payments run.
+    let checkpointer = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            let mut taken = 0;
+            for _ in 0..25 {
+                engine.checkpoint().expect("checkpoint written");
+                taken += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            taken
+        })
+    };
+    runtime.block_on(async {
+        let mut tasks = Vec::new();
+        for n in 0..ORDERS {
+            let engine = engine.clone();
+            tasks.push(tokio::spawn(async move {
+                let id = format!("x{n}");
+                let outcome = act(&engine, &id, Action::Exchange, Some("CK-B")).await;
+                assert!(matches!(outcome, ActionOutcome::Done { .. }), "{outcome:?}");
+                let paid = format!("p{n}");
+                place(&engine, &paid, "CK-B", Payment::Prepaid).await;
+                if n % 2 == 0 {
+                    act(&engine, &paid, Action::Pay, None).await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+    });
+    assert_eq!(checkpointer.join().unwrap(), 25);
+    let live = stock(&engine);
+    assert_eq!(live[1].sold, ORDERS as u64 + ORDERS as u64 / 2, "{live:?}");
+    engine.shutdown().unwrap();
+    drop(engine);
+    let (engine, report) = Engine::start_with_clock(&config, Clock::system()).unwrap();
+    assert!(
+        report.checkpoint_seq.is_some(),
+        "recovery started from a checkpoint, not seq 1"
+    );
+    assert_eq!(stock(&engine), live, "restarted from a checkpoint");
+    engine.shutdown().unwrap();
+}
