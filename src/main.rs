@@ -239,7 +239,8 @@ async fn start_engine(config: Arc<Config>) -> Result<Arc<Engine>, ExitCode> {
             if let Some(path) = &report.generated_token_file {
                 tracing::info!(path = %path.display(), "generated an admin token (mode 0600)");
             }
-            tracing::info!(records = report.records_replayed, segments = report.segments,
+            tracing::info!(records = report.records_replayed, checkpoint_seq = ?report.checkpoint_seq,
+                segments = report.segments,
                 skus = report.skus, orders = report.orders, shards = engine.shard_count(),
                 fsync = ?config.journal.fsync, "recovered");
             engine
