@@ -48,8 +48,10 @@ pub enum Event {
     /// A SKU was created or its settings changed (`type: "sku"`).
     Sku(SkuChanged),
     /// An action on an accepted order, or the payment timer's reminder or expiry (`type`:
-    /// the action's name, `payment_reminder` or `expired`).
-    Action(OrderAction),
+    /// the action's name, `payment_reminder` or `expired`). Boxed: an archived box is one
+    /// relative pointer, so adding this variant left the archived `Event` (and every record
+    /// journaled before it existed) exactly as it was. New variants must keep to that.
+    Action(Box<OrderAction>),
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -377,6 +379,59 @@ pub fn parse_segment_header(bytes: &[u8]) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    /// Frames as the engine wrote them before order actions existed (an `accepted` and a
+    /// `sku` record, seq and CRC not yet sealed). Journals written then must stay readable,
+    /// and these records must still encode to the same bytes.
+    const GOLDEN_ACCEPTED: &str = "480000000000000000000000000000007b2263697479223a224f736c6f227d00f93e601aa2010000000000007534322d31ffffff753432ffffffffff534b552d31ffffff0200000001000000010000008f000000c0ffffff";
+    const GOLDEN_SKU: &str = "3800000000000000000000000000000007000000000000000100000000000000534b552d31ffffff0300000000000000e80300000000000002000000020000008403000000000000";
+
+    fn golden_records() -> [Record; 2] {
+        [
+            Record {
+                at_ms: 1_795_738_844_921,
+                event: Event::Accepted(OrderAccepted {
+                    order_id: "u42-1".into(),
+                    user_id: "u42".into(),
+                    sku: "SKU-1".into(),
+                    qty: 2,
+                    payment: Payment::Escrow,
+                    address: Some(r#"{"city":"Oslo"}"#.into()),
+                }),
+            },
+            Record {
+                at_ms: 7,
+                event: Event::Sku(SkuChanged {
+                    sku: "SKU-1".into(),
+                    slot_index: 3,
+                    stock_total: 1000,
+                    per_user_limit: 2,
+                    max_per_order: 2,
+                    payment_timeout_s: 900,
+                }),
+            },
+        ]
+    }
+
+    #[test]
+    fn records_of_the_first_format_still_read_and_encode_the_same() {
+        for (hex, record) in [GOLDEN_ACCEPTED, GOLDEN_SKU].iter().zip(golden_records()) {
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            let mut batch = FrameBatch::default();
+            batch.push(&record).unwrap();
+            assert_eq!(batch.as_bytes(), &bytes[..], "{record:?} encodes as before");
+            let len = read_u32(&bytes, 0) as usize;
+            let mut payload = rkyv::util::AlignedVec::<16>::new();
+            payload.extend_from_slice(&bytes[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len]);
+            let archived = access_record(&payload).expect("old record validates");
+            let back: Record = rkyv::deserialize::<Record, rancor::Error>(archived).unwrap();
+            assert_eq!(back, record);
+        }
+        assert_eq!(std::mem::size_of::<ArchivedRecord>(), 56);
+    }
+
     use super::*;
     use proptest::prelude::*;
 

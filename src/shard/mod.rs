@@ -658,7 +658,7 @@ impl ShardWriter {
         debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
         let record = Record {
             at_ms,
-            event: Event::Action(OrderAction {
+            event: Event::Action(Box::new(OrderAction {
                 order_id: request.order_id,
                 action,
                 status: moved.to,
@@ -668,7 +668,7 @@ impl ShardWriter {
                 address: request.address,
                 restock: action == Action::Return && request.restock,
                 exchange_sku: request.exchange_sku,
-            }),
+            })),
         };
         if let Err(error) = self.frames.push(&record) {
             tracing::error!(%error, "cannot encode an order action");
