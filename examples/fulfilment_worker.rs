@@ -36,6 +36,7 @@
 //! rename, so a rerun rewrites the same files. Run one worker per group.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -95,6 +96,8 @@ struct Args {
 
 // ---- HTTP: hyper's HTTP/1 client over a tokio TcpStream ----------------------------------
 
+type Sender = http1::SendRequest<Full<Bytes>>;
+
 struct Reply {
     status: StatusCode,
     replayed: bool,
@@ -114,6 +117,7 @@ impl Reply {
     }
 }
 
+/// 429 and 503 (shed, recovering, draining): worth another try.
 fn busy(status: StatusCode) -> bool {
     matches!(
         status,
@@ -121,59 +125,29 @@ fn busy(status: StatusCode) -> bool {
     )
 }
 
-/// Consecutive failures of one call, each waited out longer, at most [`RETRIES`].
-struct Backoff {
-    tries: u32,
-    delay: Duration,
-}
-
-impl Backoff {
-    fn new() -> Self {
-        Self {
-            tries: 0,
-            delay: RETRY_FIRST,
-        }
-    }
-    async fn wait(&mut self, what: &str, problem: String) -> anyhow::Result<()> {
-        self.tries += 1;
-        ensure!(
-            self.tries < RETRIES,
-            "{what}: {problem} (gave up after {RETRIES} tries)"
-        );
-        warn!(%problem, delay = ?self.delay, "{what}: retrying");
-        sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(RETRY_MAX);
-        Ok(())
-    }
+/// After the `tries`-th failure in a row of one call: waits 0.1 s doubling up to 5 s, or
+/// gives up after [`RETRIES`].
+async fn back_off(tries: &mut u32, what: &str, problem: String) -> anyhow::Result<()> {
+    *tries += 1;
+    ensure!(
+        *tries < RETRIES,
+        "{what}: {problem} (gave up after {RETRIES} tries)"
+    );
+    let delay = (RETRY_FIRST * 2u32.pow(*tries - 1)).min(RETRY_MAX);
+    warn!(%problem, ?delay, "{what}: retrying");
+    sleep(delay).await;
+    Ok(())
 }
 
 /// One kept-alive connection for requests; each follow stream gets a connection of its own.
 struct Api {
+    /// `host:port`, connected to and sent as `Host`.
     authority: String,
-    idle: Option<http1::SendRequest<Full<Bytes>>>,
+    idle: Option<Sender>,
 }
 
 impl Api {
-    fn new(url: &str) -> anyhow::Result<Self> {
-        let rest = url
-            .strip_prefix("http://")
-            .context("--url must be http://HOST:PORT")?;
-        let authority = rest.trim_end_matches('/');
-        ensure!(
-            !authority.is_empty() && !authority.contains('/'),
-            "--url {url:?}: no path"
-        );
-        let authority = match authority.rsplit_once(':') {
-            Some((_, port)) if port.parse::<u16>().is_ok() => authority.to_owned(),
-            _ => format!("{authority}:80"),
-        };
-        Ok(Self {
-            authority,
-            idle: None,
-        })
-    }
-
-    async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>, String> {
+    async fn connect(&self) -> Result<Sender, String> {
         let connect = tokio::net::TcpStream::connect(&self.authority);
         let stream = match timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(stream)) => stream,
@@ -184,58 +158,32 @@ impl Api {
         let (sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|error| format!("handshake: {error}"))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        tokio::spawn(connection);
         Ok(sender)
     }
 
-    fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Request<Full<Bytes>> {
-        let builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, &self.authority);
-        match body {
-            Some(body) => builder
-                .header(CONTENT_TYPE, "application/json")
-                .body(Full::new(Bytes::from(body.to_string()))),
-            None => builder.body(Full::new(Bytes::new())),
-        }
-        .expect("a valid request")
-    }
-
-    /// One try; `Err` is a transport failure (worth another try).
-    async fn try_call(
-        &mut self,
-        method: Method,
+    /// Sends one request and waits for the answer's head; `Err` is a transport failure.
+    async fn send(
+        &self,
+        sender: &mut Sender,
+        method: &Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Reply, String> {
-        let mut sender = match self.idle.take() {
-            Some(sender) if !sender.is_closed() => sender,
-            _ => self.connect().await?,
-        };
-        let request = self.request(method.clone(), path, body);
-        let exchange = async {
+    ) -> Result<Response<Incoming>, String> {
+        let body = body.map_or_else(Bytes::new, |body| Bytes::from(body.to_string()));
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, &self.authority)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .expect("a valid request");
+        let head = async {
             sender.ready().await?;
-            let response = sender.send_request(request).await?;
-            let status = response.status();
-            let replayed = response
-                .headers()
-                .get("idempotent-replayed")
-                .is_some_and(|value| value == "true");
-            let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>(Reply {
-                status,
-                replayed,
-                body,
-            })
+            sender.send_request(request).await
         };
-        match timeout(REQUEST_TIMEOUT, exchange).await {
-            Ok(Ok(reply)) => {
-                self.idle = Some(sender);
-                Ok(reply)
-            }
+        match timeout(REQUEST_TIMEOUT, head).await {
+            Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(format!("{method} {path}: {error}")),
             Err(_) => Err(format!(
                 "{method} {path}: no answer within {REQUEST_TIMEOUT:?}"
@@ -243,7 +191,37 @@ impl Api {
         }
     }
 
-    /// A whole answer; connection errors, 429 and 503 are retried with [`Backoff`]. Retrying
+    /// One try on the kept-alive connection (or a new one); `Err` is a transport failure.
+    async fn try_call(
+        &mut self,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Reply, String> {
+        let mut sender = match self.idle.take() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => self.connect().await?,
+        };
+        let response = self.send(&mut sender, method, path, body).await?;
+        let status = response.status();
+        let replayed = response
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v == "true");
+        let body = match timeout(REQUEST_TIMEOUT, response.into_body().collect()).await {
+            Ok(Ok(body)) => body.to_bytes(),
+            Ok(Err(error)) => return Err(format!("{method} {path}: {error}")),
+            Err(_) => return Err(format!("{method} {path}: body not read in time")),
+        };
+        self.idle = Some(sender);
+        Ok(Reply {
+            status,
+            replayed,
+            body,
+        })
+    }
+
+    /// A whole answer; connection errors, 429 and 503 are retried by [`back_off`]. Retrying
     /// an action is safe: a repeat of the order's latest action is a replay.
     async fn call(
         &mut self,
@@ -251,50 +229,42 @@ impl Api {
         path: &str,
         body: Option<&Value>,
     ) -> anyhow::Result<Reply> {
-        let what = format!("{method} {path}");
-        let mut backoff = Backoff::new();
+        let mut tries = 0;
         loop {
-            match self.try_call(method.clone(), path, body).await {
+            let problem = match self.try_call(&method, path, body).await {
                 Ok(reply) if !busy(reply.status) => return Ok(reply),
-                Ok(reply) => backoff.wait(&what, reply.describe()).await?,
-                Err(problem) => backoff.wait(&what, problem).await?,
-            }
+                Ok(reply) => reply.describe(),
+                Err(problem) => problem,
+            };
+            back_off(&mut tries, &format!("{method} {path}"), problem).await?;
         }
     }
 
     /// `GET /v1/journal?follow=true` on a fresh connection: the body, read as it comes.
     async fn follow(&self, from: u64) -> anyhow::Result<Incoming> {
         let path = format!("/v1/journal?from={from}&follow=true");
-        let mut backoff = Backoff::new();
+        let mut tries = 0;
         loop {
-            let problem = match self.try_stream(&path).await {
+            let opened = match self.connect().await {
+                Ok(mut sender) => self.send(&mut sender, &Method::GET, &path, None).await,
+                Err(problem) => Err(problem),
+            };
+            let problem = match opened {
                 Ok(response) if response.status() == StatusCode::OK => {
                     return Ok(response.into_body());
                 }
-                Ok(response) if busy(response.status()) => format!("{}", response.status()),
+                Ok(response) if busy(response.status()) => response.status().to_string(),
                 Ok(response) => {
                     let status = response.status();
                     let body = response.into_body().collect().await.map(|b| b.to_bytes());
-                    let body = body.unwrap_or_default();
-                    bail!("GET {path}: {status} {}", String::from_utf8_lossy(&body));
+                    bail!(
+                        "GET {path}: {status} {}",
+                        String::from_utf8_lossy(&body.unwrap_or_default())
+                    );
                 }
                 Err(problem) => problem,
             };
-            backoff.wait(&format!("GET {path}"), problem).await?;
-        }
-    }
-
-    async fn try_stream(&self, path: &str) -> Result<Response<Incoming>, String> {
-        let mut sender = self.connect().await?;
-        let request = self.request(Method::GET, path, None);
-        let head = async {
-            sender.ready().await?;
-            sender.send_request(request).await
-        };
-        match timeout(REQUEST_TIMEOUT, head).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(format!("GET {path}: {error}")),
-            Err(_) => Err(format!("GET {path}: no answer in time")),
+            back_off(&mut tries, &format!("GET {path}"), problem).await?;
         }
     }
 }
@@ -492,7 +462,9 @@ impl Worker {
             }
         }
         let documents: Vec<&Order> = items.iter().map(|item| &item.order).collect();
-        write_documents(&self.args.out, first, &documents)?;
+        if !documents.is_empty() {
+            write_documents(&self.args.out, first, &documents)?;
+        }
         let reason = json!({ "reason": format!("wave {first}") });
         for (stage, action) in STAGES.iter().enumerate() {
             for item in items
@@ -614,33 +586,10 @@ impl Worker {
 // ---- Documents -----------------------------------------------------------------------------
 
 fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// An address as `label: value` lines (fields as the engine returns them).
-fn address_lines(address: Option<&Value>) -> Vec<String> {
-    match address {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(fields)) => fields
-            .iter()
-            .map(|(key, value)| match value {
-                Value::String(text) => format!("{key}: {text}"),
-                other => format!("{key}: {other}"),
-            })
-            .collect(),
-        Some(other) => vec![other.to_string()],
-    }
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn html_page(title: &str, body: &str) -> String {
@@ -648,82 +597,72 @@ fn html_page(title: &str, body: &str) -> String {
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\n\
          <style>body{{font:14px/1.4 sans-serif;margin:2em}}table{{border-collapse:collapse}}\
          td,th{{border:1px solid #444;padding:4px 10px;text-align:left;vertical-align:top}}\
-         h1{{font-size:20px}}@media print{{body{{margin:0}}}}</style></head>\n\
-         <body><h1>{title}</h1>\n{body}</body></html>\n"
+         @media print{{body{{margin:0}}}}</style></head>\n<body><h1>{title}</h1>\n{body}</body></html>\n"
     )
 }
 
-/// A wave's pick list (by SKU) and a packing slip per order, HTML and text.
+/// A wave's pick list (by SKU, then order) and a packing slip per order, HTML and text. The
+/// text has no timestamp: a rerun of the wave writes the same bytes.
 fn write_documents(out: &Path, wave: u64, orders: &[&Order]) -> anyhow::Result<()> {
-    if orders.is_empty() {
-        return Ok(());
-    }
     let mut by_sku: BTreeMap<&str, Vec<&Order>> = BTreeMap::new();
     for order in orders {
         by_sku.entry(&order.sku).or_default().push(order);
     }
     let units: u64 = orders.iter().map(|order| order.qty).sum();
-    let title = format!("Pick list, wave {wave}");
-    let mut text = format!(
-        "PICK LIST  wave {wave}\n{} orders, {units} units\n\n",
-        orders.len()
-    );
-    let mut rows = String::new();
+    let summary = format!("{} orders, {units} units", orders.len());
+    let mut text = format!("PICK LIST  wave {wave}\n{summary}\n\n");
+    let mut rows = String::from("<tr><th>SKU</th><th>Total</th><th>Orders</th></tr>\n");
     for (sku, lines) in &by_sku {
         let total: u64 = lines.iter().map(|order| order.qty).sum();
-        text.push_str(&format!("{sku:<32} total {total}\n"));
-        let mut cells = String::new();
+        let _ = writeln!(text, "{sku:<32} total {total}");
+        let mut cell = String::new();
         for order in lines {
-            text.push_str(&format!("    {:<40} qty {}\n", order.order_id, order.qty));
-            cells.push_str(&format!(
+            let _ = writeln!(text, "    {:<40} qty {}", order.order_id, order.qty);
+            let _ = write!(
+                cell,
                 "{} &times; {}<br>",
                 escape(&order.order_id),
                 order.qty
-            ));
+            );
         }
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{total}</td><td>{cells}</td></tr>\n",
+        let _ = writeln!(
+            rows,
+            "<tr><td>{}</td><td>{total}</td><td>{cell}</td></tr>",
             escape(sku)
-        ));
+        );
     }
-    let table = format!(
-        "<p>{} orders, {units} units</p>\n<table><tr><th>SKU</th><th>Total</th><th>Orders</th></tr>\n{rows}</table>\n",
-        orders.len()
-    );
     let stem = format!("wave-{wave:012}");
+    let html = html_page(
+        &format!("Pick list, wave {wave}"),
+        &format!("<p>{summary}</p>\n<table>{rows}</table>\n"),
+    );
     write_atomic(&out.join(format!("{stem}-picklist.txt")), &text)?;
-    write_atomic(
-        &out.join(format!("{stem}-picklist.html")),
-        &html_page(&title, &table),
-    )?;
+    write_atomic(&out.join(format!("{stem}-picklist.html")), &html)?;
 
     for order in orders {
-        let address = address_lines(order.address.as_ref());
-        let fields = [
-            ("Order", order.order_id.as_str()),
-            ("User", &order.user_id),
-            ("SKU", &order.sku),
-            ("Qty", &order.qty.to_string()),
-            ("Payment", &order.payment),
-        ]
-        .map(|(label, value)| (label, value.to_owned()));
+        let mut fields = vec![
+            ("order", order.order_id.clone()),
+            ("user", order.user_id.clone()),
+            ("sku", order.sku.clone()),
+            ("qty", order.qty.to_string()),
+            ("payment", order.payment.clone()),
+        ];
+        // The latest address (after any `modify`), a line per field as the engine keeps it.
+        match &order.address {
+            Some(Value::Object(address)) => fields.extend(address.iter().map(|(key, value)| {
+                let value = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned);
+                ("address", format!("{key}: {value}"))
+            })),
+            Some(Value::Null) | None => {}
+            Some(other) => fields.push(("address", other.to_string())),
+        }
         let mut text = format!("PACKING SLIP  wave {wave}\n");
         let mut rows = String::new();
         for (label, value) in &fields {
-            text.push_str(&format!("{:<10}{value}\n", label.to_lowercase()));
-            rows.push_str(&format!(
-                "<tr><th>{label}</th><td>{}</td></tr>\n",
-                escape(value)
-            ));
-        }
-        if !address.is_empty() {
-            text.push_str("address\n");
-            let mut cell = String::new();
-            for line in &address {
-                text.push_str(&format!("    {line}\n"));
-                cell.push_str(&format!("{}<br>", escape(line)));
-            }
-            rows.push_str(&format!("<tr><th>Address</th><td>{cell}</td></tr>\n"));
+            let _ = writeln!(text, "{label:<10}{value}");
+            let _ = writeln!(rows, "<tr><th>{label}</th><td>{}</td></tr>", escape(value));
         }
         let title = format!(
             "Packing slip, order {} (wave {wave})",
@@ -763,7 +702,14 @@ fn write_atomic(path: &Path, contents: &str) -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
-    let mut api = Api::new(&args.url)?;
+    let authority = (args.url.strip_prefix("http://"))
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|authority| authority.contains(':') && !authority.contains('/'))
+        .with_context(|| format!("--url {:?}: expected http://HOST:PORT", args.url))?;
+    let mut api = Api {
+        authority: authority.to_owned(),
+        idle: None,
+    };
     let path = format!("/v1/consumers/{}/offset", args.group);
     let reply = api.call(Method::GET, &path, None).await?;
     let committed = match reply.status {

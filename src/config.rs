@@ -71,6 +71,46 @@ pub struct InventoryConfig {
     pub orders_expected: usize,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Order and action requests admitted and not yet answered, across the server.
+    pub in_flight_max: usize,
+    /// Requests per second per client address; 0 = no limit.
+    pub client_rate_per_s: u32,
+    /// Orders per second per `user_id`; 0 = no limit.
+    pub user_orders_per_s: u32,
+    /// Keys (addresses, buyers) the rate limits track at once.
+    pub rate_table_max: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// SKUs whose stock is exported; empty means the `sku_top` busiest.
+    pub skus: Vec<String>,
+    pub sku_top: usize,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines with colours when stderr is a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter: `info`, `warn`, `stampede=debug,info`, ...
+    pub level: String,
+}
+
 /// One SKU of the catalogue that the engine creates at start-up if the journal has no such
 /// SKU yet. Once a SKU exists, the journal (and so the admin API) owns it.
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +147,9 @@ pub struct Config {
     pub http: HttpConfig,
     pub shard: ShardConfig,
     pub inventory: InventoryConfig,
+    pub admission: AdmissionConfig,
+    pub metrics: MetricsConfig,
+    pub log: LogConfig,
     #[serde(default)]
     pub catalogue: Vec<CatalogueSku>,
 }
@@ -177,6 +220,28 @@ const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
         &["journal", "retention_check_s"],
         EnvKind::Integer,
     ),
+    (
+        "STAMPEDE_ADMISSION_IN_FLIGHT_MAX",
+        &["admission", "in_flight_max"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_ADMISSION_CLIENT_RATE_PER_S",
+        &["admission", "client_rate_per_s"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_ADMISSION_USER_ORDERS_PER_S",
+        &["admission", "user_orders_per_s"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_METRICS_ENABLED",
+        &["metrics", "enabled"],
+        EnvKind::Boolean,
+    ),
+    ("STAMPEDE_LOG_FORMAT", &["log", "format"], EnvKind::Text),
+    ("STAMPEDE_LOG_LEVEL", &["log", "level"], EnvKind::Text),
     (
         "STAMPEDE_HTTP_BODY_BYTES_MAX",
         &["http", "body_bytes_max"],
@@ -308,6 +373,35 @@ impl Config {
             return fail(format!(
                 "journal.retention_check_s must be 1..=86400, got {}",
                 j.retention_check_s
+            ));
+        }
+        let a = &self.admission;
+        if !(1..=limits::IN_FLIGHT_MAX).contains(&a.in_flight_max) {
+            return fail(format!(
+                "admission.in_flight_max must be 1..={}, got {}",
+                limits::IN_FLIGHT_MAX,
+                a.in_flight_max
+            ));
+        }
+        if !(1..=limits::RATE_TABLE_MAX).contains(&a.rate_table_max) {
+            return fail(format!(
+                "admission.rate_table_max must be 1..={}, got {}",
+                limits::RATE_TABLE_MAX,
+                a.rate_table_max
+            ));
+        }
+        if self.metrics.sku_top > limits::METRICS_SKUS_MAX
+            || self.metrics.skus.len() > limits::METRICS_SKUS_MAX
+        {
+            return fail(format!(
+                "metrics.sku_top and metrics.skus are bounded by {} SKUs (series cardinality)",
+                limits::METRICS_SKUS_MAX
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return fail(format!(
+                "log.level {:?} is not a valid filter (try \"info\" or \"stampede=debug,info\")",
+                self.log.level
             ));
         }
         if !(100..=60_000).contains(&self.http.body_read_timeout_ms) {

@@ -10,6 +10,12 @@
 //! 4. resolve the admin token;
 //! 5. create the configured catalogue's SKUs that the journal does not know yet
 //!    ([`Engine::seed_catalogue`], async). Only then does `/readyz` turn 200.
+//!
+//! SKU changes (creation, stock, limits) all pass the `sku_admin` lock, which hands out
+//! slots: one at a time ([`Engine::put_sku`], one journal record and fsync each) or a bulk
+//! load at once ([`Engine::put_skus`]: one [`shard::Command::SkuBatch`] per shard, one
+//! append + commit per shard for the whole bulk). Either runs in its own task, so the
+//! catalogue learns each new SKU that was journaled even if the client has gone.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
@@ -152,6 +158,23 @@ pub struct OrderView {
     pub history_complete: bool,
 }
 
+/// Commands per second the shards have been deciding, measured over the last interval of at
+/// least 100 ms and smoothed (half the new sample, half the old).
+#[derive(Debug, Default)]
+struct DrainRate {
+    at: Option<std::time::Instant>,
+    decided: u64,
+    per_s: f64,
+}
+
+/// The engine's metrics: registry, and the gauges set at each scrape.
+struct EngineMetrics {
+    registry: prometheus::Registry,
+    gauges: crate::metrics::ScrapeGauges,
+    skus: Vec<String>,
+    sku_top: usize,
+}
+
 /// What recovery did, for the start-up log line.
 #[derive(Debug, Clone)]
 pub struct StartReport {
@@ -175,6 +198,11 @@ pub struct Engine {
     pub clock: Clock,
     /// Consumer groups' committed offsets (`<data_dir>/consumers`).
     pub consumers: ConsumerOffsets,
+    /// The engine's side of `/metrics`, when `metrics.enabled`.
+    metrics: Option<EngineMetrics>,
+    /// Commands each shard has decided, and the drain rate measured from them.
+    decided: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    drain: Mutex<DrainRate>,
     /// SKU name → slot index. Written only under `sku_admin` (or before start).
     catalog: DashMap<String, u32>,
     next_slot: AtomicU32,
@@ -329,6 +357,31 @@ impl Engine {
         )
         .map_err(StartError::JournalOpen)?;
 
+        let metrics = config.metrics.enabled.then(|| {
+            let registry = prometheus::Registry::new();
+            let batch_sizes = crate::metrics::batch_size_histograms(&registry, shard_count);
+            let gauges = crate::metrics::ScrapeGauges::register(&registry);
+            let fsync = crate::metrics::fsync_histogram();
+            registry
+                .register(Box::new(fsync.clone()))
+                .expect("fsync histogram registers once");
+            let _ = journal.stats().fsync_seconds.set(fsync);
+            for (writer, batch_size) in writers.iter_mut().zip(batch_sizes) {
+                writer.batch_size = Some(batch_size);
+                writer.timers_held = Some(
+                    gauges
+                        .payment_timers
+                        .with_label_values(&[&writer.index.to_string()]),
+                );
+            }
+            EngineMetrics {
+                registry,
+                gauges,
+                skus: config.metrics.skus.clone(),
+                sku_top: config.metrics.sku_top,
+            }
+        });
+        let decided: Vec<_> = writers.iter().map(|w| w.decided.clone()).collect();
         let mut mailboxes = Vec::with_capacity(shard_count);
         let mut mailbox_leftovers = Vec::with_capacity(shard_count);
         let mut shard_threads = Vec::with_capacity(shard_count);
@@ -354,6 +407,9 @@ impl Engine {
             orders,
             clock,
             consumers,
+            metrics,
+            decided,
+            drain: Mutex::new(DrainRate::default()),
             catalog,
             next_slot: AtomicU32::new(next_slot),
             mailboxes,
@@ -760,6 +816,120 @@ impl Engine {
         Ok(deleted)
     }
 
+    /// Sets the scrape-time gauges and returns the engine's registry for `/metrics` (`None`
+    /// when metrics are off). Reads what is there; changes nothing.
+    pub fn scrape_metrics(&self) -> Option<prometheus::Registry> {
+        let metrics = self.metrics.as_ref()?;
+        let gauges = &metrics.gauges;
+        for (shard, mailbox) in self.mailboxes.iter().enumerate() {
+            gauges
+                .queue_depth
+                .with_label_values(&[&shard.to_string()])
+                .set(mailbox.len() as i64);
+        }
+        let stats = self.journal.stats();
+        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed) as i64;
+        gauges.journal_bytes.set(load(&stats.bytes));
+        gauges.journal_records.set(load(&stats.records));
+        gauges.journal_writes.set(load(&stats.writes));
+        gauges.journal_fsyncs.set(load(&stats.fsyncs));
+        let durable = self.journal.durable_seq();
+        gauges.durable_seq.set(durable as i64);
+        gauges.orders_indexed.set(self.orders.len() as i64);
+        // Per-SKU stock: the configured SKUs, else the busiest (most sold + reserved).
+        let views = if metrics.skus.is_empty() {
+            let mut all = self.sku_views();
+            all.sort_by_key(|view| std::cmp::Reverse(view.sold + view.reserved));
+            all.truncate(metrics.sku_top);
+            all
+        } else {
+            metrics
+                .skus
+                .iter()
+                .filter_map(|sku| self.sku_view(sku))
+                .collect()
+        };
+        gauges.sku_stock.reset();
+        for view in views {
+            for (state, units) in [
+                ("available", view.available),
+                ("reserved", view.reserved),
+                ("sold", view.sold),
+                ("total", view.stock_total),
+            ] {
+                gauges
+                    .sku_stock
+                    .with_label_values(&[&view.sku, state])
+                    .set(units as i64);
+            }
+        }
+        gauges.consumer_offset.reset();
+        gauges.consumer_lag.reset();
+        match self.consumers.list() {
+            Ok(groups) => {
+                for (group, seq) in groups {
+                    gauges
+                        .consumer_offset
+                        .with_label_values(&[&group])
+                        .set(seq as i64);
+                    gauges
+                        .consumer_lag
+                        .with_label_values(&[&group])
+                        .set(durable.saturating_sub(seq) as i64);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot list consumer groups for /metrics"),
+        }
+        Some(metrics.registry.clone())
+    }
+
+    /// Commands waiting in all shards' mailboxes.
+    pub fn queued(&self) -> usize {
+        self.mailboxes.iter().map(|mailbox| mailbox.len()).sum()
+    }
+
+    /// Commands per second all shards are deciding (an estimate for `Retry-After`).
+    pub fn drain_rate_per_s(&self) -> f64 {
+        let decided: u64 = self
+            .decided
+            .iter()
+            .map(|count| count.load(Ordering::Relaxed))
+            .sum();
+        let now = std::time::Instant::now();
+        let mut drain = self.drain.lock();
+        match drain.at {
+            Some(at) if now.duration_since(at) >= Duration::from_millis(100) => {
+                let sample =
+                    (decided - drain.decided) as f64 / now.duration_since(at).as_secs_f64();
+                drain.per_s = if drain.per_s == 0.0 {
+                    sample
+                } else {
+                    (drain.per_s + sample) / 2.0
+                };
+                drain.at = Some(now);
+                drain.decided = decided;
+            }
+            Some(_) => {}
+            None => {
+                drain.at = Some(now);
+                drain.decided = decided;
+            }
+        }
+        drain.per_s
+    }
+
+    /// `Retry-After` seconds for a request shed at `shard`'s full mailbox (or, `None`, at the
+    /// global in-flight bound with `in_flight` waiting): the backlog over the drain rate.
+    pub fn retry_after_s(&self, shard: Option<usize>, in_flight: usize) -> u32 {
+        let shards = self.mailboxes.len().max(1) as f64;
+        let rate = self.drain_rate_per_s();
+        let (queued, per_s) = match shard {
+            Some(shard) => (self.mailboxes[shard].len(), rate / shards),
+            None => (in_flight, rate),
+        };
+        crate::http::admission::retry_after_for_backlog(queued, per_s).0
+    }
+
     /// Wakes every shard to fire the timers a moved manual clock made due.
     pub fn tick(&self) {
         for mailbox in &self.mailboxes {
@@ -949,6 +1119,142 @@ impl Engine {
             Ok(SkuOutcome::Unavailable { reason }) => Err(PutSkuError::Unavailable(reason)),
             Err(_) => Err(PutSkuError::Unavailable("shard stopped".into())),
         }
+    }
+
+    /// Creates or updates many SKUs at once (`POST /v1/skus:bulk`), one result per item in
+    /// the items' order. Like [`Engine::put_sku`] the work runs in its own task, so a client
+    /// that goes away mid-bulk cannot leave the catalogue behind the journal.
+    ///
+    /// The path: under the `sku_admin` lock, each new SKU gets the next free slot (a SKU
+    /// named twice keeps its first slot; the later change updates it, in order); the changes
+    /// are grouped by the shard that owns each slot and every shard gets one
+    /// [`Command::SkuBatch`] (sent to all before any answer is awaited, so their commits can
+    /// share a group write). Each shard checks each change on its own, journals the valid ones
+    /// in one append + commit and applies them once durable; the catalogue then learns the
+    /// new SKUs that were applied. A slot handed out for a change that was then refused stays
+    /// unused (a gap in the slot file, never a slot with two names).
+    pub async fn put_skus(
+        self: &Arc<Self>,
+        items: Vec<(String, SkuUpdate)>,
+    ) -> Vec<Result<SkuView, PutSkuError>> {
+        let engine = self.clone();
+        let count = items.len();
+        tokio::spawn(async move { engine.put_skus_to_completion(items).await })
+            .await
+            .unwrap_or_else(|error| {
+                vec![
+                    Err(PutSkuError::Unavailable(format!(
+                        "sku task failed: {error}"
+                    )));
+                    count
+                ]
+            })
+    }
+
+    async fn put_skus_to_completion(
+        &self,
+        items: Vec<(String, SkuUpdate)>,
+    ) -> Vec<Result<SkuView, PutSkuError>> {
+        let _admin = self.sku_admin.lock().await;
+        let shard_count = self.mailboxes.len();
+        let slots_max = self.inventory.slots_max();
+        let mut results: Vec<Option<Result<SkuView, PutSkuError>>> = vec![None; items.len()];
+        let mut next_slot = self.next_slot.load(Ordering::Acquire);
+        let mut new_slots: std::collections::HashMap<String, u32> =
+            std::collections::HashMap::new();
+        let mut per_shard: Vec<Vec<(usize, shard::SkuBatchItem)>> =
+            (0..shard_count).map(|_| Vec::new()).collect();
+        for (index, (sku, update)) in items.into_iter().enumerate() {
+            let (slot_index, is_new) = match self.slot_of(&sku).or(new_slots.get(&sku).copied()) {
+                Some(slot_index) => (slot_index, false),
+                None if next_slot >= slots_max => {
+                    results[index] = Some(Err(PutSkuError::CatalogueFull { slots_max }));
+                    continue;
+                }
+                None => {
+                    let slot_index = next_slot;
+                    next_slot += 1;
+                    new_slots.insert(sku.clone(), slot_index);
+                    (slot_index, true)
+                }
+            };
+            per_shard[shard::shard_of(slot_index, shard_count)].push((
+                index,
+                shard::SkuBatchItem {
+                    sku,
+                    slot_index,
+                    is_new,
+                    update,
+                },
+            ));
+        }
+        // (item indices, (name, slot, new?) per item, the shard's answer)
+        type Waiting = (
+            Vec<usize>,
+            Vec<(String, u32, bool)>,
+            oneshot::Receiver<Vec<SkuOutcome>>,
+        );
+        let mut waiting: Vec<Waiting> = Vec::new();
+        for (shard, batch) in per_shard.into_iter().enumerate() {
+            if batch.is_empty() {
+                continue;
+            }
+            let (indices, items): (Vec<usize>, Vec<shard::SkuBatchItem>) =
+                batch.into_iter().unzip();
+            let names = items
+                .iter()
+                .map(|item| (item.sku.clone(), item.slot_index, item.is_new))
+                .collect();
+            let (reply, outcome) = oneshot::channel();
+            let command = Command::SkuBatch(shard::SkuBatchCommand { items, reply });
+            match self.send_patiently(shard, command).await {
+                Ok(()) => waiting.push((indices, names, outcome)),
+                Err(error) => {
+                    let error = match error {
+                        ActionError::Overloaded => PutSkuError::Overloaded,
+                        _ => PutSkuError::Unavailable("engine is stopping".into()),
+                    };
+                    for index in indices {
+                        results[index] = Some(Err(error.clone()));
+                    }
+                }
+            }
+        }
+        let mut highest_new: Option<u32> = None;
+        for (indices, names, outcome) in waiting {
+            let Ok(outcomes) = outcome.await else {
+                for index in indices {
+                    results[index] = Some(Err(PutSkuError::Unavailable("shard stopped".into())));
+                }
+                continue;
+            };
+            for ((index, (sku, slot_index, is_new)), outcome) in
+                indices.into_iter().zip(names).zip(outcomes)
+            {
+                results[index] = Some(match outcome {
+                    SkuOutcome::Applied { values, .. } => {
+                        if is_new {
+                            self.catalog.insert(sku.clone(), slot_index);
+                            highest_new = highest_new.max(Some(slot_index));
+                        }
+                        Ok(SkuView::new(&sku, values))
+                    }
+                    SkuOutcome::StockConflict { committed } => {
+                        Err(PutSkuError::StockConflict { committed })
+                    }
+                    SkuOutcome::Unavailable { reason } => Err(PutSkuError::Unavailable(reason)),
+                });
+            }
+        }
+        if let Some(highest) = highest_new {
+            self.next_slot.fetch_max(highest + 1, Ordering::AcqRel);
+        }
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| Err(PutSkuError::Unavailable("no answer".into())))
+            })
+            .collect()
     }
 
     /// Stops the shards after they finish what is in their mailboxes, joins them, and syncs

@@ -13,6 +13,7 @@
 //! |---------------|------|
 //! | [`config`]    | the TOML file, flags and `STAMPEDE_*` overrides, validated once |
 //! | [`limits`]    | every capacity, size and timeout, each with its reason |
+//! | [`metrics`]   | `GET /metrics`: what is counted on the way and what is read at scrape |
 //! | [`http`]      | the accept loop, body cap, decoding, status codes |
 //! | [`order`]     | identifier rules, payment types, the order state machine |
 //! | [`engine`]    | start-up (lock, recovery, shards, catalogue), the handle HTTP talks to |
@@ -21,6 +22,8 @@
 //! | [`journal`]   | frames and records, segments, group-commit writer, recovery scan, readers |
 //! | [`checkpoint`] | the replay state at one seq: recovery starts there, retention deletes before it |
 //! | [`tail`]      | `stampede tail`: the journal as NDJSON on stdout, consumer-group commits |
+//! | [`reconcile`] | `stampede stock reconcile`: expected stock vs the engine vs the journal |
+//! | [`preflight`] | `stampede preflight`: the big-event readiness checks and the journal's room |
 //!
 //! # Data path
 //!
@@ -56,6 +59,15 @@
 //! ([`shard::timers`]) journal reminders and expiries the same way. `GET /v1/orders/{id}`
 //! reads the order's history back from the journal ([`engine::Engine::order_view`]).
 //!
+//! Inventory changes take another road. `PUT /v1/skus/{sku}` goes through
+//! [`engine::Engine::put_sku`] to the SKU's shard as one [`shard::Command::Sku`], journaled
+//! alone and applied once durable. `POST /v1/skus:bulk` ([`http::bulk`]) decodes and
+//! validates every line on its own, then [`engine::Engine::put_skus`] hands out slots for the
+//! new SKUs under the admin lock, groups the changes by shard and sends each shard one
+//! [`shard::Command::SkuBatch`]: the shard checks each change, journals the valid ones in one
+//! append + commit (one fsync per shard for the whole bulk), applies them once durable and
+//! answers each; the catalogue then learns the new SKUs. A line is applied whole or refused.
+//!
 //! At start-up, [`engine::Engine::start`] rebuilds the slots, the order index, the purchase
 //! counts and the payment timers by replaying the journal ([`journal::recover`]), which
 //! truncates a torn tail and refuses to start on damage anywhere else.
@@ -67,6 +79,9 @@ pub mod http;
 pub mod inventory;
 pub mod journal;
 pub mod limits;
+pub mod metrics;
 pub mod order;
+pub mod preflight;
+pub mod reconcile;
 pub mod shard;
 pub mod tail;

@@ -14,8 +14,25 @@ pub const ADDRESS_BYTES_MAX: usize = 1024;
 /// Default cap on a request body (contract: 16 KiB). A buyer's order is ~150 bytes; the cap
 /// keeps a hostile client from making the server buffer megabytes per connection.
 pub const BODY_BYTES_DEFAULT: usize = 16 * 1024;
-/// Hard ceiling for `http.body_bytes_max`; bulk loads (a later issue) stream instead.
+/// Hard ceiling for `http.body_bytes_max`; bulk SKU loads have their own cap
+/// ([`BULK_BODY_BYTES_MAX`]).
 pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+
+/// `POST /v1/skus:bulk`: largest body, in bytes (4 MiB), read with its own cap instead of
+/// `http.body_bytes_max` (413 `too_large` past it). A catalogue line is ~60-100 bytes, so this
+/// is room for the line cap below; the body is held in memory once, with its report.
+pub const BULK_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// `POST /v1/skus:bulk`: most SKU lines in one body (blank lines and a CSV header do not
+/// count); more are 413 `too_large` before any line is applied. A bulk goes to each shard as
+/// one command journaled in one append + commit: this bounds how long that shard's orders
+/// wait behind it (~50k records encoded and one group write of ~5 MiB, tens of
+/// milliseconds), the size of that group write (it must fit one segment), and the report
+/// (~250 bytes a line, ~12 MiB). It also stays under `SKUS_DEFAULT`.
+pub const BULK_LINES_MAX: usize = 50_000;
+/// Upper bound of one `sku` journal frame (frame header, rkyv payload with a 32-byte name,
+/// padding): 104 bytes with every field at its maximum (a unit test in `http::bulk` checks
+/// it), rounded up. Used to check that a whole bulk fits a segment.
+pub const SKU_FRAME_BYTES_MAX: usize = 160;
 
 /// Largest journal record payload (rkyv bytes). An accepted order with every field at its
 /// maximum is < 1.5 KiB; anything bigger on disk is damage, not data, and recovery says so.
@@ -87,6 +104,20 @@ pub const FOLLOW_QUEUE_CHUNKS: usize = 4;
 pub const FOLLOW_CHUNK_BYTES: usize = 64 * 1024;
 pub const FOLLOW_KEEPALIVE_S: u64 = 10;
 
+/// Order and action requests admitted and not yet answered (`admission.in_flight_max`).
+/// Each pins a task, a decoded body and a reply channel (~2 KiB); 16k is ~32 MiB and far
+/// more than the shards' mailboxes hold, so it binds only when requests pile up elsewhere
+/// (slow bodies, a stalled disk). The ceiling keeps a typo from disabling the bound.
+pub const IN_FLIGHT_DEFAULT: usize = 16_384;
+pub const IN_FLIGHT_MAX: usize = 1 << 20;
+/// Keys the rate limiters track at once (`admission.rate_table_max`): ~64 bytes each, so the
+/// default million is ~64 MiB at worst; past it new keys go untracked (fail open).
+pub const RATE_TABLE_MAX: usize = 10_000_000;
+
+/// SKUs whose stock `/metrics` exports (configured or top): each is 4 series, and a scrape
+/// of thousands of series per SKU list would cost more than the sale it watches.
+pub const METRICS_SKUS_MAX: usize = 1000;
+
 /// How long a draining server waits for open requests before it stops serving them. The
 /// orders already admitted are still journaled; only idle or slow connections are cut.
 pub const DRAIN_TIMEOUT_MS: u64 = 10_000;
@@ -124,7 +155,8 @@ pub const SEQ_MAX: u64 = (1 << 40) - 1;
 // - the purchase counts hold at most one entry per accepted order (~27 bytes per order);
 // - an order's history read (`GET /v1/orders/{id}`) is bounded by `RECORDS_PER_ORDER_MAX`;
 // - the journal's pending buffer holds at most `shards * batch_max` frames of at most
-//   `RECORD_PAYLOAD_BYTES_MAX + 24` bytes (one batch per shard waits for each commit);
+//   `RECORD_PAYLOAD_BYTES_MAX + 24` bytes (one batch per shard waits for each commit), or,
+//   while a bulk SKU load is committing, up to `BULK_LINES_MAX` SKU frames more;
 // - the catalogue holds at most `inventory.skus_max` SKUs (the slot file's size).
 
 const _: () = assert!(LIFE_RECORDS_RESERVED < RECORDS_PER_ORDER_MAX);
@@ -145,3 +177,9 @@ const _: () = assert!(SHARD_QUEUE_DEFAULT <= SHARD_QUEUE_MAX);
 const _: () = assert!(SKUS_DEFAULT <= SKUS_MAX);
 const _: () = assert!(STOCK_MAX < (1 << 53));
 const _: () = assert!(JOURNAL_PAGE_DEFAULT <= JOURNAL_PAGE_MAX);
+// One bulk's records for one shard are a single group write, and a group never spans two
+// segment files: the largest bulk must fit the largest segment (a smaller configured segment
+// is exceeded by at most that one group, as the writer documents).
+const _: () = assert!((BULK_LINES_MAX * SKU_FRAME_BYTES_MAX) as u64 <= SEGMENT_BYTES_MAX);
+const _: () = assert!(BULK_LINES_MAX <= SKUS_DEFAULT as usize);
+const _: () = assert!(BODY_BYTES_MAX <= BULK_BODY_BYTES_MAX);

@@ -9,6 +9,8 @@ use clap::{Parser, Subcommand};
 use stampede::config::{Config, Overrides};
 use stampede::engine::Engine;
 use stampede::http::{self, AppState};
+use stampede::preflight;
+use stampede::reconcile;
 use stampede::tail;
 
 #[global_allocator]
@@ -36,6 +38,26 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// The big-event readiness check: config, data dir, lock, fsync, disk room, open files,
+    /// listen port; then prepares the journal's room. Exits 0 only when ready (1: a check
+    /// failed, 2: invalid config).
+    Preflight {
+        /// TOML file laid over the embedded config/default.toml (as for serve).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Socket address the engine will listen on.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<std::net::SocketAddr>,
+        /// The engine's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Only check: write no journal room and no inventory map.
+        #[arg(long)]
+        no_prepare: bool,
+        /// Print the report as one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print journal records as NDJSON, one a line, oldest first (the JSON of GET /v1/journal).
     Tail {
         /// The engine's data directory, read directly, engine running or not (default ./data).
@@ -56,6 +78,29 @@ enum Command {
         /// Print only records of these types (repeat it, or separate them with commas).
         #[arg(long = "type", value_name = "TYPE", value_delimiter = ',', value_parser = tail::parse_type)]
         types: Vec<String>,
+    },
+    /// Inventory tools for operators.
+    Stock {
+        #[command(subcommand)]
+        command: StockCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StockCommand {
+    /// Compare the stock you expect (CSV sku,stock) with the engine's (--url) and the
+    /// journal's (--data-dir; default ./data when neither is given) and print the
+    /// differences. Exit 0: all match; 1: differences; 2: usage or I/O error.
+    Reconcile {
+        /// CSV `sku,stock` (optional header; the bulk-load CSV or NDJSON works too).
+        #[arg(long, value_name = "FILE")]
+        expected: PathBuf,
+        /// A running engine to compare with, e.g. http://127.0.0.1:8080.
+        #[arg(long, value_name = "URL", value_parser = tail::parse_url)]
+        url: Option<tail::Endpoint>,
+        /// The engine's data directory, whose journal is read directly (engine running or not).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -79,8 +124,33 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            init_tracing();
+            init_tracing(&config.log);
             run_serve(config)
+        }
+        Command::Preflight {
+            config,
+            listen,
+            data_dir,
+            no_prepare,
+            json,
+        } => {
+            let options = preflight::Options {
+                overrides: Overrides {
+                    config_file: config,
+                    listen,
+                    data_dir,
+                },
+                prepare: !no_prepare,
+            };
+            let report = preflight::run(&options);
+            let text = if json {
+                format!("{}\n", report.to_json())
+            } else {
+                report.to_table()
+            };
+            // A closed stdout must not turn the verdict into a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+            ExitCode::from(report.exit_code())
         }
         Command::Tail {
             data_dir,
@@ -109,16 +179,44 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Stock {
+            command:
+                StockCommand::Reconcile {
+                    expected,
+                    url,
+                    data_dir,
+                },
+        } => {
+            let options = reconcile::Options {
+                expected,
+                url,
+                data_dir,
+            };
+            match reconcile::run(&options, &mut std::io::stdout().lock()) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(error) => {
+                    eprintln!("stampede stock reconcile: {error}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr as `log.format` says; `STAMPEDE_LOG` (a filter), when set, wins over
+/// `log.level`. Nothing is logged per order at `info`: only start-up, shutdown, failures,
+/// segment rotations, checkpoints and retention.
+fn init_tracing(log: &stampede::config::LogConfig) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STAMPEDE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match log.format {
+        stampede::config::LogFormat::Pretty => builder.init(),
+        stampede::config::LogFormat::Json => builder.json().init(),
+    }
 }
 
 fn run_serve(config: Config) -> ExitCode {
@@ -155,10 +253,14 @@ async fn serve(config: Config) -> ExitCode {
     let address = listener.local_addr().expect("bound socket has an address");
     // Tests and scripts read this line to learn the port when listening on port 0.
     println!("stampede listening on http://{address}");
-    let state = Arc::new(AppState::new(
-        config.http.body_bytes_max,
-        std::time::Duration::from_millis(config.http.body_read_timeout_ms),
-    ));
+    let state = Arc::new(
+        AppState::new(
+            config.http.body_bytes_max,
+            std::time::Duration::from_millis(config.http.body_read_timeout_ms),
+        )
+        .with_admission(&config.admission)
+        .with_metrics(config.metrics.enabled),
+    );
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve(listener, state.clone(), async {
         let _ = stop_receiver.await;

@@ -119,6 +119,18 @@ pub struct Endpoint {
     host: HeaderValue,
 }
 
+impl Endpoint {
+    /// `host:port`, as given to connect.
+    pub fn connect_address(&self) -> &str {
+        &self.connect
+    }
+
+    /// The `Host` header for requests to it.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host
+    }
+}
+
 /// Parses `--url`: `http://HOST[:PORT]`, optionally with a trailing `/`, nothing more.
 pub fn parse_url(text: &str) -> Result<Endpoint, String> {
     let uri: hyper::Uri = text

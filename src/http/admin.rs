@@ -1,5 +1,6 @@
 //! Operators' and workers' endpoints: `PUT/GET /v1/skus/{sku}` (the PUT needs the admin
 //! bearer token), `GET /v1/skus`, and `GET /v1/journal` (NDJSON pages of durable records).
+//! `POST /v1/skus:bulk` lives in [`crate::http::bulk`] and shares the rules here.
 
 use std::sync::Arc;
 
@@ -151,23 +152,25 @@ pub async fn put_sku(engine: &Arc<Engine>, sku: &str, body: &[u8]) -> HttpRespon
     };
     match engine.put_sku(sku, update).await {
         Ok(view) => reply::json(StatusCode::OK, &view),
-        Err(PutSkuError::StockConflict { committed }) => ApiError::new(
+        Err(error) => put_sku_error(error).into_response(),
+    }
+}
+
+/// How a refused SKU change is answered (PUT, and each line of a bulk load).
+pub fn put_sku_error(error: PutSkuError) -> ApiError {
+    match error {
+        PutSkuError::StockConflict { committed } => ApiError::new(
             ErrorCode::StockConflict,
             format!("{committed} units are already sold or reserved; stock cannot go below that"),
-        )
-        .into_response(),
-        Err(PutSkuError::CatalogueFull { slots_max }) => ApiError::new(
+        ),
+        PutSkuError::CatalogueFull { slots_max } => ApiError::new(
             ErrorCode::Unavailable,
             format!("all {slots_max} inventory slots are in use (inventory.skus_max)"),
-        )
-        .into_response(),
-        Err(PutSkuError::Overloaded) => {
+        ),
+        PutSkuError::Overloaded => {
             ApiError::new(ErrorCode::Overloaded, "shard queue is full; retry shortly")
-                .into_response()
         }
-        Err(PutSkuError::Unavailable(reason)) => {
-            ApiError::new(ErrorCode::Unavailable, reason).into_response()
-        }
+        PutSkuError::Unavailable(reason) => ApiError::new(ErrorCode::Unavailable, reason),
     }
 }
 

@@ -214,6 +214,7 @@ pub async fn order_action(
         .into_response(),
         Err(ActionError::Overloaded) => {
             ApiError::new(ErrorCode::Overloaded, "shard queue is full; retry shortly")
+                .retry_after(engine.retry_after_s(None, engine.queued()))
                 .into_response()
         }
         Err(ActionError::Stopped) => {

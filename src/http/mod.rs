@@ -3,15 +3,18 @@
 //! awaits a oneshot from its shard, file reads run on the blocking pool.
 
 pub mod admin;
+pub mod admission;
+pub mod bulk;
 pub mod journal;
 pub mod lifecycle;
 pub mod orders;
 pub mod reply;
 
 use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -27,7 +30,9 @@ use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
 use crate::limits;
+use crate::metrics::{HttpMetrics, Route, ShedReason};
 use crate::order::Action;
+use admission::{Admission, RetryAfter};
 use reply::{ApiError, ErrorCode, HttpResponse};
 
 /// A group write (with its fsync) running this long means the disk is not keeping up or has
@@ -46,6 +51,10 @@ pub const CONNECTIONS_MAX: usize = 10_000;
 /// What every request handler shares. The engine appears once recovery is done.
 pub struct AppState {
     engine: OnceLock<Arc<Engine>>,
+    /// `None` when `metrics.enabled` is false: then nothing is counted.
+    metrics: Option<HttpMetrics>,
+    /// In-flight bound and rate limits for orders and actions.
+    admission: Admission,
     draining: AtomicBool,
     body_bytes_max: usize,
     body_read_timeout: Duration,
@@ -60,6 +69,8 @@ impl AppState {
     pub fn new(body_bytes_max: usize, body_read_timeout: Duration) -> Self {
         Self {
             engine: OnceLock::new(),
+            metrics: None,
+            admission: Admission::unlimited(),
             draining: AtomicBool::new(false),
             body_bytes_max,
             body_read_timeout,
@@ -67,6 +78,18 @@ impl AppState {
             followers: Arc::new(Semaphore::new(limits::FOLLOWERS_MAX)),
             stopping: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Applies the configured admission control (the default: in-flight bound only).
+    pub fn with_admission(mut self, config: &crate::config::AdmissionConfig) -> Self {
+        self.admission = Admission::new(config);
+        self
+    }
+
+    /// Counts requests for `GET /metrics` (off unless asked for).
+    pub fn with_metrics(mut self, enabled: bool) -> Self {
+        self.metrics = enabled.then(HttpMetrics::new);
+        self
     }
 
     /// Installs the engine after recovery: from now on `/readyz` can answer 200.
@@ -120,12 +143,13 @@ pub async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     tokio::pin!(shutdown);
+    let metrics_connections = state.metrics.as_ref().map(|m| m.connections.clone());
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => permit.expect("semaphore never closed"),
             () = &mut shutdown => break,
         };
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -141,11 +165,18 @@ pub async fn serve(
         let state = state.clone();
         let service = service_fn(move |request| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(route(&state, request).await) }
+            async move { Ok::<_, Infallible>(route(&state, request, peer.ip()).await) }
         });
+        let open = metrics_connections.clone();
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        if let Some(open) = &open {
+            open.inc();
+        }
         tokio::spawn(async move {
             let _ = connection.await;
+            if let Some(open) = open {
+                open.dec();
+            }
             drop(permit);
         });
     }
@@ -159,11 +190,36 @@ pub async fn serve(
     }
 }
 
-async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
-    let (parts, body) = request.into_parts();
-    let path = parts.uri.path();
-    let method = &parts.method;
-    // At most four segments are routed; a longer path fills the array and matches nothing.
+/// The metrics series a request belongs to, from its path segments.
+fn route_label(segments: &[&str], method: &Method) -> Route {
+    match (segments, method) {
+        (["v1", "orders"], &Method::POST) => Route::CreateOrder,
+        (["v1", "orders", _, _], &Method::POST) => Route::OrderAction,
+        (["v1", "orders", _], &Method::GET) => Route::GetOrder,
+        (["v1", "skus", ..] | ["v1", "skus:bulk"], _) => Route::Skus,
+        (["v1", "journal"], _) => Route::Journal,
+        (["v1", "consumers", ..], _) => Route::Consumers,
+        (["healthz" | "readyz"], _) => Route::Health,
+        (["metrics"], _) => Route::Metrics,
+        _ => Route::Other,
+    }
+}
+
+async fn route(state: &AppState, request: Request<Incoming>, peer: IpAddr) -> HttpResponse {
+    let Some(metrics) = &state.metrics else {
+        return dispatch(state, request, peer).await;
+    };
+    let started = Instant::now();
+    let segments = path_segments(request.uri().path());
+    let label = route_label(&segments.0[..segments.1], request.method());
+    let response = dispatch(state, request, peer).await;
+    metrics.observe_request(label, started.elapsed());
+    response
+}
+
+/// The first path segments (at most four are routed; a longer path fills the array and
+/// matches nothing), and how many there are.
+fn path_segments(path: &str) -> ([&str; 5], usize) {
     let mut segments = [""; 5];
     let mut segment_count = 0;
     for segment in path.trim_start_matches('/').split('/') {
@@ -173,7 +229,74 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
         segments[segment_count] = segment;
         segment_count += 1;
     }
+    (segments, segment_count)
+}
+
+/// Admission for an order or an action (see [`admission`]): an in-flight slot, held until
+/// the answer, and the client's rate limit. `Err` is the 429 to send (already counted).
+fn admit<'a>(
+    state: &'a AppState,
+    engine: &Engine,
+    peer: IpAddr,
+) -> Result<admission::InFlightGuard<'a>, ApiError> {
+    let shed = |reason: ShedReason, error: ApiError| {
+        if let Some(metrics) = &state.metrics {
+            metrics.count_shed(reason);
+        }
+        error
+    };
+    let Some(slot) = state.admission.in_flight.enter() else {
+        let waiting = state.admission.in_flight.current();
+        let error = ApiError::new(
+            ErrorCode::Overloaded,
+            format!("{waiting} requests in flight, the most this server takes; retry"),
+        )
+        .retry_after(engine.retry_after_s(None, waiting));
+        return Err(shed(ShedReason::InFlight, error));
+    };
+    if let Some(limiter) = &state.admission.per_client
+        && let Err(RetryAfter(seconds)) = limiter.check(peer)
+    {
+        let error = ApiError::new(
+            ErrorCode::Overloaded,
+            format!("client {peer} is over its requests-per-second limit"),
+        )
+        .retry_after(seconds);
+        return Err(shed(ShedReason::ClientRate, error));
+    }
+    if let Some(metrics) = &state.metrics {
+        metrics
+            .in_flight
+            .set(state.admission.in_flight.current() as i64);
+    }
+    Ok(slot)
+}
+
+async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) -> HttpResponse {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path();
+    let method = &parts.method;
+    let (segments, segment_count) = path_segments(path);
     match (&segments[..segment_count], method) {
+        (["metrics"], &Method::GET) => match &state.metrics {
+            Some(metrics) => {
+                let mut registries = vec![&metrics.registry];
+                let engine_metrics = state.engine().and_then(|engine| engine.scrape_metrics());
+                if let Some(engine_registry) = &engine_metrics {
+                    registries.push(engine_registry);
+                }
+                reply::raw(
+                    StatusCode::OK,
+                    crate::metrics::CONTENT_TYPE,
+                    Bytes::from(crate::metrics::render(&registries)),
+                )
+            }
+            None => ApiError::new(
+                ErrorCode::NotFound,
+                "metrics are disabled (metrics.enabled)",
+            )
+            .into_response(),
+        },
         (["healthz"], &Method::GET) => {
             reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
         }
@@ -189,8 +312,19 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                 Ok(engine) => engine,
                 Err(error) => return error.into_response(),
             };
+            let _in_flight = match admit(state, engine, peer) {
+                Ok(slot) => slot,
+                Err(shed) => return shed.into_response(),
+            };
             match read_body(&parts.headers, body, state).await {
-                Ok(body) => orders::create_order(engine, &body).await,
+                Ok(body) => {
+                    let per_user = state.admission.per_user.as_ref();
+                    let (response, outcome) = orders::create_order(engine, &body, per_user).await;
+                    if let Some(metrics) = &state.metrics {
+                        metrics.count_order(outcome);
+                    }
+                    response
+                }
                 Err(error) => error.into_response(),
             }
         }
@@ -218,8 +352,31 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
                 Ok(engine) => engine,
                 Err(error) => return error.into_response(),
             };
+            let _in_flight = match admit(state, engine, peer) {
+                Ok(slot) => slot,
+                Err(shed) => return shed.into_response(),
+            };
             match read_body(&parts.headers, body, state).await {
-                Ok(body) => lifecycle::order_action(engine, order_id, action, &body).await,
+                Ok(body) => {
+                    let response = lifecycle::order_action(engine, order_id, action, &body).await;
+                    if let Some(metrics) = &state.metrics {
+                        metrics.count_action(action, response.status() == StatusCode::OK);
+                    }
+                    response
+                }
+                Err(error) => error.into_response(),
+            }
+        }
+        (["v1", "skus:bulk"], &Method::POST) => {
+            let engine = match admitting_engine(state) {
+                Ok(engine) => engine,
+                Err(error) => return error.into_response(),
+            };
+            if let Err(error) = admin::authorize(engine, &parts.headers) {
+                return error.into_response();
+            }
+            match bulk::read_body(&parts.headers, body, state).await {
+                Ok(body) => bulk::load(engine, &parts.headers, &body).await,
                 Err(error) => error.into_response(),
             }
         }
@@ -292,7 +449,7 @@ async fn route(state: &AppState, request: Request<Incoming>) -> HttpResponse {
         }
         (
             ["healthz" | "readyz"]
-            | ["v1", "orders" | "skus" | "journal"]
+            | ["v1", "orders" | "skus" | "skus:bulk" | "journal"]
             | ["v1", "skus" | "orders", _]
             | ["v1", "orders", _, _],
             _,

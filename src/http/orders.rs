@@ -12,10 +12,12 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::engine::{Engine, SubmitError};
+use crate::http::admission::{RateLimiter, RetryAfter};
 use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
 use crate::inventory::DedupCheck;
 use crate::journal::OrderAccepted;
 use crate::limits;
+use crate::metrics::ShedReason;
 use crate::order::{self, OrderStatus, Payment};
 use crate::shard::{OrderCommand, OrderOutcome};
 
@@ -171,15 +173,63 @@ fn order_reply(order_id: &str, status: OrderStatus, seq: u64, replayed: bool) ->
     response
 }
 
-/// Runs the order path for a body that fit the size cap.
-pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
-    let order = match decode_order(body) {
-        Ok(order) => order,
-        Err(error) => return error.into_response(),
-    };
+/// Runs the order path for a body that fit the size cap; also says what became of the order
+/// (the `outcome` label of `stampede_orders_total`).
+pub async fn create_order(
+    engine: &Engine,
+    body: &[u8],
+    per_user: Option<&RateLimiter>,
+) -> (HttpResponse, OrderOutcomeLabel) {
+    match decide_order(engine, body, per_user).await {
+        Ok(response) => {
+            let outcome = if response.status() == hyper::StatusCode::CREATED {
+                OrderOutcomeLabel::Accepted
+            } else {
+                OrderOutcomeLabel::Replayed
+            };
+            (response, outcome)
+        }
+        Err((error, shed)) => {
+            let outcome = match shed {
+                Some(reason) => OrderOutcomeLabel::Shed(reason),
+                None => OrderOutcomeLabel::Refused(error.code),
+            };
+            (error.into_response(), outcome)
+        }
+    }
+}
+
+async fn decide_order(
+    engine: &Engine,
+    body: &[u8],
+    per_user: Option<&RateLimiter>,
+) -> Result<HttpResponse, (ApiError, Option<ShedReason>)> {
+    let order = decode_order(body).map_err(|error| (error, None))?;
+    if let Some(limiter) = per_user
+        && let Err(RetryAfter(seconds)) = limiter.check(order.user_id.as_str())
+    {
+        let error = ApiError::new(
+            ErrorCode::Overloaded,
+            format!(
+                "user {:?} is over its orders-per-second limit",
+                order.user_id
+            ),
+        )
+        .retry_after(seconds);
+        return Err((error, Some(ShedReason::UserRate)));
+    }
+    decide_decoded(engine, order).await.map_err(|error| {
+        let shed = (error.code == ErrorCode::Overloaded).then_some(ShedReason::ShardQueueFull);
+        (error, shed)
+    })
+}
+
+async fn decide_decoded(engine: &Engine, order: ValidOrder) -> Result<HttpResponse, ApiError> {
     let Some(slot_index) = engine.slot_of(&order.sku) else {
-        return ApiError::new(ErrorCode::UnknownSku, format!("no sku {:?}", order.sku))
-            .into_response();
+        return Err(ApiError::new(
+            ErrorCode::UnknownSku,
+            format!("no sku {:?}", order.sku),
+        ));
     };
     let keys = &engine.keys;
     let key = keys.order_key(&order.order_id);
@@ -197,17 +247,16 @@ pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
         DedupCheck::New => false,
         DedupCheck::Retry { seq: Some(seq) } => {
             let status = order.payment.initial_status();
-            return order_reply(&order.order_id, status, seq, true);
+            return Ok(order_reply(&order.order_id, status, seq, true));
         }
-        DedupCheck::Conflict => return idempotency_conflict(&order.order_id),
+        DedupCheck::Conflict => return Err(idempotency_conflict(&order.order_id)),
         DedupCheck::Retry { seq: None } => true,
     };
     if engine.journal.is_poisoned() {
-        return ApiError::new(
+        return Err(ApiError::new(
             ErrorCode::Unavailable,
             "journal cannot be written; admission stopped",
-        )
-        .into_response();
+        ));
     }
     // Fast path: an order that cannot succeed is answered here, without a trip through the
     // shard, unless it may be a retry of an order that got in (the shard answers that one).
@@ -217,9 +266,9 @@ pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
     let qty = u64::from(order.qty);
     if (qty > u64::from(max_per_order) || available < qty) && !known {
         if qty > u64::from(max_per_order) {
-            return qty_over_max(order.qty, max_per_order);
+            return Err(qty_over_max(order.qty, max_per_order));
         }
-        return sold_out(&order.sku, order.qty, available);
+        return Err(sold_out(&order.sku, order.qty, available));
     }
     let purchase_key = keys.purchase_key(&order.user_id, &order.sku);
     let (reply_sender, reply_receiver) = oneshot::channel();
@@ -251,37 +300,40 @@ pub async fn create_order(engine: &Engine, body: &[u8]) -> HttpResponse {
     match engine.submit_order(command) {
         Ok(()) => {}
         Err(SubmitError::Overloaded) => {
-            return ApiError::new(ErrorCode::Overloaded, "shard queue is full; retry shortly")
-                .into_response();
+            let shard = crate::shard::shard_of(slot_index, engine.shard_count());
+            return Err(
+                ApiError::new(ErrorCode::Overloaded, "shard queue is full; retry shortly")
+                    .retry_after(engine.retry_after_s(Some(shard), 0)),
+            );
         }
         Err(SubmitError::Stopped) => {
-            return ApiError::new(ErrorCode::Unavailable, "engine is stopping").into_response();
+            return Err(ApiError::new(ErrorCode::Unavailable, "engine is stopping"));
         }
     }
     let Ok(outcome) = reply_receiver.await else {
-        return ApiError::new(ErrorCode::Unavailable, "shard stopped before answering")
-            .into_response();
+        return Err(ApiError::new(
+            ErrorCode::Unavailable,
+            "shard stopped before answering",
+        ));
     };
     let order_id = order_id_for_reply;
     match outcome {
-        OrderOutcome::Accepted { seq, status } => order_reply(&order_id, status, seq, false),
-        OrderOutcome::Replayed { seq, status } => order_reply(&order_id, status, seq, true),
+        OrderOutcome::Accepted { seq, status } => Ok(order_reply(&order_id, status, seq, false)),
+        OrderOutcome::Replayed { seq, status } => Ok(order_reply(&order_id, status, seq, true)),
         OrderOutcome::SoldOut { available } => {
             let sku = engine_sku_name(engine, slot_index);
-            sold_out(&sku, qty, available)
+            Err(sold_out(&sku, qty, available))
         }
-        OrderOutcome::PurchaseLimit { limit, bought } => ApiError::new(
+        OrderOutcome::PurchaseLimit { limit, bought } => Err(ApiError::new(
             ErrorCode::PurchaseLimit,
             format!("per_user_limit is {limit}; this user has {bought} and asked for {qty} more"),
-        )
-        .into_response(),
-        OrderOutcome::IdempotencyConflict => idempotency_conflict(&order_id),
-        OrderOutcome::QtyOverMax { max_per_order } => qty_over_max(qty, max_per_order),
-        OrderOutcome::Unavailable { reason } => ApiError::new(
+        )),
+        OrderOutcome::IdempotencyConflict => Err(idempotency_conflict(&order_id)),
+        OrderOutcome::QtyOverMax { max_per_order } => Err(qty_over_max(qty, max_per_order)),
+        OrderOutcome::Unavailable { reason } => Err(ApiError::new(
             ErrorCode::Unavailable,
             format!("nothing was taken: {reason}"),
-        )
-        .into_response(),
+        )),
     }
 }
 
@@ -293,28 +345,47 @@ fn engine_sku_name(engine: &Engine, slot_index: u32) -> String {
         .unwrap_or_default()
 }
 
-fn idempotency_conflict(order_id: &str) -> HttpResponse {
+fn idempotency_conflict(order_id: &str) -> ApiError {
     ApiError::new(
         ErrorCode::IdempotencyConflict,
         format!("order_id {order_id:?} was already used with different content"),
     )
-    .into_response()
 }
 
-fn qty_over_max(qty: u32, max_per_order: u32) -> HttpResponse {
+fn qty_over_max(qty: u32, max_per_order: u32) -> ApiError {
     ApiError::new(
         ErrorCode::Invalid,
         format!("qty {qty} is more than max_per_order {max_per_order}"),
     )
-    .into_response()
 }
 
-fn sold_out(sku: &str, qty: u32, available: u64) -> HttpResponse {
+fn sold_out(sku: &str, qty: u32, available: u64) -> ApiError {
     ApiError::new(
         ErrorCode::SoldOut,
         format!("{sku} has {available} units left, {qty} asked"),
     )
-    .into_response()
+}
+
+/// What became of one `POST /v1/orders`, for `stampede_orders_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderOutcomeLabel {
+    Accepted,
+    Replayed,
+    /// Answered with this error code (sold out, limit, conflict, invalid, ...).
+    Refused(ErrorCode),
+    /// Shed by admission control (429 `overloaded`), and why.
+    Shed(ShedReason),
+}
+
+impl OrderOutcomeLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Replayed => "replayed",
+            Self::Refused(code) => code.as_str(),
+            Self::Shed(_) => ErrorCode::Overloaded.as_str(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -94,6 +94,33 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, for per-code metrics.
+    pub const ALL: [ErrorCode; 18] = [
+        Self::BadRequest,
+        Self::Invalid,
+        Self::TooLarge,
+        Self::UnknownSku,
+        Self::UnknownOrder,
+        Self::UnknownGroup,
+        Self::SoldOut,
+        Self::PurchaseLimit,
+        Self::IdempotencyConflict,
+        Self::StockConflict,
+        Self::InvalidTransition,
+        Self::Unauthorized,
+        Self::Overloaded,
+        Self::Unavailable,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::RequestTimeout,
+        Self::Gone,
+    ];
+
+    /// The code's position in [`ErrorCode::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BadRequest => "bad_request",
@@ -143,6 +170,8 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub detail: String,
+    /// `Retry-After` seconds for a shed answer; `RETRY_AFTER_S` when not computed.
+    pub retry_after_s: Option<u32>,
 }
 
 impl ApiError {
@@ -150,7 +179,14 @@ impl ApiError {
         Self {
             code,
             detail: detail.into(),
+            retry_after_s: None,
         }
+    }
+
+    /// Sets the `Retry-After` this answer carries (shed answers compute it from the backlog).
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_s = Some(seconds);
+        self
     }
 
     pub fn into_response(self) -> HttpResponse {
@@ -166,9 +202,10 @@ impl ApiError {
         let mut response = json(self.code.status(), &body);
         match self.code {
             ErrorCode::Overloaded | ErrorCode::Unavailable => {
+                let seconds = self.retry_after_s.unwrap_or(limits::RETRY_AFTER_S);
                 response
                     .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from(limits::RETRY_AFTER_S));
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds));
             }
             ErrorCode::Unauthorized => {
                 response

@@ -243,6 +243,11 @@ impl Inventory {
         Ok(Self { map, slots_max })
     }
 
+    /// The slot file's size with room for `slots_max` SKUs (header included), in bytes.
+    pub const fn file_bytes(slots_max: u32) -> u64 {
+        (HEADER_BYTES + slots_max as usize * SLOT_BYTES) as u64
+    }
+
     pub fn slots_max(&self) -> u32 {
         self.slots_max
     }

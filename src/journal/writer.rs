@@ -55,6 +55,19 @@ pub struct JournalStats {
     pub writes: AtomicU64,
     pub fsyncs: AtomicU64,
     pub fsync_nanos_total: AtomicU64,
+    /// Each fdatasync's duration, when metrics are on (the engine sets it at start-up).
+    pub fsync_seconds: std::sync::OnceLock<prometheus::Histogram>,
+}
+
+impl JournalStats {
+    fn record_fsync(&self, elapsed: Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_nanos_total
+            .fetch_add(elapsed.as_nanos() as u64, Ordering::Relaxed);
+        if let Some(histogram) = self.fsync_seconds.get() {
+            histogram.observe(elapsed.as_secs_f64());
+        }
+    }
 }
 
 struct PendingState {
@@ -371,11 +384,7 @@ impl Journal {
                 segment.cut_back(group.len() as u64);
                 return Err(error);
             }
-            shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-            shared
-                .stats
-                .fsync_nanos_total
-                .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            shared.stats.record_fsync(started.elapsed());
         }
         Ok(())
     }
@@ -402,11 +411,7 @@ impl Journal {
             self.poison(reason.clone());
             return Err(JournalError(reason.into()));
         }
-        shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        shared
-            .stats
-            .fsync_nanos_total
-            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        shared.stats.record_fsync(started.elapsed());
         let mut state = shared.state.lock();
         state.synced_seq = state.synced_seq.max(written);
         Ok(())

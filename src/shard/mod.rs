@@ -35,7 +35,12 @@
 //! the journal is poisoned and nothing is admitted again before a restart, so no later
 //! answer contradicts it. SKU changes
 //! are rare: a SKU command first finishes the current batch, then goes through the journal
-//! alone, and is applied only after it is durable.
+//! alone, and is applied only after it is durable. A bulk load (`POST /v1/skus:bulk`) sends
+//! each shard one [`Command::SkuBatch`] with all of its SKUs' changes: the shard finishes its
+//! batch, checks each change on its own exactly as for a single one (slot name first, stock
+//! not below sold + reserved, later changes of a SKU seeing the earlier ones), journals the
+//! valid ones in one append and one commit (one fsync for the lot), applies them in order
+//! once durable, and answers each change; a refused change journals and applies nothing.
 
 pub mod timers;
 
@@ -111,6 +116,26 @@ pub enum SkuOutcome {
     },
 }
 
+/// One SKU change of a bulk load ([`SkuBatchCommand`]).
+#[derive(Debug, Clone)]
+pub struct SkuBatchItem {
+    pub sku: String,
+    pub slot_index: u32,
+    /// True when the slot is being claimed for a SKU the engine has never seen (only the
+    /// first change of a new SKU; a later one in the same batch updates it).
+    pub is_new: bool,
+    pub update: SkuUpdate,
+}
+
+/// A bulk load's changes for the SKUs of one shard: each is checked on its own (slot name,
+/// stock against sold + reserved, after the batch's earlier changes), the valid ones are
+/// journaled in one append and one commit, applied once durable, in order, and answered one
+/// [`SkuOutcome`] per item, in the items' order.
+pub struct SkuBatchCommand {
+    pub items: Vec<SkuBatchItem>,
+    pub reply: oneshot::Sender<Vec<SkuOutcome>>,
+}
+
 /// An action on an accepted order, on its way to the shard that owns the order's SKU.
 #[derive(Debug)]
 pub struct ActionCommand {
@@ -158,6 +183,8 @@ pub enum Command {
     Order(OrderCommand),
     Action(ActionCommand),
     Sku(SkuCommand),
+    /// A bulk load's SKU changes for this shard, journaled together (one fsync).
+    SkuBatch(SkuBatchCommand),
     /// Finish the open batch, then move one unit of the slot from available to reserved for
     /// an exchange. Replies `Err(available)` when there is none.
     Hold {
@@ -321,6 +348,11 @@ pub struct ShardWriter {
     deferred: Vec<DeferredReply>,
     /// Exchange holds not yet settled, per slot.
     holds: std::collections::HashMap<u32, u64>,
+    /// Commands decided since start: the engine measures the drain rate from it.
+    pub decided: Arc<std::sync::atomic::AtomicU64>,
+    /// Commands per turn, and timers held, when metrics are on.
+    pub batch_size: Option<prometheus::Histogram>,
+    pub timers_held: Option<prometheus::IntGauge>,
 }
 
 impl ShardWriter {
@@ -347,6 +379,9 @@ impl ShardWriter {
             undo: Vec::with_capacity(batch_max),
             deferred: Vec::with_capacity(batch_max),
             holds: std::collections::HashMap::new(),
+            decided: Arc::default(),
+            batch_size: None,
+            timers_held: None,
         }
     }
 
@@ -459,6 +494,11 @@ impl ShardWriter {
             }
             let at_ms = self.clock.now_ms();
             self.fire_timers(at_ms);
+            if let Some(histogram) = &self.batch_size {
+                histogram.observe(batch.len() as f64);
+            }
+            self.decided
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let mut stop = false;
             for command in batch.drain(..) {
                 match command {
@@ -489,6 +529,10 @@ impl ShardWriter {
                         self.finish_batch();
                         self.apply_sku(sku, at_ms);
                     }
+                    Command::SkuBatch(batch) => {
+                        self.finish_batch();
+                        self.apply_sku_batch(batch, at_ms);
+                    }
                     Command::Hold { slot_index, reply } => {
                         self.finish_batch();
                         let _ = reply.send(self.hold(slot_index));
@@ -517,6 +561,9 @@ impl ShardWriter {
                 }
             }
             self.finish_batch();
+            if let Some(gauge) = &self.timers_held {
+                gauge.set(self.timers.len() as i64);
+            }
             if stop {
                 break;
             }
@@ -1044,5 +1091,114 @@ impl ShardWriter {
                 let _ = reply.send(SkuOutcome::Unavailable { reason });
             }
         }
+    }
+}
+
+impl ShardWriter {
+    /// Journals a bulk load's changes for this shard in one append and one commit, applies
+    /// them once durable, and answers one outcome per item (see [`SkuBatchCommand`]).
+    fn apply_sku_batch(&mut self, command: SkuBatchCommand, at_ms: u64) {
+        let SkuBatchCommand { items, reply } = command;
+        let mut outcomes: Vec<Option<SkuOutcome>> = vec![None; items.len()];
+        // Each slot as the earlier changes of this batch leave it (name, values).
+        let mut planned_slots: std::collections::HashMap<u32, (String, SlotValues)> =
+            std::collections::HashMap::new();
+        // (item index, new slot?, values), one per frame, in frame order.
+        let mut planned: Vec<(usize, bool, SlotValues)> = Vec::new();
+        let mut frames = FrameBatch::default();
+        for (index, item) in items.iter().enumerate() {
+            let (slot_name, current) = match planned_slots.get(&item.slot_index) {
+                Some((name, values)) => (Some(name.clone()), *values),
+                None => {
+                    let slot = self.inventory.slot(item.slot_index);
+                    (slot.sku_name(), slot.values())
+                }
+            };
+            // The same check as `apply_sku`, before anything is journaled.
+            let slot_matches = if item.is_new {
+                slot_name.is_none()
+            } else {
+                slot_name.as_deref() == Some(item.sku.as_str())
+            };
+            if !slot_matches {
+                let reason = format!(
+                    "slot {} holds {slot_name:?}, not what {} expects",
+                    item.slot_index, item.sku
+                );
+                tracing::error!(%reason, "sku change refused");
+                outcomes[index] = Some(SkuOutcome::Unavailable { reason });
+                continue;
+            }
+            let values = if item.is_new {
+                new_sku_values(&item.update)
+            } else {
+                match updated_sku_values(current, &item.update) {
+                    Ok(values) => values,
+                    Err(committed) => {
+                        outcomes[index] = Some(SkuOutcome::StockConflict { committed });
+                        continue;
+                    }
+                }
+            };
+            let record = Record {
+                at_ms,
+                event: Event::Sku(SkuChanged {
+                    sku: item.sku.clone(),
+                    slot_index: item.slot_index,
+                    stock_total: values.stock_total,
+                    per_user_limit: values.per_user_limit,
+                    max_per_order: values.max_per_order,
+                    payment_timeout_s: values.payment_timeout_s,
+                }),
+            };
+            if let Err(error) = frames.push(&record) {
+                tracing::error!(%error, "cannot encode a sku change");
+                outcomes[index] = Some(SkuOutcome::Unavailable {
+                    reason: error.to_string(),
+                });
+                continue;
+            }
+            planned_slots.insert(item.slot_index, (item.sku.clone(), values));
+            planned.push((index, item.is_new, values));
+        }
+        if !frames.is_empty() {
+            let journal = self
+                .journal
+                .as_ref()
+                .expect("a running shard has a journal");
+            let committed = journal.append(&frames).and_then(|range| {
+                journal.commit(range.last)?;
+                Ok(range)
+            });
+            match committed {
+                Ok(range) => {
+                    for (frame_index, (index, is_new, values)) in planned.into_iter().enumerate() {
+                        let item = &items[index];
+                        if is_new {
+                            self.inventory.init_slot(item.slot_index, &item.sku, values);
+                        } else {
+                            self.inventory.slot(item.slot_index).write(values);
+                        }
+                        outcomes[index] = Some(SkuOutcome::Applied {
+                            seq: range.first + frame_index as u64,
+                            values,
+                        });
+                    }
+                }
+                Err(error) => {
+                    let reason = error.to_string();
+                    for (index, _, _) in planned {
+                        outcomes[index] = Some(SkuOutcome::Unavailable {
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every item has an outcome"))
+            .collect();
+        let _ = reply.send(outcomes);
     }
 }

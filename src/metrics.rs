@@ -1,0 +1,412 @@
+//! What operators watch during the sale: `GET /metrics` in the Prometheus text format, through
+//! the `prometheus` crate (its registry and text encoder; nothing is formatted by hand).
+//!
+//! Two kinds of figures:
+//! - **counted on the way** (hot path): requests by route with their latency, orders by
+//!   outcome, actions by result, shed requests by reason, open connections, shard batch
+//!   sizes, journal fsync latency. Each is an atomic add into a child resolved once at
+//!   start-up (no label lookup, no lock, no allocation per request);
+//! - **read at scrape time** (cold path): queue depth per shard, stock per SKU, journal
+//!   bytes/records/writes/fsyncs, durable seq, orders in the index, consumer lag per group,
+//!   in-flight requests. They cost nothing between scrapes.
+//!
+//! Cardinality is bounded: routes, outcomes, actions and shed reasons are fixed sets; shards
+//! are at most `SHARDS_MAX`; per-SKU stock is exported for the configured SKUs, else the
+//! `metrics.sku_top` SKUs with the most units sold and reserved; consumer groups are at most
+//! `CONSUMER_GROUPS_MAX`.
+//!
+//! Turning metrics off (`metrics.enabled = false`) removes the hot-path work entirely (the
+//! handles are `None`); BENCHMARKS.md has the cost of leaving them on.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::http::orders::OrderOutcomeLabel;
+use crate::http::reply::ErrorCode;
+use crate::order::Action;
+
+/// Routes with their own latency series. Everything else is `other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    CreateOrder,
+    OrderAction,
+    GetOrder,
+    Skus,
+    Journal,
+    Consumers,
+    Health,
+    Metrics,
+    Other,
+}
+
+impl Route {
+    pub const ALL: [Route; 9] = [
+        Self::CreateOrder,
+        Self::OrderAction,
+        Self::GetOrder,
+        Self::Skus,
+        Self::Journal,
+        Self::Consumers,
+        Self::Health,
+        Self::Metrics,
+        Self::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CreateOrder => "create_order",
+            Self::OrderAction => "order_action",
+            Self::GetOrder => "get_order",
+            Self::Skus => "skus",
+            Self::Journal => "journal",
+            Self::Consumers => "consumers",
+            Self::Health => "health",
+            Self::Metrics => "metrics",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Why a request was shed before any work was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The owning shard's mailbox was full.
+    ShardQueueFull,
+    /// The global in-flight bound was reached.
+    InFlight,
+    /// The client's (address) rate limit.
+    ClientRate,
+    /// The buyer's (`user_id`) rate limit.
+    UserRate,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; 4] = [
+        Self::ShardQueueFull,
+        Self::InFlight,
+        Self::ClientRate,
+        Self::UserRate,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ShardQueueFull => "shard_queue_full",
+            Self::InFlight => "in_flight",
+            Self::ClientRate => "client_rate",
+            Self::UserRate => "user_rate",
+        }
+    }
+}
+
+/// Latency buckets in seconds: 50 µs to 10 s, dense where a flash sale lives (sub-ms to tens
+/// of ms: an fdatasync is 0.2-2 ms on SSDs).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 10.0,
+];
+/// Commands per shard batch: 1 to the `SHARD_BATCH_MAX`.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0, 4096.0,
+];
+
+/// Metrics counted on the HTTP path (owned by the server's state; exist before the engine).
+pub struct HttpMetrics {
+    pub registry: Registry,
+    requests: Vec<Histogram>,
+    orders: Vec<IntCounter>,
+    orders_accepted: IntCounter,
+    orders_replayed: IntCounter,
+    /// Indexed by `Action as usize`; `None` for the timer's records (not client actions).
+    actions_done: Vec<Option<IntCounter>>,
+    actions_refused: Vec<Option<IntCounter>>,
+    shed: Vec<IntCounter>,
+    pub connections: IntGauge,
+    pub in_flight: IntGauge,
+}
+
+fn must<T>(result: prometheus::Result<T>) -> T {
+    // Metric names and labels are constants: an error here is a bug caught by the tests.
+    result.expect("metric definitions are valid")
+}
+
+impl HttpMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests_vec = must(prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "stampede_request_duration_seconds",
+                "Time from the request's headers to its response, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        ));
+        must(registry.register(Box::new(requests_vec.clone())));
+        let requests = Route::ALL
+            .iter()
+            .map(|route| requests_vec.with_label_values(&[route.as_str()]))
+            .collect();
+        let orders_vec = must(IntCounterVec::new(
+            Opts::new(
+                "stampede_orders_total",
+                "POST /v1/orders answered, by outcome (accepted, replayed, or the error code).",
+            ),
+            &["outcome"],
+        ));
+        must(registry.register(Box::new(orders_vec.clone())));
+        let orders = ErrorCode::ALL
+            .iter()
+            .map(|code| orders_vec.with_label_values(&[code.as_str()]))
+            .collect();
+        let orders_accepted = orders_vec.with_label_values(&["accepted"]);
+        let orders_replayed = orders_vec.with_label_values(&["replayed"]);
+        let actions_vec = must(IntCounterVec::new(
+            Opts::new(
+                "stampede_order_actions_total",
+                "POST /v1/orders/{id}/{action} answered, by action and result (done, refused).",
+            ),
+            &["action", "result"],
+        ));
+        must(registry.register(Box::new(actions_vec.clone())));
+        let per_action = |result: &str| -> Vec<Option<IntCounter>> {
+            Action::ALL
+                .iter()
+                .map(|action| {
+                    action
+                        .is_client_action()
+                        .then(|| actions_vec.with_label_values(&[action.as_str(), result]))
+                })
+                .collect()
+        };
+        let actions_done = per_action("done");
+        let actions_refused = per_action("refused");
+        let shed_vec = must(IntCounterVec::new(
+            Opts::new(
+                "stampede_shed_total",
+                "Requests shed by admission control with 429/503 and Retry-After, by reason.",
+            ),
+            &["reason"],
+        ));
+        must(registry.register(Box::new(shed_vec.clone())));
+        let shed = ShedReason::ALL
+            .iter()
+            .map(|reason| shed_vec.with_label_values(&[reason.as_str()]))
+            .collect();
+        let connections = must(IntGauge::new(
+            "stampede_http_connections",
+            "HTTP connections open now.",
+        ));
+        must(registry.register(Box::new(connections.clone())));
+        let in_flight = must(IntGauge::new(
+            "stampede_in_flight_requests",
+            "Order and action requests admitted and not yet answered.",
+        ));
+        must(registry.register(Box::new(in_flight.clone())));
+        #[cfg(target_os = "linux")]
+        must(registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )));
+        Self {
+            registry,
+            requests,
+            orders,
+            orders_accepted,
+            orders_replayed,
+            actions_done,
+            actions_refused,
+            shed,
+            connections,
+            in_flight,
+        }
+    }
+
+    pub fn observe_request(&self, route: Route, elapsed: Duration) {
+        self.requests[route as usize].observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_order(&self, outcome: OrderOutcomeLabel) {
+        match outcome {
+            OrderOutcomeLabel::Accepted => self.orders_accepted.inc(),
+            OrderOutcomeLabel::Replayed => self.orders_replayed.inc(),
+            OrderOutcomeLabel::Refused(code) => self.orders[code.index()].inc(),
+            OrderOutcomeLabel::Shed(reason) => {
+                self.orders[ErrorCode::Overloaded.index()].inc();
+                self.count_shed(reason);
+            }
+        }
+    }
+
+    pub fn count_action(&self, action: Action, done: bool) {
+        let counters = if done {
+            &self.actions_done
+        } else {
+            &self.actions_refused
+        };
+        if let Some(counter) = &counters[action as usize] {
+            counter.inc();
+        }
+    }
+
+    pub fn count_shed(&self, reason: ShedReason) {
+        self.shed[reason as usize].inc();
+    }
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A histogram of shard batch sizes, one child per shard (handed to each shard at start-up).
+pub fn batch_size_histograms(registry: &Registry, shards: usize) -> Vec<Histogram> {
+    let vec = must(prometheus::HistogramVec::new(
+        HistogramOpts::new(
+            "stampede_shard_batch_size",
+            "Commands a shard decided in one turn (one journal append and commit).",
+        )
+        .buckets(BATCH_BUCKETS.to_vec()),
+        &["shard"],
+    ));
+    must(registry.register(Box::new(vec.clone())));
+    (0..shards)
+        .map(|shard| vec.with_label_values(&[&shard.to_string()]))
+        .collect()
+}
+
+/// The journal's fsync latency histogram (unregistered; the engine registers it).
+pub fn fsync_histogram() -> Histogram {
+    must(Histogram::with_opts(
+        HistogramOpts::new(
+            "stampede_journal_fsync_duration_seconds",
+            "Time of one journal fdatasync (a group commit's, or the interval sync's).",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    ))
+}
+
+/// Gauges the engine sets right before each scrape.
+pub struct ScrapeGauges {
+    pub queue_depth: IntGaugeVec,
+    pub sku_stock: IntGaugeVec,
+    pub journal_bytes: IntGauge,
+    pub journal_records: IntGauge,
+    pub journal_writes: IntGauge,
+    pub journal_fsyncs: IntGauge,
+    pub durable_seq: IntGauge,
+    pub orders_indexed: IntGauge,
+    pub payment_timers: IntGaugeVec,
+    pub consumer_offset: IntGaugeVec,
+    pub consumer_lag: IntGaugeVec,
+}
+
+impl ScrapeGauges {
+    pub fn register(registry: &Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let gauge = must(IntGauge::new(name, help));
+            must(registry.register(Box::new(gauge.clone())));
+            gauge
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let vec = must(IntGaugeVec::new(Opts::new(name, help), labels));
+            must(registry.register(Box::new(vec.clone())));
+            vec
+        };
+        // Totals since start are exported as gauges of monotonic counts: they restart at 0
+        // with the process, which `rate()` handles like a counter reset.
+        Self {
+            queue_depth: gauges(
+                "stampede_shard_queue_depth",
+                "Commands waiting in a shard's mailbox.",
+                &["shard"],
+            ),
+            sku_stock: gauges(
+                "stampede_sku_units",
+                "Units of a SKU by state (available, reserved, sold, total); configured or top SKUs only.",
+                &["sku", "state"],
+            ),
+            journal_bytes: gauge(
+                "stampede_journal_written_bytes",
+                "Journal bytes written since start.",
+            ),
+            journal_records: gauge(
+                "stampede_journal_written_records",
+                "Journal records written since start.",
+            ),
+            journal_writes: gauge(
+                "stampede_journal_group_writes",
+                "Group-commit writes since start (each one pwrite of every shard's pending frames).",
+            ),
+            journal_fsyncs: gauge("stampede_journal_fsyncs", "Journal fdatasyncs since start."),
+            durable_seq: gauge(
+                "stampede_journal_durable_seq",
+                "Highest seq as durable as the fsync policy promises.",
+            ),
+            orders_indexed: gauge(
+                "stampede_orders_indexed",
+                "Orders in the order index (accepted since the journal began).",
+            ),
+            payment_timers: gauges(
+                "stampede_payment_timers",
+                "Payment timers held by a shard (prepaid and escrow orders within their timeout).",
+                &["shard"],
+            ),
+            consumer_offset: gauges(
+                "stampede_consumer_offset",
+                "A consumer group's committed offset (seq).",
+                &["group"],
+            ),
+            consumer_lag: gauges(
+                "stampede_consumer_lag_records",
+                "Durable records after a consumer group's committed offset.",
+                &["group"],
+            ),
+        }
+    }
+}
+
+/// Encodes the registries' metrics in the Prometheus text format (version 0.0.4).
+pub fn render(registries: &[&Registry]) -> Vec<u8> {
+    let families: Vec<_> = registries.iter().flat_map(|r| r.gather()).collect();
+    let mut out = Vec::with_capacity(16 * 1024);
+    must(TextEncoder::new().encode(&families, &mut out));
+    out
+}
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_registers_and_renders() {
+        let http = HttpMetrics::new();
+        http.observe_request(Route::CreateOrder, Duration::from_micros(300));
+        http.count_order(OrderOutcomeLabel::Accepted);
+        http.count_order(OrderOutcomeLabel::Refused(ErrorCode::SoldOut));
+        http.count_action(Action::Pay, true);
+        http.count_shed(ShedReason::InFlight);
+        let engine = Registry::new();
+        let batches = batch_size_histograms(&engine, 2);
+        batches[1].observe(17.0);
+        let gauges = ScrapeGauges::register(&engine);
+        gauges.queue_depth.with_label_values(&["0"]).set(3);
+        let text = String::from_utf8(render(&[&http.registry, &engine])).unwrap();
+        for needle in [
+            "stampede_request_duration_seconds_bucket{route=\"create_order\",le=\"0.0005\"} 1",
+            "stampede_orders_total{outcome=\"accepted\"} 1",
+            "stampede_orders_total{outcome=\"sold_out\"} 1",
+            "stampede_order_actions_total{action=\"pay\",result=\"done\"} 1",
+            "stampede_shed_total{reason=\"in_flight\"} 1",
+            "stampede_shard_batch_size_sum{shard=\"1\"} 17",
+            "stampede_shard_queue_depth{shard=\"0\"} 3",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+    }
+}

@@ -1,0 +1,834 @@
+//! `stampede stock reconcile`: before (or after) an event, compares the stock the operator
+//! expects with what the engine holds and with what its journal says, and prints the
+//! differences as a table.
+//!
+//! Three views of each SKU:
+//! - **expected**: the operator's file, CSV `sku,stock` (an optional header line naming the
+//!   columns; the bulk-load CSV `sku,stock,per_user_limit,...` works too, extra columns are
+//!   ignored) or the bulk-load NDJSON. An empty `stock` names the SKU without checking it.
+//! - **engine** (`--url`): `stock_total`, `available`, `reserved`, `sold` from a running
+//!   engine's `GET /v1/skus`, paged with `after`/`next_after`.
+//! - **journal** (`--data-dir`): folded from the journal files ([`JournalReader`],
+//!   [`ReadLimit::Written`]; the engine may run or not): each SKU's `stock_total` is its last
+//!   `sku` record's; `reserved`/`sold` follow the orders with the engine's own rules
+//!   ([`transition`] on each action): an accepted prepaid/escrow order holds its `qty`
+//!   reserved, a cod order sold; `pay` moves reserved → sold; `cancel`, `refund`, `expired`
+//!   and a restocked `return` give the units back; `exchange` takes one sold unit of the
+//!   record's `sku`.
+//!
+//! What is compared: expected `stock` with `stock_total` (engine and/or journal), the
+//! engine's four figures with the journal's, and SKUs missing on any side. With `--data-dir`
+//! alone there is no engine view (the engine may not be running) and the report says so;
+//! with `--url` alone there is no journal view; with both, all three. With neither, the
+//! journal of `./data` is read (as `stampede tail` does).
+//!
+//! **Records in flight.** A live engine decides orders before their records are written, and
+//! keeps deciding while this runs, so the two views can differ by the records of a moment.
+//! The engine is read first, then the journal to its end; when they differ the engine is read
+//! again and the journal read on from where it stopped, and that second comparison is the
+//! one reported (the report says it re-read). On a quiet engine the second read agrees; a
+//! difference that stays on an engine under load may still be records in flight.
+//!
+//! Exit codes: 0 when everything compared matches, 1 when there are differences (the table
+//! names each), 2 for usage and I/O errors (unreadable file, engine unreachable, journal
+//! damaged or shortened by retention).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::client::conn::http1;
+use hyper::header::HOST;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::journal::record::ArchivedEvent;
+use crate::journal::{JournalReader, ReadError, ReadLimit};
+use crate::limits;
+use crate::order::{self, OrderStatus, StockEffect, transition};
+use crate::tail::Endpoint;
+
+/// SKUs asked for per `GET /v1/skus` page (the server's cap).
+const PAGE_SKUS: usize = limits::JOURNAL_PAGE_MAX;
+/// Bound on connecting to the engine, and on one page's whole answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest page body read (10 000 SKUs are ~2 MiB).
+const PAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Tries per page when the engine sheds (429/503) or a connection fails, 500 ms apart.
+const TRIES: u32 = 3;
+/// Largest expected-stock file read (a catalogue line is < 100 bytes).
+const EXPECTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
+
+/// What `stampede stock reconcile` was asked for.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The operator's expected stock.
+    pub expected: PathBuf,
+    /// A running engine to read the engine view from.
+    pub url: Option<Endpoint>,
+    /// The data directory whose journal gives the journal view.
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("expected stock file {path}: {reason}")]
+    Expected { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Http(String),
+    #[error("journal: {0}")]
+    Journal(String),
+    #[error("cannot start: {0}")]
+    Start(io::Error),
+    #[error("cannot write the report: {0}")]
+    Output(io::Error),
+}
+
+/// One SKU's stock figures (engine or journal).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub stock_total: u64,
+    pub available: u64,
+    pub reserved: u64,
+    pub sold: u64,
+}
+
+/// SKU → expected stock (`None`: named, stock not checked).
+pub type Expected = BTreeMap<String, Option<u64>>;
+/// SKU → figures.
+pub type View = BTreeMap<String, Counts>;
+
+/// Runs the command, writing the report to `out`. `Ok(true)` when everything matches.
+pub fn run(options: &Options, out: &mut dyn Write) -> Result<bool, ReconcileError> {
+    let expected = read_expected(&options.expected)?;
+    let data_dir = match (&options.url, &options.data_dir) {
+        (None, None) => Some(PathBuf::from("data")),
+        (_, dir) => dir.clone(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ReconcileError::Start)?;
+    let fetch = |endpoint: &Endpoint| runtime.block_on(fetch_engine(endpoint));
+    // The engine first, then the journal to at least where the engine was (see the module
+    // doc on records in flight).
+    let mut engine = options.url.as_ref().map(fetch).transpose()?;
+    let mut journal = data_dir
+        .as_deref()
+        .map(|dir| {
+            let mut fold = JournalFold::open(dir)?;
+            fold.read_on()?;
+            Ok::<_, ReconcileError>(fold)
+        })
+        .transpose()?;
+    let mut rows = compare(
+        &expected,
+        engine.as_ref(),
+        journal.as_ref().map(|fold| &fold.view),
+    );
+    let mut reread = false;
+    if let (Some(endpoint), Some(fold)) = (&options.url, journal.as_mut())
+        && rows.iter().any(|row| row.engine_vs_journal)
+    {
+        reread = true;
+        engine = Some(fetch(endpoint)?);
+        fold.read_on()?;
+        rows = compare(&expected, engine.as_ref(), Some(&fold.view));
+    }
+
+    let write = |out: &mut dyn Write| -> io::Result<()> {
+        writeln!(
+            out,
+            "expected: {} ({} SKUs)",
+            options.expected.display(),
+            expected.len()
+        )?;
+        match (&options.url, &engine) {
+            (Some(endpoint), Some(view)) => writeln!(
+                out,
+                "engine:   http://{} ({} SKUs)",
+                endpoint.connect_address(),
+                view.len()
+            )?,
+            _ => writeln!(
+                out,
+                "engine:   not compared (no --url; the engine need not be running): the \
+                 expected stock is compared with the journal only"
+            )?,
+        }
+        match (&data_dir, &journal) {
+            (Some(dir), Some(fold)) => writeln!(
+                out,
+                "journal:  {} ({} SKUs, {} orders, records up to seq {})",
+                dir.join("journal").display(),
+                fold.view.len(),
+                fold.orders.len(),
+                fold.reader.next_seq() - 1
+            )?,
+            _ => writeln!(
+                out,
+                "journal:  not compared (no --data-dir): the expected stock is compared with \
+                 the engine only"
+            )?,
+        }
+        if reread {
+            writeln!(
+                out,
+                "note:     the engine and the journal differed at the first read; both were \
+                 read again and this is the second comparison (differences that stay on a \
+                 busy engine may be records in flight)"
+            )?;
+        }
+        writeln!(out)?;
+        if rows.is_empty() {
+            writeln!(
+                out,
+                "all {} SKUs match",
+                sku_count(&expected, &engine, &journal)
+            )?;
+        } else {
+            write_table(out, &rows)?;
+            writeln!(out)?;
+            let skus: BTreeSet<&str> = rows.iter().map(|row| row.sku.as_str()).collect();
+            writeln!(out, "{} differences in {} SKUs", rows.len(), skus.len())?;
+        }
+        out.flush()
+    };
+    write(out).map_err(ReconcileError::Output)?;
+    Ok(rows.is_empty())
+}
+
+fn sku_count(expected: &Expected, engine: &Option<View>, journal: &Option<JournalFold>) -> usize {
+    let mut names: BTreeSet<&str> = expected.keys().map(String::as_str).collect();
+    names.extend(
+        engine
+            .iter()
+            .flat_map(|view| view.keys().map(String::as_str)),
+    );
+    names.extend(
+        journal
+            .iter()
+            .flat_map(|fold| fold.view.keys().map(String::as_str)),
+    );
+    names.len()
+}
+
+// ---- the expected file -------------------------------------------------------------------
+
+fn read_expected(path: &Path) -> Result<Expected, ReconcileError> {
+    let fail = |reason: String| ReconcileError::Expected {
+        path: path.to_owned(),
+        reason,
+    };
+    let length = std::fs::metadata(path)
+        .map_err(|e| fail(e.to_string()))?
+        .len();
+    if length > EXPECTED_BYTES_MAX {
+        return Err(fail(format!(
+            "{length} bytes; at most {EXPECTED_BYTES_MAX} are read"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    parse_expected(&text).map_err(fail)
+}
+
+/// Parses the expected stock (pure; unit-tested). A SKU named twice keeps its last line.
+pub fn parse_expected(text: &str) -> Result<Expected, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let ndjson = text.trim_start().starts_with('{');
+    let mut expected = Expected::new();
+    // Without a header: sku in the first column, stock in the second.
+    let mut columns = (0usize, Some(1usize));
+    let mut first = true;
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (sku, stock) = if ndjson {
+            let value: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| format!("line {number}: not JSON: {e}"))?;
+            let sku = value["sku"]
+                .as_str()
+                .ok_or_else(|| format!("line {number}: no sku"))?
+                .to_owned();
+            let stock = match &value["stock"] {
+                serde_json::Value::Null => None,
+                stock => Some(
+                    stock
+                        .as_u64()
+                        .ok_or_else(|| format!("line {number}: stock {stock} is not a count"))?,
+                ),
+            };
+            (sku, stock)
+        } else {
+            let fields: Vec<&str> = line.split(',').map(csv_field).collect();
+            if std::mem::take(&mut first) && fields[0].eq_ignore_ascii_case("sku") {
+                let stock = fields
+                    .iter()
+                    .position(|name| name.eq_ignore_ascii_case("stock"))
+                    .ok_or_else(|| format!("line {number}: the header has no stock column"))?;
+                columns = (0, Some(stock));
+                continue;
+            }
+            let sku = fields
+                .get(columns.0)
+                .copied()
+                .unwrap_or_default()
+                .to_owned();
+            let stock = match columns.1.and_then(|at| fields.get(at)).copied() {
+                None | Some("") => None,
+                Some(text) => Some(text.parse::<u64>().map_err(|_| {
+                    format!("line {number}: stock {text:?} is not a count of units")
+                })?),
+            };
+            (sku, stock)
+        };
+        order::validate_id("sku", &sku, limits::SKU_BYTES_MAX)
+            .map_err(|detail| format!("line {number}: {detail}"))?;
+        expected.insert(sku, stock);
+    }
+    Ok(expected)
+}
+
+fn csv_field(text: &str) -> &str {
+    let text = text.trim();
+    text.strip_prefix('"')
+        .and_then(|inner| inner.strip_suffix('"'))
+        .map_or(text, str::trim)
+}
+
+// ---- the engine's view --------------------------------------------------------------------
+
+async fn fetch_engine(endpoint: &Endpoint) -> Result<View, ReconcileError> {
+    #[derive(serde::Deserialize)]
+    struct Page {
+        skus: Vec<PageSku>,
+        next_after: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct PageSku {
+        sku: String,
+        stock_total: u64,
+        available: u64,
+        reserved: u64,
+        sold: u64,
+    }
+    let mut view = View::new();
+    let mut after = String::new();
+    // More pages than the largest catalogue needs means the server does not page on.
+    for _ in 0..=(limits::SKUS_MAX as usize / PAGE_SKUS + 1) {
+        let path = if after.is_empty() {
+            format!("/v1/skus?limit={PAGE_SKUS}")
+        } else {
+            // SKU names are `[A-Za-z0-9_.:-]`: safe in a query as they are.
+            format!("/v1/skus?limit={PAGE_SKUS}&after={after}")
+        };
+        let body = get_with_retries(endpoint, &path).await?;
+        let page: Page = serde_json::from_slice(&body)
+            .map_err(|e| ReconcileError::Http(format!("GET {path}: unexpected answer: {e}")))?;
+        for sku in page.skus {
+            view.insert(
+                sku.sku,
+                Counts {
+                    stock_total: sku.stock_total,
+                    available: sku.available,
+                    reserved: sku.reserved,
+                    sold: sku.sold,
+                },
+            );
+        }
+        match page.next_after {
+            Some(next) if next > after => after = next,
+            Some(next) => {
+                return Err(ReconcileError::Http(format!(
+                    "GET {path}: next_after {next:?} does not move past {after:?}"
+                )));
+            }
+            None => return Ok(view),
+        }
+    }
+    Err(ReconcileError::Http(
+        "GET /v1/skus: the pages do not end".into(),
+    ))
+}
+
+async fn get_with_retries(endpoint: &Endpoint, path: &str) -> Result<Bytes, ReconcileError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match get(endpoint, path).await {
+            Ok((StatusCode::OK, body)) => return Ok(body),
+            Ok((status, body)) => {
+                let message = format!(
+                    "GET {path}: {status}: {}",
+                    String::from_utf8_lossy(&body).trim()
+                );
+                let shed = matches!(
+                    status,
+                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+                );
+                if !shed || tries >= TRIES {
+                    return Err(ReconcileError::Http(message));
+                }
+            }
+            Err(message) if tries >= TRIES => return Err(ReconcileError::Http(message)),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One `GET` on a connection of its own: status and whole body, each step bounded.
+async fn get(endpoint: &Endpoint, path: &str) -> Result<(StatusCode, Bytes), String> {
+    let address = endpoint.connect_address();
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| format!("cannot connect to {address}: no answer within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+    let exchange = async {
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|error| format!("HTTP handshake with {address}: {error}"))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = Request::get(path)
+            .header(HOST, endpoint.host_header().clone())
+            .body(Empty::<Bytes>::new())
+            .expect("a valid request");
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|error| format!("GET {path}: {error}"))?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), PAGE_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|error| format!("GET {path}: {error}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
+}
+
+// ---- the journal's view -------------------------------------------------------------------
+
+/// What the fold remembers of one order: enough to apply its actions' stock effects.
+struct TrackedOrder {
+    sku: u32,
+    qty: u32,
+    status: OrderStatus,
+}
+
+/// The journal folded into per-SKU figures, read on incrementally.
+struct JournalFold {
+    reader: JournalReader,
+    view: View,
+    /// SKU names by number (orders keep a number, not a copy of the name).
+    names: Vec<String>,
+    numbers: HashMap<String, u32>,
+    orders: HashMap<Box<str>, TrackedOrder>,
+}
+
+impl JournalFold {
+    fn open(data_dir: &Path) -> Result<Self, ReconcileError> {
+        let dir = data_dir.join("journal");
+        if !dir.is_dir() {
+            return Err(ReconcileError::Journal(format!(
+                "no journal at {} (is it the engine's data directory?)",
+                dir.display()
+            )));
+        }
+        Ok(Self {
+            reader: JournalReader::open(&dir, 0, ReadLimit::Written),
+            view: View::new(),
+            names: Vec::new(),
+            numbers: HashMap::new(),
+            orders: HashMap::new(),
+        })
+    }
+
+    /// Reads every record written since the last call.
+    fn read_on(&mut self) -> Result<(), ReconcileError> {
+        loop {
+            let (seq, record) = match self.reader.next_record() {
+                Ok(Some(next)) => next,
+                Ok(None) => return Ok(()),
+                Err(ReadError::Deleted {
+                    first_available, ..
+                }) => {
+                    return Err(ReconcileError::Journal(format!(
+                        "retention deleted the records before seq {first_available}; the \
+                         journal view needs the whole journal (compare with --url only)"
+                    )));
+                }
+                Err(error) => return Err(ReconcileError::Journal(error.to_string())),
+            };
+            let damaged = |what: String| ReconcileError::Journal(format!("seq {seq}: {what}"));
+            match &record.event {
+                ArchivedEvent::Sku(change) => {
+                    let name = change.sku.as_str();
+                    if !self.numbers.contains_key(name) {
+                        self.numbers
+                            .insert(name.to_owned(), self.names.len() as u32);
+                        self.names.push(name.to_owned());
+                    }
+                    self.view.entry(name.to_owned()).or_default().stock_total =
+                        change.stock_total.to_native();
+                }
+                ArchivedEvent::Accepted(accepted) => {
+                    let name = accepted.sku.as_str();
+                    let sku = *self
+                        .numbers
+                        .get(name)
+                        .ok_or_else(|| damaged(format!("an order for unknown sku {name}")))?;
+                    let qty = accepted.qty.to_native();
+                    let status = accepted.payment.to_native().initial_status();
+                    let counts = self.view.get_mut(name).expect("numbered skus have counts");
+                    if status.holds_reserved() {
+                        counts.reserved += u64::from(qty);
+                    } else {
+                        counts.sold += u64::from(qty);
+                    }
+                    self.orders.insert(
+                        accepted.order_id.as_str().into(),
+                        TrackedOrder { sku, qty, status },
+                    );
+                }
+                ArchivedEvent::Action(change) => {
+                    let order_id = change.order_id.as_str();
+                    let action = change.action.to_native();
+                    let order = self.orders.get_mut(order_id).ok_or_else(|| {
+                        damaged(format!("{} of unknown order {order_id}", action.as_str()))
+                    })?;
+                    let moved =
+                        transition(order.status, action, change.restock).ok_or_else(|| {
+                            damaged(format!(
+                                "{} of order {order_id} in state {} is not a valid transition",
+                                action.as_str(),
+                                order.status.as_str()
+                            ))
+                        })?;
+                    order.status = moved.to;
+                    let qty = u64::from(order.qty);
+                    let name = &self.names[order.sku as usize];
+                    let counts = self.view.get_mut(name).expect("numbered skus have counts");
+                    let underflow = || {
+                        damaged(format!(
+                            "{} of order {order_id} gives back more than {name} holds",
+                            action.as_str()
+                        ))
+                    };
+                    match moved.stock {
+                        StockEffect::None => {}
+                        StockEffect::ReservedToSold => {
+                            counts.reserved =
+                                counts.reserved.checked_sub(qty).ok_or_else(underflow)?;
+                            counts.sold += qty;
+                        }
+                        StockEffect::GiveBack {
+                            from_reserved: true,
+                        } => {
+                            counts.reserved =
+                                counts.reserved.checked_sub(qty).ok_or_else(underflow)?;
+                        }
+                        StockEffect::GiveBack {
+                            from_reserved: false,
+                        } => {
+                            counts.sold = counts.sold.checked_sub(qty).ok_or_else(underflow)?;
+                        }
+                        StockEffect::TakeExchangeUnit => {
+                            let exchanged = change
+                                .exchange_sku
+                                .as_ref()
+                                .map(|sku| sku.as_str())
+                                .ok_or_else(|| {
+                                    damaged(format!("exchange of order {order_id} names no sku"))
+                                })?;
+                            self.view
+                                .get_mut(exchanged)
+                                .ok_or_else(|| {
+                                    damaged(format!("exchange to unknown sku {exchanged}"))
+                                })?
+                                .sold += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The journal's figures with `available` filled in (what is neither reserved nor sold).
+fn with_available(view: &View) -> View {
+    view.iter()
+        .map(|(name, counts)| {
+            let mut counts = *counts;
+            counts.available = counts
+                .stock_total
+                .saturating_sub(counts.reserved + counts.sold);
+            (name.clone(), counts)
+        })
+        .collect()
+}
+
+// ---- the comparison -----------------------------------------------------------------------
+
+/// One difference: a SKU, what differs, and each view's value (`None`: not compared).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub sku: String,
+    /// `missing`, `stock_total`, `available`, `reserved` or `sold`.
+    pub check: &'static str,
+    pub expected: Option<String>,
+    pub engine: Option<String>,
+    pub journal: Option<String>,
+    /// The engine and the journal disagree in this row (worth reading both again).
+    pub engine_vs_journal: bool,
+}
+
+/// Compares the views (pure; unit-tested); `None` for a view not read. Rows by SKU name.
+pub fn compare(expected: &Expected, engine: Option<&View>, journal: Option<&View>) -> Vec<Row> {
+    let journal = journal.map(with_available);
+    let journal = journal.as_ref();
+    let mut names: BTreeSet<&str> = expected.keys().map(String::as_str).collect();
+    names.extend(
+        engine
+            .iter()
+            .flat_map(|view| view.keys().map(String::as_str)),
+    );
+    names.extend(
+        journal
+            .iter()
+            .flat_map(|view| view.keys().map(String::as_str)),
+    );
+    let mut rows = Vec::new();
+    for name in names {
+        let wanted = expected.get(name);
+        let in_engine = engine.map(|view| view.get(name));
+        let in_journal = journal.map(|view| view.get(name));
+        let shown = |side: Option<Option<&Counts>>, pick: fn(&Counts) -> u64| {
+            side.map(|counts| counts.map_or_else(|| "missing".to_owned(), |c| pick(c).to_string()))
+        };
+        let expected_shown = |field: bool| {
+            Some(match wanted {
+                None => "missing".to_owned(),
+                Some(Some(stock)) if field => stock.to_string(),
+                Some(_) => "-".to_owned(),
+            })
+        };
+        let present = [
+            Some(wanted.is_some()),
+            in_engine.map(|c| c.is_some()),
+            in_journal.map(|c| c.is_some()),
+        ];
+        let sides: Vec<bool> = present.into_iter().flatten().collect();
+        if sides.iter().any(|p| *p) && sides.iter().any(|p| !*p) {
+            rows.push(Row {
+                sku: name.to_owned(),
+                check: "missing",
+                expected: expected_shown(true),
+                engine: shown(in_engine, |c| c.stock_total),
+                journal: shown(in_journal, |c| c.stock_total),
+                engine_vs_journal: match (in_engine, in_journal) {
+                    (Some(Some(e)), Some(Some(j))) => e.stock_total != j.stock_total,
+                    (Some(e), Some(j)) => e.is_some() != j.is_some(),
+                    _ => false,
+                },
+            });
+        } else {
+            let mut totals: Vec<u64> = Vec::new();
+            if let Some(Some(stock)) = wanted {
+                totals.push(*stock);
+            }
+            totals.extend(in_engine.flatten().map(|c| c.stock_total));
+            totals.extend(in_journal.flatten().map(|c| c.stock_total));
+            if totals.windows(2).any(|pair| pair[0] != pair[1]) {
+                rows.push(Row {
+                    sku: name.to_owned(),
+                    check: "stock_total",
+                    expected: expected_shown(true),
+                    engine: shown(in_engine, |c| c.stock_total),
+                    journal: shown(in_journal, |c| c.stock_total),
+                    engine_vs_journal: matches!(
+                        (in_engine, in_journal),
+                        (Some(Some(e)), Some(Some(j))) if e.stock_total != j.stock_total
+                    ),
+                });
+            }
+        }
+        if let (Some(Some(e)), Some(Some(j))) = (in_engine, in_journal) {
+            let figures: [(&'static str, fn(&Counts) -> u64); 3] = [
+                ("available", |c| c.available),
+                ("reserved", |c| c.reserved),
+                ("sold", |c| c.sold),
+            ];
+            for (check, pick) in figures {
+                if pick(e) != pick(j) {
+                    rows.push(Row {
+                        sku: name.to_owned(),
+                        check,
+                        expected: Some("-".to_owned()),
+                        engine: Some(pick(e).to_string()),
+                        journal: Some(pick(j).to_string()),
+                        engine_vs_journal: true,
+                    });
+                }
+            }
+        }
+    }
+    rows
+}
+
+fn write_table(out: &mut dyn Write, rows: &[Row]) -> io::Result<()> {
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|row| {
+            let shown = |value: &Option<String>| value.clone().unwrap_or_else(|| "n/a".into());
+            [
+                row.sku.clone(),
+                row.check.to_owned(),
+                shown(&row.expected),
+                shown(&row.engine),
+                shown(&row.journal),
+            ]
+        })
+        .collect();
+    let header = ["SKU", "DIFFERS", "EXPECTED", "ENGINE", "JOURNAL"];
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let line = |out: &mut dyn Write, cells: [&str; 5]| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        writeln!(out, "{}", text.join("  ").trim_end())
+    };
+    line(out, header)?;
+    for row in &cells {
+        line(out, [&row[0], &row[1], &row[2], &row[3], &row[4]])?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(stock_total: u64, available: u64, reserved: u64, sold: u64) -> Counts {
+        Counts {
+            stock_total,
+            available,
+            reserved,
+            sold,
+        }
+    }
+
+    #[test]
+    fn expected_files_are_csv_with_or_without_header_or_ndjson() {
+        let plain = parse_expected("A,5\n\nB, 7 ,1,1\r\nC,\n").unwrap();
+        assert_eq!(
+            plain,
+            Expected::from([
+                ("A".into(), Some(5)),
+                ("B".into(), Some(7)),
+                ("C".into(), None)
+            ])
+        );
+        let header =
+            parse_expected("\u{feff}SKU,max_per_order,stock\n\"A\",2,9\nA,2,10\n").unwrap();
+        assert_eq!(header, Expected::from([("A".into(), Some(10))]));
+        let ndjson = parse_expected("{\"sku\":\"A\",\"stock\":3}\n{\"sku\":\"B\"}\n").unwrap();
+        assert_eq!(
+            ndjson,
+            Expected::from([("A".into(), Some(3)), ("B".into(), None)])
+        );
+        assert!(parse_expected("A,-1\n").unwrap_err().contains("line 1"));
+        assert!(
+            parse_expected("A,1\nbad sku,1\n")
+                .unwrap_err()
+                .contains("line 2")
+        );
+        assert!(parse_expected("sku,units\nA,1\n").is_err());
+    }
+
+    #[test]
+    fn matching_views_give_no_rows() {
+        let expected = Expected::from([("A".into(), Some(10)), ("B".into(), None)]);
+        let engine = View::from([
+            ("A".into(), counts(10, 7, 2, 1)),
+            ("B".into(), counts(4, 4, 0, 0)),
+        ]);
+        // The journal's `available` is derived.
+        let journal = View::from([
+            ("A".into(), counts(10, 0, 2, 1)),
+            ("B".into(), counts(4, 0, 0, 0)),
+        ]);
+        assert!(compare(&expected, Some(&engine), Some(&journal)).is_empty());
+        assert!(compare(&expected, None, Some(&journal)).is_empty());
+        assert!(compare(&expected, Some(&engine), None).is_empty());
+    }
+
+    #[test]
+    fn differences_name_the_sku_and_the_figure() {
+        let expected = Expected::from([("A".into(), Some(12)), ("GONE".into(), Some(1))]);
+        let engine = View::from([
+            ("A".into(), counts(10, 7, 2, 1)),
+            ("NEW".into(), counts(4, 4, 0, 0)),
+        ]);
+        let journal = View::from([
+            ("A".into(), counts(10, 0, 3, 1)),
+            ("NEW".into(), counts(4, 0, 0, 0)),
+        ]);
+        let rows = compare(&expected, Some(&engine), Some(&journal));
+        let summary: Vec<(&str, &str, bool)> = rows
+            .iter()
+            .map(|row| (row.sku.as_str(), row.check, row.engine_vs_journal))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("A", "stock_total", false),
+                ("A", "available", true),
+                ("A", "reserved", true),
+                ("GONE", "missing", false),
+                ("NEW", "missing", false),
+            ]
+        );
+        assert_eq!(rows[0].expected.as_deref(), Some("12"));
+        assert_eq!(rows[3].engine.as_deref(), Some("missing"));
+        assert_eq!(rows[4].expected.as_deref(), Some("missing"));
+        // Without an engine view, its column is not compared.
+        let rows = compare(&expected, None, Some(&journal));
+        assert!(rows.iter().all(|row| row.engine.is_none()));
+        assert_eq!(rows.len(), 3);
+    }
+
+    #[test]
+    fn the_table_lines_up() {
+        let rows = compare(
+            &Expected::from([("A".into(), Some(1))]),
+            Some(&View::from([("A".into(), counts(2, 2, 0, 0))])),
+            None,
+        );
+        let mut out = Vec::new();
+        write_table(&mut out, &rows).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "SKU  DIFFERS      EXPECTED  ENGINE  JOURNAL\nA    stock_total  1         2       n/a\n"
+        );
+    }
+}
