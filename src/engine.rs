@@ -1220,7 +1220,9 @@ impl Engine {
                 }
             }
         }
-        let mut highest_new: Option<u32> = None;
+        // The new SKUs join the catalogue (become visible) together, once every shard has
+        // answered; each was journaled and applied by then.
+        let mut learned: Vec<(String, u32)> = Vec::new();
         for (indices, names, outcome) in waiting {
             let Ok(outcomes) = outcome.await else {
                 for index in indices {
@@ -1233,11 +1235,11 @@ impl Engine {
             {
                 results[index] = Some(match outcome {
                     SkuOutcome::Applied { values, .. } => {
+                        let view = SkuView::new(&sku, values);
                         if is_new {
-                            self.catalog.insert(sku.clone(), slot_index);
-                            highest_new = highest_new.max(Some(slot_index));
+                            learned.push((sku, slot_index));
                         }
-                        Ok(SkuView::new(&sku, values))
+                        Ok(view)
                     }
                     SkuOutcome::StockConflict { committed } => {
                         Err(PutSkuError::StockConflict { committed })
@@ -1246,8 +1248,11 @@ impl Engine {
                 });
             }
         }
-        if let Some(highest) = highest_new {
+        if let Some(highest) = learned.iter().map(|(_, slot_index)| *slot_index).max() {
             self.next_slot.fetch_max(highest + 1, Ordering::AcqRel);
+        }
+        for (sku, slot_index) in learned {
+            self.catalog.insert(sku, slot_index);
         }
         results
             .into_iter()

@@ -8,7 +8,8 @@
 //!   start-up (no label lookup, no lock, no allocation per request);
 //! - **read at scrape time** (cold path): queue depth per shard, stock per SKU, journal
 //!   bytes/records/writes/fsyncs, durable seq, orders in the index, consumer lag per group,
-//!   in-flight requests. They cost nothing between scrapes.
+//!   in-flight requests. They cost nothing between scrapes. (Payment timers per shard are set
+//!   by the shard once a turn; they include paid orders' timers until those come due.)
 //!
 //! Cardinality is bounded: routes, outcomes, actions and shed reasons are fixed sets; shards
 //! are at most `SHARDS_MAX`; per-SKU stock is exported for the configured SKUs, else the
@@ -351,7 +352,7 @@ impl ScrapeGauges {
             ),
             payment_timers: gauges(
                 "stampede_payment_timers",
-                "Payment timers held by a shard (prepaid and escrow orders within their timeout).",
+                "Payment timers held by a shard: prepaid and escrow orders within their timeout (a paid order's timer stays until it comes due).",
                 &["shard"],
             ),
             consumer_offset: gauges(

@@ -478,8 +478,9 @@ fn lock_check(data_dir: &Path) -> (Check, Option<File>) {
         let error = io::Error::last_os_error();
         if error.kind() == io::ErrorKind::WouldBlock {
             return fail(format!(
-                "engine running: {} is locked by a running engine; preflight is for before \
-                 the event (stop that engine, or point --data-dir at the event's directory)",
+                "engine running: {} is locked (by a running engine, or for a moment by another \
+                 preflight); preflight is for before the event: stop that engine, or point \
+                 --data-dir at the event's directory",
                 path.display()
             ));
         }
@@ -671,8 +672,8 @@ pub fn journal_bytes_per_order() -> u64 {
         })
         .expect("the sample acceptance encodes");
     let mut status = Payment::Prepaid.initial_status();
-    let mut prev_seq = 1_000_000_000;
-    for action in LIFE_ACTIONS {
+    // Each action links to the record before it; the value's size does not vary.
+    for (prev_seq, action) in (1_000_000_000..).zip(LIFE_ACTIONS) {
         status = transition(status, action, false)
             .expect("the sample life is a valid path")
             .to;
@@ -692,7 +693,6 @@ pub fn journal_bytes_per_order() -> u64 {
                 })),
             })
             .expect("the sample action encodes");
-        prev_seq += 1;
     }
     batch.as_bytes().len() as u64
 }
@@ -869,7 +869,10 @@ pub fn judge_open_files(soft: u64, hard: u64) -> (Verdict, String) {
 }
 
 fn limit_text(limit: u64) -> String {
-    if limit == libc::RLIM_INFINITY as u64 {
+    // The constant's type differs between platforms.
+    #[allow(clippy::unnecessary_cast)]
+    let infinity = libc::RLIM_INFINITY as u64;
+    if limit == infinity {
         "unlimited".to_string()
     } else {
         limit.to_string()

@@ -581,6 +581,9 @@ fn with_available(view: &View) -> View {
 
 // ---- the comparison -----------------------------------------------------------------------
 
+/// Picks one figure of a SKU's counts.
+type Figure = fn(&Counts) -> u64;
+
 /// One difference: a SKU, what differs, and each view's value (`None`: not compared).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Row {
@@ -665,7 +668,7 @@ pub fn compare(expected: &Expected, engine: Option<&View>, journal: Option<&View
             }
         }
         if let (Some(Some(e)), Some(Some(j))) = (in_engine, in_journal) {
-            let figures: [(&'static str, fn(&Counts) -> u64); 3] = [
+            let figures: [(&'static str, Figure); 3] = [
                 ("available", |c| c.available),
                 ("reserved", |c| c.reserved),
                 ("sold", |c| c.sold),

@@ -164,6 +164,13 @@ impl Worker {
         true
     }
 
+    /// Panics (with the log) when a worker that should still run has exited.
+    fn assert_running(&mut self) {
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+            panic!("worker exited early with {status}\n{}", self.output());
+        }
+    }
+
     fn signal(&self, signal: libc::c_int) {
         if let Some(child) = &self.child {
             // SAFETY: kill(2) on our own child's pid; no memory is involved.
@@ -623,26 +630,28 @@ async fn follower_ships_orders_as_they_come_and_commits_on_sigterm() {
     act(&server, "f-cancel", "cancel").await;
 
     // 10 orders in waves of 4: the last 2 go out when their wave's 300 ms are up.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     for id in ready.keys() {
         loop {
             let view = server.get(&format!("/v1/orders/{id}")).await;
             if view.json["status"] == "shipped" {
                 break;
             }
+            worker.assert_running();
             assert!(Instant::now() < deadline, "{id} not shipped: {}", view.text);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     // Idle, it commits everything it read, its own stage records included.
     let end = last_seq(&server).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while group_offset(&server, "packers").await != Some(end) {
+        worker.assert_running();
         assert!(Instant::now() < deadline, "offset never reached {end}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     worker.signal(libc::SIGTERM);
-    let status = worker.wait(Duration::from_secs(15));
+    let status = worker.wait(Duration::from_secs(30));
     assert!(status.success(), "{status}\n{}", worker.output());
     assert_shipped_once(&server, &ready, &[("f-cancel", "cancelled")]).await;
     assert_documents(out.path(), &ready);

@@ -43,10 +43,8 @@ fn raise_open_files() -> bool {
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid, writable rlimit.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0
-    );
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(got, 0);
     #[allow(clippy::unnecessary_cast)]
     let (soft, hard) = (limit.rlim_cur as u64, limit.rlim_max as u64);
     if soft < OPEN_FILES_NEEDED {
@@ -155,7 +153,8 @@ fn assert_ready(run: &Run) {
         assert_eq!(run.report["ready"], true);
     } else {
         eprintln!("hard RLIMIT_NOFILE below {OPEN_FILES_NEEDED}: open_files must fail here");
-        run.assert_fails_only(&["open_files"]);
+        assert_eq!(run.code, 1, "{}", run.output);
+        assert_eq!(run.failed(), ["open_files"], "{}", run.output);
     }
 }
 
@@ -182,10 +181,13 @@ fn a_fresh_data_dir_is_ready_and_every_check_is_listed() {
     let run = preflight(&args(&config, &data_dir, "127.0.0.1:0"), &[]);
     assert_eq!(run.names(), CHECKS, "{}", run.output);
     assert_ready(&run);
+    // Where open_files cannot pass, nothing is prepared: the last two rows are skipped.
+    let prepared = run.code == 0;
     for name in CHECKS {
         let result = run.result(name);
+        let expected_skip = !prepared && (name == "journal_room" || name == "inventory_map");
         assert!(
-            result == "pass" || result == "warn" || name == "open_files",
+            result == "pass" || result == "warn" || name == "open_files" || expected_skip,
             "{name}: {result}\n{}",
             run.output
         );
@@ -208,12 +210,14 @@ fn a_fresh_data_dir_is_ready_and_every_check_is_listed() {
             .join(".preflight-fsync.probe")
             .exists()
     );
-    assert_eq!(
-        std::fs::metadata(data_dir.join("inventory.slots"))
-            .unwrap()
-            .len(),
-        128 + 1024 * 128
-    );
+    if prepared {
+        assert_eq!(
+            std::fs::metadata(data_dir.join("inventory.slots"))
+                .unwrap()
+                .len(),
+            128 + 1024 * 128
+        );
+    }
     // Preallocation is off by default: nothing in the journal.
     assert_eq!(
         std::fs::read_dir(data_dir.join("journal")).unwrap().count(),
@@ -469,7 +473,7 @@ async fn the_prepared_journal_is_the_one_the_engine_starts_on() {
         .await;
     assert_eq!(reply.status.as_u16(), 201, "{}", reply.text);
     server.terminate().await;
-    assert_eq!(server.segments(), [first.clone()]);
+    assert_eq!(server.segments(), std::slice::from_ref(&first));
     let bytes = std::fs::read(&first).unwrap();
     assert!(bytes.len() as u64 >= 16 + room);
     let frames = segment_frames(&bytes);

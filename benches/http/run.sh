@@ -5,11 +5,13 @@
 #   always    the engine, every order accepted, fsync = "always" (group commit)
 #   prealloc  as `always`, with journal.preallocate = true (synced zeros ahead of the writer)
 #   soldout   the engine, every order for a sold-out SKU (the fast path)
+#   nometrics as `none`, with metrics.enabled = false (what counting on the path costs)
 # Each scenario runs ROUNDS times, interleaved, and the medians are reported with the
 # server's CPU time per request (utime+stime from /proc/PID/stat), which is steadier than
 # req/s on a shared machine.
 #
-# Usage: benches/http/run.sh            (env: DURATION=10s CONNS=64 THREADS=1 ROUNDS=3)
+# Usage: benches/http/run.sh            (env: DURATION=10s CONNS=64 THREADS=1 ROUNDS=3
+#                                        SCENARIOS="bare none always prealloc soldout nometrics")
 # Needs: wrk (Debian package `wrk`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +19,7 @@ DURATION=${DURATION:-10s}
 CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
 ROUNDS=${ROUNDS:-3}
+SCENARIOS=${SCENARIOS:-bare none always prealloc soldout nometrics}
 PORT=${PORT:-18090}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet --bin stampede --example bare_server
@@ -39,12 +42,14 @@ start_server() { # scenario -> sets SERVER_PID
     bare)
       ./target/release/examples/bare_server "127.0.0.1:$PORT" >/dev/null & SERVER_PID=$!
       sleep 0.3 ;;
-    none|always|prealloc|soldout)
-      local fsync=$1 preallocate=false
+    none|always|prealloc|soldout|nometrics)
+      local fsync=$1 preallocate=false metrics=true
       [ "$1" = soldout ] && fsync=always
       [ "$1" = prealloc ] && fsync=always && preallocate=true
+      [ "$1" = nometrics ] && fsync=none && metrics=false
       rm -rf "$work/data"
-      STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_JOURNAL_PREALLOCATE=$preallocate STAMPEDE_LOG=warn \
+      STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_JOURNAL_PREALLOCATE=$preallocate \
+        STAMPEDE_METRICS_ENABLED=$metrics STAMPEDE_LOG=warn \
         ./target/release/stampede serve \
         --config benches/http/bench.toml --listen "127.0.0.1:$PORT" --data-dir "$work/data" \
         >/dev/null 2>"$work/server.err" & SERVER_PID=$!
@@ -77,7 +82,7 @@ run_one() { # scenario round
 
 echo "# $(date -u +%FT%TZ) $(nproc) cores, wrk -t$THREADS -c$CONNS -d$DURATION, $ROUNDS rounds"
 for round in $(seq 1 "$ROUNDS"); do
-  for scenario in bare none always prealloc soldout; do
+  for scenario in $SCENARIOS; do
     run_one "$scenario" "$round"
   done
 done
@@ -96,11 +101,18 @@ for line in open(sys.argv[1]):
     s, _, rps, p50, p99, cpu, n, bad = line.split()
     rows.setdefault(s, []).append((float(rps), ms(p50), ms(p99), float(cpu)))
 med = {s: [statistics.median(c) for c in zip(*v)] for s, v in rows.items()}
-base = med["bare"][0]; base_cpu = med["bare"][3]
-print(f"{'scenario':10}{'req/s':>10}{'x bare':>8}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>12}{'x bare cpu':>12}")
-for s in ("bare", "none", "always", "prealloc", "soldout"):
+ref = "bare" if "bare" in med else next(iter(med))
+base = med[ref][0]; base_cpu = med[ref][3]
+print(f"{'scenario':10}{'req/s':>10}{'x '+ref:>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>12}{'x cpu':>8}")
+for s in ("bare", "none", "always", "prealloc", "soldout", "nometrics"):
+    if s not in med:
+        continue
     rps, p50, p99, cpu = med[s]
-    print(f"{s:10}{rps:10.0f}{rps/base:8.2f}{p50:9.3f}{p99:9.3f}{cpu:12.1f}{cpu/base_cpu:12.2f}")
-n, a, p = med["none"][0], med["always"][0], med["prealloc"][0]
-print(f"\nalways / none throughput: {a/n:.2f}   prealloc / none: {p/n:.2f}")
+    print(f"{s:10}{rps:10.0f}{rps/base:10.2f}{p50:9.3f}{p99:9.3f}{cpu:12.1f}{cpu/base_cpu:8.2f}")
+if {"none", "always", "prealloc"} <= med.keys():
+    n, a, p = med["none"][0], med["always"][0], med["prealloc"][0]
+    print(f"\nalways / none throughput: {a/n:.2f}   prealloc / none: {p/n:.2f}")
+if {"none", "nometrics"} <= med.keys():
+    on, off = med["none"], med["nometrics"]
+    print(f"metrics on / off: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}")
 PY

@@ -233,18 +233,13 @@ fn path_segments(path: &str) -> ([&str; 5], usize) {
 }
 
 /// Admission for an order or an action (see [`admission`]): an in-flight slot, held until
-/// the answer, and the client's rate limit. `Err` is the 429 to send (already counted).
+/// the answer, and the client's rate limit. `Err` is the 429 to send and why (not counted
+/// here: the caller counts it with the request's outcome).
 fn admit<'a>(
     state: &'a AppState,
     engine: &Engine,
     peer: IpAddr,
-) -> Result<admission::InFlightGuard<'a>, ApiError> {
-    let shed = |reason: ShedReason, error: ApiError| {
-        if let Some(metrics) = &state.metrics {
-            metrics.count_shed(reason);
-        }
-        error
-    };
+) -> Result<admission::InFlightGuard<'a>, (ApiError, ShedReason)> {
     let Some(slot) = state.admission.in_flight.enter() else {
         let waiting = state.admission.in_flight.current();
         let error = ApiError::new(
@@ -252,7 +247,7 @@ fn admit<'a>(
             format!("{waiting} requests in flight, the most this server takes; retry"),
         )
         .retry_after(engine.retry_after_s(None, waiting));
-        return Err(shed(ShedReason::InFlight, error));
+        return Err((error, ShedReason::InFlight));
     };
     if let Some(limiter) = &state.admission.per_client
         && let Err(RetryAfter(seconds)) = limiter.check(peer)
@@ -262,14 +257,39 @@ fn admit<'a>(
             format!("client {peer} is over its requests-per-second limit"),
         )
         .retry_after(seconds);
-        return Err(shed(ShedReason::ClientRate, error));
-    }
-    if let Some(metrics) = &state.metrics {
-        metrics
-            .in_flight
-            .set(state.admission.in_flight.current() as i64);
+        return Err((error, ShedReason::ClientRate));
     }
     Ok(slot)
+}
+
+/// `POST /v1/orders` from admission to answer, with what became of it (every answer is
+/// counted, whichever step gave it).
+async fn post_order(
+    state: &AppState,
+    parts: &hyper::http::request::Parts,
+    body: Incoming,
+    peer: IpAddr,
+) -> (HttpResponse, orders::OrderOutcomeLabel) {
+    use orders::OrderOutcomeLabel;
+    let refused = |error: ApiError| {
+        let outcome = OrderOutcomeLabel::Refused(error.code);
+        (error.into_response(), outcome)
+    };
+    let engine = match admitting_engine(state) {
+        Ok(engine) => engine,
+        Err(error) => return refused(error),
+    };
+    let _in_flight = match admit(state, engine, peer) {
+        Ok(slot) => slot,
+        Err((error, reason)) => return (error.into_response(), OrderOutcomeLabel::Shed(reason)),
+    };
+    match read_body(&parts.headers, body, state).await {
+        Ok(body) => {
+            let per_user = state.admission.per_user.as_ref();
+            orders::create_order(engine, &body, per_user).await
+        }
+        Err(error) => refused(error),
+    }
 }
 
 async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) -> HttpResponse {
@@ -280,6 +300,9 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
     match (&segments[..segment_count], method) {
         (["metrics"], &Method::GET) => match &state.metrics {
             Some(metrics) => {
+                metrics
+                    .in_flight
+                    .set(state.admission.in_flight.current() as i64);
                 let mut registries = vec![&metrics.registry];
                 let engine_metrics = state.engine().and_then(|engine| engine.scrape_metrics());
                 if let Some(engine_registry) = &engine_metrics {
@@ -308,25 +331,11 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             ),
         },
         (["v1", "orders"], &Method::POST) => {
-            let engine = match admitting_engine(state) {
-                Ok(engine) => engine,
-                Err(error) => return error.into_response(),
-            };
-            let _in_flight = match admit(state, engine, peer) {
-                Ok(slot) => slot,
-                Err(shed) => return shed.into_response(),
-            };
-            match read_body(&parts.headers, body, state).await {
-                Ok(body) => {
-                    let per_user = state.admission.per_user.as_ref();
-                    let (response, outcome) = orders::create_order(engine, &body, per_user).await;
-                    if let Some(metrics) = &state.metrics {
-                        metrics.count_order(outcome);
-                    }
-                    response
-                }
-                Err(error) => error.into_response(),
+            let (response, outcome) = post_order(state, &parts, body, peer).await;
+            if let Some(metrics) = &state.metrics {
+                metrics.count_order(outcome);
             }
+            response
         }
         (["v1", "orders", order_id], &Method::GET) => match state.engine() {
             Some(engine) => lifecycle::get_order(engine, order_id).await,
@@ -354,7 +363,12 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             };
             let _in_flight = match admit(state, engine, peer) {
                 Ok(slot) => slot,
-                Err(shed) => return shed.into_response(),
+                Err((error, reason)) => {
+                    if let Some(metrics) = &state.metrics {
+                        metrics.count_shed(reason);
+                    }
+                    return error.into_response();
+                }
             };
             match read_body(&parts.headers, body, state).await {
                 Ok(body) => {
