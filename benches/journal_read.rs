@@ -18,6 +18,11 @@
 //!   zero-copy access to each record, touching `at_ms` and the order's `qty`.
 //! - `reader_to_json`: the same plus [`ArchivedRecord::to_json`] and its serialisation into
 //!   a 64 KiB buffer (emptied when full) for each record: what `stampede tail` pays per line.
+//! - `frames_crc` and `frames_crc_access`: where the reader's time goes. The segment files
+//!   are in memory (read once into an aligned buffer, outside the timing) and walked with
+//!   [`check_frame`] (framing and CRC32C of each frame), then the same plus [`access_record`]
+//!   (rkyv validation, zero-copy) touching the same fields as `reader`. `raw_read` +
+//!   `frames_crc_access` is what a reader with no other overhead would cost.
 //! - `http_pages`: an in-process engine ([`Engine::start`] on the directory, recovering it,
 //!   and the real HTTP server on 127.0.0.1:0) and one keep-alive hyper connection reading
 //!   `GET /v1/journal?from=..&limit=10000` pages to the end (the page path of a consumer over
@@ -25,7 +30,7 @@
 //!
 //! The directory is `std::env::temp_dir()`, or `$STAMPEDE_BENCH_DIR` when set.
 //!
-//! Run: `cargo bench --bench journal_read` (about two minutes after the build; pass a filter
+//! Run: `cargo bench --bench journal_read` (about 90 s after the build; pass a filter
 //! such as `reader` to run a part).
 
 use std::fs::File;
@@ -43,7 +48,7 @@ use hyper_util::rt::TokioIo;
 use stampede::config::{Config, FsyncPolicy, Overrides};
 use stampede::engine::Engine;
 use stampede::http::{self, AppState};
-use stampede::journal::record::ArchivedEvent;
+use stampede::journal::record::{ArchivedEvent, FrameCheck, access_record, check_frame};
 use stampede::journal::{
     Event, FrameBatch, Journal, JournalReader, JournalTail, OrderAccepted, ReadLimit, Record,
     SkuChanged,
@@ -195,6 +200,54 @@ fn read_records(journal_dir: &Path) -> u64 {
     count
 }
 
+/// The segment files in memory, each in a buffer aligned as the files' frames are.
+fn load_segments(segments: &[PathBuf]) -> Vec<rkyv::util::AlignedVec<16>> {
+    segments
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path).expect("read segment");
+            let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(bytes.len());
+            aligned.extend_from_slice(&bytes);
+            aligned
+        })
+        .collect()
+}
+
+/// Walks every frame of in-memory segments: framing and CRC, and with `access` the rkyv
+/// validation and the fields `read_records` touches. Returns the count.
+fn walk_frames(segments: &[rkyv::util::AlignedVec<16>], access: bool) -> u64 {
+    let mut count = 0u64;
+    let mut touched = 0u64;
+    for bytes in segments {
+        let mut offset = 16; // the segment header
+        loop {
+            match check_frame(bytes, offset) {
+                FrameCheck::Valid {
+                    seq,
+                    payload,
+                    next_offset,
+                } => {
+                    if access {
+                        let record = access_record(payload).expect("record validates");
+                        touched = touched.wrapping_add(record.at_ms.to_native() ^ seq);
+                        if let ArchivedEvent::Accepted(order) = &record.event {
+                            touched = touched.wrapping_add(u64::from(order.qty.to_native()));
+                        }
+                    } else {
+                        touched = touched.wrapping_add(seq ^ payload.len() as u64);
+                    }
+                    count += 1;
+                    offset = next_offset;
+                }
+                FrameCheck::End => break,
+                other => panic!("frame at {offset}: {other:?}"),
+            }
+        }
+    }
+    black_box(touched);
+    count
+}
+
 /// Reads every record and serialises it as its NDJSON line; returns the count.
 fn read_records_to_json(journal_dir: &Path, out: &mut Vec<u8>) -> u64 {
     let mut reader = JournalReader::open(journal_dir, 0, ReadLimit::Written);
@@ -240,6 +293,14 @@ fn readers(c: &mut Criterion) {
     group.bench_function("reader", |b| {
         b.iter(|| assert_eq!(read_records(&fixture.journal_dir), RECORDS));
     });
+    let in_memory = load_segments(&fixture.segments);
+    group.bench_function("frames_crc", |b| {
+        b.iter(|| assert_eq!(walk_frames(&in_memory, false), RECORDS));
+    });
+    group.bench_function("frames_crc_access", |b| {
+        b.iter(|| assert_eq!(walk_frames(&in_memory, true), RECORDS));
+    });
+    drop(in_memory);
     let mut out = Vec::with_capacity(128 * 1024);
     group.bench_function("reader_to_json", |b| {
         b.iter(|| {

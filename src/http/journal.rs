@@ -50,17 +50,22 @@ fn read_error(error: ReadError) -> HttpResponse {
         ReadError::Deleted {
             wanted,
             first_available,
-        } => ApiError::new(
-            ErrorCode::Gone,
-            format!(
-                "records from seq {wanted} on were deleted by retention; the oldest kept is \
-                 {first_available} (page on with from={})",
-                first_available - 1
-            ),
-        )
-        .into_response(),
+        } => gone(wanted, first_available),
         other => read_failed(other),
     }
+}
+
+/// 410 `gone`: records from `wanted` on were deleted by retention.
+pub fn gone(wanted: u64, first_available: u64) -> HttpResponse {
+    ApiError::new(
+        ErrorCode::Gone,
+        format!(
+            "records from seq {wanted} on were deleted by retention; the oldest kept is \
+             {first_available} (page on with from={})",
+            first_available - 1
+        ),
+    )
+    .into_response()
 }
 
 fn read_failed(error: impl std::fmt::Display) -> HttpResponse {

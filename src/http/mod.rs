@@ -426,6 +426,21 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
                         )
                         .into_response();
                     };
+                    // A stream that would start before the oldest kept record is refused now,
+                    // while a status can still say so (410), not cut short after a 200.
+                    match engine.first_retained_seq() {
+                        Ok(first) if query.from.saturating_add(1) < first => {
+                            return journal::gone(query.from.saturating_add(1), first);
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            return ApiError::new(
+                                ErrorCode::Unavailable,
+                                format!("journal read failed: {error}"),
+                            )
+                            .into_response();
+                        }
+                    }
                     journal::follow(
                         engine.clone(),
                         query.from,

@@ -272,7 +272,7 @@ impl JournalReader {
         let Some(first) = segments.first() else {
             return Ok(false);
         };
-        if first.0 > self.next_seq && self.next_seq > 1 {
+        if first.0 > self.next_seq {
             return Err(ReadError::Deleted {
                 wanted: self.next_seq,
                 first_available: first.0,

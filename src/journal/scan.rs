@@ -89,6 +89,18 @@ pub struct SegmentCursor {
     buf_offset: u64,
     pos: usize,
     pub first_seq: u64,
+    /// The frame [`SegmentCursor::peek`] checked at `pos`, so that the `step` after it does
+    /// not compute the CRC a second time. Cleared whenever `pos` or the buffer changes.
+    peeked: Option<PeekedFrame>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PeekedFrame {
+    pos: usize,
+    seq: u64,
+    payload_start: usize,
+    payload_end: usize,
+    next_pos: usize,
 }
 
 impl SegmentCursor {
@@ -112,6 +124,7 @@ impl SegmentCursor {
             buf_offset: SEGMENT_HEADER_BYTES as u64,
             pos: 0,
             first_seq,
+            peeked: None,
         }))
     }
 
@@ -148,12 +161,23 @@ impl SegmentCursor {
         self.file.read_exact_at(&mut self.buf, start)?;
         self.buf_offset = start;
         self.pos = 0;
+        self.peeked = None;
         Ok(())
     }
 
     /// Finds the frame at the current offset (refilling the buffer as needed) without
     /// moving past it.
     fn frame_here(&mut self) -> io::Result<FrameHere> {
+        if let Some(peeked) = self.peeked
+            && peeked.pos == self.pos
+        {
+            return Ok(FrameHere::Frame {
+                seq: peeked.seq,
+                payload_start: peeked.payload_start,
+                payload_end: peeked.payload_end,
+                next_pos: peeked.next_pos,
+            });
+        }
         loop {
             match check_frame(&self.buf, self.pos) {
                 FrameCheck::Valid {
@@ -229,7 +253,21 @@ impl SegmentCursor {
     /// end of data, or a bad frame (whose offset is [`SegmentCursor::offset`]).
     pub fn peek(&mut self) -> io::Result<Peek> {
         Ok(match self.frame_here()? {
-            FrameHere::Frame { seq, .. } => Peek::Frame { seq },
+            FrameHere::Frame {
+                seq,
+                payload_start,
+                payload_end,
+                next_pos,
+            } => {
+                self.peeked = Some(PeekedFrame {
+                    pos: self.pos,
+                    seq,
+                    payload_start,
+                    payload_end,
+                    next_pos,
+                });
+                Peek::Frame { seq }
+            }
             FrameHere::End => Peek::End,
             FrameHere::Bad { torn, .. } => Peek::Bad { torn },
         })
