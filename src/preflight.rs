@@ -1142,11 +1142,10 @@ fn journal_room_check(config: &Config) -> Check {
 }
 
 /// Creates `<data_dir>/inventory.slots` at its configured size with the engine's own
-/// [`Inventory::create`] and reads every page of the map, proving the file can be made and
-/// mapped whole on this filesystem. Returns the file's size. The engine re-creates the file
-/// at every start (it is rebuilt from the journal) and writes a SKU's slot when it creates
-/// the SKU (catalogue, admin PUT or replay), so the slots orders touch are already mapped
-/// before the first order.
+/// [`Inventory::create`] (which pre-touches every page, as it does at every engine start)
+/// and reads the map back, proving the file can be made and mapped whole on this
+/// filesystem. Returns the file's size. The engine re-creates the file at each start (it is
+/// rebuilt from the journal) and pre-touches it there, before any shard runs.
 pub fn prepare_inventory(data_dir: &Path, skus_max: u32) -> io::Result<u64> {
     let inventory = Inventory::create(&data_dir.join("inventory.slots"), skus_max)?;
     let stride = (PAGE_BYTES / SLOT_BYTES) as u32;
@@ -1168,9 +1167,8 @@ fn inventory_map_check(config: &Config) -> Check {
             "inventory_map",
             Verdict::Pass,
             format!(
-                "inventory.slots created at {} ({} slots) and every page mapped in {ms:.1} ms \
-                 (the engine re-creates it at start and writes each SKU's slot when it \
-                 creates the SKU, before any order)",
+                "inventory.slots created at {} ({} slots) and every page touched in {ms:.1} ms \
+                 (the engine re-creates and pre-touches it the same way at each start)",
                 human_bytes(bytes),
                 config.inventory.skus_max
             ),
