@@ -114,7 +114,7 @@ impl AppState {
         }
         match self.engine.get() {
             None => Some("recovering"),
-            Some(engine) if engine.journal.is_poisoned() => Some("journal_unwritable"),
+            Some(engine) if engine.journal.is_stopped() => Some("journal_unwritable"),
             Some(engine)
                 if engine
                     .journal

@@ -252,7 +252,7 @@ async fn decide_decoded(engine: &Engine, order: ValidOrder) -> Result<HttpRespon
         DedupCheck::Conflict => return Err(idempotency_conflict(&order.order_id)),
         DedupCheck::Retry { seq: None } => true,
     };
-    if engine.journal.is_poisoned() {
+    if engine.journal.is_stopped() {
         return Err(ApiError::new(
             ErrorCode::Unavailable,
             "journal cannot be written; admission stopped",

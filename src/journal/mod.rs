@@ -4,6 +4,7 @@
 //! - [`record`]: the on-disk format (frames, rkyv records) and the consumer-facing schema.
 //! - [`writer`]: sequence numbers, segments, group commit under the fsync policy.
 //! - [`scan`]: the segment cursor and the recovery scan.
+//! - [`storage`]: the writer's file I/O seam (the real file system; a simulated disk in tests).
 //! - [`index`]: the sparse seq → file position map behind reads of one record.
 //! - [`reader`]: the consumer's reader (records after a seq, zero-copy, follow).
 //! - [`consumers`]: consumer groups' durable offsets.
@@ -13,6 +14,7 @@ pub mod index;
 pub mod reader;
 pub mod record;
 pub mod scan;
+pub mod storage;
 pub mod writer;
 
 pub use consumers::ConsumerOffsets;

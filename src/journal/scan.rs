@@ -672,54 +672,82 @@ mod tests {
         (written, segments)
     }
 
+    /// The torn-write sweep: the journal cut at every byte offset of its last
+    /// `TORN_FRAMES` records, and at each cut one random bit flipped in what is left of
+    /// them. Never a panic, never a corrupt record replayed: a cut is truncated back to the
+    /// last whole frame, a flip is refused as damage where a valid frame follows it and cut
+    /// off as a torn tail where none does (the last frame: a flip there cannot be told from
+    /// a torn write).
     #[test]
-    fn a_torn_last_frame_is_truncated_at_every_cut_and_earlier_records_survive() {
+    fn a_torn_tail_is_truncated_at_every_cut_of_the_last_records_and_flips_are_never_replayed() {
+        const RECORDS: usize = 12;
+        const TORN_FRAMES: usize = 4;
         let dir = tempfile::tempdir().unwrap();
-        let written = write_orders(dir.path(), 12, 40, limits::SEGMENT_BYTES_DEFAULT);
+        let written = write_orders(dir.path(), RECORDS, 40, limits::SEGMENT_BYTES_DEFAULT);
         let (_, segment) = list_segments(dir.path()).unwrap().pop().unwrap();
         let frames = frame_offsets(&segment);
-        assert_eq!(frames.len(), 12);
-        let (last_offset, last_seq) = *frames.last().unwrap();
-        assert_eq!(last_seq, 12);
-        let full = file_len(&segment) - last_offset;
-        assert_eq!(full % FRAME_ALIGN as u64, 0);
+        assert_eq!(frames.len(), RECORDS);
+        assert_eq!(frames.last().unwrap().1, RECORDS as u64);
+        let full_len = file_len(&segment);
+        let bytes = std::fs::read(&segment).unwrap();
+        // (start, end of the checked bytes, end with padding) of every frame.
+        let spans: Vec<(u64, u64, u64)> = frames
+            .iter()
+            .enumerate()
+            .map(|(index, &(offset, _))| {
+                let end = frames.get(index + 1).map_or(full_len, |next| next.0);
+                let FrameCheck::Valid { payload, .. } = check_frame(&bytes, offset as usize) else {
+                    panic!("frame {index}")
+                };
+                let checked = offset + (record::FRAME_HEADER_BYTES + payload.len()) as u64;
+                (offset, checked, end)
+            })
+            .collect();
+        assert_eq!(spans.last().unwrap().2 % FRAME_ALIGN as u64, 0);
+        let sweep_start = spans[RECORDS - TORN_FRAMES].0;
+        let mut rng = 0x5EED_F00D_u64;
+        let (mut refused, mut cut_off) = (0, 0);
 
-        for keep in 0..=full {
-            let copy = copy_dir(dir.path());
-            let path = in_copy(&copy, &segment);
-            let cut_len = last_offset + keep;
-            OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_len(cut_len)
-                .unwrap();
+        for cut_len in sweep_start..=full_len {
+            // Whole frames before the cut survive; recovery ends the file after the last.
+            let survivors = spans.iter().filter(|(_, _, end)| *end <= cut_len).count();
+            let boundary = if survivors == 0 {
+                SEGMENT_HEADER_BYTES as u64
+            } else {
+                spans[survivors - 1].2
+            };
+            let cut_copy = |dir: &Path| {
+                let copy = copy_dir(dir);
+                let path = in_copy(&copy, &segment);
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .unwrap()
+                    .set_len(cut_len)
+                    .unwrap();
+                (copy, path)
+            };
 
+            let (copy, path) = cut_copy(dir.path());
             let (report, records) = recover_ok(copy.path());
-            let survivors = if keep == full { 12 } else { 11 };
-            if keep == 0 || keep == full {
-                assert!(report.truncated.is_none(), "keep {keep}: {report:?}");
+            if cut_len == boundary {
+                assert!(report.truncated.is_none(), "cut {cut_len}: {report:?}");
             } else {
                 assert_eq!(
                     report.truncated,
-                    Some((path.clone(), last_offset, keep)),
-                    "keep {keep} of {full}"
+                    Some((path.clone(), boundary, cut_len - boundary)),
+                    "cut at {cut_len}"
                 );
             }
-            let boundary = if keep == full { cut_len } else { last_offset };
             assert_eq!(
                 file_len(&path),
                 boundary,
-                "keep {keep}: ends on a frame boundary"
+                "cut {cut_len}: ends on a frame boundary"
             );
-            assert_eq!(records, written[..survivors], "keep {keep}");
+            assert_eq!(records, written[..survivors], "cut {cut_len}");
             assert_eq!(report.records, survivors as u64);
             assert_eq!(report.tail.next_seq, survivors as u64 + 1);
-            assert_eq!(
-                report.tail.segment,
-                Some((path.clone(), 1, boundary)),
-                "keep {keep}"
-            );
+            assert_eq!(report.tail.segment, Some((path.clone(), 1, boundary)));
 
             // Recovery is idempotent, and the writer continues cleanly where it left off.
             write_batches(
@@ -733,7 +761,45 @@ mod tests {
             assert_eq!(records.len(), survivors + 1);
             assert_eq!(records[..survivors], written[..survivors]);
             assert_eq!(records[survivors], order(100, 0));
+
+            // One flipped bit in what is left of the last records.
+            if cut_len == sweep_start {
+                continue;
+            }
+            let byte = sweep_start + next_rand(&mut rng) % (cut_len - sweep_start);
+            let bit = (next_rand(&mut rng) % 8) as u8;
+            let (copy, path) = cut_copy(dir.path());
+            flip_bit(&path, byte, bit);
+            let hit = spans
+                .iter()
+                .position(|(start, _, end)| (*start..*end).contains(&byte))
+                .unwrap();
+            let (start, checked, end) = spans[hit];
+            let label = format!("cut {cut_len}, flip at {byte} bit {bit} (frame {hit})");
+            if byte >= checked {
+                // Padding is not checked, and no record reads it.
+                let (_, records) = recover_ok(copy.path());
+                assert_eq!(records, written[..survivors], "{label}");
+            } else if end <= cut_len && hit + 1 < survivors {
+                // A whole frame follows the flipped one: damage, refused where it is.
+                assert_damage(copy.path(), &path, start);
+                refused += 1;
+            } else {
+                // The flipped frame is the last whole one (or torn itself): a torn tail.
+                let (report, records) = recover_ok(copy.path());
+                assert_eq!(
+                    report.truncated,
+                    Some((path.clone(), start, cut_len - start)),
+                    "{label}"
+                );
+                assert_eq!(records, written[..hit], "{label}");
+                cut_off += 1;
+            }
         }
+        assert!(
+            refused > 100 && cut_off > 100,
+            "{refused} refused, {cut_off} cut off"
+        );
     }
 
     #[test]

@@ -32,8 +32,9 @@
 //! Rejections (sold out, purchase limit, conflict, replay of a durable order) are answered at
 //! once, without waiting for the batch's fsync. One may rest on a decision of the same batch
 //! that is not durable yet (stock an earlier order took, a pending id); if that batch fails,
-//! the journal is poisoned and nothing is admitted again before a restart, so no later
-//! answer contradicts it. SKU changes
+//! the journal stops admission, until a restart or (a full disk) until a write succeeds
+//! again: after that such an answer may not hold any more, as it describes a moment, not a
+//! durable fact. SKU changes
 //! are rare: a SKU command first finishes the current batch, then goes through the journal
 //! alone, and is applied only after it is durable. A bulk load (`POST /v1/skus:bulk`) sends
 //! each shard one [`Command::SkuBatch`] with all of its SKUs' changes: the shard finishes its

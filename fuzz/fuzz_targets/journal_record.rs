@@ -1,0 +1,10 @@
+//! cargo-fuzz target `journal_record`: see `stampede_fuzz::journal_record` (fuzz/src/lib.rs) for its invariants.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use stampede_fuzz::alloc::CountingAlloc;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+fuzz_target!(|data: &[u8]| stampede_fuzz::journal_record(data));
