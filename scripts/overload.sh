@@ -3,7 +3,7 @@
 # build of the engine (the short version is tests/overload.rs):
 #
 #   1. capacity  closed model, CAP_CONNS connections, CAP_DURATION: orders/s sustained
-#   2. unloaded  open model at a tenth of that, 8 connections: the latency baseline
+#   2. unloaded  open model at a tenth of that, LIGHT_CONNS connections: the latency baseline
 #   3. overload  open model at FACTOR x capacity on OVER_CONNS connections for DURATION,
 #                with stampede-load's audit (every 201 journaled exactly once)
 #   4. recovery  open model at a tenth of capacity again, at once
@@ -17,7 +17,7 @@
 # RSS_BOUND_MIB, recovery p99 within 3x the unloaded p99 + 25 ms), 1 otherwise.
 #
 # Usage: scripts/overload.sh
-#   env: DURATION=60s FACTOR=3 CAP_CONNS=256 CAP_DURATION=10s OVER_CONNS=1024
+#   env: DURATION=60s FACTOR=3 CAP_CONNS=256 CAP_DURATION=10s OVER_CONNS=1024 LIGHT_CONNS=64
 #        RECOVERY_DURATION=10s RSS_BOUND_MIB=2048 ORDERS_EXPECTED=4000000 PORT=18290 OUT_DIR=target/overload/<time>
 #        IN_FLIGHT_MAX=<admission.in_flight_max; default: the engine's>  FSYNC=always
 #        SKIP_BUILD=1 (use the release binaries already built)
@@ -30,6 +30,9 @@ FACTOR=${FACTOR:-3}
 CAP_CONNS=${CAP_CONNS:-256}
 CAP_DURATION=${CAP_DURATION:-10s}
 OVER_CONNS=${OVER_CONNS:-1024}
+# Enough connections that the light phases never queue in the generator (each carries one
+# request at a time, and an fsync'd answer takes a millisecond or more).
+LIGHT_CONNS=${LIGHT_CONNS:-64}
 RECOVERY_DURATION=${RECOVERY_DURATION:-10s}
 RSS_BOUND_MIB=${RSS_BOUND_MIB:-2048}
 PORT=${PORT:-18290}
@@ -133,12 +136,12 @@ LIGHT=$(python3 -c "print(max(50, round($CAPACITY / 10)))")
 OFFERED=$(python3 -c "print(round($CAPACITY * $FACTOR))")
 echo "capacity: $CAPACITY orders/s; unloaded rate $LIGHT/s; offered under overload $OFFERED/s"
 
-phase unloaded --model open --rate "$LIGHT" -c 8 -d 10s --warmup 1s --no-audit
+phase unloaded --model open --rate "$LIGHT" -c "$LIGHT_CONNS" -d 10s --warmup 1s --no-audit
 
 # With the audit: under overload every 201 must still be journaled exactly once.
 phase overload --model open --rate "$OFFERED" -c "$OVER_CONNS" -d "$DURATION" --warmup 0s \
   --audit-wait 30s
-phase recovery --model open --rate "$LIGHT" -c 8 -d "$RECOVERY_DURATION" --warmup 0s --no-audit
+phase recovery --model open --rate "$LIGHT" -c "$LIGHT_CONNS" -d "$RECOVERY_DURATION" --warmup 0s --no-audit
 kill "$SAMPLER_PID" 2>/dev/null || true
 wait "$SAMPLER_PID" 2>/dev/null || true
 SAMPLER_PID=

@@ -243,7 +243,7 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+    let listener = match http::bind(config.listen) {
         Ok(listener) => listener,
         Err(error) => {
             eprintln!("stampede: cannot listen on {}: {error}", config.listen);

@@ -44,6 +44,12 @@ const JOURNAL_STALL: Duration = Duration::from_secs(2);
 pub const JOURNAL_READERS_MAX: usize = 8;
 /// Longest time a client may take to send its request headers (slowloris bound).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the kernel queues for accept (capped by `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+/// Bytes hyper may buffer for one connection's request head (and its read buffer): a
+/// request's headers past this are refused with 431, so a client cannot make the server hold
+/// hyper's default ~400 KiB per connection. Browsers and load balancers send a few KiB.
+pub const HEAD_BUFFER_BYTES: usize = 32 * 1024;
 /// Open connections at once; past it new connections wait in the kernel's accept backlog.
 /// Each costs a task and ~16 KiB of buffers, so 10k is ~160 MiB at worst.
 pub const CONNECTIONS_MAX: usize = 10_000;
@@ -128,6 +134,20 @@ impl AppState {
     }
 }
 
+/// Binds the listening socket with a backlog of `LISTEN_BACKLOG` (the default of 128 overflows
+/// when a load balancer opens connections in a burst; the kernel then retries them a second
+/// later) and `SO_REUSEADDR` (a restart may bind while old connections are in TIME_WAIT).
+pub fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting, lets
 /// open requests finish (up to the drain timeout) and returns.
 pub async fn serve(
@@ -141,6 +161,7 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(HEAD_BUFFER_BYTES)
         .keep_alive(true);
     tokio::pin!(shutdown);
     let metrics_connections = state.metrics.as_ref().map(|m| m.connections.clone());

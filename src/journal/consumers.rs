@@ -22,9 +22,14 @@ pub fn consumers_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("consumers")
 }
 
-/// Checks a group name: the id alphabet of the contract, 1..=64 bytes (it names a file).
+/// Checks a group name: the id alphabet of the contract, 1..=64 bytes, not starting with a
+/// dot (it names a file; `.` and `..` and hidden names are refused).
 pub fn validate_group(group: &str) -> Result<(), String> {
-    validate_id("group", group, limits::ORDER_ID_BYTES_MAX)
+    validate_id("group", group, limits::ORDER_ID_BYTES_MAX)?;
+    if group.starts_with('.') {
+        return Err(format!("group {group:?} must not start with a dot"));
+    }
+    Ok(())
 }
 
 /// The offset files of one data directory.
@@ -34,10 +39,28 @@ pub struct ConsumerOffsets {
 }
 
 impl ConsumerOffsets {
-    /// Opens (creating if needed) `<data_dir>/consumers`.
+    /// Opens (creating if needed) `<data_dir>/consumers`, and removes the temporary files of
+    /// commits a crash interrupted (older than a minute: a live writer's is seconds old).
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let dir = consumers_dir(data_dir);
         fs::create_dir_all(&dir)?;
+        let stale = std::time::Duration::from_secs(60);
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let is_temporary = name
+                .to_str()
+                .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|modified| modified.elapsed().ok())
+                .is_some_and(|age| age >= stale);
+            if is_temporary && old {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         Ok(Self { dir })
     }
 
