@@ -76,6 +76,31 @@ use std::collections::HashMap;
 use shuttle::scheduler::{PctScheduler, RandomScheduler};
 use shuttle::{Config, MaxSteps, Runner};
 
+std::thread_local! {
+    /// What the schedules of one test exercised (shuttle runs every task of an execution on
+    /// the test's own thread), so that each test can check its model reached the cases it
+    /// claims to cover.
+    static COVERED: std::cell::RefCell<HashMap<&'static str, usize>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
+fn covered(what: &'static str) {
+    COVERED.with(|covered| *covered.borrow_mut().entry(what).or_default() += 1);
+}
+
+/// Asserts that every one of `cases` happened in some schedule of this test.
+fn assert_covered(cases: &[&str]) {
+    COVERED.with(|covered| {
+        let covered = covered.borrow();
+        for case in cases {
+            assert!(
+                covered.get(case).copied().unwrap_or(0) > 0,
+                "no schedule reached {case:?}: {covered:?}"
+            );
+        }
+    });
+}
+
 /// Schedules to explore: the default times `STAMPEDE_SHUTTLE_ITERATIONS` (default 1).
 fn iterations(default: usize) -> usize {
     let factor = std::env::var("STAMPEDE_SHUTTLE_ITERATIONS")
@@ -212,6 +237,7 @@ macro_rules! seqlock_slot {
                 loop {
                     let before = self.version.load(Ordering::Acquire);
                     if before & 1 == 1 {
+                        super::covered("reader saw an odd version");
                         $hint();
                         continue;
                     }
@@ -220,6 +246,7 @@ macro_rules! seqlock_slot {
                     if self.version.load(Ordering::Relaxed) == before {
                         return values;
                     }
+                    super::covered("reader retried on a changed version");
                 }
             }
 
@@ -417,6 +444,10 @@ fn seqlock_model(reader: Reader) {
 #[test]
 fn seqlock_readers_never_see_a_torn_or_unpublished_slot() {
     explore(|| seqlock_model(Reader::Seqlock), 2000, 1000);
+    assert_covered(&[
+        "reader saw an odd version",
+        "reader retried on a changed version",
+    ]);
 }
 
 #[test]
@@ -448,16 +479,23 @@ fn seqlock_model_catches_a_writer_that_leaves_the_version_odd() {
 
 /// The seqlock under loom: every interleaving (preemption bound 2 unless
 /// `LOOM_MAX_PREEMPTIONS` says otherwise), with Acquire/Release, fences and stale Relaxed
-/// loads modelled. The writer publishes a sale, then a restock; one reader reads once and
-/// must see one of the three published values, never a mix.
+/// loads modelled. The writer publishes a restock (every field changes), then with
+/// `STAMPEDE_LOOM_WRITES=2` a sale; one reader reads once and must see a published value,
+/// never a mix.
 fn loom_seqlock(release_fence: bool) {
+    // One write explores in ~0.1 s; two (`STAMPEDE_LOOM_WRITES=2`) in ~20 s.
+    let writes = std::env::var("STAMPEDE_LOOM_WRITES")
+        .ok()
+        .and_then(|value| value.parse::<usize>().ok())
+        .unwrap_or(1)
+        .clamp(1, 2);
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(2);
     }
     builder.check(move || {
         use loom::sync::Arc;
-        let published = [(10, 6, 3, 1), (10, 5, 3, 2), (17, 11, 4, 2)];
+        let published = [(10, 6, 3, 1), (17, 11, 4, 2), (17, 10, 4, 3)];
         let slot = Arc::new(loom_slot::Slot::new(published[0]));
         let reader = {
             let slot = slot.clone();
@@ -466,8 +504,9 @@ fn loom_seqlock(release_fence: bool) {
                 assert!(published.contains(&seen), "torn read: {seen:?}");
             })
         };
-        slot.write(published[1], release_fence);
-        slot.write(published[2], release_fence);
+        for values in &published[1..=writes] {
+            slot.write(*values, release_fence);
+        }
         reader.join().unwrap();
     });
 }
@@ -478,7 +517,7 @@ fn loom_seqlock_orderings_hold() {
 }
 
 #[test]
-#[should_panic]
+#[should_panic(expected = "torn read")]
 fn loom_catches_a_writer_without_the_release_fence() {
     loom_seqlock(false);
 }
@@ -534,6 +573,9 @@ fn shard_loop(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        if batch.len() > 1 {
+            covered("a batch of several commands");
+        }
         if broken_batch {
             batch.reverse();
         }
@@ -551,6 +593,9 @@ fn shard_loop(
                     let _ = reply.send(decided.log.len());
                 }
                 Command::Stop => stop = true,
+            }
+            if stop {
+                covered("a command after Stop in its batch");
             }
         }
         if stop {
@@ -592,6 +637,7 @@ fn mailbox_model(concurrent_shutdown: bool, broken_batch: bool) {
             for index in 0..PER_PRODUCER {
                 // `Engine::submit_order`: refuse once stopping, else `try_send`.
                 if stopping.load(Ordering::Acquire) {
+                    covered("refused: stopping");
                     outcomes.push(Submitted::Refused);
                     continue;
                 }
@@ -626,8 +672,10 @@ fn mailbox_model(concurrent_shutdown: bool, broken_batch: bool) {
                                 Command::Stop => panic!("a Stop came back to a producer"),
                             }
                             if !patient || stopping.load(Ordering::Acquire) {
+                                covered("shed on a full queue");
                                 break Submitted::Shed;
                             }
+                            covered("retried on a full queue");
                             command = back;
                             shuttle::thread::yield_now();
                         }
@@ -662,6 +710,7 @@ fn mailbox_model(concurrent_shutdown: bool, broken_batch: bool) {
             producer, index, ..
         } = command
         {
+            covered("dropped by the drain");
             dropped.push((producer, index));
         }
     }
@@ -674,7 +723,10 @@ fn mailbox_model(concurrent_shutdown: bool, broken_batch: bool) {
         match leftovers.try_recv() {
             Ok(Command::Order {
                 producer, index, ..
-            }) => stranded.push((producer, index)),
+            }) => {
+                covered("queued after the drain");
+                stranded.push((producer, index));
+            }
             Ok(Command::Stop) => panic!("a second Stop"),
             Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
         }
@@ -733,11 +785,22 @@ fn mailbox_model(concurrent_shutdown: bool, broken_batch: bool) {
 #[test]
 fn mailbox_decides_every_admitted_command_once_in_order() {
     explore(|| mailbox_model(false, false), 1500, 500);
+    assert_covered(&[
+        "a batch of several commands",
+        "shed on a full queue",
+        "retried on a full queue",
+    ]);
 }
 
 #[test]
 fn mailbox_shutdown_racing_producers_loses_no_command() {
     explore(|| mailbox_model(true, false), 1500, 500);
+    assert_covered(&[
+        "refused: stopping",
+        "a command after Stop in its batch",
+        "dropped by the drain",
+        "queued after the drain",
+    ]);
 }
 
 #[test]
@@ -825,6 +888,7 @@ impl Journal {
             if ok {
                 state.durable.extend(batch);
             } else {
+                covered("a failed commit");
                 state.poisoned = true;
             }
             state.last_ok = ok;
@@ -889,6 +953,7 @@ fn reply_model(reply_before_commit: bool) {
             while let Ok(first) = commands.recv() {
                 let mut batch = vec![first];
                 if let Ok(more) = commands.try_recv() {
+                    covered("a batch of two orders");
                     batch.push(more);
                 }
                 // Decide: take stock at once; sold out is answered at once.
@@ -897,6 +962,7 @@ fn reply_model(reply_before_commit: bool) {
                 for (order, reply) in batch {
                     let mut shared = shared.lock().unwrap();
                     if shared.available == 0 {
+                        covered("sold out");
                         let _ = reply.send(Outcome::SoldOut);
                         continue;
                     }
@@ -937,6 +1003,7 @@ fn reply_model(reply_before_commit: bool) {
                     }
                     None => {
                         let mut shared = shared.lock().unwrap();
+                        covered("a batch undone");
                         for order in taken.iter().rev() {
                             shared.available += 1;
                             shared.index.remove(order);
@@ -1000,6 +1067,12 @@ fn reply_model(reply_before_commit: bool) {
 #[test]
 fn replies_are_sent_only_for_durable_orders() {
     explore(|| reply_model(false), 1500, 500);
+    assert_covered(&[
+        "a failed commit",
+        "a batch undone",
+        "sold out",
+        "a batch of two orders",
+    ]);
 }
 
 #[test]

@@ -240,8 +240,16 @@ impl<'a> Input<'a> {
     }
 }
 
+/// `STAMPEDE_FUZZ_DEBUG=1`: print what each call allocated and how each recovery ended.
+fn debug() -> bool {
+    std::env::var_os("STAMPEDE_FUZZ_DEBUG").is_some()
+}
+
 fn assert_alloc_within(what: &str, value: usize, per_byte: usize, n: usize, constant: usize) {
     let bound = per_byte.saturating_mul(n).saturating_add(constant);
+    if debug() {
+        eprintln!("ALLOC {what}: {value} bytes for {n} input bytes");
+    }
     assert!(
         value <= bound,
         "{what}: {value} bytes allocated for an input of {n} bytes, bound {per_byte}*N + {constant} = {bound}"
@@ -572,7 +580,7 @@ fn check_payload(payload: &[u8], seq: u64) {
         .expect("a validated archive deserializes");
     // rkyv checks alignment at the payload's address: `decode_record` (which copies into
     // an aligned buffer) agrees only for a payload that is aligned, as every frame's is.
-    if (payload.as_ptr() as usize).is_multiple_of(FRAME_ALIGN) {
+    if (payload.as_ptr() as usize) % FRAME_ALIGN == 0 {
         assert_eq!(
             record::decode_record(payload).expect("decode_record agrees with access_record"),
             owned
@@ -1004,7 +1012,7 @@ pub fn recovery(data: &[u8]) {
     let before = read_dir_files(dir.path());
     let (result, applied, stats) = run_recover(dir.path());
     let after = read_dir_files(dir.path());
-    if std::env::var_os("STAMPEDE_FUZZ_DEBUG").is_some() {
+    if debug() {
         let kind = match &result {
             Ok(r) if r.truncated.is_some() => "ok-truncated",
             Ok(_) => "ok",
