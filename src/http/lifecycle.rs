@@ -80,6 +80,7 @@ pub fn decode_action(
                     limits::ADDRESS_BYTES_MAX
                 )));
             }
+            crate::http::orders::validate_address_json(text)?;
             Some(text.to_owned())
         }
         // Other actions ignore an address, as unknown fields are ignored.

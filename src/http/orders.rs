@@ -64,6 +64,23 @@ pub fn require_json_object(body: &[u8]) -> Result<(), ApiError> {
     }
 }
 
+/// The address is stored as the exact text given and shown back as a JSON object, so it must
+/// parse as one: the raw-value check accepts the JSON grammar only, which lets through
+/// numbers out of range (`1e999`) and unpaired surrogate escapes (`"\ud800"`).
+pub fn validate_address_json(text: &str) -> Result<(), ApiError> {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "address must be a JSON object",
+        )),
+        Err(error) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            format!("address is not valid JSON: {error}"),
+        )),
+    }
+}
+
 /// Decodes and validates an order body (no engine state involved; unit-tested alone).
 pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
     require_json_object(body)?;
@@ -130,6 +147,7 @@ pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
                     limits::ADDRESS_BYTES_MAX
                 )));
             }
+            validate_address_json(text)?;
             Some(text.to_owned())
         }
     };

@@ -38,7 +38,10 @@ impl SeqIndex {
     pub fn note(&self, seq: u64, segment_first_seq: u64, offset: u64) {
         let wanted = |points: &[Point]| match points.last() {
             None => true,
-            Some(last) => last.segment_first_seq != segment_first_seq || seq >= last.seq + STRIDE,
+            Some(last) => {
+                last.segment_first_seq != segment_first_seq
+                    || seq >= last.seq.saturating_add(STRIDE)
+            }
         };
         if !wanted(&self.points.read()) {
             return;
