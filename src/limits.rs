@@ -75,7 +75,8 @@ pub const SKUS_DEFAULT: u32 = 65_536;
 pub const SKUS_MAX: u32 = 1 << 22;
 
 /// Ceiling for `inventory.orders_expected`, the size the hot tables are built with: 10^8
-/// orders is ~6 GiB of tables, past what one engine of this design should be asked to hold.
+/// orders is ~11 GiB of tables (~113 B each), past what one engine of this design should
+/// be asked to hold.
 pub const ORDERS_EXPECTED_MAX: usize = 100_000_000;
 
 /// Largest stock of one SKU. Keeps `sold + reserved + available` far from u64 overflow and

@@ -22,10 +22,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::StatusCode;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap};
+use hyper::header::{CONTENT_TYPE, HeaderMap};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, SkuView};
@@ -385,43 +384,14 @@ pub async fn load(engine: &Arc<Engine>, headers: &HeaderMap, body: &[u8]) -> Htt
     reply::json(StatusCode::OK, &report)
 }
 
-/// Reads a bulk body up to [`limits::BULK_BODY_BYTES_MAX`] (413 past it, by header at once,
-/// else while reading), within the configured body read timeout (408).
+/// Reads a bulk body up to [`limits::BULK_BODY_BYTES_MAX`] (413 past it: split the file),
+/// within the configured body read timeout (408).
 pub async fn read_body(
     headers: &HeaderMap,
     body: Incoming,
     state: &AppState,
 ) -> Result<Bytes, ApiError> {
-    let limit = limits::BULK_BODY_BYTES_MAX;
-    let too_large = || {
-        ApiError::new(
-            ErrorCode::TooLarge,
-            format!("bulk body is over the {limit} byte limit; split the file"),
-        )
-    };
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
-    }
-    let reading =
-        tokio::time::timeout(state.body_read_timeout, Limited::new(body, limit).collect());
-    let Ok(read) = reading.await else {
-        return Err(ApiError::new(
-            ErrorCode::RequestTimeout,
-            format!(
-                "body not received within {} ms",
-                state.body_read_timeout.as_millis()
-            ),
-        ));
-    };
-    match read {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(bad_request(format!("cannot read body: {error}"))),
-    }
+    crate::http::read_body_up_to(headers, body, state, limits::BULK_BODY_BYTES_MAX).await
 }
 
 #[cfg(test)]

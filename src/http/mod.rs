@@ -544,13 +544,23 @@ fn with_engine(state: &AppState, handler: impl FnOnce(&Engine) -> HttpResponse) 
     }
 }
 
-/// Reads a body up to `limit` bytes; 413 for more (by header at once, else while reading).
+/// Reads a body up to `http.body_bytes_max`; 413 for more (by header at once, else while
+/// reading), 408 past the body read timeout.
 async fn read_body(
     headers: &hyper::HeaderMap,
     body: Incoming,
     state: &AppState,
 ) -> Result<Bytes, ApiError> {
-    let limit = state.body_bytes_max;
+    read_body_up_to(headers, body, state, state.body_bytes_max).await
+}
+
+/// [`read_body`] with another cap (a bulk load's).
+pub(crate) async fn read_body_up_to(
+    headers: &hyper::HeaderMap,
+    body: Incoming,
+    state: &AppState,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             ErrorCode::TooLarge,

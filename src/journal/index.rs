@@ -12,7 +12,7 @@ use std::path::Path;
 
 use parking_lot::RwLock;
 
-use crate::journal::record::{ArchivedRecord, Record};
+use crate::journal::record::ArchivedRecord;
 use crate::journal::scan::{CursorStep, SegmentCursor};
 use crate::journal::writer::segment_file_name;
 
@@ -107,27 +107,6 @@ impl SeqIndex {
                 }
             }
         }
-    }
-
-    /// [`SeqIndex::read`], deserialized into an owned [`Record`].
-    pub fn read_owned(&self, dir: &Path, seq: u64) -> io::Result<Option<Record>> {
-        let mut owned = None;
-        let mut failure = None;
-        self.read(
-            dir,
-            seq,
-            &mut |record| match rkyv::deserialize::<Record, rkyv::rancor::Error>(record) {
-                Ok(record) => owned = Some(record),
-                Err(error) => failure = Some(error),
-            },
-        )?;
-        if let Some(error) = failure {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                error.to_string(),
-            ));
-        }
-        Ok(owned)
     }
 }
 

@@ -45,7 +45,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::config::FsyncPolicy;
 use crate::journal::index::SeqIndex;
-use crate::journal::record::{self, ArchivedRecord, FrameBatch, Record, SEGMENT_HEADER_BYTES};
+use crate::journal::record::{self, ArchivedRecord, FrameBatch, SEGMENT_HEADER_BYTES};
 use crate::journal::storage::{FsStorage, SegmentFile, Storage, is_out_of_space};
 use crate::limits;
 
@@ -280,16 +280,8 @@ impl Journal {
         self.shared.durable_seq.load(Ordering::Acquire)
     }
 
-    /// Reads one durable record by its seq (the order history's random reads). `Ok(None)`
-    /// for a seq that is not durable or not in the journal.
-    pub fn read_owned(&self, seq: u64) -> io::Result<Option<Record>> {
-        if seq == 0 || seq > self.durable_seq() {
-            return Ok(None);
-        }
-        self.shared.index.read_owned(&self.shared.dir, seq)
-    }
-
-    /// [`Journal::read_owned`] without the copy: `visit` sees the validated archive.
+    /// Reads one durable record by its seq (the order history's random reads): `visit` sees
+    /// the validated archive in place. `Ok(false)` for a seq not durable or not in the journal.
     pub fn read_with(&self, seq: u64, visit: &mut dyn FnMut(&ArchivedRecord)) -> io::Result<bool> {
         if seq == 0 || seq > self.durable_seq() {
             return Ok(false);
