@@ -82,7 +82,7 @@ TOML
 echo "overload.sh: engine on $URL (fsync $FSYNC${IN_FLIGHT_MAX:+, in_flight_max $IN_FLIGHT_MAX}); output in $OUT_DIR"
 env STAMPEDE_ADMIN_TOKEN="$TOKEN" STAMPEDE_JOURNAL_FSYNC="$FSYNC" NO_COLOR=1 \
   ${IN_FLIGHT_MAX:+STAMPEDE_ADMISSION_IN_FLIGHT_MAX=$IN_FLIGHT_MAX} \
-  "$ENGINE" serve --config "$OUT_DIR/engine.toml" --listen "127.0.0.1:$PORT" \
+  ${ENGINE_CPUS:+taskset -c "$ENGINE_CPUS"} "$ENGINE" serve --config "$OUT_DIR/engine.toml" --listen "127.0.0.1:$PORT" \
   --data-dir "$DATA_DIR" >"$OUT_DIR/engine.out" 2>"$OUT_DIR/engine.err" &
 SERVER_PID=$!
 for _ in $(seq 1 150); do
@@ -118,7 +118,7 @@ phase() {
   local started
   started=$(date +%s.%N)
   set +e
-  "$LOAD" --scenario throughput --url "$URL" --admin-token "$TOKEN" --run-id "$(run_id "$name")" \
+  ${LOAD_CPUS:+taskset -c "$LOAD_CPUS"} "$LOAD" --scenario throughput --url "$URL" --admin-token "$TOKEN" --run-id "$(run_id "$name")" \
     --json "$OUT_DIR/$name.json" --html "$OUT_DIR/$name.html" -q "$@" | tee "$OUT_DIR/$name.txt"
   echo "${PIPESTATUS[0]}" >"$OUT_DIR/$name.exit"
   set -e

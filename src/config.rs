@@ -74,6 +74,9 @@ pub struct InventoryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdmissionConfig {
+    /// Queueing delay (runtime scheduling delay or shard backlog) past which a share of new
+    /// work is shed, ms; 0 = off.
+    pub queue_delay_target_ms: u64,
     /// Order and action requests admitted and not yet answered, across the server.
     pub in_flight_max: usize,
     /// Requests per second per client address; 0 = no limit.
@@ -218,6 +221,11 @@ const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
     (
         "STAMPEDE_JOURNAL_RETENTION_CHECK_S",
         &["journal", "retention_check_s"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_ADMISSION_QUEUE_DELAY_TARGET_MS",
+        &["admission", "queue_delay_target_ms"],
         EnvKind::Integer,
     ),
     (
@@ -376,6 +384,13 @@ impl Config {
             ));
         }
         let a = &self.admission;
+        if a.queue_delay_target_ms > limits::QUEUE_DELAY_TARGET_MS_MAX {
+            return fail(format!(
+                "admission.queue_delay_target_ms must be 0..={} (0 = off), got {}",
+                limits::QUEUE_DELAY_TARGET_MS_MAX,
+                a.queue_delay_target_ms
+            ));
+        }
         if !(1..=limits::IN_FLIGHT_MAX).contains(&a.in_flight_max) {
             return fail(format!(
                 "admission.in_flight_max must be 1..={}, got {}",

@@ -38,6 +38,7 @@ use crate::inventory::{
     AcceptedOrder, Inventory, KeyHasher, OrderIndex, OrderState, PurchaseCounts, SlotValues,
 };
 use crate::journal::record::ArchivedEvent;
+use crate::journal::storage::{FsStorage, Storage};
 use crate::journal::{self, ArchivedRecord, ConsumerOffsets, Journal, RecoveryError};
 use crate::limits;
 use crate::order::{Action, StockEffect, transition};
@@ -202,6 +203,8 @@ pub struct Engine {
     metrics: Option<EngineMetrics>,
     /// Commands each shard has decided, and the drain rate measured from them.
     decided: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    /// Each shard's longest mailbox wait since the last read (see [`Engine::mailbox_wait`]).
+    mailbox_waits: Vec<Arc<std::sync::atomic::AtomicU64>>,
     drain: Mutex<DrainRate>,
     /// SKU name → slot index. Written only under `sku_admin` (or before start).
     catalog: DashMap<String, u32>,
@@ -245,6 +248,16 @@ impl Engine {
     pub fn start_with_clock(
         config: &Config,
         clock: Clock,
+    ) -> Result<(Arc<Engine>, StartReport), StartError> {
+        Self::start_with(config, clock, Arc::new(FsStorage))
+    }
+
+    /// [`Engine::start`] on a given clock, writing the journal through `storage` (tests put a
+    /// slow or failing disk under a real engine; recovery still reads the files directly).
+    pub fn start_with(
+        config: &Config,
+        clock: Clock,
+        storage: Arc<dyn Storage>,
     ) -> Result<(Arc<Engine>, StartReport), StartError> {
         let data_dir = &config.data_dir;
         let dir_err = |path: &Path| {
@@ -349,7 +362,8 @@ impl Engine {
             });
         }
 
-        let journal = Journal::open(
+        let journal = Journal::open_with(
+            storage,
             &journal_dir,
             config.journal.fsync,
             config.journal.segment_bytes_max,
@@ -382,6 +396,10 @@ impl Engine {
             }
         });
         let decided: Vec<_> = writers.iter().map(|w| w.decided.clone()).collect();
+        let mailbox_waits: Vec<_> = writers
+            .iter()
+            .map(|w| w.mailbox_wait_max_us.clone())
+            .collect();
         let mut mailboxes = Vec::with_capacity(shard_count);
         let mut mailbox_leftovers = Vec::with_capacity(shard_count);
         let mut shard_threads = Vec::with_capacity(shard_count);
@@ -409,6 +427,7 @@ impl Engine {
             consumers,
             metrics,
             decided,
+            mailbox_waits,
             drain: Mutex::new(DrainRate::default()),
             catalog,
             next_slot: AtomicU32::new(next_slot),
@@ -542,7 +561,7 @@ impl Engine {
             return Err(SubmitError::Stopped);
         }
         let shard = shard::shard_of(command.slot_index, self.mailboxes.len());
-        match self.mailboxes[shard].try_send(Command::Order(command)) {
+        match self.mailboxes[shard].try_send(Command::Order(command, std::time::Instant::now())) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(SubmitError::Overloaded),
             Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
@@ -571,16 +590,19 @@ impl Engine {
             _ => None,
         };
         let (reply, outcome) = oneshot::channel();
-        let command = Command::Action(ActionCommand {
-            order_id: request.order_id,
-            key,
-            action: request.action,
-            reason: request.reason,
-            address: request.address,
-            restock: request.restock,
-            exchange_sku: request.exchange_sku,
-            reply,
-        });
+        let command = Command::Action(
+            ActionCommand {
+                order_id: request.order_id,
+                key,
+                action: request.action,
+                reason: request.reason,
+                address: request.address,
+                restock: request.restock,
+                exchange_sku: request.exchange_sku,
+                reply,
+            },
+            std::time::Instant::now(),
+        );
         let Some(exchange_slot) = exchange_slot else {
             match self.mailboxes[order_shard].try_send(command) {
                 Ok(()) => {}
@@ -886,6 +908,19 @@ impl Engine {
     /// Commands waiting in all shards' mailboxes.
     pub fn queued(&self) -> usize {
         self.mailboxes.iter().map(|mailbox| mailbox.len()).sum()
+    }
+
+    /// The longest an order or action waited in a shard's mailbox since the last call
+    /// (zero when none was taken): the shards' queue delay, the queue-delay gate's second
+    /// signal. Reading resets it, so one reader (the gate's probe) owns it.
+    pub fn mailbox_wait(&self) -> Duration {
+        let waited_us = self
+            .mailbox_waits
+            .iter()
+            .map(|wait| wait.swap(0, Ordering::Relaxed))
+            .max()
+            .unwrap_or(0);
+        Duration::from_micros(waited_us)
     }
 
     /// Commands per second all shards are deciding (an estimate for `Retry-After`).

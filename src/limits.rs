@@ -105,6 +105,10 @@ pub const FOLLOW_QUEUE_CHUNKS: usize = 4;
 pub const FOLLOW_CHUNK_BYTES: usize = 64 * 1024;
 pub const FOLLOW_KEEPALIVE_S: u64 = 10;
 
+/// `admission.queue_delay_target_ms` ceiling: past 10 s of queueing a load balancer or a
+/// buyer has long given up, so a larger target means the gate is off by mistake (use 0).
+pub const QUEUE_DELAY_TARGET_MS_MAX: u64 = 10_000;
+
 /// Order and action requests admitted and not yet answered (`admission.in_flight_max`).
 /// Each pins a task, a decoded body and a reply channel (~2 KiB); 16k is ~32 MiB and far
 /// more than the shards' mailboxes hold, so it binds only when requests pile up elsewhere

@@ -83,14 +83,17 @@ pub enum ShedReason {
     ClientRate,
     /// The buyer's (`user_id`) rate limit.
     UserRate,
+    /// The queue-delay gate (the server is CPU-bound or the shards are behind).
+    QueueDelay,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 4] = [
+    pub const ALL: [ShedReason; 5] = [
         Self::ShardQueueFull,
         Self::InFlight,
         Self::ClientRate,
         Self::UserRate,
+        Self::QueueDelay,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -99,6 +102,7 @@ impl ShedReason {
             Self::InFlight => "in_flight",
             Self::ClientRate => "client_rate",
             Self::UserRate => "user_rate",
+            Self::QueueDelay => "queue_delay",
         }
     }
 }
@@ -127,6 +131,10 @@ pub struct HttpMetrics {
     shed: Vec<IntCounter>,
     pub connections: IntGauge,
     pub in_flight: IntGauge,
+    /// The queue-delay gate's last measured delay, seconds, and its shed probability (set at
+    /// scrape; stay 0 when the gate is off).
+    pub queue_delay: prometheus::Gauge,
+    pub shed_probability: prometheus::Gauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -206,6 +214,17 @@ impl HttpMetrics {
             "Order and action requests admitted and not yet answered.",
         ));
         must(registry.register(Box::new(in_flight.clone())));
+        let queue_delay = must(prometheus::Gauge::new(
+            "stampede_queue_delay_seconds",
+            "Queueing delay the admission gate last measured: the larger of the runtime's \
+             scheduling delay and the shards' backlog over their drain rate.",
+        ));
+        must(registry.register(Box::new(queue_delay.clone())));
+        let shed_probability = must(prometheus::Gauge::new(
+            "stampede_shed_probability",
+            "Share of new orders the queue-delay gate refuses now (0 to 0.95).",
+        ));
+        must(registry.register(Box::new(shed_probability.clone())));
         #[cfg(target_os = "linux")]
         must(registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -221,6 +240,8 @@ impl HttpMetrics {
             shed,
             connections,
             in_flight,
+            queue_delay,
+            shed_probability,
         }
     }
 

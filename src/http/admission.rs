@@ -1,6 +1,10 @@
 //! Admission control: what is shed before any work is done, and when to come back.
 //!
-//! Three gates, in the order a request meets them:
+//! Four gates, in the order a request meets them:
+//! 0. **Queue delay** (`admission.queue_delay_target_ms`): while the runtime's scheduling
+//!    delay or the shards' backlog stands over the target, a share of new orders (and, past
+//!    half, of actions) is refused with 503 `overloaded` before any work is done; see
+//!    [`crate::http::queue_delay`] for the signal and the control law.
 //! 1. **In flight** (`admission.in_flight_max`): order and action requests admitted and not
 //!    yet answered, across the server. Past it, 429 `overloaded`. This bounds the memory and
 //!    the tasks a burst can pin, whatever the shards' mailboxes hold.
@@ -134,8 +138,10 @@ impl RateLimiter {
     }
 }
 
-/// The three gates, as configured.
+/// The gates, as configured.
 pub struct Admission {
+    /// `None` when `admission.queue_delay_target_ms` is 0.
+    pub queue_delay: Option<std::sync::Arc<crate::http::queue_delay::QueueDelayGate>>,
     pub in_flight: InFlight,
     pub per_client: Option<RateLimiter>,
     pub per_user: Option<RateLimiter>,
@@ -143,16 +149,21 @@ pub struct Admission {
 
 impl Admission {
     pub fn new(config: &crate::config::AdmissionConfig) -> Self {
+        let target = std::time::Duration::from_millis(config.queue_delay_target_ms);
         Self {
+            queue_delay: crate::http::queue_delay::QueueDelayGate::new(target)
+                .map(std::sync::Arc::new),
             in_flight: InFlight::new(config.in_flight_max),
             per_client: RateLimiter::new(config.client_rate_per_s, config.rate_table_max),
             per_user: RateLimiter::new(config.user_orders_per_s, config.rate_table_max),
         }
     }
 
-    /// No rate limits, the default in-flight bound (in-process servers in tests and benches).
+    /// No rate limits, no queue-delay gate, the default in-flight bound (in-process servers
+    /// in tests and benches).
     pub fn unlimited() -> Self {
         Self {
+            queue_delay: None,
             in_flight: InFlight::new(crate::limits::IN_FLIGHT_DEFAULT),
             per_client: None,
             per_user: None,

@@ -8,6 +8,7 @@ pub mod bulk;
 pub mod journal;
 pub mod lifecycle;
 pub mod orders;
+pub mod queue_delay;
 pub mod reply;
 
 use std::convert::Infallible;
@@ -164,6 +165,20 @@ pub async fn serve(
         .max_buf_size(HEAD_BUFFER_BYTES)
         .keep_alive(true);
     tokio::pin!(shutdown);
+    if let Some(gate) = state.admission.queue_delay.clone() {
+        let probe_state = state.clone();
+        let stopping = state.stopping.subscribe();
+        tokio::spawn(async move {
+            gate.run_probe(
+                || match probe_state.engine() {
+                    Some(engine) => engine.mailbox_wait(),
+                    None => Duration::ZERO,
+                },
+                stopping,
+            )
+            .await;
+        });
+    }
     let metrics_connections = state.metrics.as_ref().map(|m| m.connections.clone());
     loop {
         let permit = tokio::select! {
@@ -253,14 +268,43 @@ fn path_segments(path: &str) -> ([&str; 5], usize) {
     (segments, segment_count)
 }
 
-/// Admission for an order or an action (see [`admission`]): an in-flight slot, held until
-/// the answer, and the client's rate limit. `Err` is the 429 to send and why (not counted
+/// What a request asks of the engine, for the queue-delay gate (actions are spared longer).
+#[derive(Debug, Clone, Copy)]
+enum Work {
+    NewOrder,
+    Action,
+}
+
+/// Admission for an order or an action (see [`admission`]): the queue-delay gate, an
+/// in-flight slot held until the answer, and the client's rate limit. `Err` is the 429 to send and why (not counted
 /// here: the caller counts it with the request's outcome).
 fn admit<'a>(
     state: &'a AppState,
     engine: &Engine,
     peer: IpAddr,
+    work: Work,
 ) -> Result<admission::InFlightGuard<'a>, (ApiError, ShedReason)> {
+    if let Some(gate) = &state.admission.queue_delay {
+        let admitted = match work {
+            Work::NewOrder => gate.admit_order(),
+            Work::Action => gate.admit_action(),
+        };
+        if let Err(RetryAfter(seconds)) = admitted {
+            let error = ApiError::new(
+                ErrorCode::Overloaded,
+                format!(
+                    "requests are waiting {} ms for this server (target {} ms); {:.0}% of new \
+                     orders are refused until it catches up",
+                    gate.delay().as_millis(),
+                    gate.target().as_millis(),
+                    gate.probability() * 100.0
+                ),
+            )
+            .service_unavailable()
+            .retry_after(seconds);
+            return Err((error, ShedReason::QueueDelay));
+        }
+    }
     let Some(slot) = state.admission.in_flight.enter() else {
         let waiting = state.admission.in_flight.current();
         let error = ApiError::new(
@@ -300,7 +344,7 @@ async fn post_order(
         Ok(engine) => engine,
         Err(error) => return refused(error),
     };
-    let _in_flight = match admit(state, engine, peer) {
+    let _in_flight = match admit(state, engine, peer, Work::NewOrder) {
         Ok(slot) => slot,
         Err((error, reason)) => return (error.into_response(), OrderOutcomeLabel::Shed(reason)),
     };
@@ -324,6 +368,10 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
                 metrics
                     .in_flight
                     .set(state.admission.in_flight.current() as i64);
+                if let Some(gate) = &state.admission.queue_delay {
+                    metrics.queue_delay.set(gate.delay().as_secs_f64());
+                    metrics.shed_probability.set(gate.probability());
+                }
                 let mut registries = vec![&metrics.registry];
                 let engine_metrics = state.engine().and_then(|engine| engine.scrape_metrics());
                 if let Some(engine_registry) = &engine_metrics {
@@ -382,7 +430,7 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
                 Ok(engine) => engine,
                 Err(error) => return error.into_response(),
             };
-            let _in_flight = match admit(state, engine, peer) {
+            let _in_flight = match admit(state, engine, peer, Work::Action) {
                 Ok(slot) => slot,
                 Err((error, reason)) => {
                     if let Some(metrics) = &state.metrics {

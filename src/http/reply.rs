@@ -172,6 +172,9 @@ pub struct ApiError {
     pub detail: String,
     /// `Retry-After` seconds for a shed answer; `RETRY_AFTER_S` when not computed.
     pub retry_after_s: Option<u32>,
+    /// 503 instead of the code's own status (an `overloaded` shed for the whole server,
+    /// rather than for one client or one queue).
+    pub service_unavailable: bool,
 }
 
 impl ApiError {
@@ -180,7 +183,15 @@ impl ApiError {
             code,
             detail: detail.into(),
             retry_after_s: None,
+            service_unavailable: false,
         }
+    }
+
+    /// Answers 503 rather than the code's own status: the whole server is over its load, so
+    /// a load balancer should try another instance (`overloaded` from the queue-delay gate).
+    pub fn service_unavailable(mut self) -> Self {
+        self.service_unavailable = true;
+        self
     }
 
     /// Sets the `Retry-After` this answer carries (shed answers compute it from the backlog).
@@ -199,7 +210,12 @@ impl ApiError {
             error: self.code.as_str(),
             detail: &self.detail,
         };
-        let mut response = json(self.code.status(), &body);
+        let status = if self.service_unavailable {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            self.code.status()
+        };
+        let mut response = json(status, &body);
         match self.code {
             ErrorCode::Overloaded | ErrorCode::Unavailable => {
                 let seconds = self.retry_after_s.unwrap_or(limits::RETRY_AFTER_S);

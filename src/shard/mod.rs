@@ -181,8 +181,11 @@ pub enum ActionOutcome {
 }
 
 pub enum Command {
-    Order(OrderCommand),
-    Action(ActionCommand),
+    /// An order, and when it was put in the mailbox (its wait there is the shard's queue
+    /// delay, which admission control watches).
+    Order(OrderCommand, std::time::Instant),
+    /// An action, and when it was put in the mailbox.
+    Action(ActionCommand, std::time::Instant),
     Sku(SkuCommand),
     /// A bulk load's SKU changes for this shard, journaled together (one fsync).
     SkuBatch(SkuBatchCommand),
@@ -351,6 +354,9 @@ pub struct ShardWriter {
     holds: std::collections::HashMap<u32, u64>,
     /// Commands decided since start: the engine measures the drain rate from it.
     pub decided: Arc<std::sync::atomic::AtomicU64>,
+    /// The longest an order or action waited in the mailbox before a turn took it, µs,
+    /// since the engine last read (and reset) it: the shard's queue delay.
+    pub mailbox_wait_max_us: Arc<std::sync::atomic::AtomicU64>,
     /// Commands per turn, and timers held, when metrics are on.
     pub batch_size: Option<prometheus::Histogram>,
     pub timers_held: Option<prometheus::IntGauge>,
@@ -381,6 +387,7 @@ impl ShardWriter {
             deferred: Vec::with_capacity(batch_max),
             holds: std::collections::HashMap::new(),
             decided: Arc::default(),
+            mailbox_wait_max_us: Arc::default(),
             batch_size: None,
             timers_held: None,
         }
@@ -493,6 +500,22 @@ impl ShardWriter {
                     }
                 }
             }
+            let taken_at = std::time::Instant::now();
+            let waited_max = batch
+                .iter()
+                .filter_map(|command| match command {
+                    Command::Order(_, queued_at) | Command::Action(_, queued_at) => {
+                        Some(taken_at.saturating_duration_since(*queued_at))
+                    }
+                    _ => None,
+                })
+                .max();
+            if let Some(waited) = waited_max {
+                self.mailbox_wait_max_us.fetch_max(
+                    waited.as_micros() as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
             let at_ms = self.clock.now_ms();
             self.fire_timers(at_ms);
             if let Some(histogram) = &self.batch_size {
@@ -503,8 +526,8 @@ impl ShardWriter {
             let mut stop = false;
             for command in batch.drain(..) {
                 match command {
-                    Command::Order(order) => self.decide(order, at_ms),
-                    Command::Action(action) => {
+                    Command::Order(order, _) => self.decide(order, at_ms),
+                    Command::Action(action, _) => {
                         let ActionCommand {
                             order_id,
                             key,
