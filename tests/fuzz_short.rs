@@ -549,15 +549,13 @@ fn finding_2_an_address_that_is_not_a_json_object_value_is_refused() {
     }
 }
 
-/// Finding 3: the recovery scan's memory is not bounded by its read chunk. A bad frame in
-/// the last segment that is followed by non-zero bytes makes `SegmentCursor::
-/// valid_frame_after` read the whole rest of the segment into one buffer (up to
-/// `segment_bytes`: 64 MiB by default, 1 GiB at most) to look for a valid frame, where the
-/// cursor itself reads `READ_CHUNK_BYTES` (256 KiB) at a time. Not a crash; a start-up
-/// memory spike of a segment's size. The `recovery` target's bound therefore includes the
-/// largest segment; this test asserts the chunk-sized bound.
+/// Finding 3 (fixed): a bad frame in the last segment followed by non-zero bytes made
+/// `SegmentCursor::valid_frame_after` read the whole rest of the segment into one buffer (up
+/// to `segment_bytes`: 64 MiB by default, 1 GiB at most) to look for a valid frame, where
+/// the cursor itself reads `READ_CHUNK_BYTES` (256 KiB) at a time: a start-up memory spike
+/// of a segment's size, not a crash. It now reads a chunk of candidate starts at a time
+/// (each read reaching one largest frame further), so this asserts the chunk-sized bound.
 #[test]
-#[ignore = "finding 3: recovery allocates the rest of the last segment at once (fuzz/README.md)"]
 fn finding_3_recovery_memory_is_bounded_by_its_read_chunk() {
     let dir = tempfile::tempdir().unwrap();
     let records: Vec<_> = (0..4)

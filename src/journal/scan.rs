@@ -5,10 +5,13 @@
 //! Recovery rules (the promise operators rely on):
 //! - every frame must check (length, CRC32C), decode (rkyv validation) and carry exactly the
 //!   next `seq`; the first segment may start above 1, later ones must continue without a gap;
-//! - a bad frame in the *last* segment with no valid frame anywhere after it is a torn tail
-//!   (a write cut short by a crash): it is truncated with a warning and start-up goes on;
-//! - any other bad frame is damage in the middle of the journal: start-up is refused with
-//!   the file and byte offset, because skipping it would silently lose acknowledged orders.
+//! - a bad frame in the *last* segment with no valid frame anywhere after it, that looks torn
+//!   (cut short by the end of the file, a length out of range, or a sector of it reading as
+//!   zeros: see [`SegmentCursor::bad_frame_is_whole`]), is a torn tail (a write cut short by
+//!   a crash): it is truncated with a warning and start-up goes on;
+//! - any other bad frame is damage in the middle of the journal, or a whole frame whose bits
+//!   changed after it was written: start-up is refused with the file and byte offset,
+//!   because skipping it would silently lose acknowledged orders.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -26,6 +29,16 @@ use crate::limits;
 /// Bytes read from a segment at a time. Large enough to amortise the syscall over hundreds
 /// of records, small enough that many concurrent readers stay cheap.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// The most bytes one frame takes, padding included: a frame starting anywhere in a chunk
+/// is whole in a read that reaches this far past the chunk's end.
+const FRAME_BYTES_MAX: usize =
+    (record::FRAME_HEADER_BYTES + limits::RECORD_PAYLOAD_BYTES_MAX).next_multiple_of(FRAME_ALIGN);
+
+/// The unit a write tears in: a disk writes a 512-byte sector whole or not at all (the
+/// simulated disk of the power-loss tests does the same), and a write cut short by a killed
+/// process stops at a page boundary, a multiple of it.
+const SECTOR_BYTES: u64 = 512;
 
 /// The journal's segment files, in seq order.
 pub fn list_segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
@@ -289,7 +302,8 @@ impl SegmentCursor {
 
     /// True when every byte from `offset` to the end of the file is zero.
     pub fn rest_is_zero(&self, offset: u64) -> io::Result<bool> {
-        let mut chunk = vec![0u8; READ_CHUNK_BYTES];
+        let rest = self.file_len.saturating_sub(offset);
+        let mut chunk = vec![0u8; rest.min(READ_CHUNK_BYTES as u64) as usize];
         let mut at = offset;
         while at < self.file_len {
             let len = (self.file_len - at).min(READ_CHUNK_BYTES as u64) as usize;
@@ -304,22 +318,100 @@ impl SegmentCursor {
 
     /// True when a valid frame starts anywhere after `offset` in this segment: then a bad
     /// frame at `offset` is damage, not a torn tail.
+    ///
+    /// Reads `READ_CHUNK_BYTES` of candidate starts at a time, each read reaching
+    /// `FRAME_BYTES_MAX` further so that a frame starting near a chunk's end is whole in it:
+    /// the memory held is one chunk whatever the segment's size.
     pub fn valid_frame_after(&self, offset: u64) -> io::Result<Option<u64>> {
-        let start = offset + FRAME_ALIGN as u64;
-        if start >= self.file_len {
-            return Ok(None);
-        }
-        let mut rest = AlignedVec::<16>::new();
-        rest.resize((self.file_len - start) as usize, 0);
-        self.file.read_exact_at(&mut rest, start)?;
-        let mut candidate = 0;
-        while candidate + record::FRAME_HEADER_BYTES <= rest.len() {
-            if let FrameCheck::Valid { .. } = check_frame(&rest, candidate) {
-                return Ok(Some(start + candidate as u64));
+        const WINDOW_BYTES: u64 = (READ_CHUNK_BYTES + FRAME_BYTES_MAX) as u64;
+        let mut at = offset + FRAME_ALIGN as u64;
+        // Allocated once at its exact size (the first read is the longest; a growing
+        // `AlignedVec` would round it up to a power of two). Only the CRC is checked here,
+        // which needs no alignment.
+        let mut buf = vec![0u8; self.file_len.saturating_sub(at).min(WINDOW_BYTES) as usize];
+        while at < self.file_len {
+            let len = (self.file_len - at).min(WINDOW_BYTES);
+            let window = &mut buf[..len as usize];
+            self.file.read_exact_at(window, at)?;
+            let window = &*window;
+            let reaches_the_end = at + len == self.file_len;
+            // Past the chunk, a candidate's frame may run beyond the window: the next
+            // window starts there.
+            let candidates_end = if reaches_the_end {
+                window.len()
+            } else {
+                READ_CHUNK_BYTES
+            };
+            let mut candidate = 0;
+            while candidate < candidates_end
+                && candidate + record::FRAME_HEADER_BYTES <= window.len()
+            {
+                if let FrameCheck::Valid { .. } = check_frame(window, candidate) {
+                    return Ok(Some(at + candidate as u64));
+                }
+                candidate += FRAME_ALIGN;
             }
-            candidate += FRAME_ALIGN;
+            if reaches_the_end {
+                break;
+            }
+            at += READ_CHUNK_BYTES as u64;
         }
         Ok(None)
+    }
+
+    /// True when the bad frame at `offset` was written whole, so that its bad checksum is
+    /// damage (bits that changed after the write) and not a write torn by a crash: its length
+    /// is in range, the frame (padding included) lies inside the file, and no sector of it
+    /// reads as zeros.
+    ///
+    /// Why that tells them apart: the writer only ever writes over zeros (past the end of the
+    /// file, or over the room the preallocator wrote ahead), so a torn write either leaves
+    /// the file ending inside the frame (the size follows the data) or leaves the sectors
+    /// that never landed reading as zeros (preallocated room, a size committed before the
+    /// data, sectors persisted out of order). A frame whose CRC fails because of a tear had
+    /// a sector with non-zero bytes that did not land, so that sector reads as zeros.
+    ///
+    /// Each sector is clipped to the frame's checked bytes (header and payload): the first
+    /// sector it overlaps also holds the end of the frame before it, which an earlier write
+    /// may have put there for good while this frame's part of the sector was lost; the last
+    /// one holds the padding and maybe the next frame, which say nothing about whether this
+    /// frame's bytes landed. The clipped first piece always holds the length field (frames
+    /// are 8-aligned, so at least 8 bytes of the frame precede a sector boundary), which is
+    /// not zero when the length is in range.
+    ///
+    /// Known limits, both erring towards "torn" (the record is cut off with a warning, never
+    /// replayed): a clipped last piece can be as short as one byte, and a payload can hold
+    /// zeros of its own there (padding, high bytes of small integers), so a flipped bit
+    /// elsewhere in such a frame reads as torn; and a flip in the length field that puts the
+    /// frame's end out of range or past the end of the file is exactly what a frame cut
+    /// short looks like.
+    pub fn bad_frame_is_whole(&self, offset: u64) -> io::Result<bool> {
+        let header_end = offset + record::FRAME_HEADER_BYTES as u64;
+        if header_end > self.file_len {
+            return Ok(false);
+        }
+        let mut length = [0u8; 4];
+        self.file.read_exact_at(&mut length, offset)?;
+        let payload_len = u32::from_le_bytes(length) as usize;
+        if !(1..=limits::RECORD_PAYLOAD_BYTES_MAX).contains(&payload_len) {
+            return Ok(false);
+        }
+        let checked_end = header_end + payload_len as u64;
+        if checked_end.next_multiple_of(FRAME_ALIGN as u64) > self.file_len {
+            return Ok(false);
+        }
+        let mut frame = vec![0u8; (checked_end - offset) as usize];
+        self.file.read_exact_at(&mut frame, offset)?;
+        let mut piece_start = offset;
+        while piece_start < checked_end {
+            let piece_end = ((piece_start / SECTOR_BYTES + 1) * SECTOR_BYTES).min(checked_end);
+            let piece = &frame[(piece_start - offset) as usize..(piece_end - offset) as usize];
+            if piece.iter().all(|byte| *byte == 0) {
+                return Ok(false);
+            }
+            piece_start = piece_end;
+        }
+        Ok(true)
     }
 }
 
@@ -451,6 +543,17 @@ pub fn recover(
                             format!("{reason}; a valid frame follows at byte {valid}"),
                         ));
                     }
+                    // Nothing valid follows, but a frame that was written whole is not a
+                    // torn write: cutting it off would drop an acknowledged record silently.
+                    if cursor.bad_frame_is_whole(offset).map_err(io_err(path))? {
+                        return Err(damage(
+                            offset,
+                            format!(
+                                "{reason}; the frame is whole (no sector of it reads as zeros), \
+                                 so not a write torn by a crash"
+                            ),
+                        ));
+                    }
                     let file_len = std::fs::metadata(path).map_err(io_err(path))?.len();
                     tracing::warn!(path = %path.display(), offset, dropped_bytes = file_len - offset,
                         torn, %reason, "truncating torn journal tail");
@@ -479,6 +582,34 @@ pub fn recover(
 }
 
 const _: () = assert!(READ_CHUNK_BYTES >= limits::RECORD_PAYLOAD_BYTES_MAX * 4);
+
+/// The torn-write rule of [`SegmentCursor::bad_frame_is_whole`], restated for the tests over
+/// a whole file's bytes and in the simulated disk's sectors (sector by sector, each clipped
+/// to the frame), so that a test's expectation does not merely call the code under test: a
+/// bad frame at `start` with no valid frame after it is a torn tail when its length is out
+/// of range, it does not fit in the file with its padding, or a sector it overlaps holds
+/// only zeros within its header and payload.
+#[cfg(test)]
+pub(crate) fn looks_torn(bytes: &[u8], start: usize) -> bool {
+    use crate::journal::storage::SECTOR;
+    let Some(header) = bytes.get(start..start + 16) else {
+        return true;
+    };
+    let payload_len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+    if payload_len == 0 || payload_len > limits::RECORD_PAYLOAD_BYTES_MAX {
+        return true;
+    }
+    let checked_end = start + 16 + payload_len;
+    if checked_end.next_multiple_of(8) > bytes.len() {
+        return true;
+    }
+    let sector = SECTOR as usize;
+    (start / sector..=(checked_end - 1) / sector).any(|index| {
+        let from = (index * sector).max(start);
+        let to = ((index + 1) * sector).min(checked_end);
+        bytes[from..to].iter().all(|byte| *byte == 0)
+    })
+}
 
 #[cfg(test)]
 mod tests {
@@ -675,9 +806,10 @@ mod tests {
     /// The torn-write sweep: the journal cut at every byte offset of its last
     /// `TORN_FRAMES` records, and at each cut one random bit flipped in what is left of
     /// them. Never a panic, never a corrupt record replayed: a cut is truncated back to the
-    /// last whole frame, a flip is refused as damage where a valid frame follows it and cut
-    /// off as a torn tail where none does (the last frame: a flip there cannot be told from
-    /// a torn write).
+    /// last whole frame; a flip is refused as damage where a valid frame follows it, and
+    /// where none does it is refused too when the flipped frame is whole in the file (the
+    /// last whole frame before the cut), but cut off as a torn tail when the frame is cut
+    /// short itself, or the flip put its length out of range or past the cut.
     #[test]
     fn a_torn_tail_is_truncated_at_every_cut_of_the_last_records_and_flips_are_never_replayed() {
         const RECORDS: usize = 12;
@@ -706,7 +838,7 @@ mod tests {
         assert_eq!(spans.last().unwrap().2 % FRAME_ALIGN as u64, 0);
         let sweep_start = spans[RECORDS - TORN_FRAMES].0;
         let mut rng = 0x5EED_F00D_u64;
-        let (mut refused, mut cut_off) = (0, 0);
+        let (mut refused, mut whole_refused, mut cut_off) = (0, 0, 0);
 
         for cut_len in sweep_start..=full_len {
             // Whole frames before the cut survive; recovery ends the file after the last.
@@ -784,8 +916,9 @@ mod tests {
                 // A whole frame follows the flipped one: damage, refused where it is.
                 assert_damage(copy.path(), &path, start);
                 refused += 1;
-            } else {
-                // The flipped frame is the last whole one (or torn itself): a torn tail.
+            } else if looks_torn(&std::fs::read(&path).unwrap(), start as usize) {
+                // The flipped frame is cut short by the cut (or the flip in its length
+                // field reads like it): a torn tail.
                 let (report, records) = recover_ok(copy.path());
                 assert_eq!(
                     report.truncated,
@@ -794,11 +927,16 @@ mod tests {
                 );
                 assert_eq!(records, written[..hit], "{label}");
                 cut_off += 1;
+            } else {
+                // The last whole frame, every sector of it there: a flip, not a tear.
+                let message = assert_damage(copy.path(), &path, start);
+                assert!(message.contains("the frame is whole"), "{label}: {message}");
+                whole_refused += 1;
             }
         }
         assert!(
-            refused > 100 && cut_off > 100,
-            "{refused} refused, {cut_off} cut off"
+            refused > 100 && whole_refused > 20 && cut_off > 100,
+            "{refused} refused, {whole_refused} refused in the last whole frame, {cut_off} cut off"
         );
     }
 
@@ -920,13 +1058,241 @@ mod tests {
         assert!(report.truncated.is_none());
         assert_eq!(records.len(), 8);
 
-        // The same flip in the very last frame is indistinguishable from a torn write: it
-        // is cut off, never applied.
+        // The same flip in the very last frame, which ends the file: nothing valid follows,
+        // but the frame is whole (a tear would have cut it short or left a sector of zeros),
+        // so it is refused all the same.
         let (last_offset, _) = *frames.last().unwrap();
         flip_bit(&segment, last_offset + 20, 3);
+        let message = assert_damage(dir.path(), &segment, last_offset);
+        assert!(message.contains("the frame is whole"), "{message}");
+        assert_eq!(
+            file_len(&segment),
+            len,
+            "a refused recovery changes nothing"
+        );
+    }
+
+    /// Overwrites `[from, to)` of a file with zeros: sectors of a write that never landed.
+    fn zero_range(path: &Path, from: u64, to: u64) {
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&vec![0u8; (to - from) as usize], from)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_bad_last_frame_is_a_torn_tail_only_when_cut_short_or_a_sector_of_it_is_zeros() {
+        use crate::journal::storage::SECTOR;
+        let dir = tempfile::tempdir().unwrap();
+        // One group of four frames of about 2 KB, written in one write as the writer does.
+        let written: Vec<Record> = (0..4).map(|n| order(n, 1900)).collect();
+        write_batches(
+            dir.path(),
+            new_tail(),
+            std::slice::from_ref(&written),
+            limits::SEGMENT_BYTES_DEFAULT,
+        );
+        let (_, segment) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let len = file_len(&segment);
+        let bytes = std::fs::read(&segment).unwrap();
+        let frames: Vec<(u64, u64)> = frame_offsets(&segment)
+            .iter()
+            .map(|&(offset, _)| {
+                let FrameCheck::Valid { payload, .. } = check_frame(&bytes, offset as usize) else {
+                    unreachable!("frame_offsets checked it")
+                };
+                let checked_end = offset + (record::FRAME_HEADER_BYTES + payload.len()) as u64;
+                (offset, checked_end)
+            })
+            .collect();
+        assert_eq!(frames.len(), 4);
+        let (before, _) = frames[2];
+        let (last, last_checked) = frames[3];
+        assert_eq!(last_checked.next_multiple_of(FRAME_ALIGN as u64), len);
+        // The sector boundaries inside the last frame's header and payload.
+        let boundaries: Vec<u64> = (last / SECTOR + 1..=(last_checked - 1) / SECTOR)
+            .map(|sector| sector * SECTOR)
+            .collect();
+        assert!(boundaries.len() >= 3, "{boundaries:?}");
+        let fresh_copy = || {
+            let copy = copy_dir(dir.path());
+            let path = in_copy(&copy, &segment);
+            (copy, path)
+        };
+        let set_len = |path: &Path, new_len: u64| {
+            OpenOptions::new()
+                .write(true)
+                .open(path)
+                .unwrap()
+                .set_len(new_len)
+                .unwrap();
+        };
+        let assert_torn = |copy: &tempfile::TempDir, path: &Path, what: &str| {
+            let dropped = file_len(path) - last;
+            let (report, records) = recover_ok(copy.path());
+            assert_eq!(
+                report.truncated,
+                Some((path.to_owned(), last, dropped)),
+                "{what}"
+            );
+            assert_eq!(records, written[..3], "{what}");
+            assert_eq!(file_len(path), last, "{what}");
+        };
+        let assert_whole = |copy: &tempfile::TempDir, path: &Path, at: u64, what: &str| {
+            let size = file_len(path);
+            let message = assert_damage(copy.path(), path, at);
+            assert!(message.contains("the frame is whole"), "{what}: {message}");
+            assert_eq!(
+                file_len(path),
+                size,
+                "{what}: a refused recovery changes nothing"
+            );
+        };
+
+        // A flipped bit in the last frame, which ends the file: whole, so damage.
+        let (copy, path) = fresh_copy();
+        flip_bit(&path, last + 700, 2);
+        assert_whole(&copy, &path, last, "flip, end of file");
+        // The same followed by the preallocator's zeros.
+        append_bytes(&path, &[0u8; 64 * 1024]);
+        assert_whole(&copy, &path, last, "flip, then room");
+
+        // A write torn in preallocated room: from a sector boundary on, nothing landed.
+        let (copy, path) = fresh_copy();
+        append_bytes(&path, &[0u8; 64 * 1024]);
+        zero_range(&path, boundaries[1], len);
+        assert_torn(&copy, &path, "torn in room");
+        // Sectors landed out of order: only one in the middle is missing.
+        let (copy, path) = fresh_copy();
+        zero_range(&path, boundaries[0], boundaries[1]);
+        assert_torn(&copy, &path, "a middle sector lost");
+        // Only the frame's last sector is missing: its piece of it is shorter than a sector
+        // (what follows in that sector is padding, and the next write), so the rule looks
+        // at the frame's own bytes of each sector.
+        let (copy, path) = fresh_copy();
+        zero_range(&path, *boundaries.last().unwrap(), last_checked);
+        assert_torn(&copy, &path, "the last, partial sector lost");
+        // A sector's worth of zeros that is not on a sector boundary is no lost sector.
+        let (copy, path) = fresh_copy();
+        zero_range(&path, boundaries[1] - 256, boundaries[1] + 256);
+        assert_whole(&copy, &path, last, "misaligned zeros");
+
+        // The group torn at a sector boundary, the file ending there: the last frame is cut
+        // short (torn), the one before it is whole.
+        let (copy, path) = fresh_copy();
+        set_len(&path, boundaries[1]);
+        assert_torn(&copy, &path, "group cut at a sector");
+        // The whole frame before the cut one with a flipped bit: damage, not a torn tail.
+        let (copy, path) = fresh_copy();
+        set_len(&path, boundaries[1]);
+        flip_bit(&path, before + 300, 5);
+        assert_whole(&copy, &path, before, "flip before the cut frame");
+        // The cut followed by preallocated zeros: the rest of the torn frame reads as zeros.
+        let (copy, path) = fresh_copy();
+        set_len(&path, boundaries[1]);
+        set_len(&path, len + 4096);
+        assert_torn(&copy, &path, "group cut at a sector, then room");
+
+        // A flip in the length field that makes the frame reach past the end of the file
+        // reads exactly like a frame cut short: it is cut off (never replayed). The scan
+        // cannot tell these two apart.
+        let payload_len =
+            u32::from_le_bytes(bytes[last as usize..last as usize + 4].try_into().unwrap());
+        let longer_bit = (0..16u64)
+            .find(|bit| {
+                let flipped = payload_len ^ (1 << bit);
+                flipped > payload_len
+                    && flipped as usize <= limits::RECORD_PAYLOAD_BYTES_MAX
+                    && last + 16 + u64::from(flipped) > len
+            })
+            .expect("a bit that lengthens the frame");
+        let (copy, path) = fresh_copy();
+        flip_bit(&path, last + longer_bit / 8, (longer_bit % 8) as u8);
+        assert_torn(&copy, &path, "length flipped past the end of the file");
+        // Out of range: the same.
+        let (copy, path) = fresh_copy();
+        flip_bit(&path, last + 3, 7);
+        assert_torn(&copy, &path, "length flipped out of range");
+        // A flip that shortens it leaves a frame that lies in the file, every sector of it
+        // there: damage.
+        let top_bit = u64::from(31 - payload_len.leading_zeros());
+        let shorter_end = last + 16 + u64::from(payload_len & !(1 << top_bit));
+        let shorter_end = shorter_end as usize;
+        assert_eq!(
+            &bytes[shorter_end - 8..shorter_end],
+            b"yyyyyyyy",
+            "ends in the address"
+        );
+        let (copy, path) = fresh_copy();
+        flip_bit(&path, last + top_bit / 8, (top_bit % 8) as u8);
+        assert_whole(&copy, &path, last, "length flipped shorter");
+    }
+
+    #[test]
+    fn a_valid_frame_after_a_bad_one_is_found_wherever_it_falls_against_the_read_chunks() {
+        let mut frame = FrameBatch::default();
+        frame.push(&order(7, 3000)).unwrap();
+        let mut frame = frame.as_bytes().to_vec();
+        record::seal_frames(&mut frame, 2);
+        let frame_len = frame.len() as u64;
+        let max = FRAME_BYTES_MAX as u64;
+        // A bad frame at the first offset (0xEE: a length out of range), non-zero bytes
+        // that hold no frame, then one valid frame. Candidates are read a chunk at a time
+        // from the byte after the bad frame's first 8.
+        let bad_at = SEGMENT_HEADER_BYTES as u64;
+        let first_chunk_end = bad_at + FRAME_ALIGN as u64 + READ_CHUNK_BYTES as u64;
+        let second_chunk_end = first_chunk_end + READ_CHUNK_BYTES as u64;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(1));
+        let mut cases = 0;
+        for frame_at in [
+            bad_at + 8,
+            first_chunk_end - max - 8,
+            first_chunk_end - max,
+            first_chunk_end - frame_len - 8,
+            first_chunk_end - frame_len,
+            first_chunk_end - 8,
+            first_chunk_end,
+            first_chunk_end + 8,
+            second_chunk_end - 8,
+            second_chunk_end,
+        ] {
+            // The frame ends the file, a little follows it, or more than a frame does (so
+            // that a read stops before the end of the file).
+            for trailing in [0, 24, 3 * max] {
+                let mut bytes = record::segment_header(1).to_vec();
+                bytes.resize(frame_at as usize, 0xEE);
+                bytes.extend_from_slice(&frame);
+                bytes.resize(bytes.len() + trailing as usize, 0xEE);
+                std::fs::write(&path, &bytes).unwrap();
+                let label = format!("frame at {frame_at}, {trailing} bytes after it");
+                let cursor = SegmentCursor::open(&path).unwrap().unwrap();
+                assert_eq!(
+                    cursor.valid_frame_after(bad_at).unwrap(),
+                    Some(frame_at),
+                    "{label}"
+                );
+                let message = assert_damage(dir.path(), &path, bad_at);
+                assert!(
+                    message.contains(&format!("a valid frame follows at byte {frame_at}")),
+                    "{label}: {message}"
+                );
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 30);
+
+        // No valid frame over several chunks: none found, and the tail is torn.
+        let mut bytes = record::segment_header(1).to_vec();
+        bytes.resize(second_chunk_end as usize + 1000, 0xEE);
+        std::fs::write(&path, &bytes).unwrap();
+        let cursor = SegmentCursor::open(&path).unwrap().unwrap();
+        assert_eq!(cursor.valid_frame_after(bad_at).unwrap(), None);
         let (report, records) = recover_ok(dir.path());
-        assert_eq!(report.truncated.unwrap().1, last_offset);
-        assert_eq!(records.len(), 7);
+        assert!(records.is_empty());
+        assert_eq!(
+            report.truncated,
+            Some((path.clone(), bad_at, bytes.len() as u64 - bad_at))
+        );
     }
 
     #[test]
@@ -1209,13 +1575,13 @@ mod tests {
             message.contains(&format!("a valid frame follows at byte {straddler}")),
             "{message}"
         );
-        // And in the straddling frame itself, past the chunk end: the last frame, so torn.
+        // And in the straddling frame itself, past the chunk end: the last frame, but whole
+        // in the file, so damage too (a tear would have cut it short, as above).
         let copy = copy_dir(dir.path());
         let path = in_copy(&copy, &segment);
         flip_bit(&path, segment_len - 2, 0);
-        let (report, records) = recover_ok(copy.path());
-        assert_eq!(report.truncated.unwrap().1, straddler);
-        assert_eq!(records.len(), written.len() - 1);
+        let message = assert_damage(copy.path(), &path, straddler);
+        assert!(message.contains("the frame is whole"), "{message}");
         // A reader crosses the chunk end too.
         let got = read_seqs(dir.path(), 0, written.len() as u64, usize::MAX);
         assert_eq!(got.len(), written.len());
