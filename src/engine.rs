@@ -986,7 +986,7 @@ impl Engine {
         let mut view = None;
         let mut latest_address: Option<serde_json::Value> = None;
         let mut seq = state.last_seq;
-        let first_retained = self.first_retained_seq()?;
+        let mut first_retained = self.first_retained_seq()?;
         while view.is_none() {
             if history.len() > limits::RECORDS_PER_ORDER_MAX as usize {
                 return Err(io::Error::new(
@@ -1057,7 +1057,21 @@ impl Engine {
                     ArchivedEvent::Sku(_) => broken = Some("a stock change"),
                 }
                 history.push(item);
-            })?;
+            });
+            let found = match found {
+                Ok(found) => found,
+                // Retention may delete the segment between the listing above and this read:
+                // look again, and if the record is now before the oldest kept one, the
+                // history ends here as it does for any retained-away record.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => false,
+                Err(error) => return Err(error),
+            };
+            if !found && broken.is_none() {
+                first_retained = self.first_retained_seq()?;
+                if seq < first_retained {
+                    continue;
+                }
+            }
             if !found || broken.is_some() {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
