@@ -2,48 +2,86 @@
 //! rotate under load) under concurrent load from several client tasks, SIGKILLed at seeded
 //! random moments (sometimes SIGSTOPped first for a short pause, then SIGCONTed or killed
 //! while stopped), restarted on the same data directory, and audited after every restart and
-//! at the end against the clients' log of answers and the journal.
+//! at the end against the clients' log of answers and the journal. In about a third of the
+//! cycles the restart is itself killed, once or twice, at a seeded moment between 0 and 1.3
+//! times the last start's duration (spawn to `/readyz` 200) after the spawn: mostly while it
+//! recovers (before its listening line, or while `/readyz` says 503), sometimes just after.
+//! The start after that must pass the full audit.
 //!
 //! The load: new orders on a few hot SKUs with small stock and a `per_user_limit` (so
 //! `sold_out` and `purchase_limit` refusals happen) and on one SKU whose payment timer is 2 s
 //! (so `payment_reminder` and `expired` records happen, across restarts too), retries of
 //! earlier orders (same body), retries with different content (must be 422
-//! `idempotency_conflict`), `pay`/`cancel` on orders it created, restocks (`PUT
-//! /v1/skus/{sku}`) and consumer offset commits at seqs it read from `GET /v1/journal`.
+//! `idempotency_conflict`), `pay`/`cancel` on orders it created and now and then any other
+//! action (refusals, replays), walks of orders along their life (payment, `verify` … `ship`,
+//! sometimes `deliver` and `complete`, then up to two `exchange`s), exchanges on shipped,
+//! delivered and completed orders (`{"sku": X}`, one unit of another run SKU: the hot ones run
+//! out, so `sold_out` happens), restocks (`PUT /v1/skus/{sku}`) and consumer offset commits at
+//! seqs it read from `GET /v1/journal`. Admission control's refusals (`overloaded`, 429 or
+//! 503) are allowed everywhere and must decide nothing.
 //!
 //! Every answer is judged when it arrives (a wrong answer is a violation, a lost one makes
 //! the request *uncertain*), and each audit checks:
 //! 1. every order answered 201 (or 200 replayed) is in the journal exactly once with that
 //!    seq, and every journaled order was sent by a client and was either acknowledged or had
 //!    a lost answer (nothing is taken while the client was told it was not);
-//! 2. no order id is journaled twice; the journal is contiguous from seq 1, and every record
-//!    read before a kill (by an audit or a client) is still there, unchanged, after it;
+//! 2. no order id is journaled twice; the journal is contiguous, and every record read before
+//!    a kill (by an audit or a client) is still there, unchanged, after it (with retention:
+//!    those retention kept);
 //! 3. for every SKU, at every point of the journal sold + reserved ≤ stock_total, and the
 //!    engine's `GET /v1/skus/{sku}` equals the journal's fold (stock_total, available,
-//!    reserved, sold, settings) with available + reserved + sold = stock_total;
+//!    reserved, sold, settings) with available + reserved + sold = stock_total; an exchange
+//!    record sells one unit of the SKU it names and leaves the order's own SKU and the buyer's
+//!    purchase count alone;
 //! 4. per (user, SKU), the units held (accepted, not given back) never pass `per_user_limit`
 //!    at any point of the journal;
 //! 5. every action answered 200 has its record in the journal, every action record is a move
-//!    the order's state allows (with the right `status` and `prev_seq`), and `GET
-//!    /v1/orders/{id}` shows the status and history the journal's records say;
+//!    the order's state allows (with the right `status` and `prev_seq`; only an exchange names
+//!    a `sku`), and `GET /v1/orders/{id}` shows the status, history and exchange SKUs the
+//!    journal's records say; exchanges repeat, so they are counted: per order and SKU, the
+//!    exchange records are at least the exchanges answered 200 and at most those plus the
+//!    ones whose answer was lost (journaled exactly when answered 200, refusals take nothing);
 //! 6. every consumer group's offset is ≤ the journal's last seq and is the last committed
 //!    value (or one whose commit was uncertain); every restock answered 200 is journaled;
 //! 7. retries after a restart of orders answered 201 get 200, `Idempotent-Replayed: true`,
-//!    and the original body (seq included).
+//!    and the original body (seq included);
+//! 8. the lagging group (`crash-loop-lag`, committed by each audit where the previous audit's
+//!    reading ended) is where it was committed, every record after its offset is served, and
+//!    the oldest record kept is at most its offset + 1 (with retention off: seq 1); a start
+//!    with checkpoint files on disk starts from one.
 //!
 //! An uncertain order may or may not be in the journal, but at most once; the audit after the
 //! next restart resolves it from the journal, and retries resolve it for the engine.
 //!
-//! Default `cargo test`: 25 kills. Long runs: `CRASH_LOOP_KILLS=500 cargo test --release
-//! --test crash_loop -- --nocapture` or `scripts/crash_loop.sh [KILLS] [SEED]`.
-//! `CRASH_LOOP_SEED` replays a run's decisions (operations, kill and pause moments, pause
-//! lengths); thread timing still varies between runs. The seed is printed at the start and in
-//! every failure. `CRASH_LOOP_VERBOSE=1` prints one line per kill. The summary (with
-//! `--nocapture`) gives kills, pauses, orders, answers by class, the journal's records and
+//! **Checkpoints and retention** run in their own test (fewer kills, longer phases), because
+//! they change what can be checked: the engine keeps only the segments some group or the last
+//! checkpoint still needs (`retain_s = 1`, a pass every second, a checkpoint before deleting),
+//! so old records answer 410 and old orders show `history_complete: false`. The audit reads
+//! the journal once, in order, and keeps what it read (the fold); it reads on from where it
+//! left off, and the lagging group pins everything it has not read yet, so a 410 for any of
+//! it (or for a page a client reads, always from the lagging offset on) is a violation. Order
+//! views are compared on the records kept (those left out must be older than the oldest kept;
+//! without the acceptance `user_id` and `payment` are null). Most phases are held open 0.6 to
+//! 2.5 s (the clients paced to one operation per 3 to 10 ms each) so that passes run; at the
+//! end the lagging group moves to the journal's end and retention must delete every segment
+//! that was closed for a second and that no group needs within 6 s, before the last audits
+//! (one after a graceful restart from the checkpoint). The default run keeps retention off,
+//! so its audits still compare the whole journal from seq 1.
+//!
+//! Default `cargo test`: 25 kills, and 10 with retention. Long runs: `CRASH_LOOP_KILLS=500
+//! cargo test --release --test crash_loop -- --nocapture` (the retention test then makes a
+//! third as many; `CRASH_LOOP_RETENTION_KILLS` sets its own) or `scripts/crash_loop.sh [KILLS]
+//! [SEED]`. `CRASH_LOOP_SEED` replays a run's decisions (operations, kill and pause moments,
+//! pause lengths, kills during starts); thread timing still varies between runs. The seed is
+//! printed at the start and in every failure. `CRASH_LOOP_VERBOSE=1` prints one line per
+//! kill. The summary (with `--nocapture`) gives kills (during starts too, by where they
+//! landed), pauses, orders, exchanges, checkpoints written, starts from one and segments
+//! deleted (counted from the engine's log), answers by class, the journal's records and
 //! segments, and what the audits compared.
 //!
 //! Every wait is bounded (client requests 1 s, audit requests 10 s, a load phase 20 s, the
-//! clients' return after a kill 10 s, a restart the harness's 15 s); everything runs on
+//! clients' return after a kill 10 s, a restart the harness's 15 s, a start to be killed its
+//! drawn moment plus a 250 ms probe, the wait for retention 6 s); everything runs on
 //! loopback; the engine is killed when the `Server` drops, a panic included.
 
 mod common;
@@ -58,6 +96,8 @@ use serde_json::{Value, json};
 
 /// Kills in the default `cargo test` run.
 const DEFAULT_KILLS: u64 = 25;
+/// Kills in the default run with checkpoints and retention (its phases are longer).
+const DEFAULT_RETENTION_KILLS: u64 = 10;
 /// Concurrent client tasks.
 const CLIENTS: usize = 6;
 /// Timeout of the clients' requests: a request to a stopped engine gives up after this.
@@ -68,8 +108,14 @@ const AUDIT_TIMEOUT: Duration = Duration::from_secs(10);
 const PHASE_MAX: Duration = Duration::from_secs(20);
 /// Longest the clients may take to notice a kill and return.
 const JOIN_MAX: Duration = Duration::from_secs(10);
+/// Longest the end of a run with retention waits for retention to delete what no group
+/// needs (a pass runs every second).
+const RETENTION_WAIT: Duration = Duration::from_secs(6);
 /// Consumer groups the clients commit for.
 const GROUPS: usize = 4;
+/// The group the audit commits for, one audit behind: retention must keep every record
+/// after its offset.
+const LAG_GROUP: &str = "crash-loop-lag";
 /// Users a cycle draws from; the window slides by `USER_STEP` each cycle, so old users sit at
 /// their limits and new ones keep buying.
 const USER_WINDOW: u64 = 30;
@@ -171,7 +217,49 @@ impl Rng {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The order state machine, the part this run exercises (pay, cancel and the payment timer).
+// The order state machine, the part this run exercises: pay, cancel, the payment timer, the
+// fulfilment stages up to `complete`, and `exchange`.
+
+/// Each fulfilment stage and the action that reaches it, in order: `verify` from paid or
+/// confirmed, then each from the one before.
+const STAGES: [(&str, &str); 9] = [
+    ("verify", "verified"),
+    ("print", "printed"),
+    ("pick", "picked"),
+    ("check", "checked"),
+    ("pack", "packed"),
+    ("weigh", "weighed"),
+    ("ship", "shipped"),
+    ("deliver", "delivered"),
+    ("complete", "completed"),
+];
+
+/// Every client action the run sends.
+const CLIENT_ACTIONS: [&str; 12] = [
+    "pay", "cancel", "verify", "print", "pick", "check", "pack", "weigh", "ship", "deliver",
+    "complete", "exchange",
+];
+
+/// Every state an order of this run can reach.
+const STATES: [&str; 14] = [
+    PENDING,
+    "confirmed",
+    "paid",
+    "verified",
+    "printed",
+    "picked",
+    "checked",
+    "packed",
+    "weighed",
+    "shipped",
+    "delivered",
+    "completed",
+    "cancelled",
+    "expired",
+];
+
+/// Exchanges the clients send per order at most (an order has at most 64 records).
+const EXCHANGES_PER_ORDER: usize = 4;
 
 /// The state after `action` from `status`, or `None` for a refused move.
 fn transition(status: &str, action: &str) -> Option<&'static str> {
@@ -180,14 +268,49 @@ fn transition(status: &str, action: &str) -> Option<&'static str> {
         (PENDING | "confirmed" | "paid", "cancel") => Some("cancelled"),
         (PENDING, "payment_reminder") => Some(PENDING),
         (PENDING, "expired") => Some("expired"),
-        _ => None,
+        ("confirmed" | "paid", "verify") => Some("verified"),
+        ("shipped" | "delivered" | "completed", "exchange") => Some("shipped"),
+        _ => {
+            let stage = STAGES.iter().position(|&(name, _)| name == action)?;
+            (stage > 0 && STAGES[stage - 1].1 == status).then_some(STAGES[stage].1)
+        }
     }
 }
 
-/// Whether `action` repeats the latest action of an order in `status` (a replay). In this
-/// run `paid` is only reached by `pay` and `cancelled` only by `cancel`.
-fn is_replay(status: &str, action: &str) -> bool {
-    matches!((status, action), ("paid", "pay") | ("cancelled", "cancel"))
+/// The state every `action` answered 200 leaves the order in.
+fn target(action: &str) -> &'static str {
+    STATES
+        .iter()
+        .find_map(|&from| transition(from, action))
+        .expect("every client action has a target")
+}
+
+/// The next step of an order in `status` on its way to `completed`.
+fn next_step(status: &str) -> Option<&'static str> {
+    match status {
+        PENDING => Some("pay"),
+        "confirmed" | "paid" => Some("verify"),
+        _ => {
+            let stage = STAGES.iter().position(|&(_, to)| to == status)?;
+            STAGES.get(stage + 1).map(|&(action, _)| action)
+        }
+    }
+}
+
+/// Whether `action` may repeat the latest action of an order in `status` (a replay, answered
+/// 200 with `Idempotent-Replayed: true`). `exchange` never is (a repeat is new work). A
+/// shipped order's latest action is `ship` or an `exchange`: `last` (the latest record's
+/// type, when known) tells which.
+fn may_replay(status: &str, action: &str, last: Option<&str>) -> bool {
+    action != "exchange"
+        && target(action) == status
+        && (status != "shipped" || last.is_none_or(|last| last == "ship"))
+}
+
+/// Whether `action` may be refused (409 `invalid_transition`) for an order in `status`.
+fn may_refuse(status: &str, action: &str, last: Option<&str>) -> bool {
+    transition(status, action).is_none()
+        && (!may_replay(status, action, last) || (status == "shipped" && last.is_none()))
 }
 
 fn initial_status(payment: &str) -> &'static str {
@@ -216,6 +339,15 @@ struct OrderModel {
     doubt: bool,
     /// The order's status as the answers tell it (`None`: unknown or not journaled).
     known: Option<String>,
+    /// The type of the order's latest record, when `known` is set and it is known (it tells
+    /// a shipped order's `ship` from an `exchange`, which decides whether a `ship` is a retry).
+    last: Option<&'static str>,
+    /// Every exchange whose answer was 200 (`true`) or lost (`false`), with the SKU it asked
+    /// a unit of, ever: the journal must hold each 200 and may hold each lost one, and no
+    /// other.
+    exchanges: Vec<(&'static str, bool)>,
+    /// Exchanges sent, whatever their answer (the clients stop at `EXCHANGES_PER_ORDER`).
+    exchanges_sent: usize,
     /// A client is working on this order (one request at a time per order).
     busy: bool,
     /// Answers lost, ever (figures).
@@ -240,23 +372,39 @@ impl OrderModel {
                 vec![known]
             };
         }
-        if self.payment == "cod" {
-            vec!["confirmed", "cancelled"]
-        } else if timer {
-            vec![PENDING, "paid", "cancelled", "expired"]
-        } else {
-            vec![PENDING, "paid", "cancelled"]
-        }
+        // Every state the order's payment and timer allow: a lost request may have taken
+        // it anywhere a client walks orders.
+        STATES
+            .into_iter()
+            .filter(|&status| match status {
+                PENDING | "paid" => self.payment != "cod",
+                "confirmed" => self.payment == "cod",
+                "expired" => self.payment != "cod" && timer,
+                _ => true,
+            })
+            .collect()
+    }
+
+    /// The latest record's type when the order's state is known, else `None`.
+    fn last_known(&self) -> Option<&'static str> {
+        if self.doubt { None } else { self.last }
     }
 }
 
+/// A record type of an order as a `&'static str` (`unknown` for others).
+fn type_static(kind: &str) -> &'static str {
+    ["accepted", "payment_reminder", "expired"]
+        .into_iter()
+        .chain(CLIENT_ACTIONS)
+        .find(|&known| known == kind)
+        .unwrap_or("unknown")
+}
+
 fn status_static(status: &str) -> &'static str {
-    for known in [PENDING, "confirmed", "paid", "cancelled", "expired"] {
-        if known == status {
-            return known;
-        }
-    }
-    "unknown"
+    STATES
+        .into_iter()
+        .find(|&known| known == status)
+        .unwrap_or("unknown")
 }
 
 /// A value several clients may write (a consumer offset, a SKU's stock): the last value
@@ -295,6 +443,11 @@ struct Model {
     /// Records the clients read from `GET /v1/journal` and the audit has not yet compared.
     seen: BTreeMap<u64, Value>,
     max_seq_seen: u64,
+    /// The lagging group's offset (see `LAG_GROUP`): with retention on, the clients read
+    /// from it on, and every record after it must be there.
+    lag_floor: u64,
+    /// The engine runs with checkpoints and retention.
+    retention: bool,
     violations: Vec<String>,
     /// Answers by class, e.g. `order.new 201`, `action.pay 409 invalid_transition`.
     answers: BTreeMap<String, u64>,
@@ -327,6 +480,12 @@ struct Answer {
 impl Answer {
     fn code(&self) -> &str {
         self.json["error"].as_str().unwrap_or("")
+    }
+
+    /// Refused by admission control before anything was decided: 429 `overloaded` (a full
+    /// queue, the in-flight bound) or 503 `overloaded` (shedding by queueing delay).
+    fn shed(&self) -> bool {
+        matches!(self.status, 429 | 503) && self.code() == "overloaded"
     }
 
     fn class(&self) -> String {
@@ -397,17 +556,25 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    async fn run(mut self, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>) {
+    /// Runs operations until `stop`; while `pace` is set, one every 3 to 10 ms (a phase
+    /// held open for retention passes: enough to grow the journal, not so much that the
+    /// clients' log balloons).
+    async fn run(mut self, stop: Arc<AtomicBool>, pace: Arc<AtomicBool>, ops: Arc<AtomicU64>) {
         while !stop.load(Ordering::SeqCst) {
+            if pace.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(self.rng.range(3, 10))).await;
+            }
             let roll = self.rng.below(100);
             let done = match roll {
-                0..=49 => {
+                0..=44 => {
                     self.new_order().await;
                     true
                 }
-                50..=64 => self.retry().await,
-                65..=67 => self.conflicting_retry().await,
-                68..=89 => self.action().await,
+                45..=57 => self.retry().await,
+                58..=60 => self.conflicting_retry().await,
+                61..=77 => self.action().await,
+                78..=85 => self.walk(&stop).await,
+                86..=89 => self.exchange().await,
                 90..=96 => self.consume().await,
                 _ => self.restock().await,
             };
@@ -478,6 +645,9 @@ impl Client {
                 seq: None,
                 doubt: false,
                 known: None,
+                last: None,
+                exchanges: Vec::new(),
+                exchanges_sent: 0,
                 busy: true,
                 lost: 0,
             });
@@ -517,7 +687,7 @@ impl Client {
             Ok(answer) => {
                 model.count(format!("order.conflict {}", answer.class()));
                 if !(answer.status == 422 && answer.code() == "idempotency_conflict"
-                    || answer.status == 429)
+                    || answer.shed())
                 {
                     model.violation(format!(
                         "retry of durable order {id} with other content: {} {} (want 422 \
@@ -530,23 +700,126 @@ impl Client {
         true
     }
 
+    /// One action on any order: mostly `pay` or `cancel`, now and then any other (refusals,
+    /// replays, and actions on orders whose state a lost answer left unknown).
     async fn action(&mut self) -> bool {
         let Some((index, _)) = self.pick_order(|o| o.seq.is_some() || o.doubt) else {
             return false;
         };
-        let action = if self.rng.percent(60) {
-            "pay"
-        } else {
-            "cancel"
+        let action = match self.rng.below(10) {
+            0..=4 => "pay",
+            5..=7 => "cancel",
+            _ => CLIENT_ACTIONS[self.rng.below(CLIENT_ACTIONS.len() as u64) as usize],
         };
-        let id = self.model.lock().unwrap().orders[index].id.clone();
-        let answer = send(
-            self.http
-                .post(self.url(&format!("/v1/orders/{id}/{action}"))),
-        )
-        .await;
+        let sku = (action == "exchange").then(|| self.exchange_sku(index));
+        self.send_action(index, action, sku, false).await;
+        true
+    }
+
+    /// A SKU other than the order's own, for an exchange.
+    fn exchange_sku(&mut self, index: usize) -> &'static str {
+        let own = self.model.lock().unwrap().orders[index].sku;
+        let other = (own + 1 + self.rng.below(SKUS.len() as u64 - 1) as usize) % SKUS.len();
+        SKUS[other].name
+    }
+
+    /// Sends one action (an exchange with the SKU `sku`) and judges the answer. The order is
+    /// free again afterwards, unless `keep` and the answer was 200 (a walk goes on with it).
+    /// Returns whether it was answered 200.
+    async fn send_action(
+        &mut self,
+        index: usize,
+        action: &'static str,
+        sku: Option<&'static str>,
+        keep: bool,
+    ) -> bool {
+        let id = {
+            let mut model = self.model.lock().unwrap();
+            let order = &mut model.orders[index];
+            if action == "exchange" {
+                order.exchanges_sent += 1;
+            }
+            order.id.clone()
+        };
+        let mut request = self
+            .http
+            .post(self.url(&format!("/v1/orders/{id}/{action}")));
+        if let Some(sku) = sku {
+            request = request.json(&json!({"sku": sku}));
+        }
+        let answer = send(request).await;
+        let done = answer.as_ref().is_ok_and(|a| a.status == 200);
         let mut model = self.model.lock().unwrap();
-        judge_action_answer(&mut model, index, action, answer);
+        judge_action_answer(&mut model, index, action, sku, answer);
+        if keep && done {
+            model.orders[index].busy = true;
+        }
+        done
+    }
+
+    /// Walks an order whose state is known along its life: payment if it is due, the
+    /// fulfilment stages up to shipped, delivered or completed, then up to two exchanges.
+    /// Each step is one request, judged as it comes; the walk ends at the first answer that
+    /// is not 200 or when the load phase ends.
+    async fn walk(&mut self, stop: &AtomicBool) -> bool {
+        let end = ["shipped", "shipped", "delivered", "completed"][self.rng.below(4) as usize];
+        let exchanges = self.rng.below(3) as usize;
+        let Some((index, _)) = self.pick_order(|o| {
+            !o.doubt
+                && o.seq.is_some()
+                && o.known.as_deref().is_some_and(|known| {
+                    next_step(known).is_some() || transition(known, "exchange").is_some()
+                })
+                && o.exchanges_sent + exchanges <= EXCHANGES_PER_ORDER
+        }) else {
+            return false;
+        };
+        self.model.lock().unwrap().count("walk".to_string());
+        let mut exchanged = 0;
+        loop {
+            let step = {
+                let model = self.model.lock().unwrap();
+                let order = &model.orders[index];
+                let known = order.known.as_deref().filter(|_| !order.doubt);
+                match known {
+                    Some(known) if known == end || next_step(known).is_none() => {
+                        (exchanged < exchanges && transition(known, "exchange").is_some())
+                            .then_some("exchange")
+                    }
+                    Some(known) => next_step(known),
+                    None => None,
+                }
+            };
+            let Some(action) = step else {
+                break;
+            };
+            let sku = (action == "exchange").then(|| self.exchange_sku(index));
+            exchanged += usize::from(action == "exchange");
+            if !self.send_action(index, action, sku, true).await {
+                // Freed by the judge.
+                return true;
+            }
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        self.model.lock().unwrap().orders[index].busy = false;
+        true
+    }
+
+    /// An exchange on an order known to be shipped, delivered or completed.
+    async fn exchange(&mut self) -> bool {
+        let Some((index, _)) = self.pick_order(|o| {
+            !o.doubt
+                && o.exchanges_sent < EXCHANGES_PER_ORDER
+                && o.known
+                    .as_deref()
+                    .is_some_and(|known| transition(known, "exchange").is_some())
+        }) else {
+            return false;
+        };
+        let sku = self.exchange_sku(index);
+        self.send_action(index, "exchange", Some(sku), false).await;
         true
     }
 
@@ -560,7 +833,14 @@ impl Client {
             }
             let group = free[self.rng.below(free.len() as u64) as usize];
             model.groups[group].busy = true;
-            let from = self.rng.below(model.max_seq_seen + 1);
+            // With retention, only after the lagging group's offset: records before it may
+            // be gone, those after it must not be (a 410 there is a violation).
+            let floor = if model.retention {
+                model.lag_floor.min(model.max_seq_seen)
+            } else {
+                0
+            };
+            let from = floor + self.rng.below(model.max_seq_seen - floor + 1);
             (group, from)
         };
         let page = send(
@@ -707,6 +987,7 @@ fn judge_order_answer(model: &mut Model, index: usize, answer: Result<Answer, St
                 // Accepted or not, nobody knows; a stopped engine may still decide it.
                 order.doubt = true;
                 order.known = None;
+                order.last = None;
             }
             return;
         }
@@ -733,6 +1014,7 @@ fn judge_order_answer(model: &mut Model, index: usize, answer: Result<Answer, St
                 order.seq = seq;
                 if !order.doubt {
                     order.known = Some(initial_status(order.payment).to_string());
+                    order.last = Some("accepted");
                 }
             }
             if let Some(seq) = seq {
@@ -781,7 +1063,7 @@ fn judge_order_answer(model: &mut Model, index: usize, answer: Result<Answer, St
                 ));
             }
         }
-        (429, "overloaded") => {}
+        _ if answer.shed() => {}
         _ => {
             wrong = Some(format!(
                 "order {id} ({}): unexpected {} {}",
@@ -802,11 +1084,12 @@ fn refused_status<'a>(detail: &'a str, id: &str) -> Option<&'a str> {
         .next()
 }
 
-/// Judges the answer to `POST /v1/orders/{id}/{action}`.
+/// Judges the answer to `POST /v1/orders/{id}/{action}` (`sku`: an exchange's SKU).
 fn judge_action_answer(
     model: &mut Model,
     index: usize,
     action: &'static str,
+    sku: Option<&'static str>,
     answer: Result<Answer, String>,
 ) {
     model.touched.insert(index);
@@ -818,6 +1101,10 @@ fn judge_action_answer(
             order.lost += 1;
             order.doubt = true;
             order.known = None;
+            order.last = None;
+            if let Some(sku) = sku {
+                order.exchanges.push((sku, false));
+            }
             return;
         }
         Ok(answer) => answer,
@@ -827,37 +1114,62 @@ fn judge_action_answer(
     order.busy = false;
     let id = order.id.clone();
     let candidates = order.candidates();
+    let last = order.last_known();
     let mut wrong = None;
     match (answer.status, answer.code()) {
         (200, _) => {
-            let target = transition(PENDING, action)
-                .or(transition("confirmed", action))
-                .expect("pay and cancel have a target");
+            let target = target(action);
             let allowed = candidates.iter().any(|&from| {
                 if answer.replayed {
-                    is_replay(from, action)
+                    may_replay(from, action, last)
                 } else {
                     transition(from, action).is_some()
                 }
             });
             let history = answer.json["history"].as_array();
-            let last_event = history.and_then(|h| h.last()).map(|e| e["event"].clone());
+            // With retention the history may start after the acceptance, or (a replay of an
+            // old action) hold nothing at all.
+            let complete = answer.json["history_complete"] != false;
+            let newest_gone = !complete && history.is_none_or(|h| h.is_empty());
+            let newest = history.and_then(|h| h.last());
+            let last_event = newest.map(|e| e["event"].clone());
             let first_seq = history
                 .and_then(|h| h.first())
                 .and_then(|e| e["seq"].as_u64());
+            // An exchange's record names its SKU; nothing else happens to a shipped order
+            // while its client waits, so the newest record is this exchange.
+            let exchange_seen = sku.is_none_or(|sku| {
+                newest.is_some_and(|e| e["event"] == "exchange" && e["sku"] == sku)
+                    && !answer.replayed
+            });
+            // A replay's newest record may be gone (retention).
+            let newest_known = !(order.doubt || answer.replayed && newest_gone);
             if !allowed
                 || answer.json["order_id"] != id.as_str()
                 || (!order.doubt && answer.json["status"] != target)
-                || (!order.doubt && last_event != Some(json!(action)))
-                || order.seq.is_some_and(|seq| first_seq != Some(seq))
+                || (newest_known && last_event != Some(json!(action)))
+                || !exchange_seen
+                || (complete && order.seq.is_some_and(|seq| first_seq != Some(seq)))
             {
                 wrong = Some(format!(
-                    "{action} of {id} (could be {candidates:?}, replayed {}) answered 200 {}",
+                    "{action} of {id} (could be {candidates:?}, latest {last:?}, replayed {}) \
+                     answered 200 {}",
                     answer.replayed, answer.text
                 ));
+                // Judge what follows as after a lost answer.
+                order.doubt = true;
+                order.known = None;
+                order.last = None;
+                if let Some(sku) = sku {
+                    order.exchanges.push((sku, false));
+                }
             } else {
                 if !order.doubt {
                     order.known = Some(target.to_string());
+                    order.last = Some(action);
+                }
+                if let Some(sku) = sku {
+                    order.exchanges.push((sku, true));
                 }
                 model.actions_done.push((index, action));
             }
@@ -865,23 +1177,28 @@ fn judge_action_answer(
         (409, "invalid_transition") => {
             let detail = answer.json["detail"].as_str().unwrap_or("");
             match refused_status(detail, &id).map(status_static) {
-                Some(from)
-                    if candidates.contains(&from)
-                        && transition(from, action).is_none()
-                        && !is_replay(from, action) =>
-                {
-                    if !order.doubt {
+                Some(from) if candidates.contains(&from) && may_refuse(from, action, last) => {
+                    if !order.doubt && order.known.as_deref() != Some(from) {
+                        // The payment timer moved it (pending to expired).
                         order.known = Some(from.to_string());
+                        order.last = None;
                     }
                 }
                 _ => {
                     wrong = Some(format!(
-                        "{action} of {id} (could be {candidates:?}) refused: {}",
+                        "{action} of {id} (could be {candidates:?}, latest {last:?}) refused: {}",
                         answer.text
                     ));
                 }
             }
         }
+        // The state is judged before the stock: only an order that may take an exchange
+        // hears that its SKU has no unit left.
+        (409, "sold_out")
+            if sku.is_some()
+                && candidates
+                    .iter()
+                    .any(|&from| transition(from, action).is_some()) => {}
         (404, "unknown_order") => {
             if let Some(seq) = order.seq {
                 wrong = Some(format!(
@@ -890,12 +1207,19 @@ fn judge_action_answer(
                 ));
             }
         }
-        (429, "overloaded") => {}
+        _ if answer.shed() => {}
         _ => {
             wrong = Some(format!(
-                "{action} of {id}: unexpected {} {}",
+                "{action} of {id} (could be {candidates:?}): unexpected {} {}",
                 answer.status, answer.text
             ));
+            // Nothing is known of what it did: judge what follows as after a lost answer.
+            order.doubt = true;
+            order.known = None;
+            order.last = None;
+            if let Some(sku) = sku {
+                order.exchanges.push((sku, false));
+            }
         }
     }
     if let Some(message) = wrong {
@@ -927,6 +1251,8 @@ struct OrderFold {
     status: String,
     /// (type, seq) of each record, oldest first.
     chain: Vec<(String, u64)>,
+    /// (seq, SKU) of each exchange.
+    exchanges: Vec<(u64, String)>,
 }
 
 #[derive(Debug, Default)]
@@ -964,7 +1290,8 @@ impl Fold {
         match kind.as_str() {
             "sku" => self.apply_sku(seq, &record),
             "accepted" => self.apply_accepted(seq, &record),
-            "pay" | "cancel" | "payment_reminder" | "expired" => {
+            "payment_reminder" | "expired" => self.apply_action(seq, &kind, &record),
+            _ if CLIENT_ACTIONS.contains(&kind.as_str()) => {
                 self.apply_action(seq, &kind, &record);
             }
             _ => self.violation(format!(
@@ -1073,6 +1400,7 @@ impl Fold {
                 seq,
                 status: status.to_string(),
                 chain: vec![("accepted".to_string(), seq)],
+                exchanges: Vec::new(),
             },
         );
     }
@@ -1105,17 +1433,26 @@ impl Fold {
                 record["status"]
             ));
         }
+        // Only an exchange names a SKU (the one a unit was taken from).
+        let exchange_sku = record["sku"].as_str().map(str::to_string);
+        if (kind == "exchange") != exchange_sku.is_some() {
+            wrong.push(format!(
+                "seq {seq}: {kind} of {id} with sku {}",
+                record["sku"]
+            ));
+        }
         let before = std::mem::replace(&mut order.status, next.to_string());
         order.chain.push((kind.to_string(), seq));
         let (qty, user, sku_name) = (order.qty, order.user.clone(), order.sku.clone());
-        let sku = self.skus.get_mut(&sku_name).expect("the order's SKU");
         let from_reserved = before == PENDING;
         match kind {
             "pay" => {
+                let sku = self.skus.get_mut(&sku_name).expect("the order's SKU");
                 sku.reserved -= qty;
                 sku.sold += qty;
             }
             "cancel" | "expired" => {
+                let sku = self.skus.get_mut(&sku_name).expect("the order's SKU");
                 if from_reserved {
                     sku.reserved -= qty;
                 } else {
@@ -1123,6 +1460,27 @@ impl Fold {
                 }
                 let held = self.held.entry((user, sku_name)).or_default();
                 *held = held.saturating_sub(qty);
+            }
+            "exchange" => {
+                // One unit of the exchange SKU is sold; the order's own units stay sold and
+                // the buyer's purchase count does not change.
+                let other = exchange_sku.unwrap_or_default();
+                order.exchanges.push((seq, other.clone()));
+                match self.skus.get_mut(&other) {
+                    Some(sku) => {
+                        sku.sold += 1;
+                        let (taken, total) = (sku.reserved + sku.sold, sku.stock_total);
+                        if taken > total {
+                            wrong.push(format!(
+                                "seq {seq}: {other} oversold by the exchange of order {id}: \
+                                 {taken} units taken of {total}"
+                            ));
+                        }
+                    }
+                    None => wrong.push(format!(
+                        "seq {seq}: exchange of order {id} took a unit of unknown SKU {other:?}"
+                    )),
+                }
             }
             _ => {}
         }
@@ -1152,6 +1510,27 @@ struct Figures {
     offsets_verified: u64,
     records_compared: u64,
     phase_timeouts: u64,
+    /// Kills while the engine recovered (after its spawn, before `/readyz` said 200 to the
+    /// harness), by where they landed: before the listening line, while `/readyz` said 503,
+    /// and after `/readyz` said 200 (the drawn moment came after recovery).
+    recovery_kills_before_listening: u64,
+    recovery_kills_not_ready: u64,
+    recovery_kills_after_ready: u64,
+    /// How long the last start took, spawn to `/readyz` 200 (recovery kills draw their
+    /// moment from it).
+    last_start: Duration,
+    /// From the engine's log, every incarnation: checkpoints written, starts from a
+    /// checkpoint, segments deleted by retention, retention passes that failed.
+    checkpoints: u64,
+    checkpoint_starts: u64,
+    segments_deleted: u64,
+    retention_failures: u64,
+    /// Orders whose exchange records were counted against the answers, summed over audits.
+    exchanges_verified: u64,
+    /// Checks that the records after the lagging group's offset are still there.
+    lag_checks: u64,
+    /// The oldest record still kept, as last seen.
+    first_kept: u64,
     /// The engine's WARN and ERROR lines, by text with digits masked (every incarnation).
     log_lines: BTreeMap<String, u64>,
     violations: u64,
@@ -1162,6 +1541,13 @@ struct Auditor {
     http: reqwest::Client,
     fold: Fold,
     figures: Figures,
+    /// The engine runs with checkpoints and retention.
+    retention: bool,
+    /// The lagging group's offset, as last committed (every commit is answered: the engine
+    /// is quiet then).
+    lag: u64,
+    /// The journal's last seq at the previous audit: the lagging group's next offset.
+    lag_next: u64,
 }
 
 impl Auditor {
@@ -1172,6 +1558,18 @@ impl Auditor {
         for line in server.lines() {
             if line.contains("panicked") {
                 wrong.push(format!("the engine panicked: {line}"));
+            }
+            let figures = &mut self.figures;
+            for (text, count) in [
+                ("checkpoint written", &mut figures.checkpoints),
+                ("starting from a checkpoint", &mut figures.checkpoint_starts),
+                (
+                    "retention deleted a journal segment",
+                    &mut figures.segments_deleted,
+                ),
+                ("retention pass failed", &mut figures.retention_failures),
+            ] {
+                *count += u64::from(line.contains(text));
             }
             if line.contains(" WARN ") || line.contains(" ERROR ") {
                 let masked: String = line
@@ -1210,6 +1608,13 @@ impl Auditor {
             let page = self
                 .get(base, &format!("/v1/journal?from={from}&limit=2000"))
                 .await;
+            if page.status == 410 {
+                self.fail(format!(
+                    "GET /v1/journal?from={from}: {}; the lagging group's offset is {}: \
+                     retention deleted records a consumer group still needed",
+                    page.text, self.lag
+                ));
+            }
             if page.status != 200 {
                 self.fail(format!(
                     "GET /v1/journal?from={from}: {} {}",
@@ -1237,11 +1642,161 @@ impl Auditor {
         }
     }
 
+    /// The seq of the oldest record the journal still has (a page from 0 answers 410 naming
+    /// it once retention deleted the first segment). The lagging group's records must all
+    /// be there: the oldest kept is at most its offset + 1.
+    async fn first_kept(&mut self, base: &str) -> Result<u64, String> {
+        let page = self.get(base, "/v1/journal?from=0&limit=1").await;
+        let first = match (page.status, page.code()) {
+            (200, _) => 1,
+            (410, "gone") => page.json["detail"]
+                .as_str()
+                .and_then(|d| d.split("the oldest kept is ").nth(1))
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|digits| digits.parse().ok())
+                .ok_or_else(|| format!("410 without the oldest kept seq: {}", page.text))?,
+            _ => {
+                return Err(format!(
+                    "GET /v1/journal?from=0: {} {}",
+                    page.status, page.text
+                ));
+            }
+        };
+        if first > 1 && !self.retention {
+            return Err(format!(
+                "records before seq {first} are gone and retention is off: {}",
+                page.text
+            ));
+        }
+        if first > self.lag + 1 {
+            return Err(format!(
+                "the oldest record kept is seq {first}; the lagging group (offset {}) needs \
+                 every record after its offset",
+                self.lag
+            ));
+        }
+        if first < self.figures.first_kept {
+            return Err(format!(
+                "the oldest record kept is seq {first}; seq {} was the oldest before",
+                self.figures.first_kept
+            ));
+        }
+        self.figures.first_kept = first;
+        Ok(first)
+    }
+
+    /// The records after the lagging group's offset are there (200, from its next seq).
+    async fn check_lag_group(&mut self, base: &str) -> Vec<String> {
+        let mut wrong = Vec::new();
+        let answer = self
+            .get(base, &format!("/v1/consumers/{LAG_GROUP}/offset"))
+            .await;
+        if answer.status != 200 || answer.json["seq"] != self.lag {
+            wrong.push(format!(
+                "{LAG_GROUP} was committed at {}; the engine says {} {}",
+                self.lag, answer.status, answer.text
+            ));
+        }
+        let page = self
+            .get(base, &format!("/v1/journal?from={}&limit=1", self.lag))
+            .await;
+        let first = page.text.lines().next().and_then(|line| {
+            serde_json::from_str::<Value>(line)
+                .ok()
+                .and_then(|r| r["seq"].as_u64())
+        });
+        self.figures.lag_checks += 1;
+        if page.status != 200 || (self.lag < self.fold.last_seq() && first != Some(self.lag + 1)) {
+            wrong.push(format!(
+                "the records after {LAG_GROUP}'s offset {} are not all there: {} {}",
+                self.lag, page.status, page.text
+            ));
+        }
+        wrong
+    }
+
+    /// Commits the lagging group's offset (answered: the engine is quiet).
+    async fn commit_lag(&mut self, base: &str, model: &Mutex<Model>, seq: u64) {
+        let answer = send(
+            self.http
+                .put(format!("{base}/v1/consumers/{LAG_GROUP}/offset"))
+                .json(&json!({"seq": seq})),
+        )
+        .await
+        .unwrap_or_else(|class| self.fail(format!("commit of {LAG_GROUP}: {class}")));
+        if answer.status != 200 || answer.json["seq"] != seq {
+            self.fail(format!(
+                "commit of {LAG_GROUP} at {seq}: {} {}",
+                answer.status, answer.text
+            ));
+        }
+        self.lag = seq;
+        let mut model = model.lock().unwrap();
+        model.lag_floor = seq;
+        model.max_seq_seen = model.max_seq_seen.max(self.fold.last_seq());
+    }
+
+    /// Waits (at most `RETENTION_WAIT`) until retention deleted every closed segment that
+    /// was more than a second old and wholly at or before the lagging group's offset when
+    /// the wait began.
+    async fn await_retention(&mut self, server: &Server, model: &Mutex<Model>) -> Vec<String> {
+        let started = Instant::now();
+        // Every group's offset holds the records after it: the clients' groups too.
+        let floor = model
+            .lock()
+            .unwrap()
+            .groups
+            .iter()
+            .filter_map(|group| group.certain)
+            .fold(self.lag, u64::min);
+        let segments: Vec<(u64, std::time::SystemTime)> = server
+            .segments()
+            .iter()
+            .filter_map(|path| {
+                let first = path.file_stem()?.to_str()?.parse().ok()?;
+                let modified = std::fs::metadata(path).ok()?.modified().ok()?;
+                Some((first, modified))
+            })
+            .collect();
+        let now = std::time::SystemTime::now();
+        // The first seq of the segment after the last deletable one.
+        let due = segments
+            .windows(2)
+            .take_while(|pair| {
+                let old = now
+                    .duration_since(pair[0].1)
+                    .is_ok_and(|age| age >= Duration::from_secs(1));
+                old && pair[1].0 - 1 <= floor
+            })
+            .last()
+            .map(|pair| pair[1].0);
+        let Some(due) = due else {
+            return Vec::new();
+        };
+        loop {
+            match self.first_kept(&server.base_url).await {
+                Ok(first) if first >= due => return Vec::new(),
+                Ok(_) => {}
+                Err(problem) => return vec![problem],
+            }
+            if started.elapsed() >= RETENTION_WAIT {
+                return vec![format!(
+                    "retention kept the segments before seq {due} for {RETENTION_WAIT:?} \
+                     (passes every second; the oldest kept is seq {}, every group is at or \
+                     past {floor})",
+                    self.figures.first_kept
+                )];
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Everything read before is still there, unchanged (`full`: the whole journal, else the
-    /// last 200 records).
-    async fn compare_prefix(&mut self, base: &str, full: bool) -> Vec<String> {
+    /// last 200 records), as far as retention kept it (`first_kept` on).
+    async fn compare_prefix(&mut self, base: &str, full: bool, first_kept: u64) -> Vec<String> {
         let known = self.fold.last_seq();
         let from = if full { 0 } else { known.saturating_sub(200) };
+        let from = from.max(first_kept - 1).min(known);
         let again = self.read_journal(base, from).await;
         let mut wrong = Vec::new();
         if (again.len() as u64) < known - from {
@@ -1331,12 +1886,29 @@ impl Auditor {
                     );
                     set.spawn(async move { (id, send(http.get(url)).await) });
                 }
+                let mut answers = Vec::new();
                 while let Some(joined) = set.join_next().await {
                     let (id, answer) = joined.expect("order read task");
                     let answer = answer
                         .unwrap_or_else(|class| self.fail(format!("GET order {id}: {class}")));
+                    answers.push((id, answer));
+                }
+                // Retention may delete while the orders are read: the oldest record kept
+                // after the reads bounds what each view may leave out.
+                let first_kept = if self.retention {
+                    match self.first_kept(base).await {
+                        Ok(first) => first,
+                        Err(problem) => {
+                            wrong.push(problem);
+                            self.figures.first_kept
+                        }
+                    }
+                } else {
+                    1
+                };
+                for (id, answer) in answers {
                     self.figures.orders_read_back += 1;
-                    if let Some(problem) = self.order_mismatch(&id, &answer) {
+                    if let Some(problem) = self.order_mismatch(&id, &answer, first_kept) {
                         mismatched.push(id);
                         wrong.push(problem);
                     }
@@ -1355,7 +1927,11 @@ impl Auditor {
         wrong
     }
 
-    fn order_mismatch(&self, id: &str, answer: &Answer) -> Option<String> {
+    /// The order as `GET` shows it against the fold. With retention its first records may
+    /// be gone (`history_complete: false`): the history is then the chain's newest records,
+    /// those before it are older than `first_kept`, and without the acceptance `user_id`
+    /// and `payment` are null and no address is shown.
+    fn order_mismatch(&self, id: &str, answer: &Answer, first_kept: u64) -> Option<String> {
         let Some(order) = self.fold.orders.get(id) else {
             return (!(answer.status == 404 && answer.code() == "unknown_order")).then(|| {
                 format!(
@@ -1365,31 +1941,60 @@ impl Auditor {
             });
         };
         let view = &answer.json;
-        let history: Vec<(String, u64)> = view["history"]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|item| {
-                        (
-                            item["event"].as_str().unwrap_or("").to_string(),
-                            item["seq"].as_u64().unwrap_or(0),
-                        )
-                    })
-                    .collect()
+        let items = view["history"].as_array().cloned().unwrap_or_default();
+        let history: Vec<(String, u64)> = items
+            .iter()
+            .map(|item| {
+                (
+                    item["event"].as_str().unwrap_or("").to_string(),
+                    item["seq"].as_u64().unwrap_or(0),
+                )
             })
-            .unwrap_or_default();
+            .collect();
+        let exchanges: Vec<(u64, String)> = items
+            .iter()
+            .filter(|item| item["event"] == "exchange")
+            .map(|item| {
+                (
+                    item["seq"].as_u64().unwrap_or(0),
+                    item["sku"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let complete = view["history_complete"] != false;
+        let cut = order.chain.len().saturating_sub(history.len());
+        let kept = &order.chain[cut..];
+        let accepted_kept = cut == 0;
+        let (user, payment, address) = if accepted_kept {
+            (
+                json!(order.user),
+                json!(order.payment),
+                order.address.clone(),
+            )
+        } else {
+            (Value::Null, Value::Null, Value::Null)
+        };
         let same = answer.status == 200
             && view["status"] == order.status.as_str()
-            && view["user_id"] == order.user.as_str()
+            && view["user_id"] == user
             && view["sku"] == order.sku.as_str()
             && view["qty"] == order.qty
-            && view["payment"] == order.payment.as_str()
-            && view.get("address").unwrap_or(&Value::Null) == &order.address
-            && history == order.chain;
+            && view["payment"] == payment
+            && view.get("address").unwrap_or(&Value::Null) == &address
+            && history == kept
+            && complete == accepted_kept
+            && (accepted_kept || order.chain[cut - 1].1 < first_kept)
+            && exchanges
+                == order
+                    .exchanges
+                    .iter()
+                    .filter(|(seq, _)| kept.iter().any(|(_, s)| s == seq))
+                    .cloned()
+                    .collect::<Vec<_>>();
         (!same).then(|| {
             format!(
-                "order {id}: GET says {} {}, the journal says {order:?}",
+                "order {id}: GET says {} {}, the journal (oldest kept seq {first_kept}) says \
+                 {order:?}",
                 answer.status, answer.text
             )
         })
@@ -1461,7 +2066,40 @@ impl Auditor {
                     }
                 }
             }
+            // Each exchange answered 200 is journaled, each lost one may be, nothing else is
+            // (refusals take no unit): per SKU, 200s ≤ records ≤ 200s + lost.
+            if !order.exchanges.is_empty() || journaled.is_some_and(|r| !r.exchanges.is_empty()) {
+                self.figures.exchanges_verified += 1;
+                for spec in &SKUS {
+                    let answered = |certain: bool| {
+                        order
+                            .exchanges
+                            .iter()
+                            .filter(|&&(sku, c)| sku == spec.name && (c || !certain))
+                            .count()
+                    };
+                    let (done, sent) = (answered(true), answered(false));
+                    let records = journaled.map_or(0, |r| {
+                        r.exchanges
+                            .iter()
+                            .filter(|(_, sku)| sku == spec.name)
+                            .count()
+                    });
+                    if records < done || records > sent {
+                        wrong.push(format!(
+                            "order {}: {records} exchange records for {} in the journal; \
+                             {done} exchanges were answered 200 and {} lost their answer",
+                            order.id,
+                            spec.name,
+                            sent - done
+                        ));
+                    }
+                }
+            }
             order.known = journaled.map(|record| record.status.clone());
+            order.last = journaled
+                .and_then(|record| record.chain.last())
+                .map(|(kind, _)| type_static(kind));
             order.doubt = false;
         }
         for (index, action) in model.actions_done.drain(..) {
@@ -1600,7 +2238,13 @@ impl Auditor {
         self.figures.audits += 1;
         let base = server.base_url.clone();
         let full_compare = full || self.figures.audits % 10 == 1 || self.fold.last_seq() < 3000;
-        let mut wrong = self.compare_prefix(&base, full_compare).await;
+        let mut wrong = Vec::new();
+        let first_kept = self.first_kept(&base).await.unwrap_or_else(|problem| {
+            wrong.push(problem);
+            self.figures.first_kept
+        });
+        wrong.extend(self.check_lag_group(&base).await);
+        wrong.extend(self.compare_prefix(&base, full_compare, first_kept).await);
         self.pull(&base).await;
         wrong.extend(self.check_skus(&base).await);
 
@@ -1659,6 +2303,11 @@ impl Auditor {
         };
         wrong.extend(self.check_retries(&base, retries).await);
         wrong.extend(self.check_offsets(&base, model).await);
+        // The lagging group moves to where the previous audit ended: the records after it
+        // (read by this audit) must stay until the next one; those before it may go.
+        let lag = self.lag_next.max(self.lag);
+        self.commit_lag(&base, model, lag).await;
+        self.lag_next = self.fold.last_seq();
         wrong.extend(std::mem::take(&mut self.fold.violations));
         let mut model = model.lock().unwrap();
         wrong.extend(std::mem::take(&mut model.violations));
@@ -1678,6 +2327,9 @@ struct Settings {
     /// Self-test only: after this kill, cut the journal back before the last record the
     /// previous audit read (a lost tail, as a broken engine would leave it).
     sabotage_after_kill: Option<u64>,
+    /// Run the engine with checkpoints and retention (`retain_s = 1`, a pass every second),
+    /// and load phases long enough for passes to run.
+    retention: bool,
 }
 
 impl Settings {
@@ -1700,7 +2352,24 @@ impl Settings {
             seed,
             verbose: number("CRASH_LOOP_VERBOSE").is_some_and(|v| v > 0),
             sabotage_after_kill: None,
+            retention: false,
         }
+    }
+
+    /// The run with checkpoints and retention: `CRASH_LOOP_RETENTION_KILLS` kills, else
+    /// `CRASH_LOOP_KILLS` / 3, else `DEFAULT_RETENTION_KILLS` (its phases are longer).
+    fn retention_from_env() -> Self {
+        let mut settings = Settings::from_env();
+        settings.retention = true;
+        settings.kills = match std::env::var("CRASH_LOOP_RETENTION_KILLS") {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("CRASH_LOOP_RETENTION_KILLS={text:?}: {e}")),
+            Err(_) if std::env::var("CRASH_LOOP_KILLS").is_ok() => (settings.kills / 3).max(1),
+            Err(_) => DEFAULT_RETENTION_KILLS,
+        };
+        settings
     }
 }
 
@@ -1718,17 +2387,22 @@ impl Drop for SeedOnPanic {
     }
 }
 
-/// How one cycle ends: after `kill_after` client operations, SIGKILL; with a pause, SIGSTOP
-/// after `stop_at` operations for `pause`, then (unless killed while stopped) SIGCONT and
-/// `after_cont` more operations before the kill.
+/// How one cycle ends: after `kill_after` client operations (and, with retention, not
+/// before `min_phase` has passed), SIGKILL; with a pause, SIGSTOP after `stop_at` operations
+/// for `pause`, then (unless killed while stopped) SIGCONT and `after_cont` more operations
+/// before the kill. Then one start per entry of `recovery_kills`, each SIGKILLed that many
+/// thousandths of the last start's duration (spawn to `/readyz` 200) after its spawn, before
+/// the start that must pass the audit.
 #[derive(Debug)]
 struct Plan {
     kill_after: u64,
     stop: Option<(u64, Duration, bool, u64)>,
+    min_phase: Duration,
+    recovery_kills: Vec<u64>,
 }
 
 impl Plan {
-    fn draw(rng: &mut Rng) -> Plan {
+    fn draw(rng: &mut Rng, retention: bool) -> Plan {
         // Now and then at once: the clients' first requests meet the kill, and so do the
         // payment timers that recovery found overdue and fires on each shard's first turn.
         let kill_after = if rng.percent(6) {
@@ -1744,8 +2418,80 @@ impl Plan {
                 rng.range(0, 25),
             )
         });
-        Plan { kill_after, stop }
+        // Retention passes run every second of an engine's life: most phases outlast one.
+        let min_phase = if retention && rng.percent(70) {
+            Duration::from_millis(rng.range(600, 2500))
+        } else {
+            Duration::ZERO
+        };
+        // Up to 1.3 times the last start: most land in recovery, some just after it.
+        let mut recovery_kills = Vec::new();
+        if rng.percent(35) {
+            recovery_kills.push(rng.range(0, 1300));
+            if rng.percent(25) {
+                recovery_kills.push(rng.range(0, 1300));
+            }
+        }
+        Plan {
+            kill_after,
+            stop,
+            min_phase,
+            recovery_kills,
+        }
     }
+}
+
+/// Where a kill during a start landed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Landed {
+    BeforeListening,
+    NotReady,
+    AfterReady,
+}
+
+/// Starts the engine on its data directory and SIGKILLs it `delay` after the spawn, whatever
+/// it is doing then: starting up, recovering (`/readyz` 503) or, when recovery was quicker,
+/// running. Fails the run when the start fails by itself.
+async fn kill_during_start(auditor: &Auditor, server: &mut Server, delay: Duration) -> Landed {
+    let spawned = Instant::now();
+    match tokio::time::timeout(delay, server.try_restart_listening()).await {
+        Err(_) => {
+            // The listening line had not come: the port was not open yet.
+            server.kill9();
+            return Landed::BeforeListening;
+        }
+        Ok(Err(failure)) => auditor.fail(format!(
+            "a start (to be killed during recovery) failed: {} (status {:?})\n{}",
+            failure.reason, failure.status, failure.output
+        )),
+        Ok(Ok(())) => {}
+    }
+    let probe = http_client(Duration::from_millis(250));
+    let mut landed = Landed::NotReady;
+    loop {
+        if let Some(status) = server.wait_exit(Duration::ZERO).await {
+            auditor.fail(format!(
+                "the engine exited by itself during recovery: {status}\n{}",
+                server.output()
+            ));
+        }
+        if spawned.elapsed() >= delay {
+            break;
+        }
+        if landed == Landed::NotReady {
+            let ready = send(probe.get(server.url("/readyz")))
+                .await
+                .is_ok_and(|answer| answer.status == 200);
+            if ready {
+                landed = Landed::AfterReady;
+            }
+        }
+        let left = delay.saturating_sub(spawned.elapsed());
+        tokio::time::sleep(left.min(Duration::from_millis(2))).await;
+    }
+    server.send_sigkill();
+    server.kill9();
+    landed
 }
 
 /// The first violations, one a line, each cut to a readable length (records with 1 KiB
@@ -1761,6 +2507,27 @@ fn listing(wrong: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n  ")
+}
+
+/// The checkpoint files in the data directory.
+fn checkpoint_files(server: &Server) -> usize {
+    std::fs::read_dir(server.data_dir().join("checkpoints")).map_or(0, |dir| {
+        dir.filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().ends_with(".ckpt"))
+            .count()
+    })
+}
+
+/// A start with checkpoints on disk starts from one (and says so).
+fn started_from_checkpoint(server: &Server, checkpoints: usize) -> Vec<String> {
+    let said = server.output().contains("starting from a checkpoint");
+    if checkpoints > 0 && !said {
+        vec![format!(
+            "{checkpoints} checkpoint(s) on disk, and the start did not start from one"
+        )]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Removes the record `seq` and everything after it from the journal files.
@@ -1816,13 +2583,24 @@ async fn run(settings: Settings) {
     );
     let started = Instant::now();
     let mut rng = Rng::derive(seed, u64::MAX, 0);
+    let mut env = vec![(
+        "STAMPEDE_JOURNAL_SEGMENT_BYTES_MAX".to_string(),
+        "65536".to_string(),
+    )];
+    if settings.retention {
+        // A pass every second deletes the closed segments older than a second that every
+        // group is past, after a checkpoint covering them.
+        env.push(("STAMPEDE_JOURNAL_RETAIN_S".to_string(), "1".to_string()));
+        env.push((
+            "STAMPEDE_JOURNAL_RETENTION_CHECK_S".to_string(),
+            "1".to_string(),
+        ));
+    }
     let opts = Opts {
-        env: vec![(
-            "STAMPEDE_JOURNAL_SEGMENT_BYTES_MAX".to_string(),
-            "65536".to_string(),
-        )],
+        env,
         ..Opts::default().fsync("always").shards(2)
     };
+    let first_start = Instant::now();
     let mut server = Server::start(opts).await;
     for spec in &SKUS {
         let reply = server
@@ -1845,20 +2623,31 @@ async fn run(settings: Settings) {
                 ..Register::default()
             })
             .collect(),
+        retention: settings.retention,
         ..Model::default()
     }));
     let mut auditor = Auditor {
         seed,
         http: http_client(AUDIT_TIMEOUT),
         fold: Fold::default(),
-        figures: Figures::default(),
+        figures: Figures {
+            last_start: first_start.elapsed(),
+            first_kept: 1,
+            ..Figures::default()
+        },
+        retention: settings.retention,
+        lag: 0,
+        lag_next: 0,
     };
     auditor.pull(&server.base_url).await;
+    // From the start a group is at 0, so nothing is deleted before the audit has read it.
+    auditor.commit_lag(&server.base_url, &model, 0).await;
 
     for cycle in 0..settings.kills {
         model.lock().unwrap().cycle = cycle;
-        let plan = Plan::draw(&mut rng);
+        let plan = Plan::draw(&mut rng, settings.retention);
         let stop = Arc::new(AtomicBool::new(false));
+        let pace = Arc::new(AtomicBool::new(false));
         let ops = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
         for task in 0..CLIENTS as u64 {
@@ -1872,7 +2661,11 @@ async fn run(settings: Settings) {
                 rng: Rng::derive(seed, cycle, task),
                 made: 0,
             };
-            tasks.push(tokio::spawn(client.run(stop.clone(), ops.clone())));
+            tasks.push(tokio::spawn(client.run(
+                stop.clone(),
+                pace.clone(),
+                ops.clone(),
+            )));
         }
 
         let deadline = Instant::now() + PHASE_MAX;
@@ -1892,6 +2685,14 @@ async fn run(settings: Settings) {
         } else {
             in_time &= wait_ops(&ops, plan.kill_after, deadline).await;
         }
+        if !plan
+            .stop
+            .is_some_and(|(.., killed_while_stopped, _)| killed_while_stopped)
+        {
+            let phase_end = (deadline - PHASE_MAX + plan.min_phase).min(deadline);
+            pace.store(true, Ordering::SeqCst);
+            tokio::time::sleep_until(phase_end.into()).await;
+        }
         if !in_time {
             auditor.figures.phase_timeouts += 1;
         }
@@ -1910,11 +2711,27 @@ async fn run(settings: Settings) {
             }
         }
         server.kill9();
-        let engine_wrong = auditor.scan_log(&server);
+        let mut engine_wrong = auditor.scan_log(&server);
         if settings.sabotage_after_kill == Some(cycle + 1) {
             cut_journal_at(&server, auditor.fold.last_seq());
         }
-        if let Err(failure) = server.try_restart().await {
+        for &thousandths in &plan.recovery_kills {
+            let delay = auditor
+                .figures
+                .last_start
+                .mul_f64(thousandths as f64 / 1000.0);
+            match kill_during_start(&auditor, &mut server, delay).await {
+                Landed::BeforeListening => auditor.figures.recovery_kills_before_listening += 1,
+                Landed::NotReady => auditor.figures.recovery_kills_not_ready += 1,
+                Landed::AfterReady => auditor.figures.recovery_kills_after_ready += 1,
+            }
+            engine_wrong.extend(auditor.scan_log(&server));
+        }
+        let checkpoints = checkpoint_files(&server);
+        let restarted = Instant::now();
+        let restart = server.try_restart().await;
+        auditor.figures.last_start = restarted.elapsed();
+        if let Err(failure) = restart {
             auditor.fail(format!(
                 "restart after kill {} failed: {} (status {:?})\n{}",
                 cycle + 1,
@@ -1928,6 +2745,7 @@ async fn run(settings: Settings) {
             auditor.figures.torn_tails += 1;
         }
         let mut wrong = engine_wrong;
+        wrong.extend(started_from_checkpoint(&server, checkpoints));
         wrong.extend(auditor.audit(&server, &model, &mut rng, false).await);
         auditor.figures.violations += wrong.len() as u64;
         if !wrong.is_empty() {
@@ -1984,7 +2802,17 @@ async fn run(settings: Settings) {
         let mut model = model.lock().unwrap();
         judge_order_answer(&mut model, index, answer, "order.final_retry");
     }
-    let wrong = auditor.audit(&server, &model, &mut rng, true).await;
+    let mut wrong = auditor.audit(&server, &model, &mut rng, true).await;
+    if settings.retention {
+        // Retention deletes what no group needs: with the lagging group at the end of the
+        // journal, every closed segment older than a second goes within a few passes, and
+        // the audits after it (one after a graceful restart from the checkpoint) see the
+        // orders whose first records are gone.
+        let last = auditor.fold.last_seq();
+        auditor.commit_lag(&server.base_url, &model, last).await;
+        wrong.extend(auditor.await_retention(&server, &model).await);
+        wrong.extend(auditor.audit(&server, &model, &mut rng, true).await);
+    }
     auditor.figures.violations += wrong.len() as u64;
     if !wrong.is_empty() {
         report(&auditor, &model, &server, started, settings.kills);
@@ -1999,8 +2827,10 @@ async fn run(settings: Settings) {
         auditor.fail(format!("SIGTERM at the end: exit {status}"));
     }
     let mut wrong = auditor.scan_log(&server);
+    let checkpoints = checkpoint_files(&server);
     server.restart().await;
     auditor.figures.restarts += 1;
+    wrong.extend(started_from_checkpoint(&server, checkpoints));
     wrong.extend(auditor.audit(&server, &model, &mut rng, true).await);
     wrong.extend(auditor.scan_log(&server));
     auditor.figures.violations += wrong.len() as u64;
@@ -2055,6 +2885,40 @@ fn report(auditor: &Auditor, model: &Mutex<Model>, server: &Server, started: Ins
         figures.restarts,
         figures.torn_tails,
         figures.phase_timeouts
+    );
+    eprintln!(
+        "crash_loop: kills during a start {} (before the listening line {}, while /readyz \
+         was not 200 {}, after recovery {})",
+        figures.recovery_kills_before_listening
+            + figures.recovery_kills_not_ready
+            + figures.recovery_kills_after_ready,
+        figures.recovery_kills_before_listening,
+        figures.recovery_kills_not_ready,
+        figures.recovery_kills_after_ready
+    );
+    eprintln!(
+        "crash_loop: retention {}: checkpoints written {}, starts from a checkpoint {}, \
+         segments deleted {}, failed passes {}, oldest record kept {}, {LAG_GROUP} at {} \
+         (records after it checked {} times)",
+        if auditor.retention { "on" } else { "off" },
+        figures.checkpoints,
+        figures.checkpoint_starts,
+        figures.segments_deleted,
+        figures.retention_failures,
+        figures.first_kept,
+        auditor.lag,
+        figures.lag_checks
+    );
+    eprintln!(
+        "crash_loop: exchanges: answered 200 {}, sold out {}, refused {}, lost {}; in the \
+         journal {}; orders walked {}, exchange tallies checked {}",
+        count("action.exchange 200"),
+        count("action.exchange 409 sold_out"),
+        count("action.exchange 409 invalid_transition"),
+        count("action.exchange error"),
+        fold.types.get("exchange").copied().unwrap_or(0),
+        count("walk"),
+        figures.exchanges_verified
     );
     eprintln!(
         "crash_loop: orders placed {}, accepted {accepted} (in the journal {}), with a lost \
@@ -2127,6 +2991,13 @@ async fn crash_loop_under_load_keeps_every_answer_true() {
     run(Settings::from_env()).await;
 }
 
+/// The same with checkpoints and retention: recovery starts from a checkpoint, and what the
+/// audits have read may be deleted, but nothing a consumer group still needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_with_checkpoints_and_retention_keeps_every_answer_true() {
+    run(Settings::retention_from_env()).await;
+}
+
 /// The audit is not vacuous: a journal that lost records it had served (cut back behind the
 /// engine's back between a kill and the restart) fails the run, naming what was lost.
 #[test]
@@ -2136,6 +3007,7 @@ fn the_audit_catches_a_journal_that_lost_its_tail() {
         seed: 7,
         verbose: false,
         sabotage_after_kill: Some(3),
+        retention: false,
     };
     // Its own thread and runtime, so the run's panic (and the server's drop) happen there.
     let failure = std::thread::spawn(move || {
@@ -2242,6 +3114,9 @@ fn answers_are_judged_against_what_the_client_knows() {
         seq: None,
         doubt: false,
         known: None,
+        last: None,
+        exchanges: Vec::new(),
+        exchanges_sent: 0,
         busy: true,
         lost: 0,
     });
@@ -2303,6 +3178,7 @@ fn answers_are_judged_against_what_the_client_knows() {
         &mut model,
         0,
         "cancel",
+        None,
         answer(
             409,
             false,
@@ -2313,14 +3189,179 @@ fn answers_are_judged_against_what_the_client_knows() {
     assert_eq!(model.violations.len(), 4);
     let view = json!({"order_id": "x", "status": "cancelled",
         "history": [{"event": "accepted", "seq": 7}, {"event": "cancel", "seq": 9}]});
-    judge_action_answer(&mut model, 0, "cancel", answer(200, false, view.clone()));
+    judge_action_answer(
+        &mut model,
+        0,
+        "cancel",
+        None,
+        answer(200, false, view.clone()),
+    );
     assert_eq!(model.violations.len(), 4, "{:?}", model.violations);
-    judge_action_answer(&mut model, 0, "cancel", answer(200, false, view.clone()));
+    judge_action_answer(
+        &mut model,
+        0,
+        "cancel",
+        None,
+        answer(200, false, view.clone()),
+    );
     assert_eq!(
         model.violations.len(),
         5,
         "a second cancel must be a replay"
     );
-    judge_action_answer(&mut model, 0, "cancel", answer(200, true, view));
+    judge_action_answer(&mut model, 0, "cancel", None, answer(200, true, view));
     assert_eq!(model.violations.len(), 5, "{:?}", model.violations);
+}
+
+#[test]
+fn the_fold_takes_an_exchange_unit_from_the_other_sku() {
+    let mut fold = Fold::default();
+    fold.apply(sku_record(1, "S", 3, 0));
+    fold.apply(sku_record(2, "T", 1, 0));
+    fold.apply(accepted(3, "a", "u1", "S", 1, "cod"));
+    let exchange = |seq: u64, prev: u64, sku: Value| {
+        record(
+            seq,
+            json!({"type": "exchange", "order_id": "a", "status": "shipped", "prev_seq": prev,
+                "sku": sku}),
+        )
+    };
+    fold.apply(exchange(4, 3, json!("T")));
+    assert!(
+        fold.violations[0].contains("while it was confirmed"),
+        "{:?}",
+        fold.violations
+    );
+    let mut seq = 4;
+    for (action, status) in STAGES.iter().take(7) {
+        seq += 1;
+        fold.apply(record(
+            seq,
+            json!({"type": action, "order_id": "a", "status": status, "prev_seq": seq - 1
+                - u64::from(seq == 5)}),
+        ));
+    }
+    assert_eq!(fold.violations.len(), 1, "{:?}", fold.violations);
+    assert_eq!(fold.orders["a"].status, "shipped");
+    fold.apply(exchange(12, 11, json!("T")));
+    assert_eq!(fold.violations.len(), 1, "{:?}", fold.violations);
+    assert_eq!((fold.skus["T"].sold, fold.skus["S"].sold), (1, 1));
+    fold.apply(exchange(13, 12, json!("T")));
+    assert!(
+        fold.violations[1].contains("oversold by the exchange"),
+        "{:?}",
+        fold.violations
+    );
+    fold.apply(exchange(14, 13, Value::Null));
+    assert!(
+        fold.violations[2].contains("exchange of a with sku null"),
+        "{:?}",
+        fold.violations
+    );
+    // The exchanges took no unit of the order's own SKU and left the buyer's count alone.
+    assert_eq!(fold.skus["S"].sold, 1);
+    assert_eq!(fold.held[&("u1".to_string(), "S".to_string())], 1);
+    assert_eq!(
+        fold.orders["a"].exchanges,
+        vec![
+            (12, "T".to_string()),
+            (13, "T".to_string()),
+            (14, String::new())
+        ]
+    );
+}
+
+#[test]
+fn exchange_answers_are_judged_by_state_and_journal() {
+    let mut model = Model {
+        groups: (0..GROUPS).map(|_| Register::default()).collect(),
+        ..Model::default()
+    };
+    let body = json!({"order_id": "x", "user_id": "u", "sku": "CL-ROOMY", "qty": 1,
+        "payment": "cod"});
+    model.orders.push(OrderModel {
+        id: "x".into(),
+        body,
+        sku: 3,
+        payment: "cod",
+        seq: Some(7),
+        doubt: false,
+        known: Some("confirmed".into()),
+        last: Some("accepted"),
+        exchanges: Vec::new(),
+        exchanges_sent: 0,
+        busy: true,
+        lost: 0,
+    });
+    let answer = |status: u16, json: Value| {
+        Ok(Answer {
+            status,
+            replayed: false,
+            text: json.to_string(),
+            json,
+        })
+    };
+    // A confirmed order takes no exchange: sold out is a lie (the state is judged first).
+    let sold_out = json!({"error": "sold_out", "detail": "no unit of CL-HOT-2 left"});
+    judge_action_answer(
+        &mut model,
+        0,
+        "exchange",
+        Some("CL-HOT-2"),
+        answer(409, sold_out.clone()),
+    );
+    assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
+    assert!(
+        model.orders[0].doubt,
+        "a wrong answer leaves the state unknown"
+    );
+    model.orders[0].doubt = false;
+    model.orders[0].known = Some("completed".into());
+    model.orders[0].last = Some("complete");
+    judge_action_answer(
+        &mut model,
+        0,
+        "exchange",
+        Some("CL-HOT-2"),
+        answer(409, sold_out),
+    );
+    assert_eq!(model.violations.len(), 1, "{:?}", model.violations);
+    // Done: shipped, and the newest record is this exchange, of this SKU.
+    let view = |sku: &str| {
+        json!({"order_id": "x", "status": "shipped", "history": [{"event": "accepted", "seq": 7},
+            {"event": "exchange", "seq": 20, "sku": sku}]})
+    };
+    judge_action_answer(
+        &mut model,
+        0,
+        "exchange",
+        Some("CL-HOT-1"),
+        answer(200, view("CL-HOT-2")),
+    );
+    assert_eq!(model.violations.len(), 2, "{:?}", model.violations);
+    model.orders[0].doubt = false;
+    model.orders[0].known = Some("completed".into());
+    model.orders[0].last = Some("complete");
+    judge_action_answer(
+        &mut model,
+        0,
+        "exchange",
+        Some("CL-HOT-1"),
+        answer(200, view("CL-HOT-1")),
+    );
+    assert_eq!(model.violations.len(), 2, "{:?}", model.violations);
+    assert_eq!(model.orders[0].known.as_deref(), Some("shipped"));
+    // A shipped order whose latest record is an exchange: a `ship` is refused, not replayed.
+    let refused = json!({"error": "invalid_transition",
+        "detail": "order x is shipped; ship is not allowed from it"});
+    judge_action_answer(&mut model, 0, "ship", None, answer(409, refused.clone()));
+    assert_eq!(model.violations.len(), 2, "{:?}", model.violations);
+    model.orders[0].last = Some("ship");
+    judge_action_answer(&mut model, 0, "ship", None, answer(409, refused));
+    assert_eq!(model.violations.len(), 3, "{:?}", model.violations);
+    // The journal may hold the exchanges wrongly answered, and must hold the one done.
+    assert_eq!(
+        model.orders[0].exchanges,
+        vec![("CL-HOT-2", false), ("CL-HOT-1", false), ("CL-HOT-1", true)]
+    );
 }

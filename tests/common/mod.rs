@@ -275,6 +275,14 @@ impl Server {
         self.try_spawn_ready().await
     }
 
+    /// Starts the server again on the same data directory and returns as soon as it printed
+    /// its listening line, without waiting for `/readyz` (recovery may still be running).
+    /// Cancelling the wait leaves the process running: `kill9` ends it.
+    pub async fn try_restart_listening(&mut self) -> Result<(), StartFailure> {
+        assert!(self.child.is_none(), "restart of a server still running");
+        self.try_spawn_listening().await
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
