@@ -276,8 +276,8 @@ enum Work {
 }
 
 /// Admission for an order or an action (see [`admission`]): the queue-delay gate, an
-/// in-flight slot held until the answer, and the client's rate limit. `Err` is the 429 to send and why (not counted
-/// here: the caller counts it with the request's outcome).
+/// in-flight slot held until the answer, and the client's rate limit. `Err` is the 503 or
+/// 429 to send and why (not counted here: the caller counts it with the request's outcome).
 fn admit<'a>(
     state: &'a AppState,
     engine: &Engine,

@@ -500,19 +500,14 @@ impl ShardWriter {
                     }
                 }
             }
-            let taken_at = std::time::Instant::now();
-            let waited_max = batch
-                .iter()
-                .filter_map(|command| match command {
-                    Command::Order(_, queued_at) | Command::Action(_, queued_at) => {
-                        Some(taken_at.saturating_duration_since(*queued_at))
-                    }
-                    _ => None,
-                })
-                .max();
-            if let Some(waited) = waited_max {
+            // The mailbox is FIFO, so the first order or action taken waited the longest.
+            let oldest_queued_at = batch.iter().find_map(|command| match command {
+                Command::Order(_, queued_at) | Command::Action(_, queued_at) => Some(*queued_at),
+                _ => None,
+            });
+            if let Some(queued_at) = oldest_queued_at {
                 self.mailbox_wait_max_us.fetch_max(
-                    waited.as_micros() as u64,
+                    queued_at.elapsed().as_micros() as u64,
                     std::sync::atomic::Ordering::Relaxed,
                 );
             }
