@@ -274,6 +274,21 @@ pub fn seal_frames(frames: &mut [u8], first_seq: u64) -> u64 {
     seq - first_seq
 }
 
+/// The byte offset (within `frames`) of each frame of a batch this process built, in order:
+/// walks the length fields only (the writer uses it to place index points inside a group).
+pub fn frame_offsets(frames: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset >= frames.len() {
+            return None;
+        }
+        let here = offset;
+        let payload_len = read_u32(frames, here) as usize;
+        offset = (here + FRAME_HEADER_BYTES + payload_len).next_multiple_of(FRAME_ALIGN);
+        Some(here)
+    })
+}
+
 fn frame_crc(len_bytes: &[u8], seq_and_payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(len_bytes), seq_and_payload)
 }

@@ -155,7 +155,8 @@ impl SegmentCursor {
         Ok(Ok(cursor))
     }
 
-    /// Limits the cursor to the first `len` bytes of the file (the durable part).
+    /// Limits the cursor to the first `len` bytes of the file (a read that needs only the
+    /// frames before an index point stops there). `len` must be a frame boundary.
     pub fn limit_len(&mut self, len: u64) {
         self.file_len = self.file_len.min(len);
     }

@@ -524,7 +524,9 @@ impl Journal {
         let shared = &*self.shared;
         let mut segment = shared.segment.lock();
         let offset = segment.append(group, first_seq)?;
-        shared.index.note(first_seq, segment.first_seq, offset);
+        shared
+            .index
+            .note_group(group, first_seq, last_seq, segment.first_seq, offset);
         shared.stats.writes.fetch_add(1, Ordering::Relaxed);
         shared
             .stats
