@@ -282,7 +282,24 @@ async fn decide_decoded(engine: &Engine, order: ValidOrder) -> Result<HttpRespon
     let slot = engine.inventory.slot(slot_index);
     let (available, max_per_order) = (slot.available(), slot.max_per_order());
     let qty = u64::from(order.qty);
-    if (qty > u64::from(max_per_order) || available < qty) && !known {
+    let refusable = qty > u64::from(max_per_order) || available < qty;
+    // The index was read before the stock: an original still in the mailbox then may have
+    // taken the last unit since. The shard inserts an order's index entry before it
+    // publishes the stock (`available` is stored with Release, read with Acquire), so a stock
+    // read that saw the take sees the entry now: look again before refusing what may be a
+    // retry of an order that got in.
+    let known = known
+        || (refusable
+            && match engine.orders.lookup(key, fingerprint) {
+                DedupCheck::New => false,
+                DedupCheck::Retry { seq: Some(seq) } => {
+                    let status = order.payment.initial_status();
+                    return Ok(order_reply(&order.order_id, status, seq, true));
+                }
+                DedupCheck::Conflict => return Err(idempotency_conflict(&order.order_id)),
+                DedupCheck::Retry { seq: None } => true,
+            });
+    if refusable && !known {
         if qty > u64::from(max_per_order) {
             return Err(qty_over_max(order.qty, max_per_order));
         }

@@ -16,8 +16,8 @@
 //! so reaches the same shard, which finishes one batch before it reads the next.
 //!
 //! Invariants: an entry is inserted by the shard that decided the order, before that shard
-//! publishes the stock change (so the sold-out fast path, which reads stock first, never
-//! misses it); it becomes durable (seq, state) once the batch is, or is removed when the
+//! publishes the stock change (so the sold-out fast path, which looks the order up again
+//! after a stock read that would refuse it, never misses it); it becomes durable (seq, state) once the batch is, or is removed when the
 //! batch fails. A state change is published only after its record is durable, so every
 //! reader sees a state the journal already holds.
 
