@@ -205,6 +205,8 @@ pub struct Engine {
     decided: Vec<Arc<std::sync::atomic::AtomicU64>>,
     /// Each shard's longest mailbox wait since the last read (see [`Engine::mailbox_wait`]).
     mailbox_waits: Vec<Arc<std::sync::atomic::AtomicU64>>,
+    /// What [`Engine::mailbox_wait`] last answered, µs.
+    last_mailbox_wait_us: std::sync::atomic::AtomicU64,
     drain: Mutex<DrainRate>,
     /// SKU name → slot index. Written only under `sku_admin` (or before start).
     catalog: DashMap<String, u32>,
@@ -428,6 +430,7 @@ impl Engine {
             metrics,
             decided,
             mailbox_waits,
+            last_mailbox_wait_us: std::sync::atomic::AtomicU64::new(0),
             drain: Mutex::new(DrainRate::default()),
             catalog,
             next_slot: AtomicU32::new(next_slot),
@@ -910,16 +913,27 @@ impl Engine {
         self.mailboxes.iter().map(|mailbox| mailbox.len()).sum()
     }
 
-    /// The longest an order or action waited in a shard's mailbox since the last call
-    /// (zero when none was taken): the shards' queue delay, the queue-delay gate's second
-    /// signal. Reading resets it, so one reader (the gate's probe) owns it.
+    /// How long orders are queueing in the shards' mailboxes beyond the turn in progress
+    /// (see `ShardWriter::mailbox_wait_max_us`): the most any turn since the last call saw
+    /// or, when no turn took an order since but commands are queued (a shard inside a slow
+    /// fdatasync), what the last call saw; zero when nothing is queued. The queue-delay
+    /// gate's second signal. Reading resets it, so one reader (the gate's probe) owns it.
     pub fn mailbox_wait(&self) -> Duration {
-        let waited_us = self
+        let taken = self
             .mailbox_waits
             .iter()
             .map(|wait| wait.swap(0, Ordering::Relaxed))
             .max()
             .unwrap_or(0);
+        let waited_us = if taken > 0 {
+            taken - 1
+        } else if self.queued() > 0 {
+            self.last_mailbox_wait_us.load(Ordering::Relaxed)
+        } else {
+            0
+        };
+        self.last_mailbox_wait_us
+            .store(waited_us, Ordering::Relaxed);
         Duration::from_micros(waited_us)
     }
 
@@ -933,6 +947,14 @@ impl Engine {
         let now = std::time::Instant::now();
         let mut drain = self.drain.lock();
         match drain.at {
+            // Measured only when something is shed, so the last window may have begun long
+            // before this burst: averaging a quiet hour in would make the first sheds of a
+            // sale say "come back in 60 s". A window over a second old starts afresh (the
+            // rate last measured stands until the new one is in).
+            Some(at) if now.duration_since(at) > Duration::from_secs(1) => {
+                drain.at = Some(now);
+                drain.decided = decided;
+            }
             Some(at) if now.duration_since(at) >= Duration::from_millis(100) => {
                 let sample =
                     (decided - drain.decided) as f64 / now.duration_since(at).as_secs_f64();

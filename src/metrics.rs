@@ -135,6 +135,8 @@ pub struct HttpMetrics {
     /// scrape; stay 0 when the gate is off).
     pub queue_delay: prometheus::Gauge,
     pub shed_probability: prometheus::Gauge,
+    /// Keys each rate limiter admitted untracked (its table full), set at scrape.
+    pub rate_untracked: prometheus::IntGaugeVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -217,7 +219,7 @@ impl HttpMetrics {
         let queue_delay = must(prometheus::Gauge::new(
             "stampede_queue_delay_seconds",
             "Queueing delay the admission gate last measured: the larger of the runtime's \
-             scheduling delay and the shards' backlog over their drain rate.",
+             scheduling delay and how long orders queue in the shards' mailboxes beyond one turn.",
         ));
         must(registry.register(Box::new(queue_delay.clone())));
         let shed_probability = must(prometheus::Gauge::new(
@@ -225,6 +227,15 @@ impl HttpMetrics {
             "Share of new orders the queue-delay gate refuses now (0 to 0.95).",
         ));
         must(registry.register(Box::new(shed_probability.clone())));
+        let rate_untracked = must(prometheus::IntGaugeVec::new(
+            Opts::new(
+                "stampede_rate_limit_untracked",
+                "Requests a rate limit let through untracked because its table was full \
+                 (fail open), since start.",
+            ),
+            &["limit"],
+        ));
+        must(registry.register(Box::new(rate_untracked.clone())));
         #[cfg(target_os = "linux")]
         must(registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -242,6 +253,7 @@ impl HttpMetrics {
             in_flight,
             queue_delay,
             shed_probability,
+            rate_untracked,
         }
     }
 

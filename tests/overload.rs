@@ -445,8 +445,9 @@ async fn three_times_capacity_is_answered_or_shed_and_recovers_at_once() {
     let capacity_connections: usize = env_or("OVERLOAD_CAPACITY_CONNECTIONS", 64);
     let overload_connections: usize = env_or("OVERLOAD_CONNECTIONS", 256);
     // The queue-delay gate's target: low enough that the engine's own queueing under this
-    // overload (3-7 ms here, debug build) passes it; the default (20 ms) is for deployments,
-    // where the excess of this test waits in the clients instead (RELIABILITY.md).
+    // overload (a few ms of scheduling delay here, debug build) passes it; at the default
+    // (20 ms) nothing is shed and the excess of this test waits in the clients
+    // (RELIABILITY.md has both runs).
     let target_ms: u64 = env_or("OVERLOAD_TARGET_MS", 2);
     let mut env = vec![(
         "STAMPEDE_ADMISSION_QUEUE_DELAY_TARGET_MS".to_string(),

@@ -2,8 +2,9 @@
 //! the journal written through a disk whose `fdatasync` stalls on demand (the overload a
 //! flash sale meets most often is a disk that stops keeping up, not a lack of CPU).
 //!
-//! With `fsync = "always"` a shard waits for each group's fdatasync, so a stalled disk makes
-//! orders wait in the shards' mailboxes. The gate must see that wait, refuse a share of new
+//! With `fsync = "always"` a shard waits for each group's fdatasync, so a stalled disk with
+//! more orders arriving than one turn takes makes them queue in the shard's mailbox, turn
+//! after turn. The gate must see that standing queue, refuse a share of new
 //! orders with 503 `overloaded` and a `Retry-After` within its bound, take nothing for them,
 //! spare actions on existing orders until more than half the new orders are refused, count
 //! them in `/metrics`, and stop shedding once the disk is fast again. Functional checks only
@@ -28,6 +29,8 @@ const SKU: &str = "QD-1";
 const STALL: Duration = Duration::from_millis(60);
 /// The gate's target in this test.
 const TARGET_MS: &str = "10";
+/// Orders a shard takes per turn in this test.
+const SHARD_BATCH: &str = "8";
 
 /// The real file system, with an fdatasync that sleeps while `stalling` is set.
 struct StallingDisk {
@@ -91,6 +94,10 @@ fn config(data_dir: &Path) -> Config {
         "STAMPEDE_JOURNAL_FSYNC" => Some("always".into()),
         "STAMPEDE_SHARDS" => Some("2".into()),
         "STAMPEDE_ADMISSION_QUEUE_DELAY_TARGET_MS" => Some(TARGET_MS.into()),
+        // Small turns, so that 64 clients are several turns of work: a stall then builds a
+        // standing queue in the mailbox (with 256-order turns one turn takes them all, and
+        // they wait only for the fdatasync, which no refusal shortens).
+        "STAMPEDE_SHARD_BATCH_MAX" => Some(SHARD_BATCH.into()),
         "STAMPEDE_ADMIN_TOKEN" => Some("queue-delay-test-token-0123456789".into()),
         _ => None,
     })

@@ -2,7 +2,7 @@
 //!
 //! Four gates, in the order a request meets them:
 //! 0. **Queue delay** (`admission.queue_delay_target_ms`): while the runtime's scheduling
-//!    delay or the shards' backlog stands over the target, a share of new orders (and, past
+//!    delay or the shards' standing queue stands over the target, a share of new orders (and, past
 //!    half, of actions) is refused with 503 `overloaded` before any work is done; see
 //!    [`crate::http::queue_delay`] for the signal and the control law.
 //! 1. **In flight** (`admission.in_flight_max`): order and action requests admitted and not
@@ -46,7 +46,7 @@ pub struct RateLimiter {
     hasher: std::collections::hash_map::RandomState,
     last_sweep_us: AtomicU64,
     started: Instant,
-    /// Keys admitted untracked because the table was full (a metric for operators).
+    /// Keys admitted untracked because the table was full (`stampede_rate_limit_untracked`).
     pub untracked: AtomicU64,
 }
 

@@ -372,6 +372,16 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
                     metrics.queue_delay.set(gate.delay().as_secs_f64());
                     metrics.shed_probability.set(gate.probability());
                 }
+                for (limit, limiter) in [
+                    ("client", &state.admission.per_client),
+                    ("user", &state.admission.per_user),
+                ] {
+                    if let Some(limiter) = limiter {
+                        metrics.rate_untracked.with_label_values(&[limit]).set(
+                            limiter.untracked.load(std::sync::atomic::Ordering::Relaxed) as i64,
+                        );
+                    }
+                }
                 let mut registries = vec![&metrics.registry];
                 let engine_metrics = state.engine().and_then(|engine| engine.scrape_metrics());
                 if let Some(engine_registry) = &engine_metrics {

@@ -2,10 +2,13 @@
 //! answer sold-out on the fast path, otherwise hand the order to its shard and await the
 //! outcome.
 //!
-//! Error precedence, first match wins: 413 too_large (body cap), 400 bad_request (not JSON,
-//! wrong types, missing fields), 422 invalid (ids, qty, payment, address out of range),
-//! 404 unknown_sku, then the shard's verdict: replay or 422 idempotency_conflict, 422 invalid
-//! (`qty > max_per_order`), 409 sold_out, 409 purchase_limit, 201 accepted.
+//! Error precedence, first match wins: 503/429 overloaded (admission, before the body is
+//! read), 413 too_large (body cap), 400 bad_request (not JSON, wrong types, missing fields),
+//! 422 invalid (ids, qty, payment, address out of range), 404 unknown_sku, 429 for the
+//! buyer's rate limit, a durable replay (200) or 422 idempotency_conflict from the order
+//! index, 503 unavailable while the journal cannot be written, then the shard's verdict (or
+//! the same checks on the fast path): 422 invalid (`qty > max_per_order`), 409 sold_out,
+//! 409 purchase_limit, 201 accepted.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -408,7 +411,8 @@ pub enum OrderOutcomeLabel {
     Replayed,
     /// Answered with this error code (sold out, limit, conflict, invalid, ...).
     Refused(ErrorCode),
-    /// Shed by admission control (429 `overloaded`), and why.
+    /// Shed by admission control (`overloaded`: 503 from the queue-delay gate, 429 from the
+    /// other gates), and why.
     Shed(ShedReason),
 }
 

@@ -354,8 +354,9 @@ pub struct ShardWriter {
     holds: std::collections::HashMap<u32, u64>,
     /// Commands decided since start: the engine measures the drain rate from it.
     pub decided: Arc<std::sync::atomic::AtomicU64>,
-    /// The longest an order or action waited in the mailbox before a turn took it, µs,
-    /// since the engine last read (and reset) it: the shard's queue delay.
+    /// The longest an order or action taken by a turn had waited in the mailbox before the
+    /// turn ahead of it began (its wait beyond one turn: a standing queue), µs plus one (0:
+    /// no turn took one), since the engine last read (and reset) it.
     pub mailbox_wait_max_us: Arc<std::sync::atomic::AtomicU64>,
     /// Commands per turn, and timers held, when metrics are on.
     pub batch_size: Option<prometheus::Histogram>,
@@ -478,6 +479,7 @@ impl ShardWriter {
 
     fn run(mut self, mailbox: Receiver<Command>) {
         let mut batch: Vec<Command> = Vec::with_capacity(self.batch_max);
+        let mut previous_turn_started = std::time::Instant::now();
         loop {
             // Block for the next command, or until the earliest timer is due.
             let first = match self.until_next_timer() {
@@ -500,17 +502,23 @@ impl ShardWriter {
                     }
                 }
             }
-            // The mailbox is FIFO, so the first order or action taken waited the longest.
+            // The queue delay of this mailbox: how long the oldest order taken (the mailbox is
+            // FIFO) had waited before the previous turn even began. One that arrived while
+            // that turn ran waited for its fdatasync, which is the group commit's service
+            // time, not a queue: only what a full turn left behind (a standing queue) counts.
+            let turn_started = std::time::Instant::now();
             let oldest_queued_at = batch.iter().find_map(|command| match command {
                 Command::Order(_, queued_at) | Command::Action(_, queued_at) => Some(*queued_at),
                 _ => None,
             });
             if let Some(queued_at) = oldest_queued_at {
+                let beyond_one_turn = previous_turn_started.saturating_duration_since(queued_at);
                 self.mailbox_wait_max_us.fetch_max(
-                    queued_at.elapsed().as_micros() as u64,
+                    beyond_one_turn.as_micros() as u64 + 1,
                     std::sync::atomic::Ordering::Relaxed,
                 );
             }
+            previous_turn_started = turn_started;
             let at_ms = self.clock.now_ms();
             self.fire_timers(at_ms);
             if let Some(histogram) = &self.batch_size {
