@@ -1,5 +1,7 @@
-//! Checkpoints: the engine's replay state at one journal `seq`, so that recovery can start
-//! there instead of at seq 1, and retention can delete the segments before it.
+//! Checkpoints: the engine's replay state at one journal `seq`, so that recovery applies only
+//! the records after it (it still reads and checks every frame of the segments kept, to
+//! find the journal's end and fill the seq index), and retention can delete the segments
+//! before it.
 //!
 //! A checkpoint holds exactly what replaying the journal up to its `seq` would build: every
 //! SKU's slot (name, settings, stock figures), every order's 32-byte index entry with its
@@ -110,6 +112,15 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// [`CHECKPOINTS_KEPT`]. Returns its path.
 pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
     fs::create_dir_all(dir)?;
+    // A crash during an earlier write leaves its temporary file (as large as a checkpoint):
+    // checkpoints are written one at a time, so any left now is such a leftover.
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            fs::remove_file(dir.join(&*name))?;
+        }
+    }
     let payload = rkyv::to_bytes::<rancor::Error>(checkpoint)
         .map_err(|e| io::Error::other(format!("checkpoint does not serialize: {e}")))?;
     let mut header = [0u8; HEADER_BYTES];
@@ -136,20 +147,28 @@ pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
 
 /// Reads and checks one checkpoint file.
 pub fn read(path: &Path) -> Result<Checkpoint, String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
-    if bytes.len() < HEADER_BYTES || bytes[..8] != MAGIC {
+    use std::io::Read;
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut header = [0u8; HEADER_BYTES];
+    if file_len < HEADER_BYTES as u64
+        || file.read_exact(&mut header).is_err()
+        || header[..8] != MAGIC
+    {
         return Err("not a checkpoint (bad magic or too short)".into());
     }
-    let len = u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")) as usize;
-    let crc = u32::from_le_bytes(bytes[16..20].try_into().expect("4 bytes"));
-    if bytes.len() - HEADER_BYTES != len {
+    let len = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let crc = u32::from_le_bytes(header[16..20].try_into().expect("4 bytes"));
+    if file_len - HEADER_BYTES as u64 != len {
         return Err(format!(
             "payload is {} bytes, the header says {len}",
-            bytes.len() - HEADER_BYTES
+            file_len - HEADER_BYTES as u64
         ));
     }
-    let mut payload = AlignedVec::<16>::with_capacity(len);
-    payload.extend_from_slice(&bytes[HEADER_BYTES..]);
+    // Read straight into aligned memory (the archive is read in place, then deserialized).
+    let mut payload = AlignedVec::<16>::with_capacity(len as usize);
+    payload.resize(len as usize, 0);
+    file.read_exact(&mut payload).map_err(|e| e.to_string())?;
     if crc32c::crc32c(&payload) != crc {
         return Err("checksum does not match".into());
     }
@@ -201,6 +220,20 @@ mod tests {
                 order_id: "o1".into(),
             }],
         }
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_a_crashed_write_is_removed_by_the_next_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let leftover = dir.path().join(format!(".{}.tmp", file_name(5)));
+        fs::write(&leftover, vec![7u8; 4096]).unwrap();
+        write(dir.path(), &sample(10)).unwrap();
+        assert!(!leftover.exists());
+        assert_eq!(load_latest(dir.path()).unwrap().unwrap().1, sample(10));
+        // A file that is not a checkpoint's length says so.
+        let bad = dir.path().join(file_name(11));
+        fs::write(&bad, b"STMPCKP1").unwrap();
+        assert!(read(&bad).unwrap_err().contains("too short"));
     }
 
     #[test]

@@ -266,7 +266,7 @@ pub fn parse_expected(text: &str) -> Result<Expected, String> {
             };
             (sku, stock)
         } else {
-            let fields: Vec<&str> = line.split(',').map(csv_field).collect();
+            let fields: Vec<&str> = line.split(',').map(crate::http::bulk::csv_field).collect();
             if std::mem::take(&mut first) && fields[0].eq_ignore_ascii_case("sku") {
                 let stock = fields
                     .iter()
@@ -293,13 +293,6 @@ pub fn parse_expected(text: &str) -> Result<Expected, String> {
         expected.insert(sku, stock);
     }
     Ok(expected)
-}
-
-fn csv_field(text: &str) -> &str {
-    let text = text.trim();
-    text.strip_prefix('"')
-        .and_then(|inner| inner.strip_suffix('"'))
-        .map_or(text, str::trim)
 }
 
 // ---- the engine's view --------------------------------------------------------------------

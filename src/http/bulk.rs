@@ -186,7 +186,9 @@ fn decode_ndjson_line(raw: &[u8]) -> LineResult {
 }
 
 /// A CSV field: trimmed, and without the double quotes a spreadsheet may put around it.
-fn csv_field(text: &str) -> &str {
+/// One CSV field, trimmed, without its surrounding quotes (no embedded commas or quotes:
+/// SKU names and numbers need none). `stampede stock reconcile` reads its files with it too.
+pub fn csv_field(text: &str) -> &str {
     let text = text.trim();
     text.strip_prefix('"')
         .and_then(|inner| inner.strip_suffix('"'))

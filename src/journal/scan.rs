@@ -573,6 +573,7 @@ pub fn recover(
         report.tail.segment = Some((path.clone(), *name_seq, cursor.offset()));
         report.tail.next_seq = seq_next;
     }
+    #[cfg(debug_assertions)]
     if let Some((path, _, len)) = &report.tail.segment {
         // The cursor's offset is where the writer continues; past it there may only be the
         // preallocator's zeros.
