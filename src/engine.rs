@@ -1529,16 +1529,25 @@ fn replay(
 }
 
 fn lock_data_dir(data_dir: &Path) -> Result<File, StartError> {
-    let path = data_dir.join("LOCK");
+    match try_lock_data_dir(data_dir) {
+        Ok(Some(file)) => Ok(file),
+        Ok(None) => Err(StartError::Locked(data_dir.to_owned())),
+        Err(source) => Err(StartError::DataDir {
+            path: data_dir.join("LOCK"),
+            source,
+        }),
+    }
+}
+
+/// Takes `<data_dir>/LOCK` (flock, exclusive, non-blocking) for as long as the returned file
+/// stays open: `Ok(None)` when another process holds it (an engine, or a preflight for a
+/// moment). The engine holds it while it runs; preflight takes it to tell whether one does.
+pub fn try_lock_data_dir(data_dir: &Path) -> io::Result<Option<File>> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
-        .map_err(|source| StartError::DataDir {
-            path: path.clone(),
-            source,
-        })?;
+        .open(data_dir.join("LOCK"))?;
     // SAFETY: flock on a descriptor this function owns; no memory is involved.
     let locked = unsafe {
         libc::flock(
@@ -1547,9 +1556,13 @@ fn lock_data_dir(data_dir: &Path) -> Result<File, StartError> {
         )
     };
     if locked != 0 {
-        return Err(StartError::Locked(data_dir.to_owned()));
+        let error = io::Error::last_os_error();
+        return match error.kind() {
+            io::ErrorKind::WouldBlock => Ok(None),
+            _ => Err(error),
+        };
     }
-    Ok(file)
+    Ok(Some(file))
 }
 
 /// The admin token: configured (file or env), else `<data_dir>/admin.token`, made with a

@@ -458,25 +458,9 @@ fn data_dir_check(dir: &Path) -> Check {
 fn lock_check(data_dir: &Path) -> (Check, Option<File>) {
     let path = data_dir.join("LOCK");
     let fail = |detail: String| (Check::new("lock", Verdict::Fail, detail), None);
-    let file = match OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-    {
-        Ok(file) => file,
-        Err(error) => return fail(format!("{}: {error}", path.display())),
-    };
-    // SAFETY: flock on a descriptor this function owns; no memory is involved.
-    let locked = unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&file),
-            libc::LOCK_EX | libc::LOCK_NB,
-        )
-    };
-    if locked != 0 {
-        let error = io::Error::last_os_error();
-        if error.kind() == io::ErrorKind::WouldBlock {
+    let file = match crate::engine::try_lock_data_dir(data_dir) {
+        Ok(Some(file)) => file,
+        Ok(None) => {
             return fail(format!(
                 "engine running: {} is locked (by a running engine, or for a moment by another \
                  preflight); preflight is for before the event: stop that engine, or point \
@@ -484,8 +468,8 @@ fn lock_check(data_dir: &Path) -> (Check, Option<File>) {
                 path.display()
             ));
         }
-        return fail(format!("{}: flock: {error}", path.display()));
-    }
+        Err(error) => return fail(format!("{}: {error}", path.display())),
+    };
     (
         Check::new(
             "lock",
