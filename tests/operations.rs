@@ -702,7 +702,13 @@ async fn metrics_parse_and_move_exactly_with_the_traffic() {
             &[("route", "create_order")]
         ) > 0.0
     );
-    for reason in ["shard_queue_full", "in_flight", "client_rate", "user_rate"] {
+    for reason in [
+        "shard_queue_full",
+        "in_flight",
+        "client_rate",
+        "user_rate",
+        "queue_delay",
+    ] {
         assert_eq!(
             after.value("stampede_shed_total", &[("reason", reason)]),
             0.0
@@ -1019,6 +1025,8 @@ async fn a_flooded_shard_mailbox_sheds_exactly_what_it_counts_and_recovers() {
         env: env(&[
             ("STAMPEDE_SHARD_QUEUE_CAPACITY", "1"),
             ("STAMPEDE_SHARD_BATCH_MAX", "1"),
+            // The mailbox's bound is under test; the queue-delay gate would answer 503.
+            ("STAMPEDE_ADMISSION_QUEUE_DELAY_TARGET_MS", "0"),
         ]),
         ..Opts::default().shards(1).fsync("always")
     })

@@ -175,10 +175,12 @@ async fn hammer(addr: SocketAddr, tag: &str, clients: usize, until: Instant, cou
     }
 }
 
+/// The value of `series` in a `/metrics` text; a series that is not there fails the test
+/// (a renamed metric must not read as zero).
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
