@@ -120,13 +120,10 @@ fn checkpoints_taken_under_exchanges_and_payments_restart_to_the_live_state() {
     let checkpointer = {
         let engine = engine.clone();
         std::thread::spawn(move || {
-            let mut taken = 0;
             for _ in 0..25 {
                 engine.checkpoint().expect("checkpoint written");
-                taken += 1;
                 std::thread::sleep(Duration::from_millis(2));
             }
-            taken
         })
     };
     runtime.block_on(async {
@@ -140,7 +137,8 @@ fn checkpoints_taken_under_exchanges_and_payments_restart_to_the_live_state() {
                 let paid = format!("p{n}");
                 place(&engine, &paid, "CK-B", Payment::Prepaid).await;
                 if n % 2 == 0 {
-                    act(&engine, &paid, Action::Pay, None).await;
+                    let outcome = act(&engine, &paid, Action::Pay, None).await;
+                    assert!(matches!(outcome, ActionOutcome::Done { .. }), "{outcome:?}");
                 }
             }));
         }
@@ -148,8 +146,9 @@ fn checkpoints_taken_under_exchanges_and_payments_restart_to_the_live_state() {
             task.await.unwrap();
         }
     });
-    assert_eq!(checkpointer.join().unwrap(), 25);
+    checkpointer.join().unwrap();
     let live = stock(&engine);
+    let live_orders = order_statuses(&engine);
     assert_eq!(live[1].sold, ORDERS as u64 + ORDERS as u64 / 2, "{live:?}");
     engine.shutdown().unwrap();
     drop(engine);
@@ -159,5 +158,24 @@ fn checkpoints_taken_under_exchanges_and_payments_restart_to_the_live_state() {
         "recovery started from a checkpoint, not seq 1"
     );
     assert_eq!(stock(&engine), live, "restarted from a checkpoint");
+    assert_eq!(
+        order_statuses(&engine),
+        live_orders,
+        "orders restarted from a checkpoint"
+    );
     engine.shutdown().unwrap();
+}
+
+/// Every order's id and status, as `GET /v1/orders/{id}` shows them.
+fn order_statuses(engine: &Arc<Engine>) -> Vec<(String, &'static str)> {
+    (0..ORDERS)
+        .flat_map(|n| [format!("x{n}"), format!("p{n}")])
+        .map(|id| {
+            let view = engine
+                .order_view(&id)
+                .expect("history readable")
+                .unwrap_or_else(|| panic!("order {id} is known"));
+            (id, view.status)
+        })
+        .collect()
 }

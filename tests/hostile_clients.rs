@@ -260,9 +260,10 @@ fn assert_no_panic(server: &Server) {
 // Request heads and bodies over the caps.
 // ---------------------------------------------------------------------------------------------
 
-/// Heads over hyper's limits (more than 100 header lines, a head over its ~400 KiB read
-/// buffer, a 100 KB request target) are refused with 431/414 (or the connection is closed),
-/// at once, and the server keeps serving others.
+/// Heads over the limits (more than hyper's 100 header lines, a head over the engine's 32 KiB
+/// head buffer `HEAD_BUFFER_BYTES`, a 100 KB request target) are refused with 431/414 (or,
+/// when the client is still sending as the server closes, a reset connection), at once, and
+/// the server keeps serving others.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_request_heads_are_refused_and_others_are_still_served() {
     let server = Server::start(Opts::default()).await;
@@ -329,12 +330,12 @@ async fn oversized_request_heads_are_refused_and_others_are_still_served() {
 
 /// A 64 KiB header block in a few lines is far more than any client of this API sends, and
 /// `CONNECTIONS_MAX`'s budget (`src/http/mod.rs`: "each costs a task and ~16 KiB of buffers,
-/// so 10k is ~160 MiB at worst") assumes heads stay small. The engine sets no head cap, so
-/// hyper's default applies (its read buffer grows to 8 KiB + 400 KiB): a 64 KiB header is
-/// served, and each connection that trickles an unfinished head holds up to ~400 KiB until
-/// the 10 s header timeout. This test states the expectation (431 or a closed connection,
-/// and at most 64 KiB of server memory per connection that sends an unfinished 256 KiB head)
-/// and reports both figures. It fails on the engine as it is.
+/// so 10k is ~160 MiB at worst") assumes heads stay small. Without a cap hyper's read buffer
+/// grows to 8 KiB + 400 KiB, so each connection trickling an unfinished head could hold
+/// ~400 KiB until the 10 s header timeout; the engine caps heads at 32 KiB
+/// (`HEAD_BUFFER_BYTES`). This test states the expectation (431 or a closed connection, and
+/// at most 64 KiB of server memory per connection that sends an unfinished 256 KiB head) and
+/// reports both figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_64_kib_header_is_refused_and_unfinished_heads_cost_a_bounded_buffer() {
     const HOLDERS: usize = 100;
@@ -611,8 +612,9 @@ async fn slow_and_idle_clients_are_cut_and_two_thousand_idle_connections_stay_ch
         })
     };
 
-    // 2 000 idle connections, opened at ~4 000 a second (the listen backlog is 128: faster
-    // bursts overflow it and the kernel retries the SYN a second later).
+    // 2 000 idle connections, opened at ~4 000 a second (gently: a burst past the listen
+    // backlog, 4 096 capped by net.core.somaxconn, makes the kernel retry the SYN a second
+    // later).
     let _ = assert_still_serving(&server, "IDLE-1", "idle-warm", Duration::from_secs(2)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before = rss_kib(pid);
@@ -1395,7 +1397,8 @@ async fn path_traversal_in_ids_and_group_names_is_refused() {
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
     let addr = server.addr.clone();
-    let secret = std::fs::read(server.data_dir().join("hash.keys")).unwrap_or_default();
+    let secret = std::fs::read(server.data_dir().join("hash.keys")).expect("hash.keys exists");
+    assert!(!secret.is_empty(), "hash.keys is empty");
     let files_before = files_under(server.dir());
     let bearer = format!("Authorization: Bearer {}\r\n", server.admin_token);
     let names = [
@@ -1420,11 +1423,10 @@ async fn path_traversal_in_ids_and_group_names_is_refused() {
             response.body_text()
         );
         assert!(
-            secret.is_empty()
-                || !response
-                    .body
-                    .windows(secret.len().min(16))
-                    .any(|w| w == &secret[..secret.len().min(16)]),
+            !response
+                .body
+                .windows(secret.len().min(16))
+                .any(|w| w == &secret[..secret.len().min(16)]),
             "{label}: a file's bytes are in the answer"
         );
         assert!(
@@ -1584,8 +1586,8 @@ async fn path_traversal_in_ids_and_group_names_is_refused() {
     assert_eq!(report["loaded"], 1, "{report}");
     assert_eq!(report["refused"], 2, "{report}");
 
-    // Names made only of dots have no slash; they are in the documented character set. Where
-    // one is accepted as a group, its file must stay directly inside consumers/.
+    // Names made only of dots have no slash and are in the documented character set, but a
+    // group name may not start with a dot (its file would be hidden, or `.`/`..`): refused.
     let mut dot_groups = Vec::new();
     for group in [".", ".."] {
         let response = raw_request(
@@ -1597,6 +1599,11 @@ async fn path_traversal_in_ids_and_group_names_is_refused() {
             "{\"seq\":0}",
         )
         .await;
+        assert!(
+            (400..500).contains(&response.status),
+            "group {group:?} was not refused: {}",
+            response.status
+        );
         dot_groups.push(format!("group {group:?} -> {}", response.status));
     }
     let dot_sku = raw_request(
