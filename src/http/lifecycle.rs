@@ -65,24 +65,7 @@ pub fn decode_action(
         (Action::Modify, None) => {
             return Err(invalid("modify needs an address object".into()));
         }
-        (Action::Modify, Some(raw)) => {
-            let text = raw.get();
-            if !text.starts_with('{') {
-                return Err(ApiError::new(
-                    ErrorCode::BadRequest,
-                    "address must be a JSON object",
-                ));
-            }
-            if text.len() > limits::ADDRESS_BYTES_MAX {
-                return Err(invalid(format!(
-                    "address is {} bytes, at most {} allowed",
-                    text.len(),
-                    limits::ADDRESS_BYTES_MAX
-                )));
-            }
-            crate::http::orders::validate_address_json(text)?;
-            Some(text.to_owned())
-        }
+        (Action::Modify, Some(raw)) => Some(crate::http::orders::decode_address(&raw)?),
         // Other actions ignore an address, as unknown fields are ignored.
         (_, _) => None,
     };

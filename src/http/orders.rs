@@ -67,10 +67,34 @@ pub fn require_json_object(body: &[u8]) -> Result<(), ApiError> {
     }
 }
 
+/// An `address` field (of an order, or of a `modify`) as the text to store: a JSON object of
+/// at most `ADDRESS_BYTES_MAX` bytes, 400 when it is not an object, 422 when too long.
+pub fn decode_address(raw: &RawValue) -> Result<String, ApiError> {
+    let text = raw.get();
+    if !text.starts_with('{') {
+        return Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "address must be a JSON object",
+        ));
+    }
+    if text.len() > limits::ADDRESS_BYTES_MAX {
+        return Err(ApiError::new(
+            ErrorCode::Invalid,
+            format!(
+                "address is {} bytes, at most {} allowed",
+                text.len(),
+                limits::ADDRESS_BYTES_MAX
+            ),
+        ));
+    }
+    validate_address_json(text)?;
+    Ok(text.to_owned())
+}
+
 /// The address is stored as the exact text given and shown back as a JSON object, so it must
 /// parse as one: the raw-value check accepts the JSON grammar only, which lets through
 /// numbers out of range (`1e999`) and unpaired surrogate escapes (`"\ud800"`).
-pub fn validate_address_json(text: &str) -> Result<(), ApiError> {
+fn validate_address_json(text: &str) -> Result<(), ApiError> {
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(serde_json::Value::Object(_)) => Ok(()),
         Ok(_) => Err(ApiError::new(
@@ -135,24 +159,7 @@ pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
     };
     let address = match parsed.address {
         None => None,
-        Some(raw) => {
-            let text = raw.get();
-            if !text.starts_with('{') {
-                return Err(ApiError::new(
-                    ErrorCode::BadRequest,
-                    "address must be a JSON object",
-                ));
-            }
-            if text.len() > limits::ADDRESS_BYTES_MAX {
-                return Err(invalid(format!(
-                    "address is {} bytes, at most {} allowed",
-                    text.len(),
-                    limits::ADDRESS_BYTES_MAX
-                )));
-            }
-            validate_address_json(text)?;
-            Some(text.to_owned())
-        }
+        Some(raw) => Some(decode_address(&raw)?),
     };
     Ok(ValidOrder {
         order_id,
