@@ -328,16 +328,7 @@ impl Engine {
             if first_replayed.is_none() {
                 first_replayed = Some(seq);
                 if seq != checkpoint_seq + 1 {
-                    return Err(format!(
-                        "the journal resumes at seq {seq}, but {} (the state up to seq \
-                         {checkpoint_seq}) needs seq {} next: records are missing",
-                        if checkpoint_seq == 0 {
-                            "an empty engine"
-                        } else {
-                            "the checkpoint"
-                        },
-                        checkpoint_seq + 1
-                    ));
+                    return Err(records_missing(seq, checkpoint_seq));
                 }
             }
             replay(
@@ -353,6 +344,16 @@ impl Engine {
         })?;
         for writer in &mut writers {
             writer.drop_stale_timers();
+        }
+        // With no record after the checkpoint, nothing above checked that the journal
+        // resumes where the state needs it: an empty last segment (a crash right after a
+        // rotation) names the next seq, and it must be the one after the checkpoint, or
+        // records between them are missing.
+        if first_replayed.is_none() && report.tail.next_seq > checkpoint_seq + 1 {
+            return Err(StartError::Checkpoint {
+                path: checkpoints_dir,
+                reason: records_missing(report.tail.next_seq, checkpoint_seq),
+            });
         }
         if report.tail.next_seq <= checkpoint_seq {
             return Err(StartError::Checkpoint {
@@ -775,6 +776,13 @@ impl Engine {
             })
             .collect();
         drop(resume);
+        // The checkpoint stands for records 1..=seq: with `interval` and `none` they may
+        // still be only in the page cache. Were the checkpoint durable before them, a power
+        // cut would leave a journal that ends below it (and retention may already have
+        // deleted what an older checkpoint needs), so the journal is synced first.
+        self.journal
+            .sync_through(seq)
+            .map_err(|error| io::Error::other(format!("checkpoint at seq {seq}: {error}")))?;
         let state = checkpoint::Checkpoint {
             seq,
             created_ms: self.clock.now_ms(),
@@ -818,13 +826,18 @@ impl Engine {
         let Some((needed, _)) = deletable.last() else {
             return Ok(0);
         };
-        let covered = checkpoint::list(&checkpoint::checkpoints_dir(&self.data_dir))?
-            .first()
-            .map_or(0, |(seq, _)| *seq);
-        let covered = if covered >= *needed {
-            covered
-        } else {
-            self.checkpoint()?
+        // Segments go only once the *older* of the two kept checkpoints covers them: if the
+        // newest turns out damaged, recovery falls back to the older one and still finds
+        // every record after it. So deletion lags one checkpoint behind.
+        let dir = checkpoint::checkpoints_dir(&self.data_dir);
+        let newest = checkpoint::list(&dir)?.first().map_or(0, |(seq, _)| *seq);
+        if newest < *needed {
+            self.checkpoint()?;
+        }
+        let kept = checkpoint::list(&dir)?;
+        let covered = match kept.get(checkpoint::CHECKPOINTS_KEPT - 1) {
+            Some((older, _)) => *older,
+            None => return Ok(0),
         };
         let mut deleted = 0;
         for (last_seq, path) in deletable {
@@ -1526,6 +1539,21 @@ fn replay(
         }
     }
     Ok(())
+}
+
+/// Why a journal that resumes at `resumes_at` cannot continue the state up to
+/// `checkpoint_seq` (0: an empty engine).
+fn records_missing(resumes_at: u64, checkpoint_seq: u64) -> String {
+    format!(
+        "the journal resumes at seq {resumes_at}, but {} (the state up to seq \
+         {checkpoint_seq}) needs seq {} next: records are missing",
+        if checkpoint_seq == 0 {
+            "an empty engine"
+        } else {
+            "the checkpoint"
+        },
+        checkpoint_seq + 1
+    )
 }
 
 fn lock_data_dir(data_dir: &Path) -> Result<File, StartError> {

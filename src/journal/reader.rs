@@ -298,10 +298,10 @@ impl JournalReader {
             }
             // A segment the writer is creating right now: its header is not written yet.
             Err(_) if first_seq >= self.next_seq => Ok(false),
-            Err(reason) => Err(ReadError::Damaged {
+            Err(problem) => Err(ReadError::Damaged {
                 path,
                 offset: 0,
-                reason,
+                reason: problem.to_string(),
             }),
         }
     }

@@ -92,6 +92,55 @@ enum FrameHere {
     },
 }
 
+/// Why a segment's 16-byte header does not check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeaderProblem {
+    /// The file is shorter than a header: a crash between creating the file and writing
+    /// its header.
+    Short { file_len: u64 },
+    /// The file holds nothing but zeros: its size reached the disk but the header's bytes
+    /// did not (a power cut between the creation and its `fsync`).
+    Zeroed { file_len: u64 },
+    /// Bytes that are not a segment header: damage, or a foreign file.
+    BadMagic,
+}
+
+impl HeaderProblem {
+    /// True when the segment was being created and never synced: nothing in it was ever
+    /// acknowledged, so as the last segment it may be removed.
+    pub fn is_torn_creation(&self) -> bool {
+        matches!(self, Self::Short { .. } | Self::Zeroed { .. })
+    }
+}
+
+impl std::fmt::Display for HeaderProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Short { file_len } => write!(f, "segment header is torn ({file_len} bytes)"),
+            Self::Zeroed { file_len } => {
+                write!(f, "segment header is torn (all {file_len} bytes are zeros)")
+            }
+            Self::BadMagic => f.write_str("not a journal segment (bad magic)"),
+        }
+    }
+}
+
+/// True when every byte of `file` from the header's end to `file_len` is zero (read a chunk
+/// at a time, so a large preallocated segment costs no more memory than a small one).
+fn all_zeros_after(file: &File, file_len: u64) -> io::Result<bool> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut offset = SEGMENT_HEADER_BYTES as u64;
+    while offset < file_len {
+        let len = chunk.len().min((file_len - offset) as usize);
+        file.read_exact_at(&mut chunk[..len], offset)?;
+        if chunk[..len].iter().any(|&byte| byte != 0) {
+            return Ok(false);
+        }
+        offset += len as u64;
+    }
+    Ok(true)
+}
+
 /// Reads the frames of one segment in order through an aligned buffer, so payloads are
 /// validated and accessed in place (zero-copy).
 pub struct SegmentCursor {
@@ -117,18 +166,22 @@ struct PeekedFrame {
 }
 
 impl SegmentCursor {
-    /// Opens a segment and checks its header. `Err(Bad)` style problems are returned as the
-    /// reason string in `Ok(Err(..))` so the caller can name the file.
-    pub fn open(path: &Path) -> io::Result<Result<Self, String>> {
+    /// Opens a segment and checks its header. A header that does not check is returned as a
+    /// [`HeaderProblem`] in `Ok(Err(..))` so the caller can name the file and decide whether
+    /// it is a torn creation or damage.
+    pub fn open(path: &Path) -> io::Result<Result<Self, HeaderProblem>> {
         let file = File::open(path)?;
         let file_len = file.metadata()?.len();
         let mut header = [0u8; SEGMENT_HEADER_BYTES];
         if file_len < SEGMENT_HEADER_BYTES as u64 {
-            return Ok(Err(format!("segment header is torn ({file_len} bytes)")));
+            return Ok(Err(HeaderProblem::Short { file_len }));
         }
         file.read_exact_at(&mut header, 0)?;
         let Some(first_seq) = record::parse_segment_header(&header) else {
-            return Ok(Err("not a journal segment (bad magic)".into()));
+            if header.iter().all(|&byte| byte == 0) && all_zeros_after(&file, file_len)? {
+                return Ok(Err(HeaderProblem::Zeroed { file_len }));
+            }
+            return Ok(Err(HeaderProblem::BadMagic));
         };
         Ok(Ok(Self {
             file,
@@ -146,7 +199,7 @@ impl SegmentCursor {
     pub fn open_at(path: &Path, offset: u64) -> io::Result<Result<Self, String>> {
         let mut cursor = match Self::open(path)? {
             Ok(cursor) => cursor,
-            Err(reason) => return Ok(Err(reason)),
+            Err(problem) => return Ok(Err(problem.to_string())),
         };
         if offset < SEGMENT_HEADER_BYTES as u64 || offset % FRAME_ALIGN as u64 != 0 {
             return Ok(Err(format!("offset {offset} is not a frame boundary")));
@@ -476,14 +529,14 @@ pub fn recover(
         };
         let mut cursor = match SegmentCursor::open(path).map_err(io_err(path))? {
             Ok(cursor) => cursor,
-            Err(reason) if is_last && reason.starts_with("segment header is torn") => {
+            Err(problem) if is_last && problem.is_torn_creation() => {
                 // A crash while creating the segment: nothing in it was ever acknowledged.
                 tracing::warn!(path = %path.display(), "removing a segment with a torn header");
                 std::fs::remove_file(path).map_err(io_err(path))?;
                 report.truncated = Some((path.clone(), 0, 0));
                 break;
             }
-            Err(reason) => return Err(damage(0, reason)),
+            Err(problem) => return Err(damage(0, problem.to_string())),
         };
         if cursor.first_seq != *name_seq {
             return Err(damage(
@@ -1446,6 +1499,29 @@ mod tests {
             assert_eq!(report.tail.next_seq, next_seq);
             let tail_path = in_copy(&copy, &last_path);
             assert_eq!(report.tail.segment, Some((tail_path, last_first, last_len)));
+        }
+
+        // A power cut after the creation reached the disk but before the header's bytes
+        // did: a file of zeros (16 bytes, or preallocated larger) is a torn creation too.
+        for zeroed_len in [16usize, 4096] {
+            let copy = copy_dir(dir.path());
+            let zeroed = copy.path().join(segment_file_name(next_seq));
+            std::fs::write(&zeroed, vec![0u8; zeroed_len]).unwrap();
+            let (report, records) = recover_ok(copy.path());
+            assert!(!zeroed.exists(), "zeroed segment removed");
+            assert_eq!(report.truncated, Some((zeroed.clone(), 0, 0)));
+            assert_eq!(records, written);
+            assert_eq!(report.tail.next_seq, next_seq);
+        }
+        // A zeroed header with something after it is not a creation that never synced.
+        {
+            let copy = copy_dir(dir.path());
+            let zeroed = copy.path().join(segment_file_name(next_seq));
+            let mut bytes = vec![0u8; 4096];
+            bytes[1000] = 1;
+            std::fs::write(&zeroed, bytes).unwrap();
+            let message = assert_damage(copy.path(), &zeroed, 0);
+            assert!(message.contains("bad magic"), "{message}");
         }
 
         // The writer continues in the previous segment, and a torn header is harmless to

@@ -549,6 +549,29 @@ impl Journal {
         Ok(())
     }
 
+    /// Highest seq known to be on stable storage (equal to [`Journal::durable_seq`] with
+    /// `always`; behind it with `interval` and `none` until the next sync).
+    pub fn synced_seq(&self) -> u64 {
+        self.shared.state.lock().synced_seq
+    }
+
+    /// Makes every record up to `seq` durable on disk whatever the policy: a sync when
+    /// [`Journal::synced_seq`] is below it. A checkpoint and a consumer offset must never
+    /// stand for records a power cut could take back.
+    pub fn sync_through(&self, seq: u64) -> Result<(), JournalError> {
+        if self.synced_seq() >= seq {
+            return Ok(());
+        }
+        self.sync_now()?;
+        let synced = self.synced_seq();
+        if synced < seq {
+            return Err(JournalError(
+                format!("seq {seq} is not written yet (synced through {synced})").into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Syncs everything written so far (policy `interval` calls this on a timer; shutdown
     /// calls it for every policy). Runs the fdatasync outside the segment lock, so appends
     /// are not blocked behind it.
@@ -781,12 +804,11 @@ impl SegmentWriter {
                 error,
             });
         }
-        if policy != FsyncPolicy::None {
-            // The new file's header and its directory entry must be durable before any
-            // record in it is acknowledged, or recovery could miss the whole segment.
-            file.sync_all().map_err(GroupFailure::fatal)?;
-            storage.sync_dir(dir).map_err(GroupFailure::fatal)?;
-        }
+        // The new file's header and its directory entry must be durable before any record
+        // in it is acknowledged, or recovery could miss the whole segment (every policy: a
+        // lost segment in the middle would be a gap, which recovery refuses).
+        file.sync_all().map_err(GroupFailure::fatal)?;
+        storage.sync_dir(dir).map_err(GroupFailure::fatal)?;
         Ok(Self {
             storage,
             dir: dir.to_owned(),
@@ -857,9 +879,10 @@ impl SegmentWriter {
     }
 
     fn rotate(&mut self, first_seq: u64) -> Result<(), GroupFailure> {
-        if self.policy != FsyncPolicy::None {
-            self.file.sync_data().map_err(GroupFailure::fatal)?;
-        }
+        // Every policy, `none` too: a closed segment is synced once, so that a sync of the
+        // current file ([`Journal::sync_now`]) makes the whole journal durable, and a power
+        // cut under `none` loses at most the current segment's unsynced tail.
+        self.file.sync_data().map_err(GroupFailure::fatal)?;
         let next = Self::create(
             self.storage.clone(),
             &self.dir,
