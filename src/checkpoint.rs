@@ -21,12 +21,14 @@
 //! leaves the previous checkpoints intact. Loading tries the newest first and falls back to
 //! an older one if the newest does not check (and says so).
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
+
+use crate::durable;
 
 const MAGIC: [u8; 8] = *b"STMPCKP1";
 const HEADER_BYTES: usize = 24;
@@ -111,36 +113,35 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// Writes `checkpoint` durably into `dir` and removes all but the newest
 /// [`CHECKPOINTS_KEPT`]. Returns its path.
 pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
-    fs::create_dir_all(dir)?;
+    durable::create_dir_all(dir)?;
     // A crash during an earlier write leaves its temporary file (as large as a checkpoint):
     // checkpoints are written one at a time, so any left now is such a leftover.
     for entry in fs::read_dir(dir)? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with('.') && name.ends_with(".tmp") {
+        if durable::is_temporary_name(&name) {
             fs::remove_file(dir.join(&*name))?;
         }
     }
     let payload = rkyv::to_bytes::<rancor::Error>(checkpoint)
         .map_err(|e| io::Error::other(format!("checkpoint does not serialize: {e}")))?;
-    let mut header = [0u8; HEADER_BYTES];
-    header[..8].copy_from_slice(&MAGIC);
-    header[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    header[16..20].copy_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
+    bytes.extend_from_slice(&MAGIC);
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    bytes.extend_from_slice(&[0u8; 4]);
+    bytes.extend_from_slice(&payload);
+    drop(payload);
     let path = dir.join(file_name(checkpoint.seq));
-    let temporary = dir.join(format!(".{}.tmp", file_name(checkpoint.seq)));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temporary)?;
-    file.write_all(&header)?;
-    file.write_all(&payload)?;
-    file.sync_data()?;
-    fs::rename(&temporary, &path)?;
-    File::open(dir)?.sync_all()?;
+    // A failed write (a full disk) removes its temporary file at once.
+    durable::write_file_atomically(&path, &bytes, 0o644)?;
+    let mut removed = false;
     for (_, old) in list(dir)?.into_iter().skip(CHECKPOINTS_KEPT) {
-        fs::remove_file(old)?;
+        durable::remove_file(&old)?;
+        removed = true;
+    }
+    if removed {
+        durable::sync_dir(dir)?;
     }
     Ok(path)
 }

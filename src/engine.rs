@@ -18,8 +18,7 @@
 //! catalogue learns each new SKU that was journaled even if the client has gone.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +33,7 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint;
 use crate::config::Config;
+use crate::durable;
 use crate::inventory::{
     AcceptedOrder, Inventory, KeyHasher, OrderIndex, OrderState, PurchaseCounts, SlotValues,
 };
@@ -267,7 +267,7 @@ impl Engine {
             move |source| StartError::DataDir { path, source }
         };
         let journal_dir = journal_dir(data_dir);
-        std::fs::create_dir_all(&journal_dir).map_err(dir_err(&journal_dir))?;
+        durable::create_dir_all(&journal_dir).map_err(dir_err(&journal_dir))?;
         let lock = lock_data_dir(data_dir)?;
         let consumers = ConsumerOffsets::open(data_dir).map_err(dir_err(data_dir))?;
 
@@ -844,12 +844,12 @@ impl Engine {
             if last_seq > covered {
                 break;
             }
-            std::fs::remove_file(&path)?;
+            durable::remove_file(&path)?;
             tracing::info!(path = %path.display(), last_seq, "retention deleted a journal segment");
             deleted += 1;
         }
         if deleted > 0 {
-            File::open(&self.journal_dir)?.sync_all()?;
+            durable::sync_dir(&self.journal_dir)?;
         }
         Ok(deleted)
     }
@@ -1627,16 +1627,12 @@ fn load_or_create_hash_keys(data_dir: &Path) -> Result<KeyHasher, StartError> {
             getrandom::fill(&mut bytes).map_err(|e| fail(e.to_string()))?;
             let k0 = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
             let k1 = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| fail(e.to_string()))?;
-            file.write_all(format!("{k0:016x} {k1:016x}\n").as_bytes())
-                .and_then(|()| file.sync_all())
-                .and_then(|()| File::open(data_dir)?.sync_all())
-                .map_err(|e| fail(e.to_string()))?;
+            durable::write_file_atomically(
+                &path,
+                format!("{k0:016x} {k1:016x}\n").as_bytes(),
+                0o600,
+            )
+            .map_err(|e| fail(e.to_string()))?;
             Ok(KeyHasher::with_keys(k0, k1))
         }
         Err(error) => Err(fail(error.to_string())),
@@ -1742,15 +1738,10 @@ fn resolve_admin_token(config: &Config) -> Result<(String, Option<PathBuf>), Sta
             let mut bytes = [0u8; 24];
             getrandom::fill(&mut bytes).map_err(|e| token_err(io::Error::other(e.to_string())))?;
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
+            // Durable (file and directory entry) before anyone is told the token: a power
+            // cut must not make the engine draw another one.
+            durable::write_file_atomically(&path, format!("{token}\n").as_bytes(), 0o600)
                 .map_err(token_err)?;
-            file.write_all(format!("{token}\n").as_bytes())
-                .map_err(token_err)?;
-            file.sync_all().map_err(token_err)?;
             Ok((token, Some(path)))
         }
         Err(error) => Err(token_err(error)),

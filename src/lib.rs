@@ -74,6 +74,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod durable;
 pub mod engine;
 pub mod http;
 pub mod inventory;

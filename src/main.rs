@@ -243,6 +243,15 @@ async fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    match stampede::durable::init_trace_from_env() {
+        Ok(None) => {}
+        Ok(Some(trace)) => tracing::warn!(trace = %trace.display(),
+            "test-only power-cut trace is on: every file operation is logged; never run a sale like this"),
+        Err(error) => {
+            eprintln!("stampede: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     let listener = match http::bind(config.listen) {
         Ok(listener) => listener,
         Err(error) => {

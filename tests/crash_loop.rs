@@ -91,6 +91,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::power_cut::{CutReport, CutRng, PowerCut};
 use common::{Opts, Server};
 use serde_json::{Value, json};
 
@@ -1538,6 +1539,19 @@ struct Figures {
     /// The engine's WARN and ERROR lines, by text with digits masked (every incarnation).
     log_lines: BTreeMap<String, u64>,
     violations: u64,
+    /// Power cuts (`Settings::power_cut`), and what they undid, summed.
+    power_cuts: u64,
+    power_cut: CutReport,
+}
+
+impl Figures {
+    fn note_cut(&mut self, cut: &CutReport) {
+        self.power_cuts += 1;
+        self.power_cut.files_cut += cut.files_cut;
+        self.power_cut.bytes_dropped += cut.bytes_dropped;
+        self.power_cut.torn_writes += cut.torn_writes;
+        self.power_cut.names_undone += cut.names_undone;
+    }
 }
 
 struct Auditor {
@@ -2334,6 +2348,10 @@ struct Settings {
     /// Run the engine with checkpoints and retention (`retain_s = 1`, a pass every second),
     /// and load phases long enough for passes to run.
     retention: bool,
+    /// Power cuts: the engine runs with this fsync policy and its power-cut trace on, and
+    /// after every SIGKILL its files are cut back to what a power cut could leave
+    /// (`common::power_cut`) before the restart.
+    power_cut: Option<&'static str>,
 }
 
 impl Settings {
@@ -2357,6 +2375,7 @@ impl Settings {
             verbose: number("CRASH_LOOP_VERBOSE").is_some_and(|v| v > 0),
             sabotage_after_kill: None,
             retention: false,
+            power_cut: None,
         }
     }
 
@@ -2600,9 +2619,16 @@ async fn run(settings: Settings) {
             "1".to_string(),
         ));
     }
+    let mut power_cut = settings.power_cut.map(|_| PowerCut::new());
+    let mut cut_rng = CutRng(seed ^ 0x5eed_c0de);
+    if let Some(cut) = &power_cut {
+        env.extend(cut.env());
+    }
     let opts = Opts {
         env,
-        ..Opts::default().fsync("always").shards(2)
+        ..Opts::default()
+            .fsync(settings.power_cut.unwrap_or("always"))
+            .shards(2)
     };
     let first_start = Instant::now();
     let mut server = Server::start(opts).await;
@@ -2720,6 +2746,11 @@ async fn run(settings: Settings) {
             }
         }
         server.kill9();
+        if let Some(cut) = &mut power_cut {
+            auditor
+                .figures
+                .note_cut(&cut.cut(&server.data_dir(), &mut cut_rng));
+        }
         let mut engine_wrong = auditor.scan_log(&server);
         if settings.sabotage_after_kill == Some(cycle + 1) {
             cut_journal_at(&server, auditor.fold.last_seq());
@@ -2733,6 +2764,11 @@ async fn run(settings: Settings) {
                 Landed::BeforeListening => auditor.figures.recovery_kills_before_listening += 1,
                 Landed::NotReady => auditor.figures.recovery_kills_not_ready += 1,
                 Landed::AfterReady => auditor.figures.recovery_kills_after_ready += 1,
+            }
+            if let Some(cut) = &mut power_cut {
+                auditor
+                    .figures
+                    .note_cut(&cut.cut(&server.data_dir(), &mut cut_rng));
             }
             engine_wrong.extend(auditor.scan_log(&server));
         }
@@ -2881,6 +2917,14 @@ fn report(auditor: &Auditor, model: &Mutex<Model>, server: &Server, started: Ins
         .filter(|name| name.ends_with(".tmp"))
         .count();
     eprintln!("crash_loop: ---- summary ----");
+    if figures.power_cuts > 0 {
+        let cut = &figures.power_cut;
+        eprintln!(
+            "crash_loop: power cuts {} (files cut {}, unsynced bytes dropped {}, writes kept \
+             torn {}, directory changes undone {})",
+            figures.power_cuts, cut.files_cut, cut.bytes_dropped, cut.torn_writes, cut.names_undone
+        );
+    }
     eprintln!(
         "crash_loop: seed {} (CRASH_LOOP_SEED={})",
         auditor.seed, auditor.seed
@@ -3007,6 +3051,19 @@ async fn crash_loop_with_checkpoints_and_retention_keeps_every_answer_true() {
     run(Settings::retention_from_env()).await;
 }
 
+/// Power cuts with `fsync = "always"`: after every SIGKILL the data directory is cut back
+/// to what a power cut could leave; the full audit must still pass (nothing acknowledged is
+/// lost). `POWER_CUT_KILLS` sets the number of cuts (default 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cuts_with_fsync_always_lose_nothing_acknowledged() {
+    let mut settings = Settings::from_env();
+    settings.power_cut = Some("always");
+    settings.kills = std::env::var("POWER_CUT_KILLS")
+        .ok()
+        .map_or(10, |text| text.trim().parse().expect("POWER_CUT_KILLS"));
+    run(settings).await;
+}
+
 /// The audit is not vacuous: a journal that lost records it had served (cut back behind the
 /// engine's back between a kill and the restart) fails the run, naming what was lost.
 #[test]
@@ -3017,6 +3074,7 @@ fn the_audit_catches_a_journal_that_lost_its_tail() {
         verbose: false,
         sabotage_after_kill: Some(3),
         retention: false,
+        power_cut: None,
     };
     // Its own thread and runtime, so the run's panic (and the server's drop) happen there.
     let failure = std::thread::spawn(move || {

@@ -10,10 +10,11 @@
 //! Invariant: an offset is never ahead of the journal. The engine refuses a commit past its
 //! durable watermark; `tail --data-dir` commits only seqs it has read from the files.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::durable;
 use crate::limits;
 use crate::order::validate_id;
 
@@ -43,14 +44,12 @@ impl ConsumerOffsets {
     /// commits a crash interrupted (older than a minute: a live writer's is seconds old).
     pub fn open(data_dir: &Path) -> io::Result<Self> {
         let dir = consumers_dir(data_dir);
-        fs::create_dir_all(&dir)?;
+        durable::create_dir_all(&dir)?;
         let stale = std::time::Duration::from_secs(60);
         for entry in fs::read_dir(&dir)? {
             let entry = entry?;
             let name = entry.file_name();
-            let is_temporary = name
-                .to_str()
-                .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+            let is_temporary = name.to_str().is_some_and(durable::is_temporary_name);
             let old = entry
                 .metadata()
                 .and_then(|m| m.modified())
@@ -116,23 +115,10 @@ impl ConsumerOffsets {
                 ),
             ));
         }
-        // Unique per writer: the engine and a `tail --data-dir` may commit the same group at
-        // once, and each must rename its own complete file.
-        static COMMITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let nonce = COMMITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let temporary = self.dir.join(format!(
-            ".{group}.offset.{}.{nonce}.tmp",
-            std::process::id()
-        ));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temporary)?;
-        writeln!(file, "{seq}")?;
-        file.sync_data()?;
-        fs::rename(&temporary, &path)?;
-        File::open(&self.dir)?.sync_all()?;
+        // The engine and a `tail --data-dir` may commit the same group at once: each writes
+        // its own uniquely named temporary file and renames it whole; a failed commit (a full
+        // disk) removes its temporary file at once.
+        durable::write_file_atomically(&path, format!("{seq}\n").as_bytes(), 0o644)?;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@
 //!   changed after it was written: start-up is refused with the file and byte offset,
 //!   because skipping it would silently lose acknowledged orders.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -532,7 +532,8 @@ pub fn recover(
             Err(problem) if is_last && problem.is_torn_creation() => {
                 // A crash while creating the segment: nothing in it was ever acknowledged.
                 tracing::warn!(path = %path.display(), "removing a segment with a torn header");
-                std::fs::remove_file(path).map_err(io_err(path))?;
+                crate::durable::remove_file(path).map_err(io_err(path))?;
+                crate::durable::sync_dir(dir).map_err(io_err(dir))?;
                 report.truncated = Some((path.clone(), 0, 0));
                 break;
             }
@@ -611,12 +612,7 @@ pub fn recover(
                     let file_len = std::fs::metadata(path).map_err(io_err(path))?.len();
                     tracing::warn!(path = %path.display(), offset, dropped_bytes = file_len - offset,
                         torn, %reason, "truncating torn journal tail");
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(path)
-                        .map_err(io_err(path))?;
-                    file.set_len(offset).map_err(io_err(path))?;
-                    file.sync_all().map_err(io_err(path))?;
+                    crate::durable::truncate(path, offset).map_err(io_err(path))?;
                     report.truncated = Some((path.clone(), offset, file_len - offset));
                     break;
                 }
@@ -676,6 +672,7 @@ mod tests {
     use crate::journal::record::{Event, FrameBatch, OrderAccepted, Record, SkuChanged};
     use crate::journal::writer::{Journal, segment_file_name};
     use crate::order::Payment;
+    use std::fs::OpenOptions;
 
     fn order(n: usize, address_bytes: usize) -> Record {
         let address =

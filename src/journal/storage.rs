@@ -25,6 +25,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::durable;
+
 /// One open segment file, as the writer uses it. Every method takes `&self`, so a file can
 /// be shared (an `Arc`) with the thread that syncs it outside the writer's lock.
 pub trait SegmentFile: Send + Sync {
@@ -64,44 +66,65 @@ impl Storage for FsStorage {
             .write(true)
             .create_new(true)
             .open(path)?;
-        Ok(Arc::new(file))
+        durable::note_create(path);
+        Ok(Arc::new(FsSegment::new(file, path)))
     }
 
     fn open_existing(&self, path: &Path) -> io::Result<Arc<dyn SegmentFile>> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        Ok(Arc::new(file))
+        Ok(Arc::new(FsSegment::new(file, path)))
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        File::open(dir)?.sync_all()
+        durable::sync_dir(dir)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        std::fs::remove_file(path)
+        durable::remove_file(path)
     }
 }
 
-impl SegmentFile for File {
+/// A segment file of the real file system, with its path for the power-cut trace
+/// ([`crate::durable`]); the trace costs one relaxed load per call when off.
+struct FsSegment {
+    file: File,
+    path: std::path::PathBuf,
+}
+
+impl FsSegment {
+    fn new(file: File, path: &Path) -> Self {
+        Self {
+            file,
+            path: path.to_owned(),
+        }
+    }
+}
+
+impl SegmentFile for FsSegment {
     #[inline]
     fn write_all_at(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
-        FileExt::write_all_at(self, bytes, offset)
+        FileExt::write_all_at(&self.file, bytes, offset)?;
+        durable::note_write(&self.path, offset, bytes.len() as u64);
+        Ok(())
     }
 
     #[inline]
     fn sync_data(&self) -> io::Result<()> {
-        File::sync_data(self)
+        durable::traced_sync(&self.path, || self.file.sync_data())
     }
 
     fn sync_all(&self) -> io::Result<()> {
-        File::sync_all(self)
+        durable::traced_sync(&self.path, || self.file.sync_all())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        File::set_len(self, len)
+        self.file.set_len(len)?;
+        durable::note_set_len(&self.path, len);
+        Ok(())
     }
 
     fn size(&self) -> io::Result<u64> {
-        Ok(self.metadata()?.len())
+        Ok(self.file.metadata()?.len())
     }
 }
 

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+pub mod power_cut;
+
 /// The admin token every server gets unless a test says otherwise (32 characters).
 pub const ADMIN_TOKEN: &str = "black-box-admin-token-32-chars!!";
 const _: () = assert!(ADMIN_TOKEN.len() == 32);
