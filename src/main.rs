@@ -34,7 +34,7 @@ enum Command {
         /// Socket address to listen on (default 127.0.0.1:8080; port 0 picks a free one).
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
-        /// Folder for the journal, the inventory map and the admin token (default ./data).
+        /// Folder for the journal, the inventory map and the tokens (default ./data).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
@@ -340,6 +340,9 @@ async fn start_engine(config: Arc<Config>) -> Result<Arc<Engine>, ExitCode> {
             }
             if let Some(path) = &report.generated_token_file {
                 tracing::info!(path = %path.display(), "generated an admin token (mode 0600)");
+            }
+            if let Some(path) = &report.generated_consumer_token_file {
+                tracing::info!(path = %path.display(), "generated a consumer token (mode 0600)");
             }
             tracing::info!(records = report.records_replayed, checkpoint_seq = ?report.checkpoint_seq,
                 segments = report.segments,

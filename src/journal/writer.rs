@@ -158,6 +158,11 @@ struct SegmentWriter {
     allocated_len: u64,
     segment_bytes_max: u64,
     policy: FsyncPolicy,
+    /// Policy `none` only: segments closed by rotation since the last [`Journal::sync_now`].
+    /// Rotation syncs neither them nor the new file's name under `none`, so the next sync
+    /// must, or `synced_seq` would claim records the disk may not hold. Paths, not open
+    /// files: a file retention deleted meanwhile must not be held open.
+    unsynced_closed: Vec<PathBuf>,
 }
 
 struct Shared {
@@ -233,6 +238,7 @@ impl Journal {
                     allocated_len,
                     segment_bytes_max,
                     policy,
+                    unsynced_closed: Vec::new(),
                 }
             }
             None => SegmentWriter::create(storage, dir, tail.next_seq, segment_bytes_max, policy)
@@ -549,21 +555,84 @@ impl Journal {
         Ok(())
     }
 
+    /// Highest seq known to be on stable storage. Equal to [`Journal::durable_seq`] for
+    /// `always`; for `interval` and `none` it trails the written (durable) seq until the next
+    /// [`Journal::sync_now`]: a power cut may take the records after it.
+    pub fn synced_seq(&self) -> u64 {
+        self.shared.state.lock().synced_seq
+    }
+
+    /// Makes sure every record up to `seq` is on stable storage, syncing now if it is not
+    /// yet (blocking: call it off the async runtime). For what must never run ahead of the
+    /// disk after a power cut, such as a consumer group's offset. A `seq` that is not even
+    /// written yet is an error.
+    pub fn sync_through(&self, seq: u64) -> Result<(), JournalError> {
+        if self.synced_seq() >= seq {
+            return Ok(());
+        }
+        self.sync_now()?;
+        let synced = self.synced_seq();
+        if synced < seq {
+            return Err(JournalError(
+                format!("seq {seq} is not written; the journal is synced up to {synced}").into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Syncs everything written so far (policy `interval` calls this on a timer; shutdown
-    /// calls it for every policy). Runs the fdatasync outside the segment lock, so appends
-    /// are not blocked behind it.
+    /// calls it for every policy, a consumer offset commit through
+    /// [`Journal::sync_through`]). Runs the fdatasync outside the segment lock, so appends
+    /// are not blocked behind it. Under `none` it also syncs the segments closed since the
+    /// last sync and the directory (rotation syncs neither under that policy).
     pub fn sync_now(&self) -> Result<(), JournalError> {
         let shared = &*self.shared;
-        let (file, written) = {
+        let (file, written, closed, storage) = {
             // Holding the segment lock while reading `written_seq` pairs the file with a
-            // watermark that is entirely inside it (rotation syncs the old file).
-            let segment = shared.segment.lock();
+            // watermark that is entirely inside it (rotation syncs the old file, or, under
+            // `none`, lists it in `unsynced_closed`).
+            let mut segment = shared.segment.lock();
             let written = shared.state.lock().written_seq;
-            (segment.file.clone(), written)
+            let closed = std::mem::take(&mut segment.unsynced_closed);
+            (
+                segment.file.clone(),
+                written,
+                closed,
+                segment.storage.clone(),
+            )
         };
         let started = Instant::now();
+        for (index, path) in closed.iter().enumerate() {
+            let old = match storage.open_existing(path) {
+                Ok(old) => old,
+                // Deleted by retention: nothing in it is needed any more.
+                Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+                Err(error) => {
+                    // Not synced: the next sync must try these again.
+                    let mut segment = shared.segment.lock();
+                    let mut again = closed[index..].to_vec();
+                    again.append(&mut segment.unsynced_closed);
+                    segment.unsynced_closed = again;
+                    return Err(JournalError(
+                        format!("cannot open {} to sync it: {error}", path.display()).into(),
+                    ));
+                }
+            };
+            if let Err(error) = old.sync_data() {
+                let reason = format!("fdatasync of {} failed: {error}", path.display());
+                self.poison(reason.clone());
+                return Err(JournalError(reason.into()));
+            }
+        }
         if let Err(error) = file.sync_data() {
             let reason = format!("fdatasync failed: {error}");
+            self.poison(reason.clone());
+            return Err(JournalError(reason.into()));
+        }
+        if shared.policy == FsyncPolicy::None
+            && let Err(error) = storage.sync_dir(&shared.dir)
+        {
+            let reason = format!("sync of the journal directory failed: {error}");
             self.poison(reason.clone());
             return Err(JournalError(reason.into()));
         }
@@ -797,6 +866,7 @@ impl SegmentWriter {
             allocated_len: SEGMENT_HEADER_BYTES as u64,
             segment_bytes_max,
             policy,
+            unsynced_closed: Vec::new(),
         })
     }
 
@@ -860,7 +930,7 @@ impl SegmentWriter {
         if self.policy != FsyncPolicy::None {
             self.file.sync_data().map_err(GroupFailure::fatal)?;
         }
-        let next = Self::create(
+        let mut next = Self::create(
             self.storage.clone(),
             &self.dir,
             first_seq,
@@ -868,6 +938,10 @@ impl SegmentWriter {
             self.policy,
         )?;
         tracing::info!(closed = %self.path.display(), opened = %next.path.display(), "journal segment rotated");
+        if self.policy == FsyncPolicy::None {
+            next.unsynced_closed = std::mem::take(&mut self.unsynced_closed);
+            next.unsynced_closed.push(self.path.clone());
+        }
         *self = next;
         Ok(())
     }
@@ -1980,6 +2054,73 @@ mod power_loss_tests {
         .unwrap();
         assert!(report.truncated.is_none(), "{report:?}");
         records
+    }
+
+    /// What a consumer offset commit relies on: after `sync_through(seq)` a power cut keeps
+    /// every record up to `seq`, under every policy, also across rotations (`none` syncs
+    /// nothing when it rotates).
+    #[test]
+    fn sync_through_puts_the_records_up_to_a_seq_on_disk_before_it_returns() {
+        for policy in [
+            FsyncPolicy::Always,
+            FsyncPolicy::Interval,
+            FsyncPolicy::None,
+        ] {
+            let disk = SimulatedDisk::new();
+            let journal = open_on(&disk, policy).unwrap();
+            let mut tag = 0;
+            let mut committed = 0;
+            // Past a few rotations (segments of SEGMENT_BYTES_MIN).
+            while disk.paths().len() < 4 {
+                let records: Vec<Record> = (0..5)
+                    .map(|_| {
+                        tag += 1;
+                        order(tag, 700)
+                    })
+                    .collect();
+                committed = commit_one(&journal, &records).unwrap().last;
+            }
+            assert_eq!(journal.durable_seq(), committed, "{policy:?}");
+            if policy == FsyncPolicy::Always {
+                assert_eq!(journal.synced_seq(), committed);
+            } else {
+                // No interval thread runs here: nothing of the last segment is synced.
+                assert!(journal.synced_seq() < committed, "{policy:?}");
+                let lost = disk.crash_image(CutMode::LoseUnsynced, 7);
+                let dir = tempfile::tempdir().unwrap();
+                lost.materialise(dir.path()).unwrap();
+                let mut kept = 0;
+                let _ = recover(dir.path(), &mut |_, _| {
+                    kept += 1;
+                    Ok(())
+                });
+                assert!(
+                    kept < committed,
+                    "{policy:?}: a power cut would lose records"
+                );
+            }
+            let target = committed - 2;
+            journal.sync_through(target).unwrap();
+            assert!(journal.synced_seq() >= target, "{policy:?}");
+            let image = disk.crash_image(CutMode::LoseUnsynced, 11);
+            let dir = tempfile::tempdir().unwrap();
+            image.materialise(dir.path()).unwrap();
+            let mut kept = 0;
+            recover(dir.path(), &mut |seq, _| {
+                assert_eq!(seq, kept + 1);
+                kept += 1;
+                Ok(())
+            })
+            .unwrap();
+            assert!(
+                kept >= target,
+                "{policy:?}: {kept} records kept, {target} synced"
+            );
+            // Beyond what was written: refused, nothing claimed.
+            assert!(journal.sync_through(committed + 1).is_err(), "{policy:?}");
+            assert!(journal.synced_seq() <= committed);
+            journal.close().unwrap();
+        }
     }
 
     #[test]
