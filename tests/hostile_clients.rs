@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, Opts, Server, new_client, order};
+use common::{ADMIN_TOKEN, CONSUMER_TOKEN, Opts, Server, new_client, order};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -431,7 +431,10 @@ async fn a_declared_body_over_the_cap_is_refused_without_reading_it() {
             format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
         ),
         ("POST /v1/orders/body-o1/modify", String::new()),
-        ("PUT /v1/consumers/g1/offset", String::new()),
+        (
+            "PUT /v1/consumers/g1/offset",
+            format!("Authorization: Bearer {CONSUMER_TOKEN}\r\n"),
+        ),
     ];
     for (request_line, extra) in targets {
         let mut stream = connect(&server.addr).await;
@@ -1483,7 +1486,7 @@ async fn path_traversal_in_ids_and_group_names_is_refused() {
             &addr,
             "PUT",
             &format!("/v1/consumers/{name}/offset"),
-            "",
+            &bearer,
             "application/json",
             "{\"seq\":0}",
         )
@@ -1594,7 +1597,7 @@ async fn path_traversal_in_ids_and_group_names_is_refused() {
             &addr,
             "PUT",
             &format!("/v1/consumers/{group}/offset"),
-            "",
+            &bearer,
             "application/json",
             "{\"seq\":0}",
         )
