@@ -272,8 +272,7 @@ pub async fn delete_group(engine: Arc<Engine>, group: &str) -> HttpResponse {
         return ApiError::new(ErrorCode::Invalid, detail).into_response();
     }
     let name = group.to_owned();
-    let deleter = engine.clone();
-    match tokio::task::spawn_blocking(move || deleter.consumers.delete(&name)).await {
+    match tokio::task::spawn_blocking(move || engine.consumers.delete(&name)).await {
         Ok(Ok(true)) => reply::json(
             StatusCode::OK,
             &serde_json::json!({ "group": group, "deleted": true }),
