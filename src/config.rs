@@ -143,6 +143,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// Bearer token for committing and deleting consumer groups (the admin token works too).
+    #[serde(default)]
+    pub consumer_token: Option<String>,
     /// Absent means one shard per core.
     #[serde(default)]
     pub shards: Option<usize>,
@@ -192,6 +195,11 @@ const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
     ("STAMPEDE_LISTEN", &["listen"], EnvKind::Text),
     ("STAMPEDE_DATA_DIR", &["data_dir"], EnvKind::Text),
     ("STAMPEDE_ADMIN_TOKEN", &["admin_token"], EnvKind::Text),
+    (
+        "STAMPEDE_CONSUMER_TOKEN",
+        &["consumer_token"],
+        EnvKind::Text,
+    ),
     ("STAMPEDE_SHARDS", &["shards"], EnvKind::Integer),
     (
         "STAMPEDE_JOURNAL_FSYNC",
@@ -464,6 +472,11 @@ impl Config {
             && token.trim().is_empty()
         {
             return fail("admin_token must not be empty".into());
+        }
+        if let Some(token) = &self.consumer_token
+            && token.trim().is_empty()
+        {
+            return fail("consumer_token must not be empty".into());
         }
         for item in &self.catalogue {
             crate::order::validate_sku_settings(

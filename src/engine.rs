@@ -7,7 +7,9 @@
 //! 2. recreate the inventory map and replay the journal into it, the order index and the
 //!    shards' purchase counts (torn tail truncated; damage refuses to start);
 //! 3. open the journal writer at the recovered tail and start one thread per shard;
-//! 4. resolve the admin token;
+//!    (and lower any consumer group's offset above the recovered journal's end to it: a
+//!    power cut under `fsync = "interval"`/`"none"` may have taken records it was past);
+//! 4. resolve the admin token and the consumer token;
 //! 5. create the configured catalogue's SKUs that the journal does not know yet
 //!    ([`Engine::seed_catalogue`], async). Only then does `/readyz` turn 200.
 //!
@@ -63,7 +65,7 @@ pub enum StartError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("hash keys file {path}: {reason}")]
     HashKeys { path: PathBuf, reason: String },
-    #[error("admin token file {path}: {source}")]
+    #[error("token file {path}: {source}")]
     Token { path: PathBuf, source: io::Error },
 }
 
@@ -82,6 +84,20 @@ pub enum PutSkuError {
     CatalogueFull { slots_max: u32 },
     Overloaded,
     Unavailable(String),
+}
+
+/// Why a consumer group's offset was not committed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitOffsetError {
+    /// The seq is past the journal's last durable record.
+    #[error("the seq is past the journal's last durable record {durable_seq}")]
+    AheadOfJournal { durable_seq: u64 },
+    /// A new group past `CONSUMER_GROUPS_MAX`.
+    #[error("{0}")]
+    TooManyGroups(String),
+    /// The journal could not be synced, or the offset file not written.
+    #[error("{0}")]
+    Io(io::Error),
 }
 
 /// What `GET /v1/skus/{sku}` shows.
@@ -188,6 +204,11 @@ pub struct StartReport {
     pub skus: usize,
     pub orders: usize,
     pub generated_token_file: Option<PathBuf>,
+    /// `<data_dir>/consumer.token`, when this start created it.
+    pub generated_consumer_token_file: Option<PathBuf>,
+    /// Groups whose offset was above the journal's end, with the offset they had; each was
+    /// lowered to the end.
+    pub clamped_groups: Vec<(String, u64)>,
 }
 
 pub struct Engine {
@@ -230,6 +251,8 @@ pub struct Engine {
     pub journal: Journal,
     journal_dir: PathBuf,
     admin_token: String,
+    /// Lets fulfilment workers commit and delete consumer groups (so does the admin token).
+    consumer_token: String,
     /// Serialises SKU creation (slot allocation) and updates; never held on the order path.
     sku_admin: tokio::sync::Mutex<()>,
     _lock: File,
@@ -365,6 +388,17 @@ impl Engine {
             });
         }
 
+        // An offset past the journal's end would skip the records that reuse those seqs.
+        let journal_end = report.tail.next_seq - 1;
+        let clamped_groups = consumers
+            .clamp_to(journal_end)
+            .map_err(dir_err(&journal::consumers::consumers_dir(data_dir)))?;
+        for (group, offset) in &clamped_groups {
+            tracing::warn!(group = %group, old_offset = offset, new_offset = journal_end,
+                "consumer group offset was past the journal's end (records lost to a power \
+                 cut?); lowered to the end");
+        }
+
         let journal = Journal::open_with(
             storage,
             &journal_dir,
@@ -420,7 +454,16 @@ impl Engine {
             journal_threads.extend(journal.spawn_preallocator());
         }
 
-        let (admin_token, generated_token_file) = resolve_admin_token(config)?;
+        let (admin_token, generated_token_file) = resolve_token(
+            config.admin_token.as_deref(),
+            &config.data_dir,
+            "admin.token",
+        )?;
+        let (consumer_token, generated_consumer_token_file) = resolve_token(
+            config.consumer_token.as_deref(),
+            &config.data_dir,
+            "consumer.token",
+        )?;
         let order_count = orders.len();
         let engine = Arc::new(Engine {
             keys,
@@ -443,6 +486,7 @@ impl Engine {
             journal,
             journal_dir,
             admin_token,
+            consumer_token,
             sku_admin: tokio::sync::Mutex::new(()),
             retention: Mutex::new(None),
             checkpointing: Mutex::new(()),
@@ -481,6 +525,8 @@ impl Engine {
             skus: engine.catalog.len(),
             orders: order_count,
             generated_token_file,
+            generated_consumer_token_file,
+            clamped_groups,
         };
         Ok((engine, start_report))
     }
@@ -519,13 +565,34 @@ impl Engine {
 
     /// Constant-time comparison of a presented bearer token with the admin token.
     pub fn admin_token_matches(&self, presented: &str) -> bool {
-        let expected = self.admin_token.as_bytes();
-        let presented = presented.as_bytes();
-        let mut difference = expected.len() ^ presented.len();
-        for (index, byte) in expected.iter().enumerate() {
-            difference |= usize::from(byte ^ presented.get(index).copied().unwrap_or(0));
+        token_matches(&self.admin_token, presented)
+    }
+
+    /// Whether a presented bearer token may commit or delete a consumer group: the consumer
+    /// token or the admin token (both compared in constant time, always both).
+    pub fn consumer_token_matches(&self, presented: &str) -> bool {
+        token_matches(&self.consumer_token, presented) | token_matches(&self.admin_token, presented)
+    }
+
+    /// Commits a consumer group's offset (blocking: call it off the async runtime). The seq
+    /// must not be past the durable watermark; under `fsync = "interval"` or `"none"` the
+    /// journal is synced up to it first, so the offset is never ahead of the disk, also after
+    /// a power cut (for `always`, durable is synced and nothing more happens).
+    pub fn commit_offset(&self, group: &str, seq: u64) -> Result<(), CommitOffsetError> {
+        let durable_seq = self.journal.durable_seq();
+        if seq > durable_seq {
+            return Err(CommitOffsetError::AheadOfJournal { durable_seq });
         }
-        difference == 0
+        self.journal
+            .sync_through(seq)
+            .map_err(|error| CommitOffsetError::Io(io::Error::other(error.to_string())))?;
+        self.consumers.commit(group, seq).map_err(|error| {
+            if error.kind() == io::ErrorKind::QuotaExceeded {
+                CommitOffsetError::TooManyGroups(error.to_string())
+            } else {
+                CommitOffsetError::Io(error)
+            }
+        })
     }
 
     /// The slot of a SKU, if the engine knows it.
@@ -826,18 +893,13 @@ impl Engine {
         let Some((needed, _)) = deletable.last() else {
             return Ok(0);
         };
-        // Segments go only once the *older* of the two kept checkpoints covers them: if the
-        // newest turns out damaged, recovery falls back to the older one and still finds
-        // every record after it. So deletion lags one checkpoint behind.
-        let dir = checkpoint::checkpoints_dir(&self.data_dir);
-        let newest = checkpoint::list(&dir)?.first().map_or(0, |(seq, _)| *seq);
-        if newest < *needed {
-            self.checkpoint()?;
-        }
-        let kept = checkpoint::list(&dir)?;
-        let covered = match kept.get(checkpoint::CHECKPOINTS_KEPT - 1) {
-            Some((older, _)) => *older,
-            None => return Ok(0),
+        let covered = checkpoint::list(&checkpoint::checkpoints_dir(&self.data_dir))?
+            .first()
+            .map_or(0, |(seq, _)| *seq);
+        let covered = if covered >= *needed {
+            covered
+        } else {
+            self.checkpoint()?
         };
         let mut deleted = 0;
         for (last_seq, path) in deletable {
@@ -1593,8 +1655,6 @@ pub fn try_lock_data_dir(data_dir: &Path) -> io::Result<Option<File>> {
     Ok(Some(file))
 }
 
-/// The admin token: configured (file or env), else `<data_dir>/admin.token`, made with a
-/// random value and mode 0600 on first start. Returns the token and the file it created.
 /// The order-key hash keys of this data directory: random, drawn when the directory is first
 /// used and kept in `<data_dir>/hash.keys` (mode 0600), because checkpoints store order keys.
 /// Secret like the admin token: knowing them, a client could aim key collisions.
@@ -1711,11 +1771,18 @@ fn restore_checkpoint(
     Ok(())
 }
 
-fn resolve_admin_token(config: &Config) -> Result<(String, Option<PathBuf>), StartError> {
-    if let Some(token) = &config.admin_token {
-        return Ok((token.clone(), None));
+/// A bearer token (the admin token, the consumer token): the configured one (file or env),
+/// else `<data_dir>/<file_name>`, made with a random value and mode 0600 on first start and
+/// reused on later starts. Returns the token and the file it created.
+fn resolve_token(
+    configured: Option<&str>,
+    data_dir: &Path,
+    file_name: &str,
+) -> Result<(String, Option<PathBuf>), StartError> {
+    if let Some(token) = configured {
+        return Ok((token.to_owned(), None));
     }
-    let path = config.data_dir.join("admin.token");
+    let path = data_dir.join(file_name);
     let token_err = |source| StartError::Token {
         path: path.clone(),
         source,
@@ -1735,7 +1802,7 @@ fn resolve_admin_token(config: &Config) -> Result<(String, Option<PathBuf>), Sta
             Ok((token, None))
         }
         Err(error) if error.kind() == io::ErrorKind::NotFound => {
-            let mut bytes = [0u8; 24];
+            let mut bytes = [0u8; limits::GENERATED_TOKEN_BYTES];
             getrandom::fill(&mut bytes).map_err(|e| token_err(io::Error::other(e.to_string())))?;
             let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             // Durable (file and directory entry) before anyone is told the token: a power
@@ -1746,4 +1813,16 @@ fn resolve_admin_token(config: &Config) -> Result<(String, Option<PathBuf>), Sta
         }
         Err(error) => Err(token_err(error)),
     }
+}
+
+/// Constant-time comparison of a presented bearer token with an expected one: the time
+/// depends on the lengths only, never on where the first difference is.
+fn token_matches(expected: &str, presented: &str) -> bool {
+    let expected = expected.as_bytes();
+    let presented = presented.as_bytes();
+    let mut difference = expected.len() ^ presented.len();
+    for (index, byte) in expected.iter().enumerate() {
+        difference |= usize::from(byte ^ presented.get(index).copied().unwrap_or(0));
+    }
+    difference == 0
 }

@@ -94,8 +94,13 @@ pub const JOURNAL_PAGE_MAX: usize = 10_000;
 
 /// Consumer groups with a committed offset. Each is a file and a row of lag; a few per
 /// warehouse process is the norm, so a thousand is room, and the cap stops a client that
-/// invents group names from filling the directory.
+/// invents group names from filling the directory (creating a group needs the consumer or
+/// the admin token, so an anonymous client cannot reach the cap at all).
 pub const CONSUMER_GROUPS_MAX: usize = 1024;
+
+/// Random bytes of a bearer token the engine generates (`admin.token`, `consumer.token`),
+/// written as hex: 192 bits, beyond guessing online.
+pub const GENERATED_TOKEN_BYTES: usize = 24;
 
 /// `GET /v1/journal?follow=true`: streams open at once, the chunks one stream may have
 /// queued (each at most `FOLLOW_CHUNK_BYTES`), and the keep-alive newline's interval. A slow

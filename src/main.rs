@@ -34,7 +34,7 @@ enum Command {
         /// Socket address to listen on (default 127.0.0.1:8080; port 0 picks a free one).
         #[arg(long, value_name = "ADDR")]
         listen: Option<std::net::SocketAddr>,
-        /// Folder for the journal, the inventory map and the admin token (default ./data).
+        /// Folder for the journal, the inventory map and the tokens (default ./data).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
     },
@@ -78,6 +78,19 @@ enum Command {
         /// Print only records of these types (repeat it, or separate them with commas).
         #[arg(long = "type", value_name = "TYPE", value_delimiter = ',', value_parser = tail::parse_type)]
         types: Vec<String>,
+        /// With --url and --group: the engine's consumer token (or its admin token), sent with
+        /// each commit.
+        #[arg(
+            long,
+            value_name = "TOKEN",
+            env = "STAMPEDE_CONSUMER_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+        /// Read the token from this file instead (it wins over --token and the env), e.g. the
+        /// engine's <DIR>/consumer.token.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// Inventory tools for operators.
     Stock {
@@ -159,7 +172,23 @@ fn main() -> ExitCode {
             follow,
             group,
             types,
+            token,
+            token_file,
         } => {
+            let token = match token_file {
+                Some(path) => match std::fs::read_to_string(&path) {
+                    Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                    Ok(_) => {
+                        eprintln!("stampede tail: token file {} is empty", path.display());
+                        return ExitCode::from(2);
+                    }
+                    Err(error) => {
+                        eprintln!("stampede tail: token file {}: {error}", path.display());
+                        return ExitCode::from(2);
+                    }
+                },
+                None => token.filter(|token| !token.trim().is_empty()),
+            };
             let source = match url {
                 Some(endpoint) => tail::Source::Url(endpoint),
                 None => tail::Source::DataDir(data_dir.unwrap_or_else(|| PathBuf::from("data"))),
@@ -170,6 +199,7 @@ fn main() -> ExitCode {
                 follow,
                 group,
                 types,
+                token,
             };
             match tail::run(options) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -349,6 +379,9 @@ async fn start_engine(config: Arc<Config>) -> Result<Arc<Engine>, ExitCode> {
             }
             if let Some(path) = &report.generated_token_file {
                 tracing::info!(path = %path.display(), "generated an admin token (mode 0600)");
+            }
+            if let Some(path) = &report.generated_consumer_token_file {
+                tracing::info!(path = %path.display(), "generated a consumer token (mode 0600)");
             }
             tracing::info!(records = report.records_replayed, checkpoint_seq = ?report.checkpoint_seq,
                 segments = report.segments,

@@ -23,9 +23,13 @@
 //! to stdout (and the filtered-out records between them): every [`COMMIT_INTERVAL`] or every
 //! [`COMMIT_RECORDS`] records, whichever comes first, and once more on exit. A consumer that
 //! dies between a flush and the commit sees those records again on its next run; it never
-//! skips one. The offset is never ahead of the journal: only seqs read from it are committed.
-//! `--data-dir` commits through [`ConsumerOffsets`] (the files the engine's
-//! `PUT /v1/consumers/{group}/offset` writes), `--url` through that endpoint.
+//! skips one. The offset is never ahead of the journal, also after a power cut: only seqs read
+//! from it are committed, and `--data-dir`, which reads what is written (perhaps not yet
+//! synced under `fsync = "interval"`/`"none"`), fdatasyncs the segments those records are in
+//! before it commits. `--data-dir` commits through [`ConsumerOffsets`] (the files the
+//! engine's `PUT /v1/consumers/{group}/offset` writes), `--url` through that endpoint, with
+//! the consumer token (`--token`, env `STAMPEDE_CONSUMER_TOKEN`, or `--token-file`, e.g. the
+//! engine's `<data-dir>/consumer.token`) as `Authorization: Bearer`.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -36,7 +40,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
@@ -91,6 +95,9 @@ pub struct Options {
     pub group: Option<String>,
     /// Record types to print; empty prints all.
     pub types: Vec<String>,
+    /// `--url` with `--group`: the bearer token sent with each commit (the consumer token or
+    /// the admin token).
+    pub token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -374,8 +381,19 @@ fn tail_files(
         .as_ref()
         .and_then(|(_, _, committed)| *committed)
         .unwrap_or(options.from);
+    // The seqs up to here are on disk: synced by this run, or committed before it.
+    let synced_through = std::cell::Cell::new(start);
     let commit = |seq: u64| match &group {
-        Some((offsets, name, _)) => offsets.commit(name, seq).map_err(offsets_failed),
+        Some((offsets, name, _)) => {
+            sync_segments(&journal_dir, synced_through.get(), seq).map_err(|error| {
+                TailError::Read(ReadError::Io(io::Error::new(
+                    error.kind(),
+                    format!("cannot sync the journal before a commit: {error}"),
+                )))
+            })?;
+            synced_through.set(synced_through.get().max(seq));
+            offsets.commit(name, seq).map_err(offsets_failed)
+        }
         None => Ok(()),
     };
     let mut delivery = Delivery::new(start, options);
@@ -426,6 +444,31 @@ fn tail_files(
     result.and(finish)
 }
 
+/// Puts the records in `(after, through]` on stable storage: fdatasyncs each segment that
+/// holds some of them, and the directory (under `fsync = "none"` the engine syncs neither on
+/// rotation). The engine's own syncs make this cheap when it already did (no dirty pages).
+/// A segment deleted meanwhile by retention needs nothing.
+fn sync_segments(journal_dir: &Path, after: u64, through: u64) -> io::Result<()> {
+    if through <= after {
+        return Ok(());
+    }
+    let segments = crate::journal::scan::list_segments(journal_dir)?;
+    for (index, (first, path)) in segments.iter().enumerate() {
+        let last = segments
+            .get(index + 1)
+            .map_or(u64::MAX, |(next_first, _)| next_first - 1);
+        if *first > through || last <= after {
+            continue;
+        }
+        match std::fs::File::open(path) {
+            Ok(file) => file.sync_data()?,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    std::fs::File::open(journal_dir)?.sync_all()
+}
+
 // ---- --url --------------------------------------------------------------------------------
 
 /// Why an HTTP call failed: worth another try (connection, timeout, 429/503), or not.
@@ -438,6 +481,8 @@ enum Failure {
 /// plus fresh connections for follow streams.
 struct Client {
     endpoint: Endpoint,
+    /// Sent as `Authorization: Bearer` with commits.
+    token: Option<HeaderValue>,
     idle: Option<http1::SendRequest<Full<Bytes>>>,
 }
 
@@ -474,12 +519,19 @@ impl Client {
     }
 
     fn request(&self, method: Method, path: &str, body: Bytes) -> Request<Full<Bytes>> {
+        // Only what needs it carries the secret.
+        let authorization = (method == Method::PUT)
+            .then_some(self.token.as_ref())
+            .flatten();
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(HOST, self.endpoint.host.clone());
         if !body.is_empty() {
             request = request.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(token) = authorization {
+            request = request.header(AUTHORIZATION, token.clone());
         }
         request.body(Full::new(body)).expect("a valid request")
     }
@@ -690,8 +742,24 @@ async fn tail_http(
     options: &Options,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), TailError> {
+    let token = match (&options.group, &options.token) {
+        (Some(_), None) => {
+            return Err(TailError::Http(
+                "--group with --url commits the group's offset, which needs the engine's \
+                 consumer token: --token, STAMPEDE_CONSUMER_TOKEN or --token-file (the engine \
+                 writes it to <data-dir>/consumer.token unless configured)"
+                    .into(),
+            ));
+        }
+        (Some(_), Some(token)) => Some(
+            HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| TailError::Http("the token is not a valid header value".into()))?,
+        ),
+        (None, _) => None,
+    };
     let mut client = Client {
         endpoint,
+        token,
         idle: None,
     };
     let mut backoff = Backoff {

@@ -903,6 +903,7 @@ impl Client {
         let answer = send(
             self.http
                 .put(self.url(&format!("/v1/consumers/{name}/offset")))
+                .bearer_auth(&self.token)
                 .json(&json!({"seq": seq})),
         )
         .await;
@@ -1738,6 +1739,7 @@ impl Auditor {
         let answer = send(
             self.http
                 .put(format!("{base}/v1/consumers/{LAG_GROUP}/offset"))
+                .bearer_auth(common::CONSUMER_TOKEN)
                 .json(&json!({"seq": seq})),
         )
         .await

@@ -109,6 +109,7 @@ impl Worker {
             .arg("--out")
             .arg(out)
             .args(args)
+            .env("STAMPEDE_CONSUMER_TOKEN", &server.consumer_token)
             .env("RUST_LOG", "info,fulfilment_worker=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, Opts, Server, new_client, order};
+use common::{ADMIN_TOKEN, CONSUMER_TOKEN, Opts, Server, new_client, order};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -431,7 +431,10 @@ async fn a_declared_body_over_the_cap_is_refused_without_reading_it() {
             format!("Authorization: Bearer {ADMIN_TOKEN}\r\n"),
         ),
         ("POST /v1/orders/body-o1/modify", String::new()),
-        ("PUT /v1/consumers/g1/offset", String::new()),
+        (
+            "PUT /v1/consumers/g1/offset",
+            format!("Authorization: Bearer {CONSUMER_TOKEN}\r\n"),
+        ),
     ];
     for (request_line, extra) in targets {
         let mut stream = connect(&server.addr).await;
@@ -1202,6 +1205,7 @@ async fn token_stays_private(log_level: &'static str) -> usize {
     use std::os::unix::fs::PermissionsExt;
     let mut server = Server::start(Opts {
         admin_token: None,
+        consumer_token: None,
         env: vec![("STAMPEDE_LOG".into(), log_level.into())],
         ..Opts::default()
     })
@@ -1320,20 +1324,48 @@ async fn token_stays_private(log_level: &'static str) -> usize {
         );
         seen.push(format!("{}\n{}", response.head, response.body_text()));
     }
+    // The generated consumer token: private too, refused when wrong, never echoed.
+    let consumer_path = server.data_dir().join("consumer.token");
+    assert_eq!(
+        mode(&consumer_path),
+        0o600,
+        "{log_level}: mode of {consumer_path:?}"
+    );
+    let consumer = std::fs::read_to_string(&consumer_path)
+        .expect("read consumer token")
+        .trim()
+        .to_string();
+    for (header, status) in [
+        (format!("Authorization: Bearer {consumer}x\r\n"), 401),
+        (format!("Authorization: Basic {consumer}\r\n"), 401),
+        (format!("Authorization: Bearer {consumer}\r\n"), 200),
+    ] {
+        let response = raw_request(
+            &addr,
+            "PUT",
+            "/v1/consumers/priv/offset",
+            &header,
+            "application/json",
+            "{\"seq\":1}",
+        )
+        .await;
+        assert_eq!(response.status, status, "{log_level}: {header}");
+        seen.push(format!("{}\n{}", response.head, response.body_text()));
+    }
     let metrics = server.get("/metrics").await;
     seen.push(metrics.text);
     for text in &seen {
         assert!(
-            !text.contains(&token),
-            "{log_level}: a response holds the token:\n{text}"
+            !text.contains(&token) && !text.contains(&consumer),
+            "{log_level}: a response holds a token:\n{text}"
         );
     }
     let status = server.terminate().await;
     assert!(status.success(), "{log_level}: {status}");
     let output = server.all_output();
     assert!(
-        !output.contains(&token),
-        "{log_level}: the token is in the server's output:\n{output}"
+        !output.contains(&token) && !output.contains(&consumer),
+        "{log_level}: a token is in the server's output:\n{output}"
     );
     for segment in server.segments() {
         let bytes = std::fs::read(&segment).expect("read segment");
@@ -1350,7 +1382,8 @@ async fn token_stays_private(log_level: &'static str) -> usize {
 }
 
 /// The generated admin token is mode 0600 and appears in no log line (at `info` and at
-/// `debug`), no response and no journal segment, whatever the failed requests carried.
+/// `debug`), no response and no journal segment, whatever the failed requests carried; the
+/// generated consumer token is mode 0600 and in no log line or response either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_token_stays_private_at_info_and_debug_levels() {
     let (info, debug) = tokio::join!(
@@ -1483,7 +1516,7 @@ async fn path_traversal_in_ids_and_group_names_is_refused() {
             &addr,
             "PUT",
             &format!("/v1/consumers/{name}/offset"),
-            "",
+            &bearer,
             "application/json",
             "{\"seq\":0}",
         )
@@ -1594,7 +1627,7 @@ async fn path_traversal_in_ids_and_group_names_is_refused() {
             &addr,
             "PUT",
             &format!("/v1/consumers/{group}/offset"),
-            "",
+            &bearer,
             "application/json",
             "{\"seq\":0}",
         )

@@ -134,6 +134,7 @@ async fn put_offset(server: &Server, group: &str, seq: u64) {
     let reply = read_reply(
         new_client()
             .put(server.url(&format!("/v1/consumers/{group}/offset")))
+            .bearer_auth(&server.consumer_token)
             .json(&json!({ "seq": seq }))
             .send()
             .await,
@@ -1130,5 +1131,321 @@ async fn a_follower_that_reads_nothing_does_not_grow_the_servers_memory() {
     for (id, seq) in placed.iter().take(50) {
         let record = &records[*seq as usize - 1];
         assert_eq!(record["order_id"], id.as_str(), "{record}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (e) Who may move a group, and offsets never ahead of the journal
+// ---------------------------------------------------------------------------------------------
+
+/// A request to a consumer route with an optional bearer token.
+async fn consumer_call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Reply {
+    let mut request = new_client().request(method, server.url(path));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    read_reply(request.send().await).await
+}
+
+fn offset_files(server: &Server) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(server.data_dir().join("consumers"))
+        .expect("consumers dir")
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// `shared/spec/http-api.md`, Journal: committing and deleting need the consumer or the
+/// admin token (401 otherwise, the admin routes' error body); reading an offset stays open.
+/// Anonymous clients can neither move a group nor create one, however many they try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committing_and_deleting_a_group_need_the_consumer_or_the_admin_token() {
+    use reqwest::Method;
+    let server = Server::start(Opts::default()).await;
+    server.create_sku("AUTH-1", 100, 0, 1).await;
+    let offset = "/v1/consumers/picking/offset";
+    let consumer = server.consumer_token.clone();
+    let admin = server.admin_token.clone();
+    put_offset(&server, "picking", 1).await;
+
+    // No token, a wrong one, another scheme: 401, nothing moves.
+    for token in [None, Some("wrong-token"), Some("")] {
+        let reply =
+            consumer_call(&server, Method::PUT, offset, token, Some(json!({"seq": 0}))).await;
+        reply.assert_error(401, "unauthorized");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer"),
+            "{token:?}"
+        );
+        assert!(
+            !reply.text.contains(&consumer),
+            "the token is in the answer"
+        );
+    }
+    let basic = read_reply(
+        new_client()
+            .put(server.url(offset))
+            .header("authorization", format!("Basic {consumer}"))
+            .json(&json!({"seq": 0}))
+            .send()
+            .await,
+    )
+    .await;
+    basic.assert_error(401, "unauthorized");
+    let read = get(&server, offset).await;
+    assert_eq!(read.status, StatusCode::OK, "GET stays open: {}", read.text);
+    assert_eq!(read.json["seq"], 1, "{}", read.text);
+
+    // An anonymous flood creates no group (the table stays far from its cap).
+    let before = offset_files(&server);
+    for n in 0..50 {
+        consumer_call(
+            &server,
+            Method::PUT,
+            &format!("/v1/consumers/flood-{n}/offset"),
+            None,
+            Some(json!({"seq": 0})),
+        )
+        .await
+        .assert_error(401, "unauthorized");
+    }
+    assert_eq!(offset_files(&server), before, "no offset file was created");
+
+    // Both tokens commit (case-insensitive scheme included).
+    let reply = consumer_call(
+        &server,
+        Method::PUT,
+        offset,
+        Some(&admin),
+        Some(json!({"seq": 0})),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "admin token: {}", reply.text);
+    let lower = read_reply(
+        new_client()
+            .put(server.url(offset))
+            .header("authorization", format!("bearer {consumer}"))
+            .json(&json!({"seq": 1}))
+            .send()
+            .await,
+    )
+    .await;
+    assert_eq!(
+        lower.status,
+        StatusCode::OK,
+        "consumer token: {}",
+        lower.text
+    );
+    assert_eq!(get(&server, offset).await.json["seq"], 1);
+
+    // DELETE: 401 without a token, then gone from GET, then 404 `unknown_group`.
+    let group = "/v1/consumers/picking";
+    consumer_call(&server, Method::DELETE, group, None, None)
+        .await
+        .assert_error(401, "unauthorized");
+    assert_eq!(get(&server, offset).await.status, StatusCode::OK);
+    let deleted = consumer_call(&server, Method::DELETE, group, Some(&consumer), None).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+    assert_eq!(deleted.json["group"], "picking", "{}", deleted.text);
+    get(&server, offset)
+        .await
+        .assert_error(404, "unknown_group");
+    consumer_call(&server, Method::DELETE, group, Some(&consumer), None)
+        .await
+        .assert_error(404, "unknown_group");
+    assert!(!offset_files(&server).contains(&"picking.offset".to_owned()));
+    put_offset(&server, "packing", 1).await;
+    let deleted = consumer_call(
+        &server,
+        Method::DELETE,
+        "/v1/consumers/packing",
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(
+        deleted.status,
+        StatusCode::OK,
+        "admin deletes: {}",
+        deleted.text
+    );
+    consumer_call(
+        &server,
+        Method::DELETE,
+        "/v1/consumers/.hidden",
+        Some(&admin),
+        None,
+    )
+    .await
+    .assert_error(422, "invalid");
+    // Other methods on the consumer paths: 405.
+    consumer_call(&server, Method::POST, offset, Some(&consumer), None)
+        .await
+        .assert_error(405, "method_not_allowed");
+    consumer_call(&server, Method::GET, group, None, None)
+        .await
+        .assert_error(405, "method_not_allowed");
+}
+
+/// Without a configured consumer token the engine writes one to `<data-dir>/consumer.token`
+/// (mode 0600) at its first start and reuses it on later starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_consumer_token_is_private_and_kept_across_restarts() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut server = Server::start(Opts {
+        consumer_token: None,
+        ..Opts::default()
+    })
+    .await;
+    let path = server.data_dir().join("consumer.token");
+    let mode = std::fs::metadata(&path)
+        .expect("consumer.token")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let token = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    assert!(token.len() >= 32, "{token:?}");
+    assert_ne!(token, server.admin_token);
+    let commit = |server: &Server, token: String| {
+        let url = server.url("/v1/consumers/gen/offset");
+        async move {
+            read_reply(
+                new_client()
+                    .put(url)
+                    .bearer_auth(token)
+                    .json(&json!({"seq": 0}))
+                    .send()
+                    .await,
+            )
+            .await
+        }
+    };
+    assert_eq!(commit(&server, token.clone()).await.status, StatusCode::OK);
+    server.terminate().await;
+    server.restart().await;
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap().trim(),
+        token,
+        "the same token after a restart"
+    );
+    assert_eq!(commit(&server, token.clone()).await.status, StatusCode::OK);
+    commit(&server, format!("{token}x"))
+        .await
+        .assert_error(401, "unauthorized");
+}
+
+/// A deleted group no longer holds retention back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_group_no_longer_pins_retention() {
+    let server = Server::start(retention_opts()).await;
+    put_offset(&server, "pin", 0).await;
+    server.create_sku("RET-D", 1_000_000, 0, 10).await;
+    fill_segments(&server, "d", "RET-D", 3).await;
+    let segments = server.segments();
+    // Two passes: the group at 0 keeps every segment.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(segments[0].exists(), "the group pins the first segment");
+    let deleted = consumer_call(
+        &server,
+        reqwest::Method::DELETE,
+        "/v1/consumers/pin",
+        Some(&server.consumer_token),
+        None,
+    )
+    .await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+    wait_until(RETENTION_WAIT, "the first segment deleted", || {
+        !segments[0].exists()
+    })
+    .await;
+}
+
+/// An offset above the journal's end (what a power cut under `interval`/`none` can leave, or
+/// a hand edit) is lowered to the end at start, with a warning naming the group; an offset
+/// within the journal is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offset_past_the_journals_end_is_lowered_at_start() {
+    let mut server = Server::start(Opts::default()).await;
+    server.create_sku("CLAMP-1", 100, 0, 1).await;
+    let placed = post_orders(&server, "clamp", 0..3, "CLAMP-1", "cod", 0, 1).await;
+    let last = *placed.values().max().unwrap();
+    put_offset(&server, "behind", 1).await;
+    put_offset(&server, "ahead", last).await;
+    server.terminate().await;
+    let file = server.data_dir().join("consumers/ahead.offset");
+    std::fs::write(&file, format!("{}\n", last + 1000)).unwrap();
+    server.restart().await;
+    let ahead = get(&server, "/v1/consumers/ahead/offset").await;
+    assert_eq!(ahead.json["seq"], last, "{}", ahead.text);
+    assert_eq!(ahead.json["lag"], 0, "{}", ahead.text);
+    assert_eq!(
+        get(&server, "/v1/consumers/behind/offset").await.json["seq"],
+        1
+    );
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        last.to_string()
+    );
+    let output = server.output();
+    let warning = output
+        .lines()
+        .find(|line| line.contains("past the journal's end"))
+        .unwrap_or_else(|| panic!("no warning in:\n{output}"));
+    assert!(warning.contains("ahead"), "{warning}");
+    assert!(warning.contains(&(last + 1000).to_string()), "{warning}");
+    assert!(!output.contains("group=behind"), "{output}");
+    // The next order reuses no seq the group claims to have seen.
+    let next = post_orders(&server, "clamp-after", 0..1, "CLAMP-1", "cod", 0, 1).await;
+    assert_eq!(next.values().copied().collect::<Vec<_>>(), [last + 1]);
+}
+
+/// The fsync count from `/metrics`.
+async fn fsyncs(server: &Server) -> f64 {
+    let text = get(server, "/metrics").await.text;
+    text.lines()
+        .find_map(|line| line.strip_prefix("stampede_journal_fsync_duration_seconds_count "))
+        .unwrap_or_else(|| panic!("no fsync count in /metrics"))
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// Under `fsync = "interval"` a commit above what the journal has synced syncs it first (the
+/// interval here is a minute, so nothing else syncs meanwhile); a commit of a synced seq
+/// syncs nothing. Under `always` every durable seq is synced: a commit syncs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_above_the_synced_journal_syncs_it_first() {
+    for policy in ["interval", "always"] {
+        let mut opts = Opts::default().fsync(policy);
+        opts.env
+            .push(("STAMPEDE_JOURNAL_FSYNC_INTERVAL_MS".into(), "60000".into()));
+        let server = Server::start(opts).await;
+        server.create_sku("SYNC-1", 100, 0, 1).await;
+        let placed = post_orders(&server, "sync", 0..3, "SYNC-1", "cod", 0, 1).await;
+        let last = *placed.values().max().unwrap();
+        let before = fsyncs(&server).await;
+        put_offset(&server, "picking", last).await;
+        let after = fsyncs(&server).await;
+        if policy == "interval" {
+            assert!(
+                after > before,
+                "{policy}: no fsync for the commit ({before} -> {after})"
+            );
+        } else {
+            assert_eq!(after, before, "{policy}: the journal was synced already");
+        }
+        put_offset(&server, "packing", last - 1).await;
+        assert_eq!(fsyncs(&server).await, after, "{policy}: synced already");
     }
 }

@@ -578,6 +578,7 @@ async fn commit_offset(server: &Server, group: &str, seq: u64) -> Reply {
             server
                 .client()
                 .put(server.url(&format!("/v1/consumers/{group}/offset")))
+                .bearer_auth(&server.consumer_token)
                 .json(&json!({"seq": seq})),
         )
         .await

@@ -32,7 +32,13 @@ const MODES: [Mode; 2] = [Mode::DataDir, Mode::Url];
 fn source_args(server: &Server, mode: Mode) -> Vec<String> {
     match mode {
         Mode::DataDir => vec!["--data-dir".into(), server.data_dir().display().to_string()],
-        Mode::Url => vec!["--url".into(), server.base_url.clone()],
+        // The token lets `--group` commit; without a group it is not used.
+        Mode::Url => vec![
+            "--url".into(),
+            server.base_url.clone(),
+            "--token".into(),
+            server.consumer_token.clone(),
+        ],
     }
 }
 
@@ -575,6 +581,44 @@ async fn a_group_offset_is_never_ahead_of_the_journal() {
         assert!(offset <= last, "{mode:?}: {offset} > {last}");
         assert_eq!(offset, last, "{mode:?}");
     }
+}
+
+/// `--url --group` commits with the consumer token: none given is a failure before anything
+/// is read, a wrong one is refused (401) and moves nothing; the engine's generated
+/// `<data-dir>/consumer.token` (`--token-file`) and the admin token both work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_group_commits_only_with_the_consumer_token() {
+    let server = Server::start(Opts {
+        consumer_token: None,
+        ..Opts::default()
+    })
+    .await;
+    server.create_sku("SKU-3", 1_000, 0, 10).await;
+    let seqs = post_orders(&server, "tok", 3).await;
+    let last = *seqs.last().unwrap();
+    let token_file = server.data_dir().join("consumer.token");
+    let url = server.base_url.clone();
+    let run_args =
+        |args: &[&str]| tail_once(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>());
+
+    let run = run_args(&["--url", &url, "--group", "tok-none"]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("consumer token"), "{}", run.stderr);
+    assert_eq!(
+        run.stdout, "",
+        "nothing is printed that could not be committed"
+    );
+    let run = run_args(&["--url", &url, "--group", "tok-none", "--token", "wrong"]);
+    assert_eq!(run.status.code(), Some(1), "{}", run.stderr);
+    assert!(run.stderr.contains("401"), "{}", run.stderr);
+    assert_eq!(group_offset(&server, "tok-none").await, None);
+
+    let file = token_file.display().to_string();
+    run_args(&["--url", &url, "--group", "tok-file", "--token-file", &file]).assert_ok();
+    assert_eq!(group_offset(&server, "tok-file").await, Some(last));
+    let admin = server.admin_token.clone();
+    run_args(&["--url", &url, "--group", "tok-admin", "--token", &admin]).assert_ok();
+    assert_eq!(group_offset(&server, "tok-admin").await, Some(last));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,8 +14,28 @@ use crate::limits;
 use crate::order;
 use crate::shard::SkuUpdate;
 
-/// Checks `Authorization: Bearer <token>` in constant time. The token is never logged.
+/// Checks `Authorization: Bearer <admin token>` in constant time. The token is never logged.
 pub fn authorize(engine: &Engine, headers: &HeaderMap) -> Result<(), ApiError> {
+    check_bearer(headers, "admin token", |token| {
+        engine.admin_token_matches(token)
+    })
+}
+
+/// Checks `Authorization: Bearer` with the consumer token or the admin token (committing or
+/// deleting a consumer group), in constant time. The token is never logged.
+pub fn authorize_consumer(engine: &Engine, headers: &HeaderMap) -> Result<(), ApiError> {
+    check_bearer(headers, "consumer or admin token", |token| {
+        engine.consumer_token_matches(token)
+    })
+}
+
+/// The one bearer check of every guarded route: 401 `unauthorized` (with
+/// `WWW-Authenticate: Bearer`) unless `matches` accepts the presented token.
+fn check_bearer(
+    headers: &HeaderMap,
+    what: &str,
+    matches: impl FnOnce(&str) -> bool,
+) -> Result<(), ApiError> {
     // The scheme is case-insensitive (RFC 9110); the token is compared exactly.
     let presented = headers
         .get(AUTHORIZATION)
@@ -24,11 +44,14 @@ pub fn authorize(engine: &Engine, headers: &HeaderMap) -> Result<(), ApiError> {
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, token)| token.trim());
     match presented {
-        Some(token) if engine.admin_token_matches(token) => Ok(()),
-        Some(_) => Err(ApiError::new(ErrorCode::Unauthorized, "wrong admin token")),
+        Some(token) if matches(token) => Ok(()),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            format!("wrong {what}"),
+        )),
         None => Err(ApiError::new(
             ErrorCode::Unauthorized,
-            "missing Authorization: Bearer <admin token>",
+            format!("missing Authorization: Bearer <{what}>"),
         )),
     }
 }

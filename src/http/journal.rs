@@ -1,5 +1,10 @@
-//! The fulfilment workers' side: `GET /v1/journal` (a page, or `follow=true` streaming) and
-//! `PUT/GET /v1/consumers/{group}/offset`.
+//! The fulfilment workers' side: `GET /v1/journal` (a page, or `follow=true` streaming),
+//! `PUT/GET /v1/consumers/{group}/offset` and `DELETE /v1/consumers/{group}`.
+//!
+//! Committing and deleting a group need the consumer or the admin token (checked by the
+//! router before the body is read, [`crate::http::admin::authorize_consumer`]); reading an
+//! offset does not. A committed offset is never ahead of what the journal holds on stable
+//! storage ([`Engine::commit_offset`]).
 //!
 //! Both journal modes read through a [`JournalReader`] bounded by the durable watermark, so a
 //! client only ever sees acknowledged records. A follower is a task that reads a chunk on the
@@ -16,7 +21,7 @@ use bytes::Bytes;
 use hyper::StatusCode;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
-use crate::engine::Engine;
+use crate::engine::{CommitOffsetError, Engine};
 use crate::http::admin::JournalQuery;
 use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
 use crate::journal::consumers::validate_group;
@@ -240,22 +245,43 @@ pub async fn put_offset(engine: Arc<Engine>, group: &str, body: &[u8]) -> HttpRe
         )
         .into_response();
     };
-    let durable_seq = engine.journal.durable_seq();
-    if seq > durable_seq {
+    let writer = engine.clone();
+    let name = group.to_owned();
+    // The commit may fdatasync the journal first (policies `interval`, `none`): off the
+    // async workers.
+    match tokio::task::spawn_blocking(move || writer.commit_offset(&name, seq)).await {
+        Ok(Ok(())) => offset_view(&engine, group, seq),
         // An offset ahead of the journal would make the group skip records it never saw.
-        return ApiError::new(
+        Ok(Err(CommitOffsetError::AheadOfJournal { durable_seq })) => ApiError::new(
             ErrorCode::Invalid,
             format!("seq {seq} is past the journal's last durable record {durable_seq}"),
         )
-        .into_response();
-    }
-    let writer = engine.clone();
-    let name = group.to_owned();
-    match tokio::task::spawn_blocking(move || writer.consumers.commit(&name, seq)).await {
-        Ok(Ok(())) => offset_view(&engine, group, seq),
-        Ok(Err(error)) if error.kind() == std::io::ErrorKind::QuotaExceeded => {
-            ApiError::new(ErrorCode::Invalid, error.to_string()).into_response()
+        .into_response(),
+        Ok(Err(CommitOffsetError::TooManyGroups(detail))) => {
+            ApiError::new(ErrorCode::Invalid, detail).into_response()
         }
+        Ok(Err(CommitOffsetError::Io(error))) => offsets_failed(error),
+        Err(error) => offsets_failed(std::io::Error::other(error.to_string())),
+    }
+}
+
+/// `DELETE /v1/consumers/{group}`: forgets the group (200 `{"group","deleted":true}`);
+/// retention stops keeping records for it. 404 `unknown_group` if it has no offset.
+pub async fn delete_group(engine: Arc<Engine>, group: &str) -> HttpResponse {
+    if let Err(detail) = validate_group(group) {
+        return ApiError::new(ErrorCode::Invalid, detail).into_response();
+    }
+    let name = group.to_owned();
+    match tokio::task::spawn_blocking(move || engine.consumers.delete(&name)).await {
+        Ok(Ok(true)) => reply::json(
+            StatusCode::OK,
+            &serde_json::json!({ "group": group, "deleted": true }),
+        ),
+        Ok(Ok(false)) => ApiError::new(
+            ErrorCode::UnknownGroup,
+            format!("group {group:?} has committed no offset"),
+        )
+        .into_response(),
         Ok(Err(error)) => offsets_failed(error),
         Err(error) => offsets_failed(std::io::Error::other(error.to_string())),
     }

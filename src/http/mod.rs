@@ -550,16 +550,30 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             let Some(engine) = state.engine() else {
                 return recovering();
             };
+            // Before the body: an anonymous client moves no group and creates none.
+            if let Err(error) = admin::authorize_consumer(engine, &parts.headers) {
+                return error.into_response();
+            }
             match read_body(&parts.headers, body, state).await {
                 Ok(body) => journal::put_offset(engine.clone(), group, &body).await,
                 Err(error) => error.into_response(),
             }
         }
+        (["v1", "consumers", group], &Method::DELETE) => {
+            let Some(engine) = state.engine() else {
+                return recovering();
+            };
+            if let Err(error) = admin::authorize_consumer(engine, &parts.headers) {
+                return error.into_response();
+            }
+            journal::delete_group(engine.clone(), group).await
+        }
         (
             ["healthz" | "readyz"]
             | ["v1", "orders" | "skus" | "skus:bulk" | "journal"]
-            | ["v1", "skus" | "orders", _]
-            | ["v1", "orders", _, _],
+            | ["v1", "skus" | "orders" | "consumers", _]
+            | ["v1", "orders", _, _]
+            | ["v1", "consumers", _, "offset"],
             _,
         ) => ApiError::new(
             ErrorCode::MethodNotAllowed,

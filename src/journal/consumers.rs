@@ -7,8 +7,16 @@
 //! The engine (`PUT /v1/consumers/{group}/offset`) and `stampede tail --data-dir --group`
 //! write the same files; each commit is atomic, the last one wins.
 //!
-//! Invariant: an offset is never ahead of the journal. The engine refuses a commit past its
-//! durable watermark; `tail --data-dir` commits only seqs it has read from the files.
+//! Invariant: an offset is never ahead of what the journal holds on stable storage, also
+//! after a power cut. The engine refuses a commit past its durable watermark and, under
+//! `fsync = "interval"` or `"none"`, syncs the journal up to the seq before it writes the
+//! offset; `tail --data-dir` commits only seqs it has read from the files, after syncing the
+//! segments they are in. As a last guard, the engine's start clamps an offset above the
+//! recovered journal's end down to it ([`ConsumerOffsets::clamp_to`]).
+//!
+//! A group exists while its file does: `DELETE /v1/consumers/{group}` removes it (and syncs
+//! the directory), so retention no longer keeps records for it. A commit racing a delete of
+//! the same group may bring it back; the last one wins, as for two commits.
 
 use std::fs;
 use std::io;
@@ -101,8 +109,9 @@ impl ConsumerOffsets {
         Ok(groups)
     }
 
-    /// Commits the group's offset durably (see the module doc). The caller has checked that
-    /// `seq` is not ahead of the journal. Refuses a new group past `CONSUMER_GROUPS_MAX`.
+    /// Commits the group's offset durably (see the module doc). The caller has made sure that
+    /// the journal holds `seq` on stable storage. Refuses a new group past
+    /// `CONSUMER_GROUPS_MAX`.
     pub fn commit(&self, group: &str, seq: u64) -> io::Result<()> {
         validate_group(group).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let path = self.path(group);
@@ -120,6 +129,39 @@ impl ConsumerOffsets {
         // disk) removes its temporary file at once.
         durable::write_file_atomically(&path, format!("{seq}\n").as_bytes(), 0o644)?;
         Ok(())
+    }
+
+    /// Forgets a group: removes its offset file and syncs the directory, so that neither a
+    /// restart nor retention sees it again. `Ok(false)` if the group had no offset.
+    pub fn delete(&self, group: &str) -> io::Result<bool> {
+        validate_group(group).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let path = self.path(group);
+        if !path.exists() {
+            return Ok(false);
+        }
+        match durable::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(error) => return Err(error),
+        }
+        durable::sync_dir(&self.dir)?;
+        Ok(true)
+    }
+
+    /// Lowers every offset above `last_seq` (the recovered journal's last record) to it,
+    /// durably, and returns each group lowered with its old offset. Such an offset is left by
+    /// a power cut that took records the group had committed past (or by a hand edit): the
+    /// seqs after the journal's end are handed out again to new records, which the group
+    /// must not skip.
+    pub fn clamp_to(&self, last_seq: u64) -> io::Result<Vec<(String, u64)>> {
+        let mut lowered = Vec::new();
+        for (group, seq) in self.list()? {
+            if seq > last_seq {
+                self.commit(&group, last_seq)?;
+                lowered.push((group, seq));
+            }
+        }
+        Ok(lowered)
     }
 }
 
@@ -143,5 +185,45 @@ mod tests {
         );
         assert!(offsets.commit("../etc", 1).is_err());
         assert!(offsets.get("a/b").is_err());
+    }
+
+    #[test]
+    fn a_deleted_group_is_gone_and_a_clamp_lowers_only_offsets_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = ConsumerOffsets::open(dir.path()).unwrap();
+        offsets.commit("picking", 40).unwrap();
+        offsets.commit("audit", 90).unwrap();
+        offsets.commit("packing", 120).unwrap();
+        assert!(offsets.delete("picking").unwrap());
+        assert!(!offsets.delete("picking").unwrap(), "deleted twice");
+        assert!(offsets.delete("../x").is_err());
+        assert_eq!(offsets.get("picking").unwrap(), None);
+        assert_eq!(
+            offsets.clamp_to(100).unwrap(),
+            vec![("packing".to_owned(), 120)]
+        );
+        let reopened = ConsumerOffsets::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.list().unwrap(),
+            vec![("audit".to_owned(), 90), ("packing".to_owned(), 100)]
+        );
+        assert!(reopened.clamp_to(100).unwrap().is_empty());
+    }
+
+    /// A commit that fails after creating its temporary file removes it at once.
+    #[test]
+    fn a_failed_commit_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = ConsumerOffsets::open(dir.path()).unwrap();
+        // The rename fails: the group's offset path is a non-empty directory.
+        let blocker = consumers_dir(dir.path()).join("stuck.offset");
+        fs::create_dir_all(blocker.join("inside")).unwrap();
+        assert!(offsets.commit("stuck", 5).is_err());
+        let left: Vec<_> = fs::read_dir(consumers_dir(dir.path()))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
     }
 }

@@ -573,13 +573,16 @@ impl Journal {
     }
 
     /// Syncs everything written so far (policy `interval` calls this on a timer; shutdown
-    /// calls it for every policy). Runs the fdatasync outside the segment lock, so appends
-    /// are not blocked behind it.
+    /// calls it for every policy, a checkpoint or a consumer offset commit through
+    /// [`Journal::sync_through`]). Runs the fdatasync outside the segment lock, so appends
+    /// are not blocked behind it. Rotation synced every closed segment and the new one's
+    /// name, so syncing the current file makes the whole journal durable.
     pub fn sync_now(&self) -> Result<(), JournalError> {
         let shared = &*self.shared;
         let (file, written) = {
             // Holding the segment lock while reading `written_seq` pairs the file with a
-            // watermark that is entirely inside it (rotation syncs the old file).
+            // watermark that is entirely inside it (rotation syncs the old file, under every
+            // policy).
             let segment = shared.segment.lock();
             let written = shared.state.lock().written_seq;
             (segment.file.clone(), written)
@@ -2003,6 +2006,73 @@ mod power_loss_tests {
         .unwrap();
         assert!(report.truncated.is_none(), "{report:?}");
         records
+    }
+
+    /// What a consumer offset commit relies on: after `sync_through(seq)` a power cut keeps
+    /// every record up to `seq`, under every policy, also across rotations (`none` syncs
+    /// nothing when it rotates).
+    #[test]
+    fn sync_through_puts_the_records_up_to_a_seq_on_disk_before_it_returns() {
+        for policy in [
+            FsyncPolicy::Always,
+            FsyncPolicy::Interval,
+            FsyncPolicy::None,
+        ] {
+            let disk = SimulatedDisk::new();
+            let journal = open_on(&disk, policy).unwrap();
+            let mut tag = 0;
+            let mut committed = 0;
+            // Past a few rotations (segments of SEGMENT_BYTES_MIN).
+            while disk.paths().len() < 4 {
+                let records: Vec<Record> = (0..5)
+                    .map(|_| {
+                        tag += 1;
+                        order(tag, 700)
+                    })
+                    .collect();
+                committed = commit_one(&journal, &records).unwrap().last;
+            }
+            assert_eq!(journal.durable_seq(), committed, "{policy:?}");
+            if policy == FsyncPolicy::Always {
+                assert_eq!(journal.synced_seq(), committed);
+            } else {
+                // No interval thread runs here: nothing of the last segment is synced.
+                assert!(journal.synced_seq() < committed, "{policy:?}");
+                let lost = disk.crash_image(CutMode::LoseUnsynced, 7);
+                let dir = tempfile::tempdir().unwrap();
+                lost.materialise(dir.path()).unwrap();
+                let mut kept = 0;
+                let _ = recover(dir.path(), &mut |_, _| {
+                    kept += 1;
+                    Ok(())
+                });
+                assert!(
+                    kept < committed,
+                    "{policy:?}: a power cut would lose records"
+                );
+            }
+            let target = committed - 2;
+            journal.sync_through(target).unwrap();
+            assert!(journal.synced_seq() >= target, "{policy:?}");
+            let image = disk.crash_image(CutMode::LoseUnsynced, 11);
+            let dir = tempfile::tempdir().unwrap();
+            image.materialise(dir.path()).unwrap();
+            let mut kept = 0;
+            recover(dir.path(), &mut |seq, _| {
+                assert_eq!(seq, kept + 1);
+                kept += 1;
+                Ok(())
+            })
+            .unwrap();
+            assert!(
+                kept >= target,
+                "{policy:?}: {kept} records kept, {target} synced"
+            );
+            // Beyond what was written: refused, nothing claimed.
+            assert!(journal.sync_through(committed + 1).is_err(), "{policy:?}");
+            assert!(journal.synced_seq() <= committed);
+            journal.close().unwrap();
+        }
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub mod power_cut;
 /// The admin token every server gets unless a test says otherwise (32 characters).
 pub const ADMIN_TOKEN: &str = "black-box-admin-token-32-chars!!";
 const _: () = assert!(ADMIN_TOKEN.len() == 32);
+/// The consumer token every server gets unless a test says otherwise.
+pub const CONSUMER_TOKEN: &str = "black-box-consumer-token-for-workers";
 
 /// How long a start may take: the `listening` line, then `/readyz` answering 200.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -39,6 +41,8 @@ pub struct Opts {
     pub shards: Option<usize>,
     /// `STAMPEDE_ADMIN_TOKEN`; `None` leaves it unset (the engine generates one).
     pub admin_token: Option<String>,
+    /// `STAMPEDE_CONSUMER_TOKEN`; `None` leaves it unset (the engine generates one).
+    pub consumer_token: Option<String>,
     /// Written to `<tempdir>/stampede.toml` and passed with `--config`.
     pub config_toml: Option<String>,
     /// More environment variables.
@@ -51,6 +55,7 @@ impl Default for Opts {
             fsync: None,
             shards: Some(2),
             admin_token: Some(ADMIN_TOKEN.to_string()),
+            consumer_token: Some(CONSUMER_TOKEN.to_string()),
             config_toml: None,
             env: Vec::new(),
         }
@@ -136,6 +141,8 @@ pub struct Server {
     pub base_url: String,
     pub addr: String,
     pub admin_token: String,
+    /// The consumer token the server was given (empty when it generated one).
+    pub consumer_token: String,
     opts: Opts,
     dir: tempfile::TempDir,
     /// Every output line of every incarnation, stderr and stdout interleaved.
@@ -241,11 +248,13 @@ impl Server {
             .tempdir()
             .expect("create tempdir");
         let admin_token = opts.admin_token.clone().unwrap_or_default();
+        let consumer_token = opts.consumer_token.clone().unwrap_or_default();
         let server = Server {
             child: None,
             base_url: String::new(),
             addr: String::new(),
             admin_token,
+            consumer_token,
             opts,
             dir,
             log: Arc::new(Mutex::new(Vec::new())),
@@ -347,6 +356,9 @@ impl Server {
         command.env("NO_COLOR", "1");
         if let Some(token) = &self.opts.admin_token {
             command.env("STAMPEDE_ADMIN_TOKEN", token);
+        }
+        if let Some(token) = &self.opts.consumer_token {
+            command.env("STAMPEDE_CONSUMER_TOKEN", token);
         }
         if let Some(fsync) = self.opts.fsync {
             command.env("STAMPEDE_JOURNAL_FSYNC", fsync);
