@@ -66,6 +66,13 @@ pub const SHARD_QUEUE_MAX: usize = 1 << 20;
 /// an exchange) into a full mailbox: a second of patience, then 429.
 pub const PATIENT_SEND_ATTEMPTS: usize = 1000;
 
+/// Longest a shard sleeps before it reads the wall clock again, in ms. Payment deadlines are
+/// wall-clock times (from the acceptance record, so they survive restarts), and the wait
+/// until the next one is computed from the clock when the shard goes to sleep: after the
+/// clock steps back an hour that wait is an hour too long. Capped, a clock step is noticed
+/// within this long; the cost is one empty turn a second per shard holding timers.
+pub const TIMER_SLEEP_MS_MAX: u64 = 1000;
+
 /// Number of single-writer shards allowed. More shards than cores only adds hand-offs.
 pub const SHARDS_MAX: usize = 256;
 

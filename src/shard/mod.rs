@@ -599,17 +599,17 @@ impl ShardWriter {
     }
 
     /// How long the loop may block before a timer is due (`None`: no timer, block for a
-    /// command). A manual clock only moves with a `Tick`, so only what is due now counts.
+    /// command). The deadline is wall-clock time, and the wall clock can step while the
+    /// shard sleeps (back an hour and forward again): the wait is never longer than
+    /// [`limits::TIMER_SLEEP_MS_MAX`], so the shard re-reads the clock and fires what has
+    /// come due within that bound, with no other command to wake it. A manual clock is
+    /// slept on the same way (a `Tick` only wakes the shard sooner).
     fn until_next_timer(&self) -> Option<Duration> {
         let due = self.timers.next_due_ms()?;
-        let now = self.clock.now_ms();
-        if due <= now {
-            Some(Duration::ZERO)
-        } else if self.clock.is_manual() {
-            None
-        } else {
-            Some(Duration::from_millis(due - now))
-        }
+        let wait_ms = due.saturating_sub(self.clock.now_ms());
+        Some(Duration::from_millis(
+            wait_ms.min(limits::TIMER_SLEEP_MS_MAX),
+        ))
     }
 
     /// Journals the reminders and expiries that are due (at most one batch of them per turn;
