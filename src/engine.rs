@@ -43,8 +43,8 @@ use crate::journal::{self, ArchivedRecord, ConsumerOffsets, Journal, RecoveryErr
 use crate::limits;
 use crate::order::{Action, StockEffect, transition};
 use crate::shard::{
-    self, ActionCommand, ActionOutcome, Clock, Command, OrderCommand, PaymentTimer, ShardWriter,
-    SkuCommand, SkuOutcome, SkuUpdate,
+    self, ActionCommand, ActionOutcome, Clock, Command, OrderCommand, PaymentTimer, Settle,
+    ShardWriter, SkuCommand, SkuOutcome, SkuUpdate,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +212,9 @@ pub struct Engine {
     catalog: DashMap<String, u32>,
     next_slot: AtomicU32,
     mailboxes: Vec<Sender<Command>>,
+    /// Each shard's control lane: the settles of exchanges, never shed (see
+    /// [`crate::shard::ShardWriter::spawn`] for its bound).
+    control_lanes: Vec<Sender<Settle>>,
     /// The mailboxes' receiving ends, kept to drop what arrives after the shards stopped
     /// (each dropped command's reply channel closes, so its HTTP request answers 503).
     mailbox_leftovers: Vec<Receiver<Command>>,
@@ -224,7 +227,8 @@ pub struct Engine {
     /// One checkpoint at a time (retention and any caller).
     checkpointing: Mutex<()>,
     /// Held shared by every exchange from its hold to its settle, and exclusively by a
-    /// checkpoint: a hold is in no journal record, so no checkpoint may see one.
+    /// checkpoint: a hold is in no journal record, so no checkpoint may see one. At most
+    /// [`limits::EXCHANGES_IN_FLIGHT_MAX`] share it, which bounds the control lanes.
     exchange_gate: tokio::sync::RwLock<()>,
     data_dir: PathBuf,
     pub journal: Journal,
@@ -405,11 +409,16 @@ impl Engine {
         let mut mailboxes = Vec::with_capacity(shard_count);
         let mut mailbox_leftovers = Vec::with_capacity(shard_count);
         let mut shard_threads = Vec::with_capacity(shard_count);
+        let mut control_lanes = Vec::with_capacity(shard_count);
         for writer in writers {
             let (sender, receiver) = crossbeam_channel::bounded(config.shard.queue_capacity);
+            // Unbounded by type, bounded by the exchange gate (see `ShardWriter::spawn`); and
+            // a stopped shard's unread settles are dropped with it, so no exchange waits on one.
+            let (control, control_receiver) = crossbeam_channel::unbounded();
             mailboxes.push(sender);
+            control_lanes.push(control);
             mailbox_leftovers.push(receiver.clone());
-            shard_threads.push(writer.spawn(journal.clone(), receiver));
+            shard_threads.push(writer.spawn(journal.clone(), receiver, control_receiver));
         }
         let mut journal_threads: Vec<JoinHandle<()>> = Vec::new();
         journal_threads.extend(
@@ -435,6 +444,7 @@ impl Engine {
             catalog,
             next_slot: AtomicU32::new(next_slot),
             mailboxes,
+            control_lanes,
             mailbox_leftovers,
             stopping: AtomicBool::new(false),
             shard_threads: Mutex::new(shard_threads),
@@ -445,7 +455,10 @@ impl Engine {
             sku_admin: tokio::sync::Mutex::new(()),
             retention: Mutex::new(None),
             checkpointing: Mutex::new(()),
-            exchange_gate: tokio::sync::RwLock::new(()),
+            exchange_gate: tokio::sync::RwLock::with_max_readers(
+                (),
+                limits::EXCHANGES_IN_FLIGHT_MAX as u32,
+            ),
             data_dir: data_dir.clone(),
             _lock: lock,
         });
@@ -660,15 +673,17 @@ impl Engine {
         };
         let sold = matches!(result, Ok(ActionOutcome::Done { .. }));
         let (done, settled) = oneshot::channel();
-        let settle = Command::Settle {
+        let settle = Settle {
             slot_index: exchange_slot,
             sold,
             done,
         };
-        // Only a stopping engine refuses this; its memory is then rebuilt from the journal.
-        if self.send_patiently(exchange_shard, settle).await.is_ok() {
-            let _ = settled.await;
-        }
+        // Never shed and never behind a full mailbox: the control lane takes it at once
+        // (only a stopped shard refuses it; the engine's memory is then rebuilt from the
+        // journal, which has the exchange or not).
+        let _ = self.control_lanes[exchange_shard].send(settle);
+        // The client is answered once the slot shows the settle.
+        let _ = settled.await;
         result
     }
 

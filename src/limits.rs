@@ -73,6 +73,13 @@ pub const PATIENT_SEND_ATTEMPTS: usize = 1000;
 /// within this long; the cost is one empty turn a second per shard holding timers.
 pub const TIMER_SLEEP_MS_MAX: u64 = 1000;
 
+/// Exchanges between their hold and their settle at once (the exchange gate's readers; more
+/// wait for the gate, holding nothing). Each holds one unit and owes one settle to the SKU's
+/// shard, sent on that shard's control lane (unbounded by type, never shed): this is the
+/// bound of every lane together. Exchanges are after-sales actions, rare beside orders: a
+/// thousand at once is far more than a sale sees, and a queued settle is ~24 bytes.
+pub const EXCHANGES_IN_FLIGHT_MAX: usize = 1024;
+
 /// Number of single-writer shards allowed. More shards than cores only adds hand-offs.
 pub const SHARDS_MAX: usize = 256;
 

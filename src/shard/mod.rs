@@ -27,7 +27,11 @@
 //! shard finishes its open batch, then moves one unit from available to reserved), then sends
 //! the exchange to the order's shard, then *settles* the hold (sold if the exchange was
 //! journaled, available again if not). The hold is never journaled: after a crash the
-//! exchange record alone says a unit was taken, and recovery replays exactly that.
+//! exchange record alone says a unit was taken, and recovery replays exactly that. The
+//! settle ([`Settle`]) finishes something already decided, so it is never shed: it goes on
+//! the shard's control lane, not the bounded mailbox, and the shard applies it on its next
+//! turn however full its mailbox is (a unit left held would be reserved in memory and sold
+//! in the journal, and would block every checkpoint).
 //!
 //! Rejections (sold out, purchase limit, conflict, replay of a durable order) are answered at
 //! once, without waiting for the batch's fsync. One may rest on a decision of the same batch
@@ -49,7 +53,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, Select, TryRecvError};
 use tokio::sync::oneshot;
 
 use crate::inventory::{
@@ -195,13 +199,6 @@ pub enum Command {
         slot_index: u32,
         reply: oneshot::Sender<Result<(), u64>>,
     },
-    /// Ends a hold: the unit is sold (the exchange is durable) or available again. `done`
-    /// is answered once the slot shows it, so the exchange's reply never runs ahead of it.
-    Settle {
-        slot_index: u32,
-        sold: bool,
-        done: oneshot::Sender<()>,
-    },
     /// Wakes the shard to fire timers (a manual clock moved).
     Tick,
     /// Finish the open batch, send what only this shard knows (its timers, its exchange
@@ -213,6 +210,16 @@ pub enum Command {
     },
     /// Finish everything before this command, then exit the thread.
     Stop,
+}
+
+/// Ends an exchange's hold: the unit is sold (the exchange is durable) or available again.
+/// It is the second half of something already decided, so it never goes through the
+/// bounded, shed-able mailbox: it has the shard's control lane (see [`ShardWriter::spawn`]).
+/// `done` is answered once the slot shows it, so the exchange's reply never runs ahead of it.
+pub struct Settle {
+    pub slot_index: u32,
+    pub sold: bool,
+    pub done: oneshot::Sender<()>,
 }
 
 /// A paused shard's part of a checkpoint.
@@ -332,6 +339,17 @@ struct ActionRequest {
     address: Option<String>,
     restock: bool,
     exchange_sku: Option<String>,
+}
+
+/// What ended a shard's wait.
+enum Wake {
+    Command(Command),
+    /// A settle arrived on the control lane (and was applied).
+    Control,
+    /// The earliest timer is due, or the capped sleep ended: read the clock again.
+    TimedOut,
+    /// The engine is gone.
+    Closed,
 }
 
 /// One shard's state and loop. Built (and filled by recovery) before its thread starts.
@@ -459,8 +477,18 @@ impl ShardWriter {
         slot.write(values);
     }
 
-    /// Starts the shard's thread on its mailbox.
-    pub fn spawn(mut self, journal: Journal, mailbox: Receiver<Command>) -> JoinHandle<()> {
+    /// Starts the shard's thread on its mailbox and its control lane. The lane carries only
+    /// [`Settle`]s, which must never be shed or wait behind a full mailbox; the shard waits
+    /// on both and applies every queued settle at the start of each turn. The lane is an
+    /// unbounded channel (a send never waits or fails for room), bounded by construction:
+    /// one settle per exchange holding the engine's exchange gate, which admits at most
+    /// [`limits::EXCHANGES_IN_FLIGHT_MAX`] at once.
+    pub fn spawn(
+        mut self,
+        journal: Journal,
+        mailbox: Receiver<Command>,
+        control: Receiver<Settle>,
+    ) -> JoinHandle<()> {
         self.journal = Some(journal.clone());
         let index = self.index;
         std::thread::Builder::new()
@@ -469,7 +497,7 @@ impl ShardWriter {
                 // A shard that dies would leave its SKUs unanswerable while `/readyz` said 200.
                 // Poisoning the journal stops admission everywhere, turns `/readyz` to 503 and
                 // makes the exit code say so; a restart recovers from the journal.
-                let run = std::panic::AssertUnwindSafe(move || self.run(mailbox));
+                let run = std::panic::AssertUnwindSafe(move || self.run(mailbox, control));
                 if std::panic::catch_unwind(run).is_err() {
                     journal.poison(format!("shard {index} panicked"));
                 }
@@ -477,22 +505,18 @@ impl ShardWriter {
             .expect("spawn shard thread")
     }
 
-    fn run(mut self, mailbox: Receiver<Command>) {
+    fn run(mut self, mailbox: Receiver<Command>, control: Receiver<Settle>) {
         let mut batch: Vec<Command> = Vec::with_capacity(self.batch_max);
         let mut previous_turn_started = std::time::Instant::now();
         loop {
-            // Block for the next command, or until the earliest timer is due.
-            let first = match self.until_next_timer() {
-                None => match mailbox.recv() {
-                    Ok(command) => Some(command),
-                    Err(_) => break,
-                },
-                Some(wait) => match mailbox.recv_timeout(wait) {
-                    Ok(command) => Some(command),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
+            let first = match self.wait(&mailbox, &control) {
+                Wake::Command(command) => Some(command),
+                Wake::Control | Wake::TimedOut => None,
+                Wake::Closed => break,
             };
+            while let Ok(settle) = control.try_recv() {
+                self.apply_settle(settle);
+            }
             if let Some(first) = first {
                 batch.push(first);
                 while batch.len() < self.batch_max {
@@ -564,14 +588,6 @@ impl ShardWriter {
                         self.finish_batch();
                         let _ = reply.send(self.hold(slot_index));
                     }
-                    Command::Settle {
-                        slot_index,
-                        sold,
-                        done,
-                    } => {
-                        self.settle(slot_index, sold);
-                        let _ = done.send(());
-                    }
                     Command::Tick => {}
                     Command::Checkpoint { reply, resume } => {
                         self.finish_batch();
@@ -596,6 +612,38 @@ impl ShardWriter {
             }
         }
         tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    /// Blocks for the next command or settle, or until the earliest timer is due (a settle
+    /// is applied here; the turn that follows applies any others queued behind it).
+    fn wait(&mut self, mailbox: &Receiver<Command>, control: &Receiver<Settle>) -> Wake {
+        let mut select = Select::new();
+        let from_mailbox = select.recv(mailbox);
+        let from_control = select.recv(control);
+        let ready = match self.until_next_timer() {
+            None => select.select(),
+            Some(wait) => match select.select_timeout(wait) {
+                Ok(ready) => ready,
+                Err(_) => return Wake::TimedOut,
+            },
+        };
+        // Either channel disconnected means the engine is gone (it holds both senders).
+        match ready.index() {
+            index if index == from_mailbox => match ready.recv(mailbox) {
+                Ok(command) => Wake::Command(command),
+                Err(_) => Wake::Closed,
+            },
+            index => {
+                debug_assert_eq!(index, from_control);
+                match ready.recv(control) {
+                    Ok(settle) => {
+                        self.apply_settle(settle);
+                        Wake::Control
+                    }
+                    Err(_) => Wake::Closed,
+                }
+            }
+        }
     }
 
     /// How long the loop may block before a timer is due (`None`: no timer, block for a
@@ -791,6 +839,12 @@ impl ShardWriter {
         slot.write(values);
         *self.holds.entry(slot_index).or_default() += 1;
         Ok(())
+    }
+
+    /// Ends a hold and tells the exchange so (it answers its client only then).
+    fn apply_settle(&mut self, settle: Settle) {
+        self.settle(settle.slot_index, settle.sold);
+        let _ = settle.done.send(());
     }
 
     fn settle(&mut self, slot_index: u32, sold: bool) {
