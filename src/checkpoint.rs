@@ -18,7 +18,9 @@
 //! ```
 //!
 //! Written to a temporary name, fdatasynced, renamed, and the directory synced: a crash
-//! leaves the previous checkpoints intact. Loading tries the newest first and falls back to
+//! leaves the previous checkpoints intact. A write that fails removes its temporary file
+//! (a full disk must get its room back), and the engine writes one only where the file
+//! system has room for it [`crate::limits::CHECKPOINT_ROOM_FACTOR`] times over. Loading tries the newest first and falls back to
 //! an older one if the newest does not check (and says so).
 
 use std::fs::{self, File, OpenOptions};
@@ -109,8 +111,22 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Writes `checkpoint` durably into `dir` and removes all but the newest
-/// [`CHECKPOINTS_KEPT`]. Returns its path.
+/// [`CHECKPOINTS_KEPT`]. Returns its path. A write that fails (a full disk above all) removes
+/// its temporary file before it returns, so a failed checkpoint gives back the room it took.
 pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
+    write_checked(dir, checkpoint, 0)
+}
+
+/// [`write`], unless the file system has less free room than `room_factor` times the
+/// checkpoint's size: then nothing is written and the error is `StorageFull`. The engine
+/// asks for [`crate::limits::CHECKPOINT_ROOM_FACTOR`]: a checkpoint must never take the
+/// journal's last room, since the journal's records are the data and a checkpoint only a
+/// shortcut.
+pub fn write_if_room(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
+    write_checked(dir, checkpoint, crate::limits::CHECKPOINT_ROOM_FACTOR)
+}
+
+fn write_checked(dir: &Path, checkpoint: &Checkpoint, room_factor: u64) -> io::Result<PathBuf> {
     fs::create_dir_all(dir)?;
     // A crash during an earlier write leaves its temporary file (as large as a checkpoint):
     // checkpoints are written one at a time, so any left now is such a leftover.
@@ -123,26 +139,68 @@ pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
     }
     let payload = rkyv::to_bytes::<rancor::Error>(checkpoint)
         .map_err(|e| io::Error::other(format!("checkpoint does not serialize: {e}")))?;
+    let file_bytes = (HEADER_BYTES + payload.len()) as u64;
+    if room_factor > 0 {
+        let free = free_bytes(dir)?;
+        if free < file_bytes.saturating_mul(room_factor) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{} has {free} bytes free, too little for a checkpoint of {file_bytes} \
+                     bytes (room for {room_factor} is asked); not written",
+                    dir.display()
+                ),
+            ));
+        }
+    }
     let mut header = [0u8; HEADER_BYTES];
     header[..8].copy_from_slice(&MAGIC);
     header[8..16].copy_from_slice(&(payload.len() as u64).to_le_bytes());
     header[16..20].copy_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
     let path = dir.join(file_name(checkpoint.seq));
     let temporary = dir.join(format!(".{}.tmp", file_name(checkpoint.seq)));
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&temporary)?;
-    file.write_all(&header)?;
-    file.write_all(&payload)?;
-    file.sync_data()?;
-    fs::rename(&temporary, &path)?;
+    let written =
+        write_temporary(&temporary, &header, &payload).and_then(|()| fs::rename(&temporary, &path));
+    if let Err(error) = written {
+        // Left behind, the partial file would hold the room the write ran out of (or the
+        // room an operator freed since) until the next checkpoint, and a journal stopped
+        // for lack of room could not resume.
+        let _ = fs::remove_file(&temporary);
+        return Err(error);
+    }
     File::open(dir)?.sync_all()?;
     for (_, old) in list(dir)?.into_iter().skip(CHECKPOINTS_KEPT) {
         fs::remove_file(old)?;
     }
     Ok(path)
+}
+
+fn write_temporary(temporary: &Path, header: &[u8], payload: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(temporary)?;
+    file.write_all(header)?;
+    file.write_all(payload)?;
+    file.sync_data()
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+    // SAFETY: `statvfs` is a plain-data struct, for which all zeros is a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stat` is a
+    // valid, exclusive place for `statvfs` to fill in.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion)] // the field types differ between targets
+    let (available, fragment) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Ok(available.saturating_mul(fragment))
 }
 
 /// Reads and checks one checkpoint file.
