@@ -3,8 +3,10 @@
 //! so deciding an order needs no lock on stock at all.
 //!
 //! The loop of one shard:
-//! 1. block on the bounded mailbox for one command, then take up to `batch_max` more without
-//!    waiting (a batch is whatever arrived while the previous batch was on the disk);
+//! 1. block on the bounded mailbox for one command (or on the control lane for a settle, or
+//!    at most until the next timer, capped so a wall-clock step is noticed), apply every
+//!    settle queued, then take up to `batch_max` more commands without waiting (a batch is
+//!    whatever arrived while the previous batch was on the disk);
 //! 2. decide each order in arrival order: idempotency check, `max_per_order`, stock, purchase
 //!    limit; an accepted order takes stock in the slot at once (so later orders in the same
 //!    batch see it) and becomes a journal frame, with an undo entry;
@@ -526,22 +528,8 @@ impl ShardWriter {
                     }
                 }
             }
-            // The queue delay of this mailbox: how long the oldest order taken (the mailbox is
-            // FIFO) had waited before the previous turn even began. One that arrived while
-            // that turn ran waited for its fdatasync, which is the group commit's service
-            // time, not a queue: only what a full turn left behind (a standing queue) counts.
             let turn_started = std::time::Instant::now();
-            let oldest_queued_at = batch.iter().find_map(|command| match command {
-                Command::Order(_, queued_at) | Command::Action(_, queued_at) => Some(*queued_at),
-                _ => None,
-            });
-            if let Some(queued_at) = oldest_queued_at {
-                let beyond_one_turn = previous_turn_started.saturating_duration_since(queued_at);
-                self.mailbox_wait_max_us.fetch_max(
-                    beyond_one_turn.as_micros() as u64 + 1,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-            }
+            self.note_queue_delay(&batch, previous_turn_started);
             previous_turn_started = turn_started;
             let at_ms = self.clock.now_ms();
             self.fire_timers(at_ms);
@@ -612,6 +600,24 @@ impl ShardWriter {
             }
         }
         tracing::debug!(shard = self.index, "shard stopped");
+    }
+
+    /// The queue delay of this mailbox: how long the oldest order taken (the mailbox is
+    /// FIFO) had waited before the previous turn even began. One that arrived while that
+    /// turn ran waited for its fdatasync, which is the group commit's service time, not a
+    /// queue: only what a full turn left behind (a standing queue) counts.
+    fn note_queue_delay(&self, batch: &[Command], previous_turn_started: std::time::Instant) {
+        let oldest_queued_at = batch.iter().find_map(|command| match command {
+            Command::Order(_, queued_at) | Command::Action(_, queued_at) => Some(*queued_at),
+            _ => None,
+        });
+        if let Some(queued_at) = oldest_queued_at {
+            let beyond_one_turn = previous_turn_started.saturating_duration_since(queued_at);
+            self.mailbox_wait_max_us.fetch_max(
+                beyond_one_turn.as_micros() as u64 + 1,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 
     /// Blocks for the next command or settle, or until the earliest timer is due (a settle
