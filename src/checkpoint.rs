@@ -18,7 +18,9 @@
 //! ```
 //!
 //! Written to a temporary name, fdatasynced, renamed, and the directory synced: a crash
-//! leaves the previous checkpoints intact. Loading tries the newest first and falls back to
+//! leaves the previous checkpoints intact. A write that fails removes its temporary file
+//! (a full disk must get its room back), and the engine writes one only where the file
+//! system has room for it [`crate::limits::CHECKPOINT_ROOM_FACTOR`] times over. Loading tries the newest first and falls back to
 //! an older one if the newest does not check (and says so).
 
 use std::fs::{self, File};
@@ -111,8 +113,22 @@ pub fn list(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 }
 
 /// Writes `checkpoint` durably into `dir` and removes all but the newest
-/// [`CHECKPOINTS_KEPT`]. Returns its path.
+/// [`CHECKPOINTS_KEPT`]. Returns its path. A write that fails (a full disk above all) removes
+/// its temporary file before it returns, so a failed checkpoint gives back the room it took.
 pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
+    write_checked(dir, checkpoint, 0)
+}
+
+/// [`write`], unless the file system has less free room than `room_factor` times the
+/// checkpoint's size: then nothing is written and the error is `StorageFull`. The engine
+/// asks for [`crate::limits::CHECKPOINT_ROOM_FACTOR`]: a checkpoint must never take the
+/// journal's last room, since the journal's records are the data and a checkpoint only a
+/// shortcut.
+pub fn write_if_room(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
+    write_checked(dir, checkpoint, crate::limits::CHECKPOINT_ROOM_FACTOR)
+}
+
+fn write_checked(dir: &Path, checkpoint: &Checkpoint, room_factor: u64) -> io::Result<PathBuf> {
     durable::create_dir_all(dir)?;
     // A crash during an earlier write leaves its temporary file (as large as a checkpoint):
     // checkpoints are written one at a time, so any left now is such a leftover.
@@ -125,7 +141,21 @@ pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
     }
     let payload = rkyv::to_bytes::<rancor::Error>(checkpoint)
         .map_err(|e| io::Error::other(format!("checkpoint does not serialize: {e}")))?;
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
+    let file_bytes = (HEADER_BYTES + payload.len()) as u64;
+    if room_factor > 0 {
+        let free = free_bytes(dir)?;
+        if free < file_bytes.saturating_mul(room_factor) {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "{} has {free} bytes free, too little for a checkpoint of {file_bytes} \
+                     bytes (room for {room_factor} is asked); not written",
+                    dir.display()
+                ),
+            ));
+        }
+    }
+    let mut bytes = Vec::with_capacity(file_bytes as usize);
     bytes.extend_from_slice(&MAGIC);
     bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
@@ -133,7 +163,9 @@ pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
     bytes.extend_from_slice(&payload);
     drop(payload);
     let path = dir.join(file_name(checkpoint.seq));
-    // A failed write (a full disk) removes its temporary file at once.
+    // Left behind, a partial temporary file would hold the room the write ran out of (or
+    // the room an operator freed since) until the next checkpoint, and a journal stopped
+    // for lack of room could not resume: a failed write removes it at once.
     durable::write_file_atomically(&path, &bytes, 0o644)?;
     let mut removed = false;
     for (_, old) in list(dir)?.into_iter().skip(CHECKPOINTS_KEPT) {
@@ -144,6 +176,23 @@ pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
         durable::sync_dir(dir)?;
     }
     Ok(path)
+}
+
+/// Bytes an unprivileged writer may still use on the file system holding `dir`.
+fn free_bytes(dir: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+    // SAFETY: `statvfs` is a plain-data struct, for which all zeros is a valid value.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string that outlives the call, and `stat` is a
+    // valid, exclusive place for `statvfs` to fill in.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    #[allow(clippy::useless_conversion)] // the field types differ between targets
+    let (available, fragment) = (u64::from(stat.f_bavail), u64::from(stat.f_frsize));
+    Ok(available.saturating_mul(fragment))
 }
 
 /// Reads and checks one checkpoint file.

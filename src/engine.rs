@@ -45,14 +45,17 @@ use crate::journal::{self, ArchivedRecord, ConsumerOffsets, Journal, RecoveryErr
 use crate::limits;
 use crate::order::{Action, StockEffect, transition};
 use crate::shard::{
-    self, ActionCommand, ActionOutcome, Clock, Command, OrderCommand, PaymentTimer, ShardWriter,
-    SkuCommand, SkuOutcome, SkuUpdate,
+    self, ActionCommand, ActionOutcome, Clock, Command, OrderCommand, PaymentTimer, Settle,
+    ShardWriter, SkuCommand, SkuOutcome, SkuUpdate,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("data directory {path}: {source}")]
     DataDir { path: PathBuf, source: io::Error },
+    /// The inventory slot file cannot be created with its room (a full disk: ENOSPC).
+    #[error("inventory file {path}: {source}")]
+    Inventory { path: PathBuf, source: io::Error },
     #[error("data directory {0} is locked by another running engine (only one may use a journal)")]
     Locked(PathBuf),
     #[error(transparent)]
@@ -233,6 +236,9 @@ pub struct Engine {
     catalog: DashMap<String, u32>,
     next_slot: AtomicU32,
     mailboxes: Vec<Sender<Command>>,
+    /// Each shard's control lane: the settles of exchanges, never shed (see
+    /// [`crate::shard::ShardWriter::spawn`] for its bound).
+    control_lanes: Vec<Sender<Settle>>,
     /// The mailboxes' receiving ends, kept to drop what arrives after the shards stopped
     /// (each dropped command's reply channel closes, so its HTTP request answers 503).
     mailbox_leftovers: Vec<Receiver<Command>>,
@@ -244,8 +250,11 @@ pub struct Engine {
     retention: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     /// One checkpoint at a time (retention and any caller).
     checkpointing: Mutex<()>,
+    /// Retention's back-off after a checkpoint it could not take.
+    checkpoint_backoff: Mutex<Backoff>,
     /// Held shared by every exchange from its hold to its settle, and exclusively by a
-    /// checkpoint: a hold is in no journal record, so no checkpoint may see one.
+    /// checkpoint: a hold is in no journal record, so no checkpoint may see one. At most
+    /// [`limits::EXCHANGES_IN_FLIGHT_MAX`] share it, which bounds the control lanes.
     exchange_gate: tokio::sync::RwLock<()>,
     data_dir: PathBuf,
     pub journal: Journal,
@@ -259,6 +268,45 @@ pub struct Engine {
 }
 
 /// Folder of the journal's segments inside the data directory.
+/// A doubling back-off between [`limits::CHECKPOINT_BACKOFF_MIN_MS`] and
+/// [`limits::CHECKPOINT_BACKOFF_MAX_MS`].
+#[derive(Debug, Default)]
+struct Backoff {
+    /// The delay the last failure set (zero: none since the last success).
+    delay: Duration,
+    until: Option<std::time::Instant>,
+}
+
+impl Backoff {
+    /// Records a failure at `now`: the next try waits twice as long as the last (at least
+    /// the minimum, at most the cap). Returns the delay.
+    fn fail(&mut self, now: std::time::Instant) -> Duration {
+        let min = Duration::from_millis(limits::CHECKPOINT_BACKOFF_MIN_MS);
+        let max = Duration::from_millis(limits::CHECKPOINT_BACKOFF_MAX_MS);
+        self.delay = (self.delay * 2).clamp(min, max);
+        self.until = Some(now + self.delay);
+        self.delay
+    }
+
+    /// Keeps the back-off running from `now` without doubling it (a journal stopped for
+    /// lack of room: no checkpoint was tried, none failed), starting it if none runs.
+    fn hold(&mut self, now: std::time::Instant) -> Duration {
+        if self.delay.is_zero() {
+            return self.fail(now);
+        }
+        self.until = Some(now + self.delay);
+        self.delay
+    }
+
+    fn waiting(&self, now: std::time::Instant) -> bool {
+        self.until.is_some_and(|until| now < until)
+    }
+
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
 pub fn journal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("journal")
 }
@@ -294,9 +342,14 @@ impl Engine {
         let lock = lock_data_dir(data_dir)?;
         let consumers = ConsumerOffsets::open(data_dir).map_err(dir_err(data_dir))?;
 
+        let inventory_path = data_dir.join("inventory.slots");
         let inventory = Arc::new(
-            Inventory::create(&data_dir.join("inventory.slots"), config.inventory.skus_max)
-                .map_err(dir_err(data_dir))?,
+            Inventory::create(&inventory_path, config.inventory.skus_max).map_err(|source| {
+                StartError::Inventory {
+                    path: inventory_path.clone(),
+                    source,
+                }
+            })?,
         );
         let orders_expected = config.inventory.orders_expected;
         let orders = Arc::new(OrderIndex::with_capacity(orders_expected));
@@ -440,11 +493,16 @@ impl Engine {
         let mut mailboxes = Vec::with_capacity(shard_count);
         let mut mailbox_leftovers = Vec::with_capacity(shard_count);
         let mut shard_threads = Vec::with_capacity(shard_count);
+        let mut control_lanes = Vec::with_capacity(shard_count);
         for writer in writers {
             let (sender, receiver) = crossbeam_channel::bounded(config.shard.queue_capacity);
+            // Unbounded by type, bounded by the exchange gate (see `ShardWriter::spawn`); and
+            // a stopped shard's unread settles are dropped with it, so no exchange waits on one.
+            let (control, control_receiver) = crossbeam_channel::unbounded();
             mailboxes.push(sender);
+            control_lanes.push(control);
             mailbox_leftovers.push(receiver.clone());
-            shard_threads.push(writer.spawn(journal.clone(), receiver));
+            shard_threads.push(writer.spawn(journal.clone(), receiver, control_receiver));
         }
         let mut journal_threads: Vec<JoinHandle<()>> = Vec::new();
         journal_threads.extend(
@@ -479,6 +537,7 @@ impl Engine {
             catalog,
             next_slot: AtomicU32::new(next_slot),
             mailboxes,
+            control_lanes,
             mailbox_leftovers,
             stopping: AtomicBool::new(false),
             shard_threads: Mutex::new(shard_threads),
@@ -490,7 +549,11 @@ impl Engine {
             sku_admin: tokio::sync::Mutex::new(()),
             retention: Mutex::new(None),
             checkpointing: Mutex::new(()),
-            exchange_gate: tokio::sync::RwLock::new(()),
+            checkpoint_backoff: Mutex::new(Backoff::default()),
+            exchange_gate: tokio::sync::RwLock::with_max_readers(
+                (),
+                limits::EXCHANGES_IN_FLIGHT_MAX as u32,
+            ),
             data_dir: data_dir.clone(),
             _lock: lock,
         });
@@ -728,15 +791,17 @@ impl Engine {
         };
         let sold = matches!(result, Ok(ActionOutcome::Done { .. }));
         let (done, settled) = oneshot::channel();
-        let settle = Command::Settle {
+        let settle = Settle {
             slot_index: exchange_slot,
             sold,
             done,
         };
-        // Only a stopping engine refuses this; its memory is then rebuilt from the journal.
-        if self.send_patiently(exchange_shard, settle).await.is_ok() {
-            let _ = settled.await;
-        }
+        // Never shed and never behind a full mailbox: the control lane takes it at once
+        // (only a stopped shard refuses it; the engine's memory is then rebuilt from the
+        // journal, which has the exchange or not).
+        let _ = self.control_lanes[exchange_shard].send(settle);
+        // The client is answered once the slot shows the settle.
+        let _ = settled.await;
         result
     }
 
@@ -857,7 +922,7 @@ impl Engine {
             orders,
             timers,
         };
-        let path = checkpoint::write(&checkpoint::checkpoints_dir(&self.data_dir), &state)?;
+        let path = checkpoint::write_if_room(&checkpoint::checkpoints_dir(&self.data_dir), &state)?;
         tracing::info!(path = %path.display(), seq, orders = state.orders.len(), "checkpoint written");
         Ok(seq)
     }
@@ -899,7 +964,8 @@ impl Engine {
         let covered = if covered >= *needed {
             covered
         } else {
-            self.checkpoint()?
+            // While backing off, only what an older checkpoint covers is deleted.
+            self.checkpoint_unless_backing_off()?.unwrap_or(covered)
         };
         let mut deleted = 0;
         for (last_seq, path) in deletable {
@@ -914,6 +980,38 @@ impl Engine {
             durable::sync_dir(&self.journal_dir)?;
         }
         Ok(deleted)
+    }
+
+    /// Retention's checkpoint, unless it is backing off after a failed one (see
+    /// [`limits::CHECKPOINT_BACKOFF_MIN_MS`]) or the journal is stopped for lack of room: a
+    /// checkpoint then would only take the room the journal waits for. A failure, or a
+    /// stopped journal, starts the back-off (a failure doubles it); a checkpoint taken resets
+    /// it.
+    fn checkpoint_unless_backing_off(&self) -> io::Result<Option<u64>> {
+        let now = std::time::Instant::now();
+        if self.journal.is_stopped() {
+            let delay = self.checkpoint_backoff.lock().hold(now);
+            tracing::warn!(
+                backoff_ms = delay.as_millis() as u64,
+                "journal stopped; retention takes no checkpoint until it runs again"
+            );
+            return Ok(None);
+        }
+        if self.checkpoint_backoff.lock().waiting(now) {
+            return Ok(None);
+        }
+        match self.checkpoint() {
+            Ok(seq) => {
+                self.checkpoint_backoff.lock().reset();
+                Ok(Some(seq))
+            }
+            Err(error) => {
+                let delay = self.checkpoint_backoff.lock().fail(now);
+                tracing::warn!(%error, backoff_ms = delay.as_millis() as u64,
+                    "checkpoint failed; retention backs off");
+                Err(error)
+            }
+        }
     }
 
     /// Sets the scrape-time gauges and returns the engine's registry for `/metrics` (`None`
@@ -1825,4 +1923,30 @@ fn token_matches(expected: &str, presented: &str) -> bool {
         difference |= usize::from(byte ^ presented.get(index).copied().unwrap_or(0));
     }
     difference == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_checkpoint_backoff_doubles_to_its_cap_holds_without_doubling_and_resets() {
+        let min = Duration::from_millis(limits::CHECKPOINT_BACKOFF_MIN_MS);
+        let max = Duration::from_millis(limits::CHECKPOINT_BACKOFF_MAX_MS);
+        let now = std::time::Instant::now();
+        let mut backoff = Backoff::default();
+        assert!(!backoff.waiting(now));
+        assert_eq!(backoff.hold(now), min, "a stopped journal starts it");
+        assert_eq!(backoff.hold(now), min, "and keeps it without doubling");
+        assert_eq!(backoff.fail(now), min * 2);
+        assert!(backoff.waiting(now + min));
+        assert!(!backoff.waiting(now + min * 2));
+        for _ in 0..64 {
+            backoff.fail(now);
+        }
+        assert_eq!(backoff.fail(now), max);
+        backoff.reset();
+        assert!(!backoff.waiting(now));
+        assert_eq!(backoff.fail(now), min);
+    }
 }

@@ -66,11 +66,40 @@ pub const SHARD_QUEUE_MAX: usize = 1 << 20;
 /// an exchange) into a full mailbox: a second of patience, then 429.
 pub const PATIENT_SEND_ATTEMPTS: usize = 1000;
 
+/// Longest a shard sleeps before it reads the wall clock again, in ms. Payment deadlines are
+/// wall-clock times (from the acceptance record, so they survive restarts), and the wait
+/// until the next one is computed from the clock when the shard goes to sleep: after the
+/// clock steps back an hour that wait is an hour too long. Capped, a clock step is noticed
+/// within this long; the cost is one empty turn a second per shard holding timers.
+pub const TIMER_SLEEP_MS_MAX: u64 = 1000;
+
+/// Exchanges between their hold and their settle at once (the exchange gate's readers; more
+/// wait for the gate, holding nothing). Each holds one unit and owes one settle to the SKU's
+/// shard, sent on that shard's control lane (unbounded by type, never shed): this is the
+/// bound of every lane together. Exchanges are after-sales actions, rare beside orders: a
+/// thousand at once is far more than a sale sees, and a queued settle is ~24 bytes.
+pub const EXCHANGES_IN_FLIGHT_MAX: usize = 1024;
+
+/// A checkpoint is written only where the file system has room for it this many times over
+/// (the file, and as much again left for the journal): on a nearly full disk a checkpoint
+/// must not take the journal's last room, since the records are the data and a checkpoint
+/// only a shortcut over them.
+pub const CHECKPOINT_ROOM_FACTOR: u64 = 2;
+/// Retention's back-off after a checkpoint it could not take (a full disk, too little room,
+/// or a journal stopped for lack of room): it takes none for this long, doubled after each
+/// further failure up to the cap, and reset by a success. Without it, every pass rewrote a
+/// checkpoint as large as the room an operator had just freed, and the journal, stopped for
+/// lack of that room, could not resume. Segments an older checkpoint covers are still
+/// deleted meanwhile (that gives room back).
+pub const CHECKPOINT_BACKOFF_MIN_MS: u64 = 10_000;
+pub const CHECKPOINT_BACKOFF_MAX_MS: u64 = 10 * 60 * 1000;
+
 /// Number of single-writer shards allowed. More shards than cores only adds hand-offs.
 pub const SHARDS_MAX: usize = 256;
 
 /// Inventory slots in the memory-mapped file (one per SKU, 128 bytes each): 8 MiB at the
-/// default, sparse on disk until used. A PUT of one SKU too many is refused, not a resize.
+/// default, all reserved on disk at start (a full disk is then a start-up error, not a
+/// SIGBUS when a page is first touched). A PUT of one SKU too many is refused, not a resize.
 pub const SKUS_DEFAULT: u32 = 65_536;
 pub const SKUS_MAX: u32 = 1 << 22;
 
@@ -185,6 +214,7 @@ const _: () =
 const _: () = assert!(SHARD_BATCH_DEFAULT <= SHARD_BATCH_MAX);
 const _: () = assert!(SHARD_QUEUE_DEFAULT <= SHARD_QUEUE_MAX);
 const _: () = assert!(SKUS_DEFAULT <= SKUS_MAX);
+const _: () = assert!(CHECKPOINT_BACKOFF_MIN_MS <= CHECKPOINT_BACKOFF_MAX_MS);
 const _: () = assert!(STOCK_MAX < (1 << 53));
 const _: () = assert!(JOURNAL_PAGE_DEFAULT <= JOURNAL_PAGE_MAX);
 // One bulk's records for one shard are a single group write, and a group never spans two

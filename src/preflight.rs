@@ -1126,9 +1126,9 @@ fn journal_room_check(config: &Config) -> Check {
 }
 
 /// Creates `<data_dir>/inventory.slots` at its configured size with the engine's own
-/// [`Inventory::create`] (which pre-touches every page, as it does at every engine start)
-/// and reads the map back, proving the file can be made and mapped whole on this
-/// filesystem. Returns the file's size. The engine re-creates the file at each start (it is
+/// [`Inventory::create`] (which reserves its blocks and pre-touches every page, as at every
+/// engine start) and reads the map back, proving the file can be made and mapped whole on
+/// this filesystem. Returns the file's size. The engine re-creates the file at each start (it is
 /// rebuilt from the journal) and pre-touches it there, before any shard runs.
 pub fn prepare_inventory(data_dir: &Path, skus_max: u32) -> io::Result<u64> {
     let inventory = Inventory::create(&data_dir.join("inventory.slots"), skus_max)?;

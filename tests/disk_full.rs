@@ -8,6 +8,15 @@
 //! and restarted: every order answered 201 is in the journal with its seq, and no order
 //! answered 503 is.
 //!
+//! Three more cases, from adversarial testing:
+//! - a start without room for the inventory slot file (a first start on a nearly full disk,
+//!   or a restart with a larger `inventory.skus_max`) exits 3 with a message naming the
+//!   file, not SIGBUS (exit 135, no message) when the map's first page cannot be backed;
+//! - a checkpoint that fails for lack of room leaves no temporary file behind;
+//! - with retention on, a retention pass on the full disk takes no checkpoint (it would
+//!   take the room the journal waits for) and leaves no temporary file, and admission
+//!   resumes once room is freed.
+//!
 //! Mounting needs root (or CAP_SYS_ADMIN). Where `mount` fails the test says why and skips.
 //! The tmpfs is unmounted when the test ends, however it ends (a drop guard).
 
@@ -74,6 +83,172 @@ impl Drop for TmpfsMount {
             self.path.display()
         );
     }
+}
+
+/// `stampede serve` on `data_dir`, run until it exits (it must, within [`START_TIMEOUT`]):
+/// its exit code (`None`: killed by a signal) and its output.
+fn serve_until_exit(data_dir: &Path, config: &Path) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_stampede"));
+    command
+        .arg("serve")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--config")
+        .arg(config);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("STAMPEDE_") {
+            command.env_remove(name);
+        }
+    }
+    let mut child = command
+        .env("NO_COLOR", "1")
+        .env("STAMPEDE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn stampede");
+    let deadline = Instant::now() + START_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("stampede kept running without room for its inventory file");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut output = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut output)
+        .unwrap();
+    (status.code(), output)
+}
+
+fn write_config(path: &Path, skus_max: u32, journal: &str) {
+    std::fs::write(
+        path,
+        format!(
+            "[inventory]\nskus_max = {skus_max}\norders_expected = 1000\n\n{journal}\n\
+             [[catalogue]]\nsku = \"{SKU}\"\nstock = 1000000\nmax_per_order = 1\n"
+        ),
+    )
+    .unwrap();
+}
+
+/// Mounts a tmpfs of `size` under a new temporary root, or says why not (the test skips).
+fn mount_tmpfs(size: &str) -> Option<(tempfile::TempDir, TmpfsMount)> {
+    let root = tempfile::Builder::new()
+        .prefix("stampede-disk-full-")
+        .tempdir()
+        .unwrap();
+    match TmpfsMount::mount(&root.path().join("tmpfs"), size) {
+        Ok(mount) => Some((root, mount)),
+        Err(reason) => {
+            eprintln!(
+                "SKIPPED: cannot mount a tmpfs for the disk-full test ({reason}); needs root or CAP_SYS_ADMIN"
+            );
+            None
+        }
+    }
+}
+
+/// Temporary checkpoint files (`.<seq>.ckpt.tmp`) in `dir`.
+fn temporary_files(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with('.') && name.ends_with(".tmp"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// An `inventory.skus_max` whose slot file (128 bytes a slot: 8 MiB) exceeds the tmpfs.
+const SKUS_PAST_THE_DISK: u32 = 65_536;
+
+#[test]
+fn a_start_without_room_for_the_inventory_file_exits_3_naming_it() {
+    let Some((root, mount)) = mount_tmpfs(TMPFS_SIZE) else {
+        return;
+    };
+    let config = root.path().join("stampede.toml");
+    let expect_refused = |data_dir: &Path, case: &str| {
+        let (code, output) = serve_until_exit(data_dir, &config);
+        assert_eq!(code, Some(3), "{case}: exit code (135 is SIGBUS)\n{output}");
+        assert!(
+            output.contains("inventory file") && output.contains("inventory.slots"),
+            "{case}: the message names the inventory file\n{output}"
+        );
+        assert!(
+            output.contains("No space left on device"),
+            "{case}: the message says the disk is full\n{output}"
+        );
+    };
+    // A first start: the slot file does not fit.
+    write_config(&config, SKUS_PAST_THE_DISK, "");
+    expect_refused(&mount.path.join("first"), "first start");
+    // A restart with a larger `skus_max`: the engine ran with 16 slots, then asks for more
+    // than the disk has.
+    let data_dir = mount.path.join("grown");
+    write_config(&config, 16, "");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut engine = runtime.block_on(Engine::start(&data_dir, &config));
+    engine.kill();
+    drop(engine);
+    write_config(&config, SKUS_PAST_THE_DISK, "");
+    expect_refused(&data_dir, "restart with a larger skus_max");
+    drop(mount);
+}
+
+#[test]
+fn a_checkpoint_that_fails_for_lack_of_room_leaves_no_temporary_file() {
+    use stampede::checkpoint::{self, Checkpoint, OrderState};
+    let Some((_root, mount)) = mount_tmpfs("1m") else {
+        return;
+    };
+    let dir = mount.path.join("checkpoints");
+    // ~2 MiB of order entries: more than the file system holds.
+    let big = Checkpoint {
+        seq: 7,
+        created_ms: 0,
+        skus: Vec::new(),
+        orders: (0..50_000)
+            .map(|key| OrderState {
+                key,
+                words: [key; 4],
+            })
+            .collect(),
+        timers: Vec::new(),
+    };
+    let error = checkpoint::write(&dir, &big).expect_err("a checkpoint larger than the disk");
+    assert!(
+        stampede::journal::storage::is_out_of_space(&error),
+        "{error}"
+    );
+    assert_eq!(temporary_files(&dir), Vec::<String>::new(), "left behind");
+    // The room came back: a file of most of the disk fits.
+    std::fs::write(mount.path.join("fits"), vec![1u8; 900 * 1024]).expect("room is back");
+    std::fs::remove_file(mount.path.join("fits")).unwrap();
+    // With too little room for it twice over, the engine's write takes none at all.
+    let error = checkpoint::write_if_room(&dir, &big).expect_err("refused");
+    assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "{error}");
+    assert_eq!(temporary_files(&dir), Vec::<String>::new());
+    drop(mount);
 }
 
 /// The `stampede serve` process.
@@ -447,6 +622,82 @@ async fn a_full_disk_stops_admission_and_it_resumes_without_a_restart_when_room_
     eprintln!(
         "disk full after {accepted_before} orders; {refused} answered 503; {accepted} acknowledged in all, all journaled"
     );
+    drop(engine);
+    drop(mount);
+}
+
+/// Retention passes: the first comes this long after the start, when the disk is full.
+const RETENTION_CHECK_S: u64 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retention_on_a_full_disk_takes_no_checkpoint_and_admission_resumes_when_room_returns() {
+    let Some((root, mount)) = mount_tmpfs(TMPFS_SIZE) else {
+        return;
+    };
+    let data_dir = mount.path.join("data");
+    let ballast = mount.path.join("ballast");
+    std::fs::write(&ballast, vec![0x5Au8; BALLAST_BYTES]).unwrap();
+    let config = root.path().join("stampede.toml");
+    // Small segments, all old enough to delete by the first pass: that pass needs a new
+    // checkpoint to delete any.
+    write_config(
+        &config,
+        16,
+        &format!(
+            "[journal]\nretain_s = 1\nretention_check_s = {RETENTION_CHECK_S}\n\
+             segment_bytes_max = 65536\n"
+        ),
+    );
+    let started = Instant::now();
+    let engine = Engine::start(&data_dir, &config).await;
+    let answers = fill_until_unavailable(&engine.base_url).await;
+    assert!(answers.iter().any(|(_, a)| *a == Answer::Unavailable));
+    assert!(
+        started.elapsed() < Duration::from_secs(RETENTION_CHECK_S - 1),
+        "the disk filled only after {:?}: too late for this test's first retention pass",
+        started.elapsed()
+    );
+    // The first retention pass runs on the full disk.
+    tokio::time::sleep_until(
+        (started + Duration::from_millis(RETENTION_CHECK_S * 1000 + 1500)).into(),
+    )
+    .await;
+    let checkpoints = data_dir.join("checkpoints");
+    assert_eq!(
+        temporary_files(&checkpoints),
+        Vec::<String>::new(),
+        "a checkpoint file left on the full disk\n{}",
+        engine.output()
+    );
+    assert_eq!(engine.get("/readyz").await.0, 503);
+    assert!(
+        engine.output().contains("retention takes no checkpoint"),
+        "the skipped checkpoint is logged\n{}",
+        engine.output()
+    );
+
+    // Room returns: admission resumes by itself and stays up.
+    std::fs::remove_file(&ballast).unwrap();
+    let deadline = Instant::now() + RESUME_TIMEOUT;
+    while engine.get("/readyz").await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "/readyz still 503 after room returned\n{}",
+            engine.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let client = client();
+    for n in 0..50 {
+        let id = format!("after-{n}");
+        let answer = post_order(&client, &engine.base_url, &id).await;
+        assert!(
+            matches!(answer, Answer::Accepted(_)),
+            "{id} refused after room returned\n{}",
+            engine.output()
+        );
+    }
+    assert_eq!(temporary_files(&checkpoints), Vec::<String>::new());
     drop(engine);
     drop(mount);
 }

@@ -39,7 +39,8 @@
 //!     engine is dropped).
 //!     Not covered: crossbeam's own implementation (shuttle's `sync_channel` stands in for
 //!     `crossbeam_channel::bounded`, same `try_send`/`try_recv`/`recv` contract, capacity
-//!     >= 1); timers, `Tick`, `Hold`/`Settle`, `Checkpoint`; several shards.
+//!     >= 1); timers, `Tick`, `Hold`, the control lane's `Settle`, `Checkpoint`; several
+//!     shards.
 //!
 //! (c) `src/shard/mod.rs`, `ShardWriter::decide` / `finish_batch` and the journal's group
 //!     commit: the reply hand-off. The shard takes stock for each order of its batch at once

@@ -19,7 +19,7 @@
 //! truth: the file is rebuilt from the journal at every start, and is the live, lock-free view
 //! of stock that everything else reads.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
@@ -218,6 +218,23 @@ pub struct Inventory {
     slots_max: u32,
 }
 
+/// Gives the file its length with every block allocated (`posix_fallocate`). The map is
+/// written through memory: a page the file system cannot back when it is first touched
+/// kills the process with SIGBUS (on a full disk, before any message), so the room is
+/// claimed here, where a full disk is an ENOSPC error the caller can report.
+fn reserve_blocks(file: &File, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "slot file too large"))?;
+    // SAFETY: the descriptor is open (borrowed from `file`) for the whole call.
+    match unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        // A file system without fallocate: fall back to a sparse length (the old way).
+        libc::EOPNOTSUPP | libc::EINVAL => file.set_len(len as u64),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
 impl Inventory {
     /// Creates (or resets) the slot file with room for `slots_max` SKUs and maps it. The file
     /// is rebuilt from the journal at every start, so old contents are discarded.
@@ -230,7 +247,15 @@ impl Inventory {
             .truncate(true)
             .open(path)?;
         let len = HEADER_BYTES + slots_max as usize * SLOT_BYTES;
-        file.set_len(len as u64)?;
+        reserve_blocks(&file, len as u64).map_err(|error| {
+            // Nothing of the file is worth keeping (it is rebuilt at every start); give
+            // back whatever blocks the failed reservation took.
+            let _ = file.set_len(0);
+            io::Error::new(
+                error.kind(),
+                format!("cannot reserve {len} bytes for {slots_max} SKU slots: {error}"),
+            )
+        })?;
         // SAFETY: the file was just created or truncated by this process, which holds the
         // data directory's exclusive lock, so no other writer changes its length while the
         // map lives. Every byte pattern of the mapped slots is a valid `Slot` (plain atomics),
@@ -243,7 +268,8 @@ impl Inventory {
         // Pre-touch every page before any shard runs (the header wrote the first), so that
         // no SKU creation or order during the sale takes a page fault to allocate its slot's
         // page: ~2k pages for the default 65 536 SKUs, a millisecond at start-up. The file
-        // was just truncated, so every byte past the header is already 0.
+        // was just truncated, so every byte past the header is already 0, and its blocks
+        // are reserved, so no touch can find the disk full.
         for page in (4096..len).step_by(4096) {
             map[page] = 0;
         }

@@ -3,8 +3,10 @@
 //! so deciding an order needs no lock on stock at all.
 //!
 //! The loop of one shard:
-//! 1. block on the bounded mailbox for one command, then take up to `batch_max` more without
-//!    waiting (a batch is whatever arrived while the previous batch was on the disk);
+//! 1. block on the bounded mailbox for one command (or on the control lane for a settle, or
+//!    at most until the next timer, capped so a wall-clock step is noticed), apply every
+//!    settle queued, then take up to `batch_max` more commands without waiting (a batch is
+//!    whatever arrived while the previous batch was on the disk);
 //! 2. decide each order in arrival order: idempotency check, `max_per_order`, stock, purchase
 //!    limit; an accepted order takes stock in the slot at once (so later orders in the same
 //!    batch see it) and becomes a journal frame, with an undo entry;
@@ -27,7 +29,11 @@
 //! shard finishes its open batch, then moves one unit from available to reserved), then sends
 //! the exchange to the order's shard, then *settles* the hold (sold if the exchange was
 //! journaled, available again if not). The hold is never journaled: after a crash the
-//! exchange record alone says a unit was taken, and recovery replays exactly that.
+//! exchange record alone says a unit was taken, and recovery replays exactly that. The
+//! settle ([`Settle`]) finishes something already decided, so it is never shed: it goes on
+//! the shard's control lane, not the bounded mailbox, and the shard applies it on its next
+//! turn however full its mailbox is (a unit left held would be reserved in memory and sold
+//! in the journal, and would block every checkpoint).
 //!
 //! Rejections (sold out, purchase limit, conflict, replay of a durable order) are answered at
 //! once, without waiting for the batch's fsync. One may rest on a decision of the same batch
@@ -49,7 +55,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crossbeam_channel::{Receiver, Select, TryRecvError};
 use tokio::sync::oneshot;
 
 use crate::inventory::{
@@ -195,13 +201,6 @@ pub enum Command {
         slot_index: u32,
         reply: oneshot::Sender<Result<(), u64>>,
     },
-    /// Ends a hold: the unit is sold (the exchange is durable) or available again. `done`
-    /// is answered once the slot shows it, so the exchange's reply never runs ahead of it.
-    Settle {
-        slot_index: u32,
-        sold: bool,
-        done: oneshot::Sender<()>,
-    },
     /// Wakes the shard to fire timers (a manual clock moved).
     Tick,
     /// Finish the open batch, send what only this shard knows (its timers, its exchange
@@ -213,6 +212,16 @@ pub enum Command {
     },
     /// Finish everything before this command, then exit the thread.
     Stop,
+}
+
+/// Ends an exchange's hold: the unit is sold (the exchange is durable) or available again.
+/// It is the second half of something already decided, so it never goes through the
+/// bounded, shed-able mailbox: it has the shard's control lane (see [`ShardWriter::spawn`]).
+/// `done` is answered once the slot shows it, so the exchange's reply never runs ahead of it.
+pub struct Settle {
+    pub slot_index: u32,
+    pub sold: bool,
+    pub done: oneshot::Sender<()>,
 }
 
 /// A paused shard's part of a checkpoint.
@@ -332,6 +341,17 @@ struct ActionRequest {
     address: Option<String>,
     restock: bool,
     exchange_sku: Option<String>,
+}
+
+/// What ended a shard's wait.
+enum Wake {
+    Command(Command),
+    /// A settle arrived on the control lane (and was applied).
+    Control,
+    /// The earliest timer is due, or the capped sleep ended: read the clock again.
+    TimedOut,
+    /// The engine is gone.
+    Closed,
 }
 
 /// One shard's state and loop. Built (and filled by recovery) before its thread starts.
@@ -459,8 +479,18 @@ impl ShardWriter {
         slot.write(values);
     }
 
-    /// Starts the shard's thread on its mailbox.
-    pub fn spawn(mut self, journal: Journal, mailbox: Receiver<Command>) -> JoinHandle<()> {
+    /// Starts the shard's thread on its mailbox and its control lane. The lane carries only
+    /// [`Settle`]s, which must never be shed or wait behind a full mailbox; the shard waits
+    /// on both and applies every queued settle at the start of each turn. The lane is an
+    /// unbounded channel (a send never waits or fails for room), bounded by construction:
+    /// one settle per exchange holding the engine's exchange gate, which admits at most
+    /// [`limits::EXCHANGES_IN_FLIGHT_MAX`] at once.
+    pub fn spawn(
+        mut self,
+        journal: Journal,
+        mailbox: Receiver<Command>,
+        control: Receiver<Settle>,
+    ) -> JoinHandle<()> {
         self.journal = Some(journal.clone());
         let index = self.index;
         std::thread::Builder::new()
@@ -469,7 +499,7 @@ impl ShardWriter {
                 // A shard that dies would leave its SKUs unanswerable while `/readyz` said 200.
                 // Poisoning the journal stops admission everywhere, turns `/readyz` to 503 and
                 // makes the exit code say so; a restart recovers from the journal.
-                let run = std::panic::AssertUnwindSafe(move || self.run(mailbox));
+                let run = std::panic::AssertUnwindSafe(move || self.run(mailbox, control));
                 if std::panic::catch_unwind(run).is_err() {
                     journal.poison(format!("shard {index} panicked"));
                 }
@@ -477,22 +507,18 @@ impl ShardWriter {
             .expect("spawn shard thread")
     }
 
-    fn run(mut self, mailbox: Receiver<Command>) {
+    fn run(mut self, mailbox: Receiver<Command>, control: Receiver<Settle>) {
         let mut batch: Vec<Command> = Vec::with_capacity(self.batch_max);
         let mut previous_turn_started = std::time::Instant::now();
         loop {
-            // Block for the next command, or until the earliest timer is due.
-            let first = match self.until_next_timer() {
-                None => match mailbox.recv() {
-                    Ok(command) => Some(command),
-                    Err(_) => break,
-                },
-                Some(wait) => match mailbox.recv_timeout(wait) {
-                    Ok(command) => Some(command),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                },
+            let first = match self.wait(&mailbox, &control) {
+                Wake::Command(command) => Some(command),
+                Wake::Control | Wake::TimedOut => None,
+                Wake::Closed => break,
             };
+            while let Ok(settle) = control.try_recv() {
+                self.apply_settle(settle);
+            }
             if let Some(first) = first {
                 batch.push(first);
                 while batch.len() < self.batch_max {
@@ -502,22 +528,8 @@ impl ShardWriter {
                     }
                 }
             }
-            // The queue delay of this mailbox: how long the oldest order taken (the mailbox is
-            // FIFO) had waited before the previous turn even began. One that arrived while
-            // that turn ran waited for its fdatasync, which is the group commit's service
-            // time, not a queue: only what a full turn left behind (a standing queue) counts.
             let turn_started = std::time::Instant::now();
-            let oldest_queued_at = batch.iter().find_map(|command| match command {
-                Command::Order(_, queued_at) | Command::Action(_, queued_at) => Some(*queued_at),
-                _ => None,
-            });
-            if let Some(queued_at) = oldest_queued_at {
-                let beyond_one_turn = previous_turn_started.saturating_duration_since(queued_at);
-                self.mailbox_wait_max_us.fetch_max(
-                    beyond_one_turn.as_micros() as u64 + 1,
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-            }
+            self.note_queue_delay(&batch, previous_turn_started);
             previous_turn_started = turn_started;
             let at_ms = self.clock.now_ms();
             self.fire_timers(at_ms);
@@ -564,14 +576,6 @@ impl ShardWriter {
                         self.finish_batch();
                         let _ = reply.send(self.hold(slot_index));
                     }
-                    Command::Settle {
-                        slot_index,
-                        sold,
-                        done,
-                    } => {
-                        self.settle(slot_index, sold);
-                        let _ = done.send(());
-                    }
                     Command::Tick => {}
                     Command::Checkpoint { reply, resume } => {
                         self.finish_batch();
@@ -598,18 +602,68 @@ impl ShardWriter {
         tracing::debug!(shard = self.index, "shard stopped");
     }
 
+    /// The queue delay of this mailbox: how long the oldest order taken (the mailbox is
+    /// FIFO) had waited before the previous turn even began. One that arrived while that
+    /// turn ran waited for its fdatasync, which is the group commit's service time, not a
+    /// queue: only what a full turn left behind (a standing queue) counts.
+    fn note_queue_delay(&self, batch: &[Command], previous_turn_started: std::time::Instant) {
+        let oldest_queued_at = batch.iter().find_map(|command| match command {
+            Command::Order(_, queued_at) | Command::Action(_, queued_at) => Some(*queued_at),
+            _ => None,
+        });
+        if let Some(queued_at) = oldest_queued_at {
+            let beyond_one_turn = previous_turn_started.saturating_duration_since(queued_at);
+            self.mailbox_wait_max_us.fetch_max(
+                beyond_one_turn.as_micros() as u64 + 1,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Blocks for the next command or settle, or until the earliest timer is due (a settle
+    /// is applied here; the turn that follows applies any others queued behind it).
+    fn wait(&mut self, mailbox: &Receiver<Command>, control: &Receiver<Settle>) -> Wake {
+        let mut select = Select::new();
+        let from_mailbox = select.recv(mailbox);
+        let from_control = select.recv(control);
+        let ready = match self.until_next_timer() {
+            None => select.select(),
+            Some(wait) => match select.select_timeout(wait) {
+                Ok(ready) => ready,
+                Err(_) => return Wake::TimedOut,
+            },
+        };
+        // Either channel disconnected means the engine is gone (it holds both senders).
+        match ready.index() {
+            index if index == from_mailbox => match ready.recv(mailbox) {
+                Ok(command) => Wake::Command(command),
+                Err(_) => Wake::Closed,
+            },
+            index => {
+                debug_assert_eq!(index, from_control);
+                match ready.recv(control) {
+                    Ok(settle) => {
+                        self.apply_settle(settle);
+                        Wake::Control
+                    }
+                    Err(_) => Wake::Closed,
+                }
+            }
+        }
+    }
+
     /// How long the loop may block before a timer is due (`None`: no timer, block for a
-    /// command). A manual clock only moves with a `Tick`, so only what is due now counts.
+    /// command). The deadline is wall-clock time, and the wall clock can step while the
+    /// shard sleeps (back an hour and forward again): the wait is never longer than
+    /// [`limits::TIMER_SLEEP_MS_MAX`], so the shard re-reads the clock and fires what has
+    /// come due within that bound, with no other command to wake it. A manual clock is
+    /// slept on the same way (a `Tick` only wakes the shard sooner).
     fn until_next_timer(&self) -> Option<Duration> {
         let due = self.timers.next_due_ms()?;
-        let now = self.clock.now_ms();
-        if due <= now {
-            Some(Duration::ZERO)
-        } else if self.clock.is_manual() {
-            None
-        } else {
-            Some(Duration::from_millis(due - now))
-        }
+        let wait_ms = due.saturating_sub(self.clock.now_ms());
+        Some(Duration::from_millis(
+            wait_ms.min(limits::TIMER_SLEEP_MS_MAX),
+        ))
     }
 
     /// Journals the reminders and expiries that are due (at most one batch of them per turn;
@@ -791,6 +845,12 @@ impl ShardWriter {
         slot.write(values);
         *self.holds.entry(slot_index).or_default() += 1;
         Ok(())
+    }
+
+    /// Ends a hold and tells the exchange so (it answers its client only then).
+    fn apply_settle(&mut self, settle: Settle) {
+        self.settle(settle.slot_index, settle.sold);
+        let _ = settle.done.send(());
     }
 
     fn settle(&mut self, slot_index: u32, sold: bool) {

@@ -10,6 +10,11 @@
 //! Deadlines are wall-clock milliseconds computed from the acceptance record's `at`, so they
 //! survive restarts: recovery pushes the same timers, and an order whose deadline passed
 //! while the engine was down expires on the shard's first turn.
+//!
+//! The wall clock may step (back an hour and forward again) while a shard sleeps until its
+//! next timer: the shard never sleeps longer than [`crate::limits::TIMER_SLEEP_MS_MAX`]
+//! before it reads the clock again, so a deadline that a step brought nearer is met within
+//! that bound. A manual clock moved by hand is met the same way.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
@@ -19,8 +24,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::inventory::OrderKey;
 
-/// Where the shards read the time. `Manual` lets tests move time forward by hand (the
-/// property test advances it by minutes in microseconds); nothing else changes.
+/// Where the shards read the time. `Manual` lets tests move time by hand (the property test
+/// advances it by minutes in microseconds, the clock-step test sets it back and forward);
+/// nothing else changes.
 #[derive(Debug, Clone, Default)]
 pub struct Clock {
     manual_ms: Option<Arc<AtomicU64>>,
@@ -35,10 +41,6 @@ impl Clock {
         Self {
             manual_ms: Some(Arc::new(AtomicU64::new(start_ms))),
         }
-    }
-
-    pub fn is_manual(&self) -> bool {
-        self.manual_ms.is_some()
     }
 
     /// Wall-clock milliseconds since the Unix epoch (or the manual time).
@@ -58,6 +60,16 @@ impl Clock {
             .as_ref()
             .expect("only a manual clock can be advanced");
         manual.fetch_add(by.as_millis() as u64, Ordering::AcqRel);
+    }
+
+    /// Sets a manual clock to `ms`, backward or forward: the step a wall clock takes when
+    /// NTP or an operator corrects it. A system clock cannot be set.
+    pub fn set_ms(&self, ms: u64) {
+        let manual = self
+            .manual_ms
+            .as_ref()
+            .expect("only a manual clock can be set");
+        manual.store(ms, Ordering::Release);
     }
 }
 
