@@ -122,12 +122,13 @@ const BATCH_BUCKETS: &[f64] = &[
 pub struct HttpMetrics {
     pub registry: Registry,
     requests: Vec<Histogram>,
-    orders: Vec<IntCounter>,
+    /// By [`ErrorCode::index`]; `None` for the codes an order is never refused with.
+    orders: Vec<Option<IntCounter>>,
     orders_accepted: IntCounter,
     orders_replayed: IntCounter,
     /// Indexed by `Action as usize`; `None` for the timer's records (not client actions).
-    actions_done: Vec<Option<IntCounter>>,
-    actions_refused: Vec<Option<IntCounter>>,
+    /// By [`ActionResult`], then [`Action`]; `None` for the timer's actions.
+    actions: [Vec<Option<IntCounter>>; 3],
     shed: Vec<IntCounter>,
     pub connections: IntGauge,
     pub in_flight: IntGauge,
@@ -168,16 +169,23 @@ impl HttpMetrics {
             &["outcome"],
         ));
         must(registry.register(Box::new(orders_vec.clone())));
+        // Only the refusals `POST /v1/orders` can give: a series that can never move would
+        // read, to an operator, as "this never happened" rather than "this cannot happen".
         let orders = ErrorCode::ALL
             .iter()
-            .map(|code| orders_vec.with_label_values(&[code.as_str()]))
+            .map(|code| {
+                ErrorCode::ORDER_REFUSALS
+                    .contains(code)
+                    .then(|| orders_vec.with_label_values(&[code.as_str()]))
+            })
             .collect();
         let orders_accepted = orders_vec.with_label_values(&["accepted"]);
         let orders_replayed = orders_vec.with_label_values(&["replayed"]);
         let actions_vec = must(IntCounterVec::new(
             Opts::new(
                 "stampede_order_actions_total",
-                "POST /v1/orders/{id}/{action} answered, by action and result (done, refused).",
+                "POST /v1/orders/{id}/{action} answered, by action and result (done, replayed: \
+                 a retry answered with the original result, refused).",
             ),
             &["action", "result"],
         ));
@@ -192,8 +200,11 @@ impl HttpMetrics {
                 })
                 .collect()
         };
-        let actions_done = per_action("done");
-        let actions_refused = per_action("refused");
+        let actions = [
+            per_action(ActionResult::Done.as_str()),
+            per_action(ActionResult::Replayed.as_str()),
+            per_action(ActionResult::Refused.as_str()),
+        ];
         let shed_vec = must(IntCounterVec::new(
             Opts::new(
                 "stampede_shed_total",
@@ -246,8 +257,7 @@ impl HttpMetrics {
             orders,
             orders_accepted,
             orders_replayed,
-            actions_done,
-            actions_refused,
+            actions,
             shed,
             connections,
             in_flight,
@@ -265,27 +275,53 @@ impl HttpMetrics {
         match outcome {
             OrderOutcomeLabel::Accepted => self.orders_accepted.inc(),
             OrderOutcomeLabel::Replayed => self.orders_replayed.inc(),
-            OrderOutcomeLabel::Refused(code) => self.orders[code.index()].inc(),
+            OrderOutcomeLabel::Refused(code) => {
+                debug_assert!(
+                    ErrorCode::ORDER_REFUSALS.contains(&code),
+                    "{code:?} is not an order refusal"
+                );
+                if let Some(counter) = &self.orders[code.index()] {
+                    counter.inc();
+                }
+            }
             OrderOutcomeLabel::Shed(reason) => {
-                self.orders[ErrorCode::Overloaded.index()].inc();
+                if let Some(counter) = &self.orders[ErrorCode::Overloaded.index()] {
+                    counter.inc();
+                }
                 self.count_shed(reason);
             }
         }
     }
 
-    pub fn count_action(&self, action: Action, done: bool) {
-        let counters = if done {
-            &self.actions_done
-        } else {
-            &self.actions_refused
-        };
-        if let Some(counter) = &counters[action as usize] {
+    pub fn count_action(&self, action: Action, result: ActionResult) {
+        if let Some(counter) = &self.actions[result as usize][action as usize] {
             counter.inc();
         }
     }
 
     pub fn count_shed(&self, reason: ShedReason) {
         self.shed[reason as usize].inc();
+    }
+}
+
+/// How an action request was answered, for `stampede_order_actions_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionResult {
+    /// 200: the action was journaled.
+    Done,
+    /// 200 with `Idempotent-Replayed: true`: a retry, nothing changed.
+    Replayed,
+    /// Any other answer.
+    Refused,
+}
+
+impl ActionResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Replayed => "replayed",
+            Self::Refused => "refused",
+        }
     }
 }
 
@@ -423,7 +459,7 @@ mod tests {
         http.observe_request(Route::CreateOrder, Duration::from_micros(300));
         http.count_order(OrderOutcomeLabel::Accepted);
         http.count_order(OrderOutcomeLabel::Refused(ErrorCode::SoldOut));
-        http.count_action(Action::Pay, true);
+        http.count_action(Action::Pay, ActionResult::Done);
         http.count_shed(ShedReason::InFlight);
         let engine = Registry::new();
         let batches = batch_size_histograms(&engine, 2);

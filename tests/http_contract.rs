@@ -636,21 +636,27 @@ async fn purchase_limits_stock_conflicts_and_admin_auth_follow_the_contract() {
     ] {
         server.get(path).await.assert_error(404, "not_found");
     }
+    // Each 405 names what the resource allows (RFC 9110): a client can correct itself.
     let not_allowed = [
-        client.get(server.url("/v1/orders")),
-        client.delete(server.url("/v1/orders")),
-        client.put(server.url("/v1/orders")),
-        client.post(server.url("/healthz")),
-        client.post(server.url("/readyz")),
-        client.delete(server.url("/v1/skus/LIMIT-1")),
-        client.post(server.url("/v1/skus/LIMIT-1")),
-        client.post(server.url("/v1/journal")),
+        (client.get(server.url("/v1/orders")), "POST"),
+        (client.delete(server.url("/v1/orders")), "POST"),
+        (client.put(server.url("/v1/orders")), "POST"),
+        (client.post(server.url("/healthz")), "GET"),
+        (client.post(server.url("/readyz")), "GET"),
+        (client.delete(server.url("/v1/skus/LIMIT-1")), "GET, PUT"),
+        (client.post(server.url("/v1/skus/LIMIT-1")), "GET, PUT"),
+        (client.post(server.url("/v1/journal")), "GET"),
+        (client.get(server.url("/v1/orders/l-1/pay")), "POST"),
+        (client.get(server.url("/v1/consumers/picking")), "DELETE"),
+        (
+            client.delete(server.url("/v1/consumers/picking/offset")),
+            "GET, PUT",
+        ),
     ];
-    for request in not_allowed {
-        server
-            .send(request)
-            .await
-            .assert_error(405, "method_not_allowed");
+    for (request, allow) in not_allowed {
+        let reply = server.send(request).await;
+        reply.assert_error(405, "method_not_allowed");
+        assert_eq!(reply.header("allow"), Some(allow), "{}", reply.text);
     }
     // The journal's query is checked.
     server

@@ -647,6 +647,9 @@ async fn metrics_parse_and_move_exactly_with_the_traffic() {
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     let paid = post_action(&server, "m-1", "pay").await;
     assert_eq!(paid.status, StatusCode::OK, "pay: {}", paid.text);
+    // A retry of the latest action is answered from what was journaled: counted apart.
+    let paid_again = post_action(&server, "m-1", "pay").await;
+    assert_eq!(paid_again.header("idempotent-replayed"), Some("true"));
     let committed_seq = seqs[2];
     let commit = commit_offset(&server, GROUP, committed_seq).await;
     assert_eq!(commit.status, StatusCode::OK, "offset: {}", commit.text);
@@ -678,10 +681,34 @@ async fn metrics_parse_and_move_exactly_with_the_traffic() {
     assert_eq!(
         delta(
             "stampede_order_actions_total",
+            &[("action", "pay"), ("result", "replayed")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        delta(
+            "stampede_order_actions_total",
             &[("action", "pay"), ("result", "refused")]
         ),
         0.0
     );
+    // Only the outcomes an order can have are exported.
+    let outcomes: HashSet<&str> = after
+        .samples
+        .iter()
+        .filter(|sample| sample.name == orders)
+        .filter_map(|sample| sample.label("outcome"))
+        .collect();
+    for never in [
+        "unknown_order",
+        "invalid_transition",
+        "stock_conflict",
+        "gone",
+        "not_found",
+    ] {
+        assert!(!outcomes.contains(never), "{never} in {outcomes:?}");
+    }
+    assert!(outcomes.contains("purchase_limit"), "{outcomes:?}");
     assert_eq!(
         delta(
             "stampede_request_duration_seconds_count",
@@ -695,7 +722,7 @@ async fn metrics_parse_and_move_exactly_with_the_traffic() {
             "stampede_request_duration_seconds_count",
             &[("route", "order_action")]
         ),
-        1.0
+        2.0
     );
     assert!(
         delta(

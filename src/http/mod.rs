@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::CONTENT_LENGTH;
+use hyper::header::{CONTENT_LENGTH, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
@@ -31,7 +31,7 @@ use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
 use crate::limits;
-use crate::metrics::{HttpMetrics, Route, ShedReason};
+use crate::metrics::{ActionResult, HttpMetrics, Route, ShedReason};
 use crate::order::Action;
 use admission::{Admission, RetryAfter};
 use reply::{ApiError, ErrorCode, HttpResponse};
@@ -453,7 +453,14 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
                 Ok(body) => {
                     let response = lifecycle::order_action(engine, order_id, action, &body).await;
                     if let Some(metrics) = &state.metrics {
-                        metrics.count_action(action, response.status() == StatusCode::OK);
+                        let result = if response.status() != StatusCode::OK {
+                            ActionResult::Refused
+                        } else if response.headers().contains_key("idempotent-replayed") {
+                            ActionResult::Replayed
+                        } else {
+                            ActionResult::Done
+                        };
+                        metrics.count_action(action, result);
                     }
                     response
                 }
@@ -568,21 +575,36 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             }
             journal::delete_group(engine.clone(), group).await
         }
-        (
-            ["healthz" | "readyz"]
-            | ["v1", "orders" | "skus" | "skus:bulk" | "journal"]
-            | ["v1", "skus" | "orders" | "consumers", _]
-            | ["v1", "orders", _, _]
-            | ["v1", "consumers", _, "offset"],
-            _,
-        ) => ApiError::new(
-            ErrorCode::MethodNotAllowed,
-            format!("{method} is not allowed on {path}"),
-        )
-        .into_response(),
-        _ => ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}"))
-            .into_response(),
+        (segments, _) => match allowed_methods(segments) {
+            Some(allow) => {
+                let mut response = ApiError::new(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{method} is not allowed on {path}; allowed: {allow}"),
+                )
+                .into_response();
+                // RFC 9110 §15.5.6: a 405 names the methods the resource supports.
+                response
+                    .headers_mut()
+                    .insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+                response
+            }
+            None => ApiError::new(ErrorCode::NotFound, format!("no route for {method} {path}"))
+                .into_response(),
+        },
     }
+}
+
+/// The methods a routed path supports (its `Allow` header), or `None` for a path no route
+/// serves. Kept beside the dispatch table above, which it mirrors.
+fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
+    Some(match segments {
+        ["healthz" | "readyz" | "metrics"] => "GET",
+        ["v1", "orders"] | ["v1", "skus:bulk"] | ["v1", "orders", _, _] => "POST",
+        ["v1", "orders", _] | ["v1", "skus"] | ["v1", "journal"] => "GET",
+        ["v1", "skus", _] | ["v1", "consumers", _, "offset"] => "GET, PUT",
+        ["v1", "consumers", _] => "DELETE",
+        _ => return None,
+    })
 }
 
 fn recovering() -> HttpResponse {

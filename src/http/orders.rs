@@ -128,21 +128,17 @@ pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
     order::validate_id("order_id", &order_id, limits::ORDER_ID_BYTES_MAX).map_err(invalid)?;
     order::validate_id("user_id", &user_id, limits::ORDER_ID_BYTES_MAX).map_err(invalid)?;
     order::validate_id("sku", &sku, limits::SKU_BYTES_MAX).map_err(invalid)?;
+    // One wording for every integer out of range (0, negative, too large), so a client
+    // reads the same rule whatever it sent.
+    let out_of_range =
+        |got: &dyn std::fmt::Display| invalid(format!("qty must be 1..=max_per_order, got {got}"));
     let qty = if let Some(qty) = qty.as_u64() {
         match u32::try_from(qty) {
             Ok(qty) if qty >= 1 => qty,
-            _ => {
-                return Err(invalid(format!(
-                    "qty must be at least 1 and at most max_per_order, got {qty}"
-                )));
-            }
+            _ => return Err(out_of_range(&qty)),
         }
-    } else if let Some(negative) = qty.as_i64() {
-        return Err(invalid(format!("qty must be at least 1, got {negative}")));
-    } else if is_integer_beyond_64_bits(&qty) {
-        return Err(invalid(format!(
-            "qty must be at most max_per_order, got {qty}"
-        )));
+    } else if qty.as_i64().is_some() || is_integer_beyond_64_bits(&qty) {
+        return Err(out_of_range(&qty));
     } else {
         return Err(ApiError::new(
             ErrorCode::BadRequest,

@@ -94,6 +94,21 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The codes `POST /v1/orders` can refuse with (its row of the contract's table, plus
+    /// the body timeout): the only ones `stampede_orders_total` exports.
+    pub const ORDER_REFUSALS: [ErrorCode; 10] = [
+        Self::BadRequest,
+        Self::Invalid,
+        Self::TooLarge,
+        Self::UnknownSku,
+        Self::SoldOut,
+        Self::PurchaseLimit,
+        Self::IdempotencyConflict,
+        Self::Overloaded,
+        Self::Unavailable,
+        Self::RequestTimeout,
+    ];
+
     /// Every code, for per-code metrics.
     pub const ALL: [ErrorCode; 18] = [
         Self::BadRequest,
