@@ -3,6 +3,8 @@
 //! here (`*_MAX`); the `const` assertions at the bottom keep the limits consistent with one
 //! another, so that a change to one that breaks another fails the build, not production.
 
+use std::time::Duration;
+
 /// Longest `order_id` and `user_id`, in bytes (contract). Bounds the journal record and the
 /// work of hashing a key on the hot path.
 pub const ORDER_ID_BYTES_MAX: usize = 64;
@@ -180,6 +182,78 @@ pub const REASON_BYTES_MAX: usize = 256;
 
 /// Highest journal sequence number the order index can store (40 bits: a trillion records).
 pub const SEQ_MAX: u64 = (1 << 40) - 1;
+
+// HTTP: connections, request heads, journal readers, readiness.
+
+/// A group write (with its fsync) running this long means the disk is not keeping up or has
+/// hung: `/readyz` says `journal_stalled` so load balancers move traffic away before clients
+/// time out. Normal fsyncs take well under a millisecond to tens of milliseconds.
+pub const JOURNAL_STALL: Duration = Duration::from_secs(2);
+/// `GET /v1/journal` pages read at once (each on the blocking pool, up to a page of
+/// `JOURNAL_PAGE_MAX` records); more are shed with 429. Fulfilment workers are few.
+pub const JOURNAL_READERS_MAX: usize = 8;
+/// Longest time a client may take to send its request headers (slowloris bound).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the kernel queues for accept (capped by `net.core.somaxconn`).
+pub const LISTEN_BACKLOG: u32 = 4096;
+/// Bytes hyper may buffer for one connection's request head (and its read buffer): a
+/// request's headers past this are refused with 431, so a client cannot make the server hold
+/// hyper's default ~400 KiB per connection. Browsers and load balancers send a few KiB.
+pub const HEAD_BUFFER_BYTES: usize = 32 * 1024;
+/// Open connections at once; past it new connections wait in the kernel's accept backlog.
+/// Each costs a task and ~16 KiB of buffers, so 10k is ~160 MiB at worst.
+pub const CONNECTIONS_MAX: usize = 10_000;
+
+// Admission's queue-delay gate (the control law's gains stay in its module).
+
+/// How often the probe measures the runtime's scheduling delay. Each sample is one timer
+/// wake-up and one yield (a few µs of CPU); 200 a second is noise even on 2 cores.
+pub const QUEUE_DELAY_PROBE_INTERVAL: Duration = Duration::from_millis(5);
+/// How often the shed probability is updated (RFC 8033's `T_UPDATE`): three samples.
+pub const QUEUE_DELAY_UPDATE_INTERVAL: Duration = Duration::from_millis(15);
+/// The largest share of new orders ever refused: the sale keeps moving whatever the load.
+pub const QUEUE_DELAY_SHED_MAX: f64 = 0.95;
+/// How long a queue may stand over half the target before anything is shed (RFC 8033's
+/// `MAX_BURST` is 150 ms). The opening second of a flash sale is a burst by design; one that
+/// the server works off within half a second is queued and served, never shed.
+pub const QUEUE_DELAY_BURST_ALLOWANCE: Duration = Duration::from_millis(500);
+/// `Retry-After` spread ceiling, seconds.
+pub const QUEUE_DELAY_RETRY_AFTER_MAX_S: u32 = 10;
+
+// Clients of the engine's HTTP API (stampede tail, stock reconcile, the example worker).
+
+/// A group's offset is committed at least this often while records are handled.
+pub const TAIL_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// ... or after this many records, if that comes first.
+pub const TAIL_COMMIT_RECORDS: u64 = 1000;
+/// Records asked for per `GET /v1/journal` page (the server caps a page at 10 000).
+pub const TAIL_PAGE_RECORDS: usize = 1000;
+/// How often an idle follower checks whether stdout's reader is gone and a commit is due.
+pub const TAIL_IDLE_CHECK: Duration = Duration::from_millis(100);
+/// Bound on connecting to the engine.
+pub const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on one request: its answer's head and whole body (a page is at most a few MiB).
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// A follow stream that sent nothing, not even its keep-alive newline (every
+/// `FOLLOW_KEEPALIVE_S`), for this long is taken as dead and reopened.
+pub const FOLLOW_SILENCE_MAX: Duration = Duration::from_secs(3 * FOLLOW_KEEPALIVE_S);
+/// Longest line accepted from a follow stream (a record is a few KiB at most).
+pub const FOLLOW_LINE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Backoff between tries after a transient HTTP failure: first wait, longest wait, and how
+/// many failures in a row end the run (about 25 s of retries while following, 3 s otherwise).
+pub const CLIENT_RETRY_FIRST: Duration = Duration::from_millis(100);
+pub const CLIENT_RETRY_WAIT_MAX: Duration = Duration::from_secs(5);
+pub const CLIENT_RETRIES_FOLLOW: u32 = 10;
+pub const CLIENT_RETRIES_ONCE: u32 = 5;
+
+// stampede stock reconcile.
+
+/// Largest page body read (10 000 SKUs are ~2 MiB).
+pub const RECONCILE_PAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Tries per page when the engine sheds (429/503) or a connection fails, 500 ms apart.
+pub const RECONCILE_TRIES: u32 = 3;
+/// Largest expected-stock file read (a catalogue line is < 100 bytes).
+pub const RECONCILE_EXPECTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 // Tables that grow with traffic, and what bounds them:
 // - the order index holds one entry per *accepted* order (rejections leave nothing behind).

@@ -42,7 +42,6 @@ use serde_json::{Map, Value, json};
 use crate::checkpoint;
 use crate::config::{Config, FsyncPolicy, Overrides};
 use crate::engine::journal_dir;
-use crate::http::CONNECTIONS_MAX;
 use crate::inventory::Inventory;
 use crate::inventory::slots::SLOT_BYTES;
 use crate::journal::record::{SEGMENT_HEADER_BYTES, segment_header};
@@ -50,6 +49,7 @@ use crate::journal::scan::{CursorStep, SegmentCursor, list_segments};
 use crate::journal::writer::segment_file_name;
 use crate::journal::{Event, FrameBatch, OrderAccepted, OrderAction, Record};
 use crate::limits;
+use crate::limits::CONNECTIONS_MAX;
 use crate::order::{Action, Payment, transition};
 
 /// `fdatasync`s timed by the fsync check: enough for a meaningful p99 (the second-worst

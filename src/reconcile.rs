@@ -48,20 +48,15 @@ use hyper_util::rt::TokioIo;
 use crate::journal::record::ArchivedEvent;
 use crate::journal::{JournalReader, ReadError, ReadLimit};
 use crate::limits;
+use crate::limits::{
+    CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, RECONCILE_EXPECTED_BYTES_MAX,
+    RECONCILE_PAGE_BYTES_MAX, RECONCILE_TRIES,
+};
 use crate::order::{self, OrderStatus, StockEffect, transition};
 use crate::tail::Endpoint;
 
 /// SKUs asked for per `GET /v1/skus` page (the server's cap).
 const PAGE_SKUS: usize = limits::JOURNAL_PAGE_MAX;
-/// Bound on connecting to the engine, and on one page's whole answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest page body read (10 000 SKUs are ~2 MiB).
-const PAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Tries per page when the engine sheds (429/503) or a connection fails, 500 ms apart.
-const TRIES: u32 = 3;
-/// Largest expected-stock file read (a catalogue line is < 100 bytes).
-const EXPECTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 /// What `stampede stock reconcile` was asked for.
 #[derive(Debug, Clone)]
@@ -227,9 +222,9 @@ fn read_expected(path: &Path) -> Result<Expected, ReconcileError> {
     let length = std::fs::metadata(path)
         .map_err(|e| fail(e.to_string()))?
         .len();
-    if length > EXPECTED_BYTES_MAX {
+    if length > RECONCILE_EXPECTED_BYTES_MAX {
         return Err(fail(format!(
-            "{length} bytes; at most {EXPECTED_BYTES_MAX} are read"
+            "{length} bytes; at most {RECONCILE_EXPECTED_BYTES_MAX} are read"
         )));
     }
     let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
@@ -365,11 +360,11 @@ async fn get_with_retries(endpoint: &Endpoint, path: &str) -> Result<Bytes, Reco
                     status,
                     StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
                 );
-                if !shed || tries >= TRIES {
+                if !shed || tries >= RECONCILE_TRIES {
                     return Err(ReconcileError::Http(message));
                 }
             }
-            Err(message) if tries >= TRIES => return Err(ReconcileError::Http(message)),
+            Err(message) if tries >= RECONCILE_TRIES => return Err(ReconcileError::Http(message)),
             Err(_) => {}
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -379,10 +374,15 @@ async fn get_with_retries(endpoint: &Endpoint, path: &str) -> Result<Bytes, Reco
 /// One `GET` on a connection of its own: status and whole body, each step bounded.
 async fn get(endpoint: &Endpoint, path: &str) -> Result<(StatusCode, Bytes), String> {
     let address = endpoint.connect_address();
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
-        .await
-        .map_err(|_| format!("cannot connect to {address}: no answer within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|error| format!("cannot connect to {address}: {error}"))?;
+    let stream = tokio::time::timeout(
+        CLIENT_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(address),
+    )
+    .await
+    .map_err(|_| {
+        format!("cannot connect to {address}: no answer within {CLIENT_CONNECT_TIMEOUT:?}")
+    })?
+    .map_err(|error| format!("cannot connect to {address}: {error}"))?;
     let exchange = async {
         let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
             .await
@@ -399,16 +399,16 @@ async fn get(endpoint: &Endpoint, path: &str) -> Result<(StatusCode, Bytes), Str
             .await
             .map_err(|error| format!("GET {path}: {error}"))?;
         let status = response.status();
-        let body = Limited::new(response.into_body(), PAGE_BYTES_MAX)
+        let body = Limited::new(response.into_body(), RECONCILE_PAGE_BYTES_MAX)
             .collect()
             .await
             .map_err(|error| format!("GET {path}: {error}"))?
             .to_bytes();
         Ok((status, body))
     };
-    tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+    tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, exchange)
         .await
-        .map_err(|_| format!("GET {path}: no answer within {REQUEST_TIMEOUT:?}"))?
+        .map_err(|_| format!("GET {path}: no answer within {CLIENT_REQUEST_TIMEOUT:?}"))?
 }
 
 // ---- the journal's view -------------------------------------------------------------------

@@ -20,8 +20,8 @@
 //!
 //! **At-least-once.** With `--group NAME` it starts after the group's committed offset (else
 //! after `--from`) and commits, as it goes, only seqs whose lines were written *and flushed*
-//! to stdout (and the filtered-out records between them): every [`COMMIT_INTERVAL`] or every
-//! [`COMMIT_RECORDS`] records, whichever comes first, and once more on exit. A consumer that
+//! to stdout (and the filtered-out records between them): every [`TAIL_COMMIT_INTERVAL`] or every
+//! [`TAIL_COMMIT_RECORDS`] records, whichever comes first, and once more on exit. A consumer that
 //! dies between a flush and the commit sees those records again on its next run; it never
 //! skips one. The offset is never ahead of the journal, also after a power cut: only seqs read
 //! from it are committed, and `--data-dir`, which reads what is written (perhaps not yet
@@ -34,7 +34,7 @@
 use std::borrow::Cow;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -47,32 +47,12 @@ use tokio::sync::watch;
 
 use crate::journal::consumers::validate_group;
 use crate::journal::{ConsumerOffsets, JournalReader, ReadError, ReadLimit};
-use crate::limits;
+use crate::limits::{
+    CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, CLIENT_RETRIES_FOLLOW, CLIENT_RETRIES_ONCE,
+    CLIENT_RETRY_FIRST, CLIENT_RETRY_WAIT_MAX, FOLLOW_LINE_BYTES_MAX, FOLLOW_SILENCE_MAX,
+    TAIL_COMMIT_INTERVAL, TAIL_COMMIT_RECORDS, TAIL_IDLE_CHECK, TAIL_PAGE_RECORDS,
+};
 use crate::order::Action;
-
-/// A group's offset is committed at least this often while records are handled.
-pub const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
-/// ... or after this many records, if that comes first.
-pub const COMMIT_RECORDS: u64 = 1000;
-/// Records asked for per `GET /v1/journal` page (the server caps a page at 10 000).
-pub const PAGE_RECORDS: usize = 1000;
-/// How often an idle follower checks whether stdout's reader is gone and a commit is due.
-const IDLE_CHECK: Duration = Duration::from_millis(100);
-/// Bound on connecting to the engine.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound on one request: its answer's head and whole body (a page is at most a few MiB).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// A follow stream that sent nothing, not even its keep-alive newline (every
-/// `FOLLOW_KEEPALIVE_S`), for this long is taken as dead and reopened.
-const STREAM_SILENCE_MAX: Duration = Duration::from_secs(3 * limits::FOLLOW_KEEPALIVE_S);
-/// Longest line accepted from a follow stream (a record is a few KiB at most).
-const LINE_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Backoff between tries after a transient HTTP failure: first wait, longest wait, and how
-/// many failures in a row end the run (about 25 s of retries while following, 3 s otherwise).
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_WAIT_MAX: Duration = Duration::from_secs(5);
-const RETRIES_FOLLOW: u32 = 10;
-const RETRIES_ONCE: u32 = 5;
 
 /// Where the records come from.
 #[derive(Debug, Clone)]
@@ -332,7 +312,7 @@ impl Delivery {
         let handled = self.position.saturating_sub(self.committed);
         if !self.grouped
             || handled == 0
-            || (handled < COMMIT_RECORDS && self.last_commit.elapsed() < COMMIT_INTERVAL)
+            || (handled < TAIL_COMMIT_RECORDS && self.last_commit.elapsed() < TAIL_COMMIT_INTERVAL)
         {
             return Ok(None);
         }
@@ -423,13 +403,13 @@ fn tail_files(
                 if !options.follow {
                     break Ok(());
                 }
-                if last_check.elapsed() >= IDLE_CHECK {
+                if last_check.elapsed() >= TAIL_IDLE_CHECK {
                     last_check = Instant::now();
                     if stdout_closed() {
                         break Ok(());
                     }
                 }
-                reader.wait(IDLE_CHECK);
+                reader.wait(TAIL_IDLE_CHECK);
             }
             Err(error) => break Err(TailError::Read(error)),
         }
@@ -489,22 +469,24 @@ struct Client {
 impl Client {
     async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>, Failure> {
         let address = &self.endpoint.connect;
-        let stream =
-            match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address))
-                .await
-            {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    return Err(Failure::Transient(format!(
-                        "cannot connect to {address}: {error}"
-                    )));
-                }
-                Err(_) => {
-                    return Err(Failure::Transient(format!(
-                        "cannot connect to {address}: no answer within {CONNECT_TIMEOUT:?}"
-                    )));
-                }
-            };
+        let stream = match tokio::time::timeout(
+            CLIENT_CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                return Err(Failure::Transient(format!(
+                    "cannot connect to {address}: {error}"
+                )));
+            }
+            Err(_) => {
+                return Err(Failure::Transient(format!(
+                    "cannot connect to {address}: no answer within {CLIENT_CONNECT_TIMEOUT:?}"
+                )));
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (sender, connection) =
             http1::handshake(TokioIo::new(stream))
@@ -558,7 +540,7 @@ impl Client {
                 let body = response.into_body().collect().await?.to_bytes();
                 Ok::<_, hyper::Error>((status, body))
             };
-            match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            match tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, exchange).await {
                 Ok(Ok(answer)) => {
                     self.idle = Some(sender);
                     return Ok(answer);
@@ -567,7 +549,7 @@ impl Client {
                 Ok(Err(error)) => return Err(Failure::Transient(format!("{what}: {error}"))),
                 Err(_) => {
                     return Err(Failure::Transient(format!(
-                        "{what}: no answer within {REQUEST_TIMEOUT:?}"
+                        "{what}: no answer within {CLIENT_REQUEST_TIMEOUT:?}"
                     )));
                 }
             }
@@ -578,7 +560,7 @@ impl Client {
     async fn open_stream(&self, path: &str) -> Result<Incoming, Failure> {
         let mut sender = self.connect().await?;
         let request = self.request(Method::GET, path, Bytes::new());
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, async {
+        let response = tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, async {
             sender.ready().await?;
             sender.send_request(request).await
         })
@@ -589,7 +571,7 @@ impl Client {
         if status == StatusCode::OK {
             return Ok(response.into_body());
         }
-        let body = tokio::time::timeout(REQUEST_TIMEOUT, response.into_body().collect())
+        let body = tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, response.into_body().collect())
             .await
             .ok()
             .and_then(Result::ok)
@@ -672,9 +654,9 @@ impl Backoff {
                 self.limit
             )));
         }
-        let delay = RETRY_FIRST
+        let delay = CLIENT_RETRY_FIRST
             .saturating_mul(1 << (self.failures - 1).min(16))
-            .min(RETRY_WAIT_MAX);
+            .min(CLIENT_RETRY_WAIT_MAX);
         eprintln!("stampede tail: {message}; retrying in {delay:?}");
         tokio::select! {
             () = tokio::time::sleep(delay) => Ok(true),
@@ -765,9 +747,9 @@ async fn tail_http(
     let mut backoff = Backoff {
         failures: 0,
         limit: if options.follow {
-            RETRIES_FOLLOW
+            CLIENT_RETRIES_FOLLOW
         } else {
-            RETRIES_ONCE
+            CLIENT_RETRIES_ONCE
         },
     };
     let group = options.group.as_deref();
@@ -824,7 +806,7 @@ async fn page_http(
             return Ok(());
         }
         let path = format!(
-            "/v1/journal?from={}&limit={PAGE_RECORDS}",
+            "/v1/journal?from={}&limit={TAIL_PAGE_RECORDS}",
             delivery.position
         );
         let page = match client.ok(Method::GET, &path, Bytes::new()).await {
@@ -876,7 +858,7 @@ async fn follow_http(
         };
         let mut pending: Vec<u8> = Vec::new();
         let mut last_byte = Instant::now();
-        let mut check = tokio::time::interval(IDLE_CHECK);
+        let mut check = tokio::time::interval(TAIL_IDLE_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let ended = loop {
             tokio::select! {
@@ -886,8 +868,8 @@ async fn follow_http(
                         return Ok(());
                     }
                     commit_if_due(client, delivery, group).await?;
-                    if last_byte.elapsed() >= STREAM_SILENCE_MAX {
-                        break format!("sent nothing for {STREAM_SILENCE_MAX:?}");
+                    if last_byte.elapsed() >= FOLLOW_SILENCE_MAX {
+                        break format!("sent nothing for {FOLLOW_SILENCE_MAX:?}");
                     }
                 }
                 frame = body.frame() => match frame {
@@ -908,9 +890,9 @@ async fn follow_http(
                             commit_if_due(client, delivery, group).await?;
                         }
                         pending.drain(..start);
-                        if pending.len() > LINE_BYTES_MAX {
+                        if pending.len() > FOLLOW_LINE_BYTES_MAX {
                             return Err(TailError::Http(format!(
-                                "the engine sent a line longer than {LINE_BYTES_MAX} bytes"
+                                "the engine sent a line longer than {FOLLOW_LINE_BYTES_MAX} bytes"
                             )));
                         }
                         delivery.flush()?;

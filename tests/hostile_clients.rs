@@ -30,7 +30,7 @@ use tokio::net::TcpStream;
 // Helpers: raw exchanges, response parsing, the server's process figures.
 // ---------------------------------------------------------------------------------------------
 
-/// The engine's header read bound (`HEADER_READ_TIMEOUT` in `src/http/mod.rs`; not
+/// The engine's header read bound (`HEADER_READ_TIMEOUT` in `src/limits.rs`; not
 /// configurable). A slow or idle connection must be closed this long after it started
 /// waiting for a head, plus [`CUT_MARGIN`].
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -329,7 +329,7 @@ async fn oversized_request_heads_are_refused_and_others_are_still_served() {
 }
 
 /// A 64 KiB header block in a few lines is far more than any client of this API sends, and
-/// `CONNECTIONS_MAX`'s budget (`src/http/mod.rs`: "each costs a task and ~16 KiB of buffers,
+/// `CONNECTIONS_MAX`'s budget (`src/limits.rs`: "each costs a task and ~16 KiB of buffers,
 /// so 10k is ~160 MiB at worst") assumes heads stay small. Without a cap hyper's read buffer
 /// grows to 8 KiB + 400 KiB, so each connection trickling an unfinished head could hold
 /// ~400 KiB until the 10 s header timeout; the engine caps heads at 32 KiB

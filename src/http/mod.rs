@@ -31,29 +31,14 @@ use tokio::sync::Semaphore;
 
 use crate::engine::Engine;
 use crate::limits;
+use crate::limits::{
+    CONNECTIONS_MAX, HEAD_BUFFER_BYTES, HEADER_READ_TIMEOUT, JOURNAL_READERS_MAX, JOURNAL_STALL,
+    LISTEN_BACKLOG,
+};
 use crate::metrics::{ActionResult, HttpMetrics, Route, ShedReason};
 use crate::order::Action;
 use admission::{Admission, RetryAfter};
 use reply::{ApiError, ErrorCode, HttpResponse};
-
-/// A group write (with its fsync) running this long means the disk is not keeping up or has
-/// hung: `/readyz` says `journal_stalled` so load balancers move traffic away before clients
-/// time out. Normal fsyncs take well under a millisecond to tens of milliseconds.
-const JOURNAL_STALL: Duration = Duration::from_secs(2);
-/// `GET /v1/journal` pages read at once (each on the blocking pool, up to a page of
-/// `JOURNAL_PAGE_MAX` records); more are shed with 429. Fulfilment workers are few.
-pub const JOURNAL_READERS_MAX: usize = 8;
-/// Longest time a client may take to send its request headers (slowloris bound).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections the kernel queues for accept (capped by `net.core.somaxconn`).
-pub const LISTEN_BACKLOG: u32 = 4096;
-/// Bytes hyper may buffer for one connection's request head (and its read buffer): a
-/// request's headers past this are refused with 431, so a client cannot make the server hold
-/// hyper's default ~400 KiB per connection. Browsers and load balancers send a few KiB.
-pub const HEAD_BUFFER_BYTES: usize = 32 * 1024;
-/// Open connections at once; past it new connections wait in the kernel's accept backlog.
-/// Each costs a task and ~16 KiB of buffers, so 10k is ~160 MiB at worst.
-pub const CONNECTIONS_MAX: usize = 10_000;
 
 /// What every request handler shares. The engine appears once recovery is done.
 pub struct AppState {

@@ -9,14 +9,14 @@
 //! what is admitted is answered within a small multiple of the target and the rest learns at
 //! once (503 `overloaded`, `Retry-After`) that it should come back later.
 //!
-//! **Signal.** A probe task wakes every [`PROBE_INTERVAL`], yields, and times how long until
+//! **Signal.** A probe task wakes every [`QUEUE_DELAY_PROBE_INTERVAL`], yields, and times how long until
 //! the runtime polls it again: the time to get through the ready tasks ahead of it, which is
 //! the delay a connection whose request just arrived is seeing. The other half is the shards'
 //! own queue: how long orders wait in a shard's mailbox beyond the turn in progress (an order
 //! that arrives during a turn waits for that turn's fdatasync, which is the group commit's
 //! service time and no refusal shortens; one that a full turn left behind is a standing
 //! queue, and shows here long before the mailbox fills). The queue delay is the larger
-//! of the scheduling delay (averaged over each [`UPDATE_INTERVAL`]) and that wait (the most
+//! of the scheduling delay (averaged over each [`QUEUE_DELAY_UPDATE_INTERVAL`]) and that wait (the most
 //! in the interval).
 //!
 //! **Control law** (after PIE, RFC 8033 §4.2, whose update interval of 15 ms and gains
@@ -31,9 +31,9 @@
 //! **Who is shed.** New orders at the probability `p`, evenly spaced (a ticket counter, not a
 //! coin: at p = 0.25 exactly every fourth); actions on existing orders (a payment, a cancel)
 //! only at `2p − 1`, once more than half the new orders are refused, because they finish
-//! work already done (the stock is held). `p` never passes [`SHED_MAX`], so some orders are
+//! work already done (the stock is held). `p` never passes [`QUEUE_DELAY_SHED_MAX`], so some orders are
 //! always admitted and the sale progresses. `Retry-After` is spread over
-//! `1..=⌈1 / (1 − p)⌉` seconds (at most [`RETRY_AFTER_MAX_S`]): when the server takes only a
+//! `1..=⌈1 / (1 − p)⌉` seconds (at most [`QUEUE_DELAY_RETRY_AFTER_MAX_S`]): when the server takes only a
 //! share `1 − p` of what arrives, the refused retries must come back spread over that many
 //! seconds to find room, not all in the next one.
 
@@ -41,29 +41,20 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::http::admission::RetryAfter;
+use crate::limits::{
+    QUEUE_DELAY_BURST_ALLOWANCE, QUEUE_DELAY_PROBE_INTERVAL, QUEUE_DELAY_RETRY_AFTER_MAX_S,
+    QUEUE_DELAY_SHED_MAX, QUEUE_DELAY_UPDATE_INTERVAL,
+};
 
-/// How often the probe measures the runtime's scheduling delay. Each sample is one timer
-/// wake-up and one yield (a few µs of CPU); 200 a second is noise even on 2 cores.
-pub const PROBE_INTERVAL: Duration = Duration::from_millis(5);
-/// How often the shed probability is updated (RFC 8033's `T_UPDATE`): three samples.
-pub const UPDATE_INTERVAL: Duration = Duration::from_millis(15);
 /// RFC 8033's gains (per second of delay error), scaled by [`GAIN`].
 const ALPHA: f64 = 0.125;
 const BETA: f64 = 1.25;
 /// How much faster than PIE's defaults the probability moves: at ×4 a delay 20 ms over the
 /// target adds 1% per update (0.67 a second), and a jump of 20 ms adds 10% at once.
 const GAIN: f64 = 4.0;
-/// The largest share of new orders ever refused: the sale keeps moving whatever the load.
-pub const SHED_MAX: f64 = 0.95;
 /// PIE's safeguard (RFC 8033 §4.1, there at half the target): under the target, shed only if
 /// the probability is past this.
 const SAFEGUARD_P: f64 = 0.2;
-/// How long a queue may stand over half the target before anything is shed (RFC 8033's
-/// `MAX_BURST` is 150 ms). The opening second of a flash sale is a burst by design; one that
-/// the server works off within half a second is queued and served, never shed.
-pub const BURST_ALLOWANCE: Duration = Duration::from_millis(500);
-/// `Retry-After` spread ceiling, seconds.
-pub const RETRY_AFTER_MAX_S: u32 = 10;
 
 /// Probabilities are kept in millionths, so the request path reads one integer.
 const PPM: u64 = 1_000_000;
@@ -76,7 +67,7 @@ pub struct Controller {
     /// The delay the last update saw (PIE's `qdelay_old` in the next one).
     last_delay_s: f64,
     /// Seconds of standing queue still tolerated before anything is shed (PIE's burst
-    /// allowance): refilled to [`BURST_ALLOWANCE`] whenever the queue is short again.
+    /// allowance): refilled to [`QUEUE_DELAY_BURST_ALLOWANCE`] whenever the queue is short again.
     burst_allowance_s: f64,
 }
 
@@ -86,21 +77,22 @@ impl Controller {
             target_s: target.as_secs_f64(),
             probability: 0.0,
             last_delay_s: 0.0,
-            burst_allowance_s: BURST_ALLOWANCE.as_secs_f64(),
+            burst_allowance_s: QUEUE_DELAY_BURST_ALLOWANCE.as_secs_f64(),
         }
     }
 
     /// One update with the delay measured over the last interval; returns the share of new
-    /// orders to shed from now on. Updates are meant to come every [`UPDATE_INTERVAL`].
+    /// orders to shed from now on. Updates are meant to come every [`QUEUE_DELAY_UPDATE_INTERVAL`].
     pub fn update(&mut self, delay: Duration) -> f64 {
-        self.update_after(delay, UPDATE_INTERVAL)
+        self.update_after(delay, QUEUE_DELAY_UPDATE_INTERVAL)
     }
 
     /// [`Controller::update`] when `elapsed` has passed since the last one: a busy runtime
     /// runs the probe late, and the allowance and the integral term follow the clock, not
     /// the count of updates (the integral's step is capped at 10 intervals).
     pub fn update_after(&mut self, delay: Duration, elapsed: Duration) -> f64 {
-        let steps = (elapsed.as_secs_f64() / UPDATE_INTERVAL.as_secs_f64()).clamp(0.0, 10.0);
+        let steps =
+            (elapsed.as_secs_f64() / QUEUE_DELAY_UPDATE_INTERVAL.as_secs_f64()).clamp(0.0, 10.0);
         let delay_s = delay.as_secs_f64();
         let half_target = self.target_s / 2.0;
         let short_queue = delay_s < half_target && self.last_delay_s < half_target;
@@ -118,10 +110,10 @@ impl Controller {
             self.probability += GAIN
                 * (steps * ALPHA * (delay_s - self.target_s)
                     + BETA * (delay_s - self.last_delay_s));
-            self.probability = self.probability.clamp(0.0, SHED_MAX);
+            self.probability = self.probability.clamp(0.0, QUEUE_DELAY_SHED_MAX);
         }
         if short_queue && self.probability == 0.0 {
-            self.burst_allowance_s = BURST_ALLOWANCE.as_secs_f64();
+            self.burst_allowance_s = QUEUE_DELAY_BURST_ALLOWANCE.as_secs_f64();
         } else {
             self.burst_allowance_s = (self.burst_allowance_s - elapsed.as_secs_f64()).max(0.0);
         }
@@ -172,7 +164,7 @@ impl QueueDelayGate {
         self.target
     }
 
-    /// The shed probability for new orders now (0..=`SHED_MAX`).
+    /// The shed probability for new orders now (0..=`QUEUE_DELAY_SHED_MAX`).
     pub fn probability(&self) -> f64 {
         f64::from(self.probability_ppm.load(Ordering::Relaxed)) / PPM as f64
     }
@@ -212,7 +204,8 @@ impl QueueDelayGate {
         }
         // Spread the retries over ⌈1 / (1 − p)⌉ seconds; the ticket picks the second.
         let admitted_share = (PPM - ppm.min(PPM - 1)) as f64 / PPM as f64;
-        let spread = ((1.0 / admitted_share).ceil() as u64).clamp(1, u64::from(RETRY_AFTER_MAX_S));
+        let spread = ((1.0 / admitted_share).ceil() as u64)
+            .clamp(1, u64::from(QUEUE_DELAY_RETRY_AFTER_MAX_S));
         Err(RetryAfter(1 + (after / PPM % spread) as u32))
     }
 
@@ -225,9 +218,11 @@ impl QueueDelayGate {
         mut stopping: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut controller = Controller::new(self.target);
-        let mut interval = tokio::time::interval(PROBE_INTERVAL);
+        let mut interval = tokio::time::interval(QUEUE_DELAY_PROBE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let samples_per_update = (UPDATE_INTERVAL.as_micros() / PROBE_INTERVAL.as_micros()).max(1);
+        let samples_per_update = (QUEUE_DELAY_UPDATE_INTERVAL.as_micros()
+            / QUEUE_DELAY_PROBE_INTERVAL.as_micros())
+        .max(1);
         let mut sum = Duration::ZERO;
         let mut samples = 0u32;
         let mut last_update = Instant::now();
@@ -282,7 +277,7 @@ mod tests {
             probability > 0.5,
             "after 1 s at 3x the target: {probability}"
         );
-        assert!(probability <= SHED_MAX);
+        assert!(probability <= QUEUE_DELAY_SHED_MAX);
         // At the target it holds; under half of it, it is gone within ~100 ms.
         let held = controller.update(TARGET);
         assert!(held > 0.4, "{held}");
@@ -295,8 +290,8 @@ mod tests {
 
     #[test]
     fn a_burst_within_the_allowance_is_served_and_the_allowance_returns_once_it_clears() {
-        let allowance_updates =
-            (BURST_ALLOWANCE.as_micros() / UPDATE_INTERVAL.as_micros()) as usize;
+        let allowance_updates = (QUEUE_DELAY_BURST_ALLOWANCE.as_micros()
+            / QUEUE_DELAY_UPDATE_INTERVAL.as_micros()) as usize;
         let mut controller = Controller::new(TARGET);
         for round in 0..2 {
             // A burst of 5x the target that clears within the allowance: nothing shed.
@@ -310,7 +305,7 @@ mod tests {
             assert_eq!(controller.probability, 0.0);
             assert_eq!(
                 controller.burst_allowance_s,
-                BURST_ALLOWANCE.as_secs_f64(),
+                QUEUE_DELAY_BURST_ALLOWANCE.as_secs_f64(),
                 "round {round}"
             );
         }
@@ -372,14 +367,14 @@ mod tests {
         }
         // p = 0.75 admits a quarter: retries spread over 1..=4 s.
         assert_eq!(seconds.into_iter().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-        gate.publish(SHED_MAX, ms(300));
+        gate.publish(QUEUE_DELAY_SHED_MAX, ms(300));
         let mut longest = 0;
         for _ in 0..400 {
             if let Err(RetryAfter(after)) = gate.admit_order() {
                 longest = longest.max(after);
             }
         }
-        assert!(longest <= RETRY_AFTER_MAX_S);
+        assert!(longest <= QUEUE_DELAY_RETRY_AFTER_MAX_S);
         assert!(QueueDelayGate::new(Duration::ZERO).is_none());
     }
 
