@@ -95,7 +95,7 @@ fn unknown_order(order_id: &str) -> HttpResponse {
 
 /// `GET /v1/orders/{id}`.
 pub async fn get_order(engine: &std::sync::Arc<Engine>, order_id: &str) -> HttpResponse {
-    if order::validate_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
+    if order::validate_path_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
         return unknown_order(order_id);
     }
     view_response(engine, order_id, false).await
@@ -147,7 +147,7 @@ pub async fn order_action(
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
-    if order::validate_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
+    if order::validate_path_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
         return unknown_order(order_id);
     }
     if engine.journal.is_stopped() {
