@@ -52,6 +52,38 @@ pub enum Event {
     /// relative pointer, so adding this variant left the archived `Event` (and every record
     /// journaled before it existed) exactly as it was. New variants must keep to that.
     Action(Box<OrderAction>),
+    /// An action that carried an `Idempotency-Key` (`type`: the action's name, as for
+    /// [`Event::Action`]). A variant of its own, boxed like `Action`, so that records
+    /// journaled before keys existed (and every unkeyed action since) keep their bytes.
+    KeyedAction(Box<KeyedOrderAction>),
+}
+
+/// An order action and the client's idempotency key for it.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct KeyedOrderAction {
+    pub action: OrderAction,
+    /// The `Idempotency-Key` header as given (validated: 1..=64 id characters).
+    pub idempotency_key: String,
+}
+
+impl ArchivedEvent {
+    /// The order action of an `Action` or `KeyedAction` record.
+    pub fn order_action(&self) -> Option<&ArchivedOrderAction> {
+        match self {
+            Self::Action(action) => Some(action),
+            Self::KeyedAction(keyed) => Some(&keyed.action),
+            Self::Accepted(_) | Self::Sku(_) => None,
+        }
+    }
+
+    /// The idempotency key of a `KeyedAction` record.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            Self::KeyedAction(keyed) => Some(keyed.idempotency_key.as_str()),
+            Self::Action(_) | Self::Accepted(_) | Self::Sku(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -108,6 +140,7 @@ impl ArchivedRecord {
             ArchivedEvent::Accepted(_) => "accepted",
             ArchivedEvent::Sku(_) => "sku",
             ArchivedEvent::Action(action) => action.action.to_native().as_str(),
+            ArchivedEvent::KeyedAction(keyed) => keyed.action.action.to_native().as_str(),
         }
     }
 
@@ -156,26 +189,39 @@ impl ArchivedRecord {
                     sku.payment_timeout_s.to_native().into(),
                 );
             }
-            ArchivedEvent::Action(action) => {
-                object.insert("order_id".into(), action.order_id.as_str().into());
-                object.insert("status".into(), action.status.to_native().as_str().into());
-                object.insert("prev_seq".into(), action.prev_seq.to_native().into());
-                if let Some(reason) = action.reason.as_ref() {
-                    object.insert("reason".into(), reason.as_str().into());
-                }
-                if let Some(address) = action.address.as_ref() {
-                    object.insert("address".into(), json_object_text(address.as_str()));
-                    object.insert("redirect".into(), action.redirect.into());
-                }
-                if action.action.to_native() == Action::Return {
-                    object.insert("restock".into(), action.restock.into());
-                }
-                if let Some(sku) = action.exchange_sku.as_ref() {
-                    object.insert("sku".into(), sku.as_str().into());
-                }
+            ArchivedEvent::Action(action) => action_json(action, &mut object),
+            ArchivedEvent::KeyedAction(keyed) => {
+                action_json(&keyed.action, &mut object);
+                object.insert(
+                    "idempotency_key".into(),
+                    keyed.idempotency_key.as_str().into(),
+                );
             }
         }
         serde_json::Value::Object(object)
+    }
+}
+
+/// The fields of an order action's NDJSON object (after `seq`, `at`, `at_ms`, `type`).
+fn action_json(
+    action: &ArchivedOrderAction,
+    object: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    object.insert("order_id".into(), action.order_id.as_str().into());
+    object.insert("status".into(), action.status.to_native().as_str().into());
+    object.insert("prev_seq".into(), action.prev_seq.to_native().into());
+    if let Some(reason) = action.reason.as_ref() {
+        object.insert("reason".into(), reason.as_str().into());
+    }
+    if let Some(address) = action.address.as_ref() {
+        object.insert("address".into(), json_object_text(address.as_str()));
+        object.insert("redirect".into(), action.redirect.into());
+    }
+    if action.action.to_native() == Action::Return {
+        object.insert("restock".into(), action.restock.into());
+    }
+    if let Some(sku) = action.exchange_sku.as_ref() {
+        object.insert("sku".into(), sku.as_str().into());
     }
 }
 

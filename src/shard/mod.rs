@@ -53,10 +53,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use tokio::sync::oneshot;
 
 use crate::inventory::{
-    AcceptedOrder, ContentFingerprint, DedupCheck, Inventory, OrderEntry, OrderIndex, OrderKey,
-    OrderState, PurchaseCounts, PurchaseKey, SlotValues,
+    AcceptedOrder, ActionFingerprint, BoundKey, ContentFingerprint, DedupCheck, IdempotencyKeyHash,
+    IdempotencyKeys, Inventory, KeyCheck, OrderEntry, OrderIndex, OrderKey, OrderState,
+    PurchaseCounts, PurchaseKey, SlotValues,
 };
-use crate::journal::{Event, FrameBatch, Journal, OrderAccepted, OrderAction, Record, SkuChanged};
+use crate::journal::{
+    Event, FrameBatch, Journal, KeyedOrderAction, OrderAccepted, OrderAction, Record, SkuChanged,
+};
 use crate::limits;
 use crate::order::{Action, OrderStatus, Payment, StockEffect, transition};
 pub use timers::{Clock, PaymentTimer, TimerHeap};
@@ -150,7 +153,19 @@ pub struct ActionCommand {
     pub restock: bool,
     /// `exchange`: the SKU a unit is taken from (already held on its shard).
     pub exchange_sku: Option<String>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency: Option<ActionKey>,
     pub reply: oneshot::Sender<ActionOutcome>,
+}
+
+/// An action's `Idempotency-Key` with its hashes (computed by the HTTP task).
+#[derive(Debug, Clone)]
+pub struct ActionKey {
+    /// As the client sent it; journaled with the action.
+    pub key: String,
+    pub hash: IdempotencyKeyHash,
+    /// The action's name and decoded body ([`crate::inventory::ActionContent`]).
+    pub fingerprint: ActionFingerprint,
 }
 
 /// What happened to an action.
@@ -161,10 +176,15 @@ pub enum ActionOutcome {
         seq: u64,
         status: OrderStatus,
     },
-    /// The order's latest record is already this action: a retry, nothing done again.
+    /// A retry, nothing done again: the action's idempotency key is bound to the record at
+    /// `seq` (the answer is the order as of that record), or, without a key, the order's
+    /// latest record is already this action (`seq` is `None`: the answer is the order now).
     Replayed {
         status: OrderStatus,
+        seq: Option<u64>,
     },
+    /// The idempotency key is bound to another action or body on this order (422).
+    IdempotencyConflict,
     /// Not allowed from the order's state (409 `invalid_transition`).
     Refused {
         status: OrderStatus,
@@ -219,6 +239,8 @@ pub enum Command {
 #[derive(Debug)]
 pub struct ShardSnapshot {
     pub timers: Vec<PaymentTimer>,
+    /// The idempotency keys bound to this shard's orders' actions.
+    pub keys: Vec<BoundKey>,
     /// Units held for exchanges not yet settled, per slot: in the slots' `reserved` but in
     /// no journal record. The engine's exchange gate keeps this empty at a checkpoint; the
     /// engine refuses to write one if it is not.
@@ -298,6 +320,8 @@ enum FrameOwner {
         state: OrderState,
         /// A reminder's timer, back in the heap for the deadline.
         timer: Option<PaymentTimer>,
+        /// The idempotency key to bind to the record's seq once it is durable.
+        bind: Option<(IdempotencyKeyHash, ActionFingerprint)>,
     },
 }
 
@@ -332,6 +356,7 @@ struct ActionRequest {
     address: Option<String>,
     restock: bool,
     exchange_sku: Option<String>,
+    idempotency: Option<ActionKey>,
 }
 
 /// One shard's state and loop. Built (and filled by recovery) before its thread starts.
@@ -342,6 +367,8 @@ pub struct ShardWriter {
     orders: Arc<OrderIndex>,
     pub purchases: PurchaseCounts,
     pub timers: TimerHeap,
+    /// The idempotency keys of this shard's orders' actions.
+    pub keys: IdempotencyKeys,
     clock: Clock,
     journal: Option<Journal>,
     batch_max: usize,
@@ -379,6 +406,7 @@ impl ShardWriter {
             orders,
             purchases: PurchaseCounts::new(),
             timers: TimerHeap::default(),
+            keys: IdempotencyKeys::default(),
             clock,
             journal: None,
             batch_max,
@@ -539,6 +567,7 @@ impl ShardWriter {
                             address,
                             restock,
                             exchange_sku,
+                            idempotency,
                             reply,
                         } = action;
                         let request = ActionRequest {
@@ -549,6 +578,7 @@ impl ShardWriter {
                             address,
                             restock,
                             exchange_sku,
+                            idempotency,
                         };
                         self.decide_action(request, Some(reply), None, at_ms);
                     }
@@ -577,6 +607,7 @@ impl ShardWriter {
                         self.finish_batch();
                         let snapshot = ShardSnapshot {
                             timers: self.timers.snapshot(),
+                            keys: self.keys.snapshot(),
                             holds: self.holds.iter().map(|(s, n)| (*s, *n)).collect(),
                         };
                         if reply.send(snapshot).is_ok() {
@@ -658,6 +689,7 @@ impl ShardWriter {
                 address: None,
                 restock: false,
                 exchange_sku: None,
+                idempotency: None,
             };
             self.decide_action(request, None, next, now_ms);
             fired += 1;
@@ -702,13 +734,31 @@ impl ShardWriter {
         );
         let state = entry.state();
         let action = request.action;
-        if !action.repeats() && state.last_action == Some(action) {
-            return respond(
-                reply,
+        // With a key, the key alone tells a retry from new work; without one, a repeat of
+        // the order's latest (non-repeatable) action is taken for a retry.
+        let retry = match &request.idempotency {
+            Some(idempotency) => {
+                match self
+                    .keys
+                    .check(key, idempotency.hash, idempotency.fingerprint)
+                {
+                    KeyCheck::New => None,
+                    KeyCheck::Retry { seq } => Some(ActionOutcome::Replayed {
+                        status: state.status,
+                        seq: Some(seq),
+                    }),
+                    KeyCheck::Conflict { .. } => Some(ActionOutcome::IdempotencyConflict),
+                }
+            }
+            None => (!action.repeats() && state.last_action == Some(action)).then_some(
                 ActionOutcome::Replayed {
                     status: state.status,
+                    seq: None,
                 },
-            );
+            ),
+        };
+        if let Some(outcome) = retry {
+            return respond(reply, outcome);
         }
         let Some(moved) = transition(state.status, action, request.restock) else {
             return respond(
@@ -730,20 +780,29 @@ impl ShardWriter {
             );
         }
         debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
-        let record = Record {
-            at_ms,
-            event: Event::Action(Box::new(OrderAction {
-                order_id: request.order_id,
-                action,
-                status: moved.to,
-                prev_seq: state.last_seq,
-                reason: request.reason,
-                redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
-                address: request.address,
-                restock: action == Action::Return && request.restock,
-                exchange_sku: request.exchange_sku,
-            })),
+        let change = OrderAction {
+            order_id: request.order_id,
+            action,
+            status: moved.to,
+            prev_seq: state.last_seq,
+            reason: request.reason,
+            redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
+            address: request.address,
+            restock: action == Action::Return && request.restock,
+            exchange_sku: request.exchange_sku,
         };
+        let bind = request
+            .idempotency
+            .as_ref()
+            .map(|idempotency| (idempotency.hash, idempotency.fingerprint));
+        let event = match request.idempotency {
+            Some(idempotency) => Event::KeyedAction(Box::new(KeyedOrderAction {
+                action: change,
+                idempotency_key: idempotency.key,
+            })),
+            None => Event::Action(Box::new(change)),
+        };
+        let record = Record { at_ms, event };
         if let Err(error) = self.frames.push(&record) {
             tracing::error!(%error, "cannot encode an order action");
             return respond(
@@ -777,6 +836,7 @@ impl ShardWriter {
                 released: state.released || matches!(moved.stock, StockEffect::GiveBack { .. }),
             },
             timer,
+            bind,
         });
     }
 
@@ -958,9 +1018,18 @@ impl ShardWriter {
                             key,
                             mut state,
                             timer,
+                            bind,
                         } => {
                             state.last_seq = seq;
                             self.orders.set_state(key, state);
+                            if let Some((hash, fingerprint)) = bind {
+                                self.keys.bind(BoundKey {
+                                    order: key,
+                                    key: hash,
+                                    seq,
+                                    fingerprint,
+                                });
+                            }
                             if let Some(timer) = timer {
                                 self.timers.push(timer);
                             }
