@@ -43,7 +43,6 @@ pub fn decode_action(
     order_id: &str,
     action: Action,
     body: &[u8],
-    idempotency_key: Option<String>,
 ) -> Result<ActionRequest, ApiError> {
     let parsed = if body.iter().all(u8::is_ascii_whitespace) {
         ActionBody {
@@ -96,7 +95,8 @@ pub fn decode_action(
         address,
         restock: action == Action::Return && parsed.restock.unwrap_or(false),
         exchange_sku,
-        idempotency_key,
+        // The header's, set by the caller (it is checked after the body).
+        idempotency_key: None,
     })
 }
 
@@ -179,14 +179,12 @@ pub async fn order_action(
     headers: &hyper::HeaderMap,
     body: &[u8],
 ) -> HttpResponse {
-    let request = match decode_action(order_id, action, body, None) {
-        Ok(request) => ActionRequest {
-            idempotency_key: match decode_idempotency_key(headers) {
-                Ok(key) => key,
-                Err(error) => return error.into_response(),
-            },
-            ..request
-        },
+    let mut request = match decode_action(order_id, action, body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    request.idempotency_key = match decode_idempotency_key(headers) {
+        Ok(key) => key,
         Err(error) => return error.into_response(),
     };
     if order::validate_path_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
@@ -258,14 +256,6 @@ pub async fn order_action(
 mod tests {
     use super::*;
 
-    fn decode_action_plain(
-        order_id: &str,
-        action: Action,
-        body: &[u8],
-    ) -> Result<ActionRequest, ApiError> {
-        decode_action(order_id, action, body, None)
-    }
-
     #[test]
     fn idempotency_keys_are_one_header_of_1_to_64_id_characters() {
         let decode = |values: &[&[u8]]| {
@@ -299,19 +289,18 @@ mod tests {
 
     #[test]
     fn bodies_decode_per_action() {
-        let empty = decode_action_plain("o1", Action::Pay, b"").unwrap();
+        let empty = decode_action("o1", Action::Pay, b"").unwrap();
         assert_eq!(empty.reason, None);
-        let reason =
-            decode_action_plain("o1", Action::Cancel, br#"{"reason":"changed mind"}"#).unwrap();
+        let reason = decode_action("o1", Action::Cancel, br#"{"reason":"changed mind"}"#).unwrap();
         assert_eq!(reason.reason.as_deref(), Some("changed mind"));
         let modify =
-            decode_action_plain("o1", Action::Modify, br#"{"address":{"city":"Oslo"}}"#).unwrap();
+            decode_action("o1", Action::Modify, br#"{"address":{"city":"Oslo"}}"#).unwrap();
         assert_eq!(modify.address.as_deref(), Some(r#"{"city":"Oslo"}"#));
-        let ret = decode_action_plain("o1", Action::Return, br#"{"restock":true}"#).unwrap();
+        let ret = decode_action("o1", Action::Return, br#"{"restock":true}"#).unwrap();
         assert!(ret.restock);
-        let not_return = decode_action_plain("o1", Action::Refund, br#"{"restock":true}"#).unwrap();
+        let not_return = decode_action("o1", Action::Refund, br#"{"restock":true}"#).unwrap();
         assert!(!not_return.restock);
-        let exchange = decode_action_plain("o1", Action::Exchange, br#"{"sku":"SKU-2"}"#).unwrap();
+        let exchange = decode_action("o1", Action::Exchange, br#"{"sku":"SKU-2"}"#).unwrap();
         assert_eq!(exchange.exchange_sku.as_deref(), Some("SKU-2"));
     }
 
