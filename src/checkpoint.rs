@@ -79,6 +79,8 @@ pub struct KeyState {
     pub key: u64,
     pub seq: u64,
     pub fingerprint: u64,
+    /// The [`crate::order::OrderStatus`] the action left.
+    pub status: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -271,6 +273,7 @@ mod tests {
                 key: 7,
                 seq: 3,
                 fingerprint: 11,
+                status: 2,
             }],
         }
     }

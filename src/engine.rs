@@ -688,6 +688,7 @@ impl Engine {
                 restock: request.restock,
                 exchange_sku: request.exchange_sku,
                 idempotency,
+                exchange_sold_out: None,
                 reply,
             },
             std::time::Instant::now(),
@@ -725,7 +726,7 @@ impl Engine {
         &self,
         order_shard: usize,
         exchange_slot: u32,
-        command: Command,
+        mut command: Command,
         outcome: oneshot::Receiver<ActionOutcome>,
     ) -> Result<ActionOutcome, ActionError> {
         let exchange_shard = shard::shard_of(exchange_slot, self.mailboxes.len());
@@ -738,7 +739,24 @@ impl Engine {
         self.send_patiently(exchange_shard, hold).await?;
         match held.await {
             Ok(Ok(())) => {}
-            Ok(Err(available)) => return Err(ActionError::SoldOut { available }),
+            Ok(Err(available)) => {
+                let Command::Action(action, _) = &mut command else {
+                    unreachable!("an exchange is an action command")
+                };
+                if action.idempotency.is_none() {
+                    return Err(ActionError::SoldOut { available });
+                }
+                // Nothing is held: the order's shard answers a retry from its key, and new
+                // work as sold out; there is nothing to settle.
+                action.exchange_sold_out = Some(available);
+                self.send_patiently(order_shard, command).await?;
+                return match outcome.await.map_err(|_| ActionError::Stopped)? {
+                    ActionOutcome::ExchangeSoldOut { available } => {
+                        Err(ActionError::SoldOut { available })
+                    }
+                    other => Ok(other),
+                };
+            }
             Err(_) => return Err(ActionError::Stopped),
         }
         let result = match self.send_patiently(order_shard, command).await {
@@ -877,6 +895,7 @@ impl Engine {
                     key: bound.key.0,
                     seq: bound.seq,
                     fingerprint: bound.fingerprint.0,
+                    status: bound.status as u8,
                 })
                 .collect(),
         };
@@ -1626,6 +1645,7 @@ fn replay_action(
                 restock: change.restock,
                 exchange_sku: change.exchange_sku.as_ref().map(|s| s.as_str()),
             }),
+            status: moved.to,
         });
     }
     Ok(())
@@ -1777,6 +1797,8 @@ fn restore_checkpoint(
                 "an idempotency key of order key {order:?} that has no entry"
             ));
         };
+        let status = crate::order::OrderStatus::from_u8(bound.status)
+            .ok_or_else(|| format!("an idempotency key with status {}", bound.status))?;
         writers[shard::shard_of(entry.slot_index, shard_count)]
             .keys
             .bind(BoundKey {
@@ -1784,6 +1806,7 @@ fn restore_checkpoint(
                 key: IdempotencyKeyHash(bound.key),
                 seq: bound.seq,
                 fingerprint: ActionFingerprint(bound.fingerprint),
+                status,
             });
     }
     for timer in &state.timers {

@@ -1350,6 +1350,26 @@ async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions
     let longest = "k".repeat(64);
     keyed_step(&api, "k2", "verify", &longest, None).await;
 
+    // A keyed exchange that took the last unit of its SKU: its retry is still the original
+    // answer, while new work under another key is sold out.
+    api.put_sku("KEYED-SWAP", json!({"stock": 1})).await;
+    api.place("k3", "u3", "KEYED", 1, "cod").await;
+    api.drive(
+        "k3",
+        &["verify", "print", "pick", "check", "pack", "weigh", "ship"],
+    )
+    .await;
+    let swap = json!({"sku": "KEYED-SWAP"});
+    let exchanged = keyed_step(&api, "k3", "exchange", "ex-1", Some(&swap)).await;
+    api.expect_stock("KEYED-SWAP", (0, 0, 1), "exchanged").await;
+    let exchange_originals = vec![("exchange", "ex-1", Some(swap.clone()), exchanged)];
+    retries_answer_the_originals(&api, "k3", &exchange_originals, "when sold out").await;
+    api.act_keyed("k3", "exchange", b"ex-2", Some(&swap))
+        .await
+        .assert_error(409, "sold_out");
+    api.expect_stock("KEYED-SWAP", (0, 0, 1), "one unit, once")
+        .await;
+
     // SIGKILL and a restart: the journal rebuilds every key.
     let journal_before = api.journal().await;
     stop(&mut server, Stop::Kill).await;
@@ -1357,6 +1377,7 @@ async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions
     let api = Api::of(&server);
     assert_eq!(api.journal().await, journal_before, "journal after SIGKILL");
     retries_answer_the_originals(&api, "k1", &originals, "after SIGKILL and restart").await;
+    retries_answer_the_originals(&api, "k3", &exchange_originals, "after SIGKILL").await;
     api.act_keyed("k1", "pick", b"pay-1", None)
         .await
         .assert_error(422, "idempotency_conflict");

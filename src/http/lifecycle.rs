@@ -27,7 +27,7 @@ use crate::engine::{ActionError, ActionRequest, Engine};
 use crate::http::orders::require_json_object;
 use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
 use crate::limits;
-use crate::order::{self, Action};
+use crate::order::{self, Action, OrderStatus};
 use crate::shard::ActionOutcome;
 
 #[derive(Deserialize)]
@@ -132,21 +132,25 @@ pub async fn get_order(engine: &std::sync::Arc<Engine>, order_id: &str) -> HttpR
 }
 
 /// The order as `GET` shows it, read off the async runtime (it reads journal files).
-/// `as_of`: the order as it was right after that record (a keyed retry's original answer).
+/// `as_of`: the order as it was right after that record, which left it in that status (a
+/// keyed retry's original answer; the status holds even where retention deleted the record).
 async fn view_response(
     engine: &std::sync::Arc<Engine>,
     order_id: &str,
     replayed: bool,
-    as_of: Option<u64>,
+    as_of: Option<(u64, OrderStatus)>,
 ) -> HttpResponse {
     let reader = engine.clone();
     let id = order_id.to_owned();
     let view = tokio::task::spawn_blocking(move || {
-        reader.order_view_as_of(&id, as_of.unwrap_or(u64::MAX))
+        reader.order_view_as_of(&id, as_of.map_or(u64::MAX, |(seq, _)| seq))
     })
     .await;
     match view {
-        Ok(Ok(Some(view))) => {
+        Ok(Ok(Some(mut view))) => {
+            if let Some((_, status)) = as_of {
+                view.status = status.as_str();
+            }
             let mut response = reply::json(StatusCode::OK, &view);
             if replayed {
                 response.headers_mut().insert(
@@ -200,7 +204,10 @@ pub async fn order_action(
     let sku = request.exchange_sku.clone();
     match engine.order_action(request).await {
         Ok(ActionOutcome::Done { .. }) => view_response(engine, order_id, false, None).await,
-        Ok(ActionOutcome::Replayed { seq, .. }) => view_response(engine, order_id, true, seq).await,
+        Ok(ActionOutcome::Replayed { seq, status }) => {
+            let as_of = seq.map(|seq| (seq, status));
+            view_response(engine, order_id, true, as_of).await
+        }
         Ok(ActionOutcome::IdempotencyConflict) => ApiError::new(
             ErrorCode::IdempotencyConflict,
             format!("the Idempotency-Key was used on order {order_id} for another action or body"),
@@ -233,7 +240,9 @@ pub async fn order_action(
         Err(ActionError::UnknownSku(sku)) => {
             ApiError::new(ErrorCode::UnknownSku, format!("no sku {sku:?}")).into_response()
         }
-        Err(ActionError::SoldOut { available }) => ApiError::new(
+        // The engine answers the second as the first; both mean no unit was left.
+        Err(ActionError::SoldOut { available })
+        | Ok(ActionOutcome::ExchangeSoldOut { available }) => ApiError::new(
             ErrorCode::SoldOut,
             format!(
                 "no unit of {} left for the exchange ({available} available)",

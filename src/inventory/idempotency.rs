@@ -1,5 +1,6 @@
 //! The idempotency-key table of order actions: for every journaled action that carried an
-//! `Idempotency-Key`, (order key, key hash) → (the action's seq, its fingerprint).
+//! `Idempotency-Key`, (order key, key hash) → (the action's seq, its fingerprint, the status
+//! it left: the original answer's status even once retention has deleted the record).
 //!
 //! Owned by the shard that owns the order (its single writer): the shard checks a keyed
 //! action here before deciding it and binds the key once the action's record is durable, so
@@ -14,14 +15,16 @@
 use std::collections::HashMap;
 
 use super::keys::{ActionFingerprint, IdempotencyKeyHash, OrderKey};
+use crate::order::OrderStatus;
 
 /// What the table says about a keyed action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyCheck {
     /// The key was never used on this order: decide the action.
     New,
-    /// The same key with the same action and body: a retry of the action journaled at `seq`.
-    Retry { seq: u64 },
+    /// The same key with the same action and body: a retry of the action journaled at `seq`,
+    /// which left the order in `status`.
+    Retry { seq: u64, status: OrderStatus },
     /// The same key with another action or body (422 `idempotency_conflict`).
     Conflict { seq: u64 },
 }
@@ -33,11 +36,20 @@ pub struct BoundKey {
     pub key: IdempotencyKeyHash,
     pub seq: u64,
     pub fingerprint: ActionFingerprint,
+    pub status: OrderStatus,
+}
+
+/// What a bound key remembers of its action.
+#[derive(Debug, Clone, Copy)]
+struct Bound {
+    seq: u64,
+    fingerprint: ActionFingerprint,
+    status: OrderStatus,
 }
 
 #[derive(Debug, Default)]
 pub struct IdempotencyKeys {
-    map: HashMap<(OrderKey, IdempotencyKeyHash), (u64, ActionFingerprint)>,
+    map: HashMap<(OrderKey, IdempotencyKeyHash), Bound>,
 }
 
 impl IdempotencyKeys {
@@ -49,8 +61,11 @@ impl IdempotencyKeys {
     ) -> KeyCheck {
         match self.map.get(&(order, key)) {
             None => KeyCheck::New,
-            Some(&(seq, bound)) if bound == fingerprint => KeyCheck::Retry { seq },
-            Some(&(seq, _)) => KeyCheck::Conflict { seq },
+            Some(bound) if bound.fingerprint == fingerprint => KeyCheck::Retry {
+                seq: bound.seq,
+                status: bound.status,
+            },
+            Some(bound) => KeyCheck::Conflict { seq: bound.seq },
         }
     }
 
@@ -58,19 +73,22 @@ impl IdempotencyKeys {
     /// record (the live path checks first, so this only happens on a replay of a journal
     /// that used a key twice, which the live path never writes).
     pub fn bind(&mut self, bound: BoundKey) {
-        self.map
-            .entry((bound.order, bound.key))
-            .or_insert((bound.seq, bound.fingerprint));
+        self.map.entry((bound.order, bound.key)).or_insert(Bound {
+            seq: bound.seq,
+            fingerprint: bound.fingerprint,
+            status: bound.status,
+        });
     }
 
     pub fn snapshot(&self) -> Vec<BoundKey> {
         self.map
             .iter()
-            .map(|(&(order, key), &(seq, fingerprint))| BoundKey {
+            .map(|(&(order, key), bound)| BoundKey {
                 order,
                 key,
-                seq,
-                fingerprint,
+                seq: bound.seq,
+                fingerprint: bound.fingerprint,
+                status: bound.status,
             })
             .collect()
     }
@@ -94,6 +112,7 @@ mod tests {
             key: IdempotencyKeyHash(key),
             seq,
             fingerprint: ActionFingerprint(fingerprint),
+            status: OrderStatus::Paid,
         }
     }
 
@@ -103,7 +122,11 @@ mod tests {
         let (order, key, fp) = (OrderKey(1), IdempotencyKeyHash(7), ActionFingerprint(9));
         assert_eq!(keys.check(order, key, fp), KeyCheck::New);
         keys.bind(bound(1, 7, 42, 9));
-        assert_eq!(keys.check(order, key, fp), KeyCheck::Retry { seq: 42 });
+        let retry = KeyCheck::Retry {
+            seq: 42,
+            status: OrderStatus::Paid,
+        };
+        assert_eq!(keys.check(order, key, fp), retry);
         assert_eq!(
             keys.check(order, key, ActionFingerprint(10)),
             KeyCheck::Conflict { seq: 42 }
@@ -111,7 +134,7 @@ mod tests {
         assert_eq!(keys.check(OrderKey(2), key, fp), KeyCheck::New);
         // A second bind keeps the first record.
         keys.bind(bound(1, 7, 50, 10));
-        assert_eq!(keys.check(order, key, fp), KeyCheck::Retry { seq: 42 });
+        assert_eq!(keys.check(order, key, fp), retry);
         assert_eq!(keys.snapshot(), vec![bound(1, 7, 42, 9)]);
         assert_eq!(keys.len(), 1);
     }

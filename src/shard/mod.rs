@@ -155,6 +155,9 @@ pub struct ActionCommand {
     pub exchange_sku: Option<String>,
     /// The client's `Idempotency-Key`, if it sent one.
     pub idempotency: Option<ActionKey>,
+    /// `exchange` with a key whose unit could not be held (`Some(available)`): sent anyway,
+    /// so that a retry is still answered from its key; new work is answered sold out.
+    pub exchange_sold_out: Option<u64>,
     pub reply: oneshot::Sender<ActionOutcome>,
 }
 
@@ -177,14 +180,19 @@ pub enum ActionOutcome {
         status: OrderStatus,
     },
     /// A retry, nothing done again: the action's idempotency key is bound to the record at
-    /// `seq` (the answer is the order as of that record), or, without a key, the order's
-    /// latest record is already this action (`seq` is `None`: the answer is the order now).
+    /// `seq`, which left the order in `status` (the answer is the order as of that record),
+    /// or, without a key, the order's latest record is already this action (`seq` is `None`,
+    /// `status` the order's now: the answer is the order now).
     Replayed {
         status: OrderStatus,
         seq: Option<u64>,
     },
     /// The idempotency key is bound to another action or body on this order (422).
     IdempotencyConflict,
+    /// A keyed `exchange` that is new work, but no unit of the new SKU could be held.
+    ExchangeSoldOut {
+        available: u64,
+    },
     /// Not allowed from the order's state (409 `invalid_transition`).
     Refused {
         status: OrderStatus,
@@ -357,6 +365,7 @@ struct ActionRequest {
     restock: bool,
     exchange_sku: Option<String>,
     idempotency: Option<ActionKey>,
+    exchange_sold_out: Option<u64>,
 }
 
 /// One shard's state and loop. Built (and filled by recovery) before its thread starts.
@@ -568,6 +577,7 @@ impl ShardWriter {
                             restock,
                             exchange_sku,
                             idempotency,
+                            exchange_sold_out,
                             reply,
                         } = action;
                         let request = ActionRequest {
@@ -579,6 +589,7 @@ impl ShardWriter {
                             restock,
                             exchange_sku,
                             idempotency,
+                            exchange_sold_out,
                         };
                         self.decide_action(request, Some(reply), None, at_ms);
                     }
@@ -690,6 +701,7 @@ impl ShardWriter {
                 restock: false,
                 exchange_sku: None,
                 idempotency: None,
+                exchange_sold_out: None,
             };
             self.decide_action(request, None, next, now_ms);
             fired += 1;
@@ -743,8 +755,8 @@ impl ShardWriter {
                     .check(key, idempotency.hash, idempotency.fingerprint)
                 {
                     KeyCheck::New => None,
-                    KeyCheck::Retry { seq } => Some(ActionOutcome::Replayed {
-                        status: state.status,
+                    KeyCheck::Retry { seq, status } => Some(ActionOutcome::Replayed {
+                        status,
                         seq: Some(seq),
                     }),
                     KeyCheck::Conflict { .. } => Some(ActionOutcome::IdempotencyConflict),
@@ -768,6 +780,9 @@ impl ShardWriter {
                 },
             );
         };
+        if let Some(available) = request.exchange_sold_out {
+            return respond(reply, ActionOutcome::ExchangeSoldOut { available });
+        }
         if action.repeats()
             && action.is_client_action()
             && state.records >= limits::RECORDS_PER_ORDER_MAX - limits::LIFE_RECORDS_RESERVED
@@ -1028,6 +1043,7 @@ impl ShardWriter {
                                     key: hash,
                                     seq,
                                     fingerprint,
+                                    status: state.status,
                                 });
                             }
                             if let Some(timer) = timer {
