@@ -672,7 +672,9 @@ impl Engine {
                 action: request.action,
                 reason: request.reason.as_deref(),
                 address: request.address.as_deref(),
-                restock: request.restock,
+                // As the record stores it (replay fingerprints the record): only `return`
+                // has the flag.
+                restock: request.action == Action::Return && request.restock,
                 exchange_sku: request.exchange_sku.as_deref(),
             }),
         });

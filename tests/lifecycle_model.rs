@@ -409,16 +409,18 @@ impl Harness {
         match self.runtime.block_on(engine.order_action(request)) {
             Ok(ActionOutcome::Done { status, .. }) => Expect::Done(status),
             Ok(ActionOutcome::Replayed { seq: None, .. }) => Expect::ActionReplayed(None),
-            Ok(ActionOutcome::Replayed { seq: Some(seq), .. }) => {
-                // The original answer: the order as of the action's record.
+            Ok(ActionOutcome::Replayed {
+                seq: Some(seq),
+                status,
+            }) => {
+                // The original answer: the order as of the action's record, whose status is
+                // the one the key remembers.
                 let view = engine
                     .order_view_as_of(&order_id, seq)
                     .expect("history reads")
                     .expect("the order is known");
-                let status = OrderStatus::ALL
-                    .into_iter()
-                    .find(|status| status.as_str() == view.status)
-                    .expect("a known status");
+                assert_eq!(view.status, status.as_str(), "o{id} as of seq {seq}");
+                assert_eq!(view.history.last().unwrap()["seq"], seq, "o{id}");
                 Expect::ActionReplayed(Some(status))
             }
             Ok(ActionOutcome::IdempotencyConflict) => Expect::ActionConflict,
