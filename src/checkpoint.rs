@@ -35,6 +35,8 @@ use std::path::{Path, PathBuf};
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
+use crate::inventory::{ActionFingerprint, BoundKey, IdempotencyKeyHash, OrderKey};
+
 const MAGIC: [u8; 8] = *b"STMPCKP2";
 /// The first format: [`CheckpointV1`].
 const MAGIC_V1: [u8; 8] = *b"STMPCKP1";
@@ -81,6 +83,29 @@ pub struct KeyState {
     pub fingerprint: u64,
     /// The [`crate::order::OrderStatus`] the action left.
     pub status: u8,
+}
+
+impl KeyState {
+    pub fn of(bound: &BoundKey) -> Self {
+        KeyState {
+            order: bound.order.0,
+            key: bound.key.0,
+            seq: bound.seq,
+            fingerprint: bound.fingerprint.0,
+            status: bound.status as u8,
+        }
+    }
+
+    /// The binding back; `None` when the status is not one this engine knows.
+    pub fn to_bound(&self) -> Option<BoundKey> {
+        Some(BoundKey {
+            order: OrderKey(self.order),
+            key: IdempotencyKeyHash(self.key),
+            seq: self.seq,
+            fingerprint: ActionFingerprint(self.fingerprint),
+            status: crate::order::OrderStatus::from_u8(self.status)?,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -35,8 +35,8 @@ use tokio::sync::oneshot;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::inventory::{
-    AcceptedOrder, ActionContent, ActionFingerprint, BoundKey, IdempotencyKeyHash, Inventory,
-    KeyHasher, OrderIndex, OrderKey, OrderState, PurchaseCounts, SlotValues,
+    AcceptedOrder, ActionContent, BoundKey, Inventory, KeyHasher, OrderIndex, OrderState,
+    PurchaseCounts, SlotValues,
 };
 use crate::journal::record::ArchivedEvent;
 use crate::journal::storage::{FsStorage, Storage};
@@ -890,16 +890,7 @@ impl Engine {
             skus,
             orders,
             timers,
-            idempotency_keys: bound_keys
-                .into_iter()
-                .map(|bound| checkpoint::KeyState {
-                    order: bound.order.0,
-                    key: bound.key.0,
-                    seq: bound.seq,
-                    fingerprint: bound.fingerprint.0,
-                    status: bound.status as u8,
-                })
-                .collect(),
+            idempotency_keys: bound_keys.iter().map(checkpoint::KeyState::of).collect(),
         };
         let path = checkpoint::write(&checkpoint::checkpoints_dir(&self.data_dir), &state)?;
         tracing::info!(path = %path.display(), seq, orders = state.orders.len(), "checkpoint written");
@@ -1792,24 +1783,19 @@ fn restore_checkpoint(
                 .add(entry.purchase_key, entry.qty);
         }
     }
-    for bound in &state.idempotency_keys {
-        let order = OrderKey(bound.order);
-        let Some(entry) = orders.get(order) else {
+    for saved in &state.idempotency_keys {
+        let bound = saved
+            .to_bound()
+            .ok_or_else(|| format!("an idempotency key with status {}", saved.status))?;
+        let Some(entry) = orders.get(bound.order) else {
             return Err(format!(
-                "an idempotency key of order key {order:?} that has no entry"
+                "an idempotency key of order key {:?} that has no entry",
+                bound.order
             ));
         };
-        let status = crate::order::OrderStatus::from_u8(bound.status)
-            .ok_or_else(|| format!("an idempotency key with status {}", bound.status))?;
         writers[shard::shard_of(entry.slot_index, shard_count)]
             .keys
-            .bind(BoundKey {
-                order,
-                key: IdempotencyKeyHash(bound.key),
-                seq: bound.seq,
-                fingerprint: ActionFingerprint(bound.fingerprint),
-                status,
-            });
+            .bind(bound);
     }
     for timer in &state.timers {
         let key = crate::inventory::OrderKey(timer.key);

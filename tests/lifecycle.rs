@@ -1324,10 +1324,41 @@ async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions
     assert_refused(&refused, "printed", "pay");
     keyed_step(&api, "k1", "pick", "late-1", None).await;
 
-    // Keys are scoped per order: the same key on another order is new work there.
+    // SIGKILL and a restart: the journal rebuilds every key.
+    let journal_before = api.journal().await;
+    stop(&mut server, Stop::Kill).await;
+    server.restart().await;
+    let api = Api::of(&server);
+    assert_eq!(api.journal().await, journal_before, "journal after SIGKILL");
+    retries_answer_the_originals(&api, "k1", &originals, "after SIGKILL and restart").await;
+    api.act_keyed("k1", "pick", b"pay-1", None)
+        .await
+        .assert_error(422, "idempotency_conflict");
+    api.act_keyed("k1", "modify", b"mod-1", Some(&other_address))
+        .await
+        .assert_error(422, "idempotency_conflict");
+    assert_eq!(
+        api.journal().await,
+        journal_before,
+        "retries journal nothing"
+    );
+    stop(&mut server, Stop::Term).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_scoped_per_order_and_invalid_keys_are_refused() {
+    let mut server = Server::start(Opts::default()).await;
+    let api = Api::of(&server);
+    api.put_sku("KEYED", json!({"stock": 5})).await;
+    api.place("k1", "u1", "KEYED", 1, "prepaid").await;
+    let paid = keyed_step(&api, "k1", "pay", "pay-1", None).await;
+    // Keys are scoped per order: the same key on another order is new work there, and each
+    // order's retry answers its own original.
     api.place("k2", "u2", "KEYED", 1, "prepaid").await;
     let other = keyed_step(&api, "k2", "pay", "pay-1", None).await;
     assert_eq!(events(&other), ["accepted", "pay"]);
+    retries_answer_the_originals(&api, "k1", &[("pay", "pay-1", None, paid)], "on k1").await;
+    retries_answer_the_originals(&api, "k2", &[("pay", "pay-1", None, other)], "on k2").await;
 
     // Invalid keys are refused before anything is decided.
     let too_long = "k".repeat(65);
@@ -1337,6 +1368,7 @@ async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions
         b"has space",
         b"slash/key",
         b"semi;colon",
+        "k\u{e9}y".as_bytes(),
     ] {
         api.act_keyed("k2", "verify", bad, None)
             .await
@@ -1350,6 +1382,14 @@ async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions
     let longest = "k".repeat(64);
     keyed_step(&api, "k2", "verify", &longest, None).await;
 
+    stop(&mut server, Stop::Term).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_exchange_retry_is_answered_after_its_sku_sold_out_and_a_restart() {
+    let mut server = Server::start(Opts::default()).await;
+    let api = Api::of(&server);
+    api.put_sku("KEYED", json!({"stock": 5})).await;
     // A keyed exchange that took the last unit of its SKU: its retry is still the original
     // answer, while new work under another key is sold out.
     api.put_sku("KEYED-SWAP", json!({"stock": 1})).await;
@@ -1370,25 +1410,12 @@ async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions
     api.expect_stock("KEYED-SWAP", (0, 0, 1), "one unit, once")
         .await;
 
-    // SIGKILL and a restart: the journal rebuilds every key.
-    let journal_before = api.journal().await;
     stop(&mut server, Stop::Kill).await;
     server.restart().await;
     let api = Api::of(&server);
-    assert_eq!(api.journal().await, journal_before, "journal after SIGKILL");
-    retries_answer_the_originals(&api, "k1", &originals, "after SIGKILL and restart").await;
     retries_answer_the_originals(&api, "k3", &exchange_originals, "after SIGKILL").await;
-    api.act_keyed("k1", "pick", b"pay-1", None)
-        .await
-        .assert_error(422, "idempotency_conflict");
-    api.act_keyed("k1", "modify", b"mod-1", Some(&other_address))
-        .await
-        .assert_error(422, "idempotency_conflict");
-    assert_eq!(
-        api.journal().await,
-        journal_before,
-        "retries journal nothing"
-    );
+    api.expect_stock("KEYED-SWAP", (0, 0, 1), "after SIGKILL")
+        .await;
     stop(&mut server, Stop::Term).await;
 }
 

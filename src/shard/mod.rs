@@ -368,6 +368,30 @@ struct ActionRequest {
     exchange_sold_out: Option<u64>,
 }
 
+/// The journal event of a decided action on an order in `state`, leading to `to`: keyed when
+/// the client sent an idempotency key.
+fn action_event(request: ActionRequest, state: &OrderState, to: OrderStatus) -> Event {
+    let action = request.action;
+    let change = OrderAction {
+        order_id: request.order_id,
+        action,
+        status: to,
+        prev_seq: state.last_seq,
+        reason: request.reason,
+        redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
+        address: request.address,
+        restock: action == Action::Return && request.restock,
+        exchange_sku: request.exchange_sku,
+    };
+    match request.idempotency {
+        Some(idempotency) => Event::KeyedAction(Box::new(KeyedOrderAction {
+            action: change,
+            idempotency_key: idempotency.key,
+        })),
+        None => Event::Action(Box::new(change)),
+    }
+}
+
 /// One shard's state and loop. Built (and filled by recovery) before its thread starts.
 pub struct ShardWriter {
     pub index: usize,
@@ -746,30 +770,7 @@ impl ShardWriter {
         );
         let state = entry.state();
         let action = request.action;
-        // With a key, the key alone tells a retry from new work; without one, a repeat of
-        // the order's latest (non-repeatable) action is taken for a retry.
-        let retry = match &request.idempotency {
-            Some(idempotency) => {
-                match self
-                    .keys
-                    .check(key, idempotency.hash, idempotency.fingerprint)
-                {
-                    KeyCheck::New => None,
-                    KeyCheck::Retry { seq, status } => Some(ActionOutcome::Replayed {
-                        status,
-                        seq: Some(seq),
-                    }),
-                    KeyCheck::Conflict { .. } => Some(ActionOutcome::IdempotencyConflict),
-                }
-            }
-            None => (!action.repeats() && state.last_action == Some(action)).then_some(
-                ActionOutcome::Replayed {
-                    status: state.status,
-                    seq: None,
-                },
-            ),
-        };
-        if let Some(outcome) = retry {
+        if let Some(outcome) = self.retry_outcome(&request, &state) {
             return respond(reply, outcome);
         }
         let Some(moved) = transition(state.status, action, request.restock) else {
@@ -795,29 +796,14 @@ impl ShardWriter {
             );
         }
         debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
-        let change = OrderAction {
-            order_id: request.order_id,
-            action,
-            status: moved.to,
-            prev_seq: state.last_seq,
-            reason: request.reason,
-            redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
-            address: request.address,
-            restock: action == Action::Return && request.restock,
-            exchange_sku: request.exchange_sku,
-        };
         let bind = request
             .idempotency
             .as_ref()
             .map(|idempotency| (idempotency.hash, idempotency.fingerprint));
-        let event = match request.idempotency {
-            Some(idempotency) => Event::KeyedAction(Box::new(KeyedOrderAction {
-                action: change,
-                idempotency_key: idempotency.key,
-            })),
-            None => Event::Action(Box::new(change)),
+        let record = Record {
+            at_ms,
+            event: action_event(request, &state, moved.to),
         };
-        let record = Record { at_ms, event };
         if let Err(error) = self.frames.push(&record) {
             tracing::error!(%error, "cannot encode an order action");
             return respond(
@@ -853,6 +839,32 @@ impl ShardWriter {
             timer,
             bind,
         });
+    }
+
+    /// The answer to an action that is a retry, if it is one. With a key, the key alone
+    /// tells a retry (or a conflict) from new work; without one, a repeat of the order's
+    /// latest (non-repeatable) action is taken for a retry.
+    fn retry_outcome(&self, request: &ActionRequest, state: &OrderState) -> Option<ActionOutcome> {
+        let Some(idempotency) = &request.idempotency else {
+            let action = request.action;
+            return (!action.repeats() && state.last_action == Some(action)).then_some(
+                ActionOutcome::Replayed {
+                    status: state.status,
+                    seq: None,
+                },
+            );
+        };
+        match self
+            .keys
+            .check(request.key, idempotency.hash, idempotency.fingerprint)
+        {
+            KeyCheck::New => None,
+            KeyCheck::Retry { seq, status } => Some(ActionOutcome::Replayed {
+                status,
+                seq: Some(seq),
+            }),
+            KeyCheck::Conflict { .. } => Some(ActionOutcome::IdempotencyConflict),
+        }
     }
 
     /// Moves one unit of the slot from available to reserved for an exchange.
@@ -999,6 +1011,48 @@ impl ShardWriter {
         });
     }
 
+    /// After a commit: makes each frame's owner durable in the tables (the order index, the
+    /// timers, the idempotency keys), the batch's frames numbered from `first_seq`.
+    fn publish(&mut self, first_seq: u64) {
+        for (frame_index, owner) in self.frame_owners.drain(..).enumerate() {
+            let seq = first_seq + frame_index as u64;
+            match owner {
+                FrameOwner::Accepted {
+                    key,
+                    mut order,
+                    timer,
+                } => {
+                    order.seq = seq;
+                    self.orders.commit_accepted(key, order);
+                    if let Some(timer) = timer {
+                        self.timers.push(timer);
+                    }
+                }
+                FrameOwner::Action {
+                    key,
+                    mut state,
+                    timer,
+                    bind,
+                } => {
+                    state.last_seq = seq;
+                    self.orders.set_state(key, state);
+                    if let Some((hash, fingerprint)) = bind {
+                        self.keys.bind(BoundKey {
+                            order: key,
+                            key: hash,
+                            seq,
+                            fingerprint,
+                            status: state.status,
+                        });
+                    }
+                    if let Some(timer) = timer {
+                        self.timers.push(timer);
+                    }
+                }
+            }
+        }
+    }
+
     /// Journals the current batch and replies (steps 3 and 4 of the module doc).
     pub fn finish_batch(&mut self) {
         if self.frames.is_empty() {
@@ -1015,43 +1069,7 @@ impl ShardWriter {
         });
         match committed {
             Ok(range) => {
-                for (frame_index, owner) in self.frame_owners.drain(..).enumerate() {
-                    let seq = range.first + frame_index as u64;
-                    match owner {
-                        FrameOwner::Accepted {
-                            key,
-                            mut order,
-                            timer,
-                        } => {
-                            order.seq = seq;
-                            self.orders.commit_accepted(key, order);
-                            if let Some(timer) = timer {
-                                self.timers.push(timer);
-                            }
-                        }
-                        FrameOwner::Action {
-                            key,
-                            mut state,
-                            timer,
-                            bind,
-                        } => {
-                            state.last_seq = seq;
-                            self.orders.set_state(key, state);
-                            if let Some((hash, fingerprint)) = bind {
-                                self.keys.bind(BoundKey {
-                                    order: key,
-                                    key: hash,
-                                    seq,
-                                    fingerprint,
-                                    status: state.status,
-                                });
-                            }
-                            if let Some(timer) = timer {
-                                self.timers.push(timer);
-                            }
-                        }
-                    }
-                }
+                self.publish(range.first);
                 for deferred in self.deferred.drain(..) {
                     match deferred {
                         DeferredReply::Accepted {
