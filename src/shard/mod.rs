@@ -22,6 +22,14 @@
 //! the commands of a turn the shard fires the payment timers that are due, so a payment that
 //! arrives after its deadline meets an expired order.
 //!
+//! An action may carry an idempotency key ([`ActionKey`]). The shard owns the key table of
+//! its orders ([`IdempotencyKeys`]): a keyed action whose key is bound on that order is
+//! answered from the binding (a retry of the same action and body: the seq and status of the
+//! original; another action or body: a conflict) before anything else is decided, and a new
+//! key is journaled with its action (`Event::KeyedAction`) and bound only once the record is
+//! durable, so a binding always names a record in the journal and a refused action binds
+//! nothing. Without a key, a repeat of the order's latest non-repeatable action is a retry.
+//!
 //! An `exchange` takes a unit of a SKU that another shard may own. Stock slots keep one
 //! writer: the engine first asks the SKU's shard to *hold* a unit ([`Command::Hold`]: that
 //! shard finishes its open batch, then moves one unit from available to reserved), then sends
