@@ -169,8 +169,9 @@ pub const SEQ_MAX: u64 = (1 << 40) - 1;
 // - the catalogue holds at most `inventory.skus_max` SKUs (the slot file's size);
 // - the idempotency-key table holds one entry per journaled action that carried a key
 //   (refused and unkeyed actions leave nothing), so at most `RECORDS_PER_ORDER_MAX - 1` per
-//   order: ~45 bytes per keyed action (16-byte key, 24-byte value, control byte, 7/8 load),
-//   nothing for orders whose actions carry no key.
+//   order: one 40-byte bucket and a control byte per keyed action (≥ 47 bytes at the table's
+//   7/8 maximum load, up to twice that just after it grows), nothing for orders whose actions
+//   carry no key.
 
 const _: () = assert!(LIFE_RECORDS_RESERVED < RECORDS_PER_ORDER_MAX);
 const _: () = assert!(BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
