@@ -259,6 +259,7 @@ impl Running {
                     address: None,
                     restock: false,
                     exchange_sku: None,
+                    idempotency_key: None,
                 })
                 .collect(),
             IN_FLIGHT,

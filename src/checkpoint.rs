@@ -7,15 +7,22 @@
 //! SKU's slot (name, settings, stock figures), every order's 32-byte index entry with its
 //! key, and the payment timer (with the order id) of every order still awaiting payment. The
 //! buyers' purchase counts are not stored: they are the sum of the quantities of the orders
-//! that have not given their units back, rebuilt from the entries at load.
+//! that have not given their units back, rebuilt from the entries at load. Version 2 adds
+//! the idempotency keys bound to order actions (order key, key hash, the action's seq, its
+//! fingerprint; see [`crate::inventory::idempotency`]).
 //!
 //! Order keys are keyed SipHash values, so a checkpoint is only meaningful with the hash keys
 //! it was written with: those live in `<data_dir>/hash.keys`, created once per data dir.
 //!
 //! ```text
 //! <data_dir>/checkpoints/<seq:020>.ckpt
-//!   magic "STMPCKP1" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
+//!   magic "STMPCKP2" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
 //! ```
+//!
+//! A version-1 file (magic "STMPCKP1", no key table) still loads, with no keys: it was
+//! written by an engine that journaled no keyed action, so the records up to its seq bind
+//! none. Any other magic is not a checkpoint, and recovery skips it for an older one or the
+//! journal.
 //!
 //! Written to a temporary name, fdatasynced, renamed, and the directory synced: a crash
 //! leaves the previous checkpoints intact. A write that fails removes its temporary file
@@ -31,8 +38,11 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use crate::durable;
+use crate::inventory::{ActionFingerprint, BoundKey, IdempotencyKeyHash, OrderKey};
 
-const MAGIC: [u8; 8] = *b"STMPCKP1";
+const MAGIC: [u8; 8] = *b"STMPCKP2";
+/// The first format: [`CheckpointV1`].
+const MAGIC_V1: [u8; 8] = *b"STMPCKP1";
 const HEADER_BYTES: usize = 24;
 /// Checkpoints kept on disk: the newest and one before it, in case the newest is damaged.
 pub const CHECKPOINTS_KEPT: usize = 2;
@@ -67,6 +77,40 @@ pub struct TimerState {
     pub order_id: String,
 }
 
+/// An idempotency key bound to an order action ([`crate::inventory::BoundKey`]).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct KeyState {
+    pub order: u64,
+    pub key: u64,
+    pub seq: u64,
+    pub fingerprint: u64,
+    /// The [`crate::order::OrderStatus`] the action left.
+    pub status: u8,
+}
+
+impl KeyState {
+    pub fn of(bound: &BoundKey) -> Self {
+        KeyState {
+            order: bound.order.0,
+            key: bound.key.0,
+            seq: bound.seq,
+            fingerprint: bound.fingerprint.0,
+            status: bound.status as u8,
+        }
+    }
+
+    /// The binding back; `None` when the status is not one this engine knows.
+    pub fn to_bound(&self) -> Option<BoundKey> {
+        Some(BoundKey {
+            order: OrderKey(self.order),
+            key: IdempotencyKeyHash(self.key),
+            seq: self.seq,
+            fingerprint: ActionFingerprint(self.fingerprint),
+            status: crate::order::OrderStatus::from_u8(self.status)?,
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Checkpoint {
     /// The state is what the journal's records `1..=seq` build.
@@ -75,6 +119,30 @@ pub struct Checkpoint {
     pub skus: Vec<SkuState>,
     pub orders: Vec<OrderState>,
     pub timers: Vec<TimerState>,
+    pub idempotency_keys: Vec<KeyState>,
+}
+
+/// The version-1 payload (before idempotency keys), read only.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CheckpointV1 {
+    pub seq: u64,
+    pub created_ms: u64,
+    pub skus: Vec<SkuState>,
+    pub orders: Vec<OrderState>,
+    pub timers: Vec<TimerState>,
+}
+
+impl From<CheckpointV1> for Checkpoint {
+    fn from(old: CheckpointV1) -> Self {
+        Checkpoint {
+            seq: old.seq,
+            created_ms: old.created_ms,
+            skus: old.skus,
+            orders: old.orders,
+            timers: old.timers,
+            idempotency_keys: Vec::new(),
+        }
+    }
 }
 
 /// Folder of the checkpoint files inside the data directory.
@@ -203,7 +271,7 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
     let mut header = [0u8; HEADER_BYTES];
     if file_len < HEADER_BYTES as u64
         || file.read_exact(&mut header).is_err()
-        || header[..8] != MAGIC
+        || (header[..8] != MAGIC && header[..8] != MAGIC_V1)
     {
         return Err("not a checkpoint (bad magic or too short)".into());
     }
@@ -221,6 +289,11 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
     file.read_exact(&mut payload).map_err(|e| e.to_string())?;
     if crc32c::crc32c(&payload) != crc {
         return Err("checksum does not match".into());
+    }
+    if header[..8] == MAGIC_V1 {
+        return rkyv::from_bytes::<CheckpointV1, rancor::Error>(&payload)
+            .map(Checkpoint::from)
+            .map_err(|e| format!("does not decode (version 1): {e}"));
     }
     rkyv::from_bytes::<Checkpoint, rancor::Error>(&payload)
         .map_err(|e| format!("does not decode: {e}"))
@@ -269,7 +342,51 @@ mod tests {
                 deadline_ms: 9,
                 order_id: "o1".into(),
             }],
+            idempotency_keys: vec![KeyState {
+                order: 42,
+                key: 7,
+                seq: 3,
+                fingerprint: 11,
+                status: 2,
+            }],
         }
+    }
+
+    #[test]
+    fn a_first_format_checkpoint_loads_with_no_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = sample(10);
+        let old = CheckpointV1 {
+            seq: current.seq,
+            created_ms: current.created_ms,
+            skus: current.skus.clone(),
+            orders: current.orders.clone(),
+            timers: current.timers.clone(),
+        };
+        // Laid out as the first format's `write` did.
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"STMPCKP1");
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&payload);
+        fs::write(dir.path().join(file_name(10)), bytes).unwrap();
+        let loaded = load_latest(dir.path()).unwrap().unwrap().1;
+        assert_eq!(
+            loaded,
+            Checkpoint {
+                idempotency_keys: Vec::new(),
+                ..current
+            }
+        );
+        // A file of another format is not read as either.
+        let foreign = dir.path().join(file_name(11));
+        let mut other = fs::read(dir.path().join(file_name(10))).unwrap();
+        other[..8].copy_from_slice(b"STMPCKP9");
+        fs::write(&foreign, other).unwrap();
+        assert!(read(&foreign).unwrap_err().contains("magic"));
+        assert_eq!(load_latest(dir.path()).unwrap().unwrap().1.seq, 10);
     }
 
     #[test]

@@ -37,7 +37,8 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::durable;
 use crate::inventory::{
-    AcceptedOrder, Inventory, KeyHasher, OrderIndex, OrderState, PurchaseCounts, SlotValues,
+    AcceptedOrder, ActionContent, BoundKey, Inventory, KeyHasher, OrderIndex, OrderState,
+    PurchaseCounts, SlotValues,
 };
 use crate::journal::record::ArchivedEvent;
 use crate::journal::storage::{FsStorage, Storage};
@@ -45,8 +46,8 @@ use crate::journal::{self, ArchivedRecord, ConsumerOffsets, Journal, RecoveryErr
 use crate::limits;
 use crate::order::{Action, StockEffect, transition};
 use crate::shard::{
-    self, ActionCommand, ActionOutcome, Clock, Command, OrderCommand, PaymentTimer, Settle,
-    ShardWriter, SkuCommand, SkuOutcome, SkuUpdate,
+    self, ActionCommand, ActionKey, ActionOutcome, Clock, Command, OrderCommand, PaymentTimer,
+    Settle, ShardWriter, SkuCommand, SkuOutcome, SkuUpdate,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +144,8 @@ pub struct ActionRequest {
     pub restock: bool,
     /// `exchange`: the SKU to take a unit of.
     pub exchange_sku: Option<String>,
+    /// The `Idempotency-Key` header (validated), if the client sent one.
+    pub idempotency_key: Option<String>,
 }
 
 /// Why an action could not be decided by the order's shard.
@@ -176,6 +179,76 @@ pub struct OrderView {
     /// False when retention deleted the segments holding the order's first records: the
     /// history then starts at the oldest record still kept.
     pub history_complete: bool,
+}
+
+/// An order's history read newest first ([`Engine::order_view_as_of`]): the records after
+/// `as_of` are followed (for their links) but left out of the view.
+struct HistoryWalk {
+    as_of: u64,
+    history: Vec<serde_json::Value>,
+    /// Set by the acceptance record, which ends the walk.
+    view: Option<OrderView>,
+    latest_address: Option<serde_json::Value>,
+    /// The status the newest record kept left (`None`: the order's current one).
+    status: Option<crate::order::OrderStatus>,
+}
+
+impl HistoryWalk {
+    /// Takes one record of the chain; returns the seq of the one before it (`None` at the
+    /// acceptance), or what makes the chain broken.
+    fn visit(&mut self, seq: u64, record: &ArchivedRecord) -> Result<Option<u64>, &'static str> {
+        let kept = seq <= self.as_of;
+        let mut item = record.to_json(seq);
+        let object = item.as_object_mut().expect("records are objects");
+        let event = object.remove("type").unwrap_or_default();
+        object.insert("event".into(), event);
+        object.remove("order_id");
+        let prev_seq = match &record.event {
+            ArchivedEvent::Accepted(order) => {
+                for field in ["user_id", "sku", "qty", "payment", "address"] {
+                    object.remove(field);
+                }
+                let payment = order.payment.to_native();
+                let initial = payment.initial_status();
+                object.insert("status".into(), initial.as_str().into());
+                if self.latest_address.is_none() {
+                    self.latest_address = order
+                        .address
+                        .as_ref()
+                        .map(|a| journal::record::json_object_text(a.as_str()));
+                }
+                self.status.get_or_insert(initial);
+                self.view = Some(OrderView {
+                    order_id: order.order_id.to_string(),
+                    user_id: Some(order.user_id.to_string()),
+                    sku: order.sku.to_string(),
+                    qty: order.qty.to_native(),
+                    payment: Some(payment.as_str()),
+                    status: initial.as_str(),
+                    address: None,
+                    history: Vec::new(),
+                    history_complete: true,
+                });
+                None
+            }
+            event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
+                let action = event.order_action().expect("an action record");
+                object.remove("prev_seq");
+                if kept {
+                    if self.latest_address.is_none() {
+                        self.latest_address = object.get("address").cloned();
+                    }
+                    self.status.get_or_insert(action.status.to_native());
+                }
+                Some(action.prev_seq.to_native())
+            }
+            ArchivedEvent::Sku(_) => return Err("a stock change"),
+        };
+        if kept {
+            self.history.push(item);
+        }
+        Ok(prev_seq)
+    }
 }
 
 /// Commands per second the shards have been deciding, measured over the last interval of at
@@ -723,6 +796,20 @@ impl Engine {
             ),
             _ => None,
         };
+        let idempotency = request.idempotency_key.as_ref().map(|given| ActionKey {
+            key: given.clone(),
+            hash: self.keys.idempotency_key(key, given),
+            fingerprint: self.keys.action_fingerprint(ActionContent {
+                action: request.action,
+                reason: request.reason.as_deref(),
+                address: request.address.as_deref(),
+                // As the record stores it (replay fingerprints the record): only `return`
+                // has the flag.
+                restock: request.action == Action::Return && request.restock,
+                exchange_sku: request.exchange_sku.as_deref(),
+            }),
+        });
+        let keyed = idempotency.is_some();
         let (reply, outcome) = oneshot::channel();
         let command = Command::Action(
             ActionCommand {
@@ -733,6 +820,8 @@ impl Engine {
                 address: request.address,
                 restock: request.restock,
                 exchange_sku: request.exchange_sku,
+                idempotency,
+                exchange_sold_out: None,
                 reply,
             },
             std::time::Instant::now(),
@@ -746,9 +835,10 @@ impl Engine {
             return outcome.await.map_err(|_| ActionError::Stopped);
         };
         // Refuse early what the order's state refuses, before a unit is held for nothing
-        // (the order's shard decides again; this only spares the hold).
+        // (the order's shard decides again; this only spares the hold). Not with a key: a
+        // retry of an exchange is answered by the shard from its key, whatever the state.
         let state = entry.state();
-        if transition(state.status, Action::Exchange, false).is_none() {
+        if !keyed && transition(state.status, Action::Exchange, false).is_none() {
             return Ok(ActionOutcome::Refused {
                 status: state.status,
             });
@@ -769,7 +859,7 @@ impl Engine {
         &self,
         order_shard: usize,
         exchange_slot: u32,
-        command: Command,
+        mut command: Command,
         outcome: oneshot::Receiver<ActionOutcome>,
     ) -> Result<ActionOutcome, ActionError> {
         let exchange_shard = shard::shard_of(exchange_slot, self.mailboxes.len());
@@ -782,7 +872,24 @@ impl Engine {
         self.send_patiently(exchange_shard, hold).await?;
         match held.await {
             Ok(Ok(())) => {}
-            Ok(Err(available)) => return Err(ActionError::SoldOut { available }),
+            Ok(Err(available)) => {
+                let Command::Action(action, _) = &mut command else {
+                    unreachable!("an exchange is an action command")
+                };
+                if action.idempotency.is_none() {
+                    return Err(ActionError::SoldOut { available });
+                }
+                // Nothing is held: the order's shard answers a retry from its key, and new
+                // work as sold out; there is nothing to settle.
+                action.exchange_sold_out = Some(available);
+                self.send_patiently(order_shard, command).await?;
+                return match outcome.await.map_err(|_| ActionError::Stopped)? {
+                    ActionOutcome::ExchangeSoldOut { available } => {
+                        Err(ActionError::SoldOut { available })
+                    }
+                    other => Ok(other),
+                };
+            }
             Err(_) => return Err(ActionError::Stopped),
         }
         let result = match self.send_patiently(order_shard, command).await {
@@ -849,12 +956,14 @@ impl Engine {
             snapshots.push(snapshot);
         }
         let mut timers = Vec::new();
+        let mut bound_keys = Vec::new();
         let mut holds = 0;
         for snapshot in snapshots {
             let snapshot = snapshot
                 .blocking_recv()
                 .map_err(|_| io::Error::other("a shard stopped during the checkpoint"))?;
             timers.extend(snapshot.timers);
+            bound_keys.extend(snapshot.keys);
             holds += snapshot.holds.len();
         }
         if holds > 0 {
@@ -921,6 +1030,7 @@ impl Engine {
             skus,
             orders,
             timers,
+            idempotency_keys: bound_keys.iter().map(checkpoint::KeyState::of).collect(),
         };
         let path = checkpoint::write_if_room(&checkpoint::checkpoints_dir(&self.data_dir), &state)?;
         tracing::info!(path = %path.display(), seq, orders = state.orders.len(), "checkpoint written");
@@ -1172,36 +1282,44 @@ impl Engine {
     /// order's history chain (blocking file reads: call it off the async runtime). `None`
     /// when the order is unknown or not yet durable.
     pub fn order_view(&self, order_id: &str) -> io::Result<Option<OrderView>> {
+        self.order_view_as_of(order_id, u64::MAX)
+    }
+
+    /// The order as `GET` showed it right after its record `as_of` (the answer to a retry of
+    /// a keyed action): its history up to and including that record, and the status and
+    /// address that record left.
+    pub fn order_view_as_of(&self, order_id: &str, as_of: u64) -> io::Result<Option<OrderView>> {
         let key = self.keys.order_key(order_id);
         let Some(entry) = self.orders.get(key) else {
             return Ok(None);
         };
         let state = entry.state();
-        let mut history = Vec::with_capacity(state.records as usize);
-        let mut view = None;
-        let mut latest_address: Option<serde_json::Value> = None;
+        let mut walk = HistoryWalk {
+            as_of,
+            history: Vec::with_capacity(state.records as usize),
+            view: None,
+            latest_address: None,
+            status: None,
+        };
         let mut seq = state.last_seq;
         let mut first_retained = self.first_retained_seq()?;
-        while view.is_none() {
-            if history.len() > limits::RECORDS_PER_ORDER_MAX as usize {
+        while walk.view.is_none() {
+            if walk.history.len() > limits::RECORDS_PER_ORDER_MAX as usize {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("history of order {order_id} does not end"),
                 ));
             }
-            let mut prev_seq = None;
-            let mut broken = None;
             if seq < first_retained {
                 // Retention deleted the rest of the chain: what is kept is the history.
-                let sku = self
-                    .inventory
-                    .slot(entry.slot_index)
-                    .sku_name()
-                    .unwrap_or_default();
-                view = Some(OrderView {
+                walk.view = Some(OrderView {
                     order_id: order_id.to_owned(),
                     user_id: None,
-                    sku,
+                    sku: self
+                        .inventory
+                        .slot(entry.slot_index)
+                        .sku_name()
+                        .unwrap_or_default(),
                     qty: entry.qty,
                     payment: None,
                     status: state.status.as_str(),
@@ -1211,48 +1329,10 @@ impl Engine {
                 });
                 break;
             }
-            let found = self.journal.read_with(seq, &mut |record| {
-                let mut item = record.to_json(seq);
-                let object = item.as_object_mut().expect("records are objects");
-                let event = object.remove("type").unwrap_or_default();
-                object.insert("event".into(), event);
-                object.remove("order_id");
-                match &record.event {
-                    ArchivedEvent::Accepted(order) => {
-                        for field in ["user_id", "sku", "qty", "payment", "address"] {
-                            object.remove(field);
-                        }
-                        let payment = order.payment.to_native();
-                        object.insert("status".into(), payment.initial_status().as_str().into());
-                        if latest_address.is_none() {
-                            latest_address = order
-                                .address
-                                .as_ref()
-                                .map(|a| journal::record::json_object_text(a.as_str()));
-                        }
-                        view = Some(OrderView {
-                            order_id: order.order_id.to_string(),
-                            user_id: Some(order.user_id.to_string()),
-                            sku: order.sku.to_string(),
-                            qty: order.qty.to_native(),
-                            payment: Some(payment.as_str()),
-                            status: state.status.as_str(),
-                            address: None,
-                            history: Vec::new(),
-                            history_complete: true,
-                        });
-                    }
-                    ArchivedEvent::Action(action) => {
-                        object.remove("prev_seq");
-                        if latest_address.is_none() {
-                            latest_address = object.get("address").cloned();
-                        }
-                        prev_seq = Some(action.prev_seq.to_native());
-                    }
-                    ArchivedEvent::Sku(_) => broken = Some("a stock change"),
-                }
-                history.push(item);
-            });
+            let mut step = Ok(None);
+            let found = self
+                .journal
+                .read_with(seq, &mut |record| step = walk.visit(seq, record));
             let found = match found {
                 Ok(found) => found,
                 // Retention may delete the segment between the listing above and this read:
@@ -1261,33 +1341,38 @@ impl Engine {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => false,
                 Err(error) => return Err(error),
             };
-            if !found && broken.is_none() {
+            if !found {
                 first_retained = self.first_retained_seq()?;
                 if seq < first_retained {
                     continue;
                 }
             }
-            if !found || broken.is_some() {
+            let broken = if found {
+                step.err()
+            } else {
+                Some("not in the journal")
+            };
+            if let Some(broken) = broken {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!(
-                        "history of order {order_id} leads to seq {seq}, which is {}",
-                        broken.unwrap_or("not in the journal")
-                    ),
+                    format!("history of order {order_id} leads to seq {seq}, which is {broken}"),
                 ));
             }
-            if let Some(prev) = prev_seq {
+            if let Ok(Some(prev)) = step {
                 seq = prev;
             }
         }
-        let mut view = view.expect("the loop ends on the acceptance");
+        let mut view = walk.view.expect("the loop ends on the acceptance");
         if view.order_id != order_id {
             // Another id with the same 64-bit key (see inventory::keys): not this order.
             return Ok(None);
         }
-        history.reverse();
-        view.history = history;
-        view.address = latest_address;
+        walk.history.reverse();
+        view.history = walk.history;
+        view.address = walk.latest_address;
+        if let Some(status) = walk.status {
+            view.status = status.as_str();
+        }
         Ok(Some(view))
     }
 
@@ -1636,66 +1721,8 @@ fn replay(
             let writer = &mut writers[shard::shard_of(slot_index, writers.len())];
             writer.replay_accepted(slot_index, qty, payment, purchase_key, timer);
         }
-        ArchivedEvent::Action(change) => {
-            let order_id = change.order_id.as_str();
-            let key = keys.order_key(order_id);
-            let Some(entry) = orders.get(key) else {
-                return Err(format!(
-                    "{} of unknown order {order_id}",
-                    change.action.to_native().as_str()
-                ));
-            };
-            let state = entry.state();
-            let action = change.action.to_native();
-            // The live path decided this with the same function on the same state.
-            let moved = transition(state.status, action, change.restock).ok_or_else(|| {
-                format!(
-                    "{} of order {order_id} in state {} is not a valid transition",
-                    action.as_str(),
-                    state.status.as_str()
-                )
-            })?;
-            let recorded = change.status.to_native();
-            if moved.to != recorded || change.prev_seq.to_native() != state.last_seq {
-                return Err(format!(
-                    "{} of order {order_id} records state {} after seq {}, replay says {} after seq {}",
-                    action.as_str(),
-                    recorded.as_str(),
-                    change.prev_seq.to_native(),
-                    moved.to.as_str(),
-                    state.last_seq
-                ));
-            }
-            if moved.stock == StockEffect::TakeExchangeUnit {
-                let Some(sku) = change.exchange_sku.as_ref().map(|s| s.as_str()) else {
-                    return Err(format!("exchange of order {order_id} names no sku"));
-                };
-                let Some(slot_index) = catalog.get(sku).map(|entry| *entry) else {
-                    return Err(format!("exchange of order {order_id} to unknown sku {sku}"));
-                };
-                let slot = inventory.slot(slot_index);
-                let mut values = slot.values();
-                if values.available < 1 {
-                    return Err(format!(
-                        "exchange of order {order_id} takes a unit of {sku} but none is left"
-                    ));
-                }
-                values.take_into(1, false);
-                slot.write(values);
-            }
-            let writer = &mut writers[shard::shard_of(entry.slot_index, writers.len())];
-            writer.replay_action(&entry, moved.stock);
-            orders.set_state(
-                key,
-                OrderState {
-                    status: moved.to,
-                    last_seq: seq,
-                    last_action: Some(action),
-                    records: state.records + 1,
-                    reminded: state.reminded || action == Action::PaymentReminder,
-                    released: state.released || matches!(moved.stock, StockEffect::GiveBack { .. }),
-                },
-            );
+        event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
+            replay_action(seq, event, inventory, orders, keys, catalog, writers)?;
         }
     }
     Ok(())
@@ -1714,6 +1741,95 @@ fn records_missing(resumes_at: u64, checkpoint_seq: u64) -> String {
         },
         checkpoint_seq + 1
     )
+}
+
+/// Replays one order action (keyed or not): checks it against the state machine, applies its
+/// stock effect and the order's new state, and binds its idempotency key, if it has one.
+fn replay_action(
+    seq: u64,
+    event: &ArchivedEvent,
+    inventory: &Inventory,
+    orders: &OrderIndex,
+    keys: &KeyHasher,
+    catalog: &DashMap<String, u32>,
+    writers: &mut [ShardWriter],
+) -> Result<(), String> {
+    let change = event.order_action().expect("an action record");
+    let order_id = change.order_id.as_str();
+    let key = keys.order_key(order_id);
+    let Some(entry) = orders.get(key) else {
+        return Err(format!(
+            "{} of unknown order {order_id}",
+            change.action.to_native().as_str()
+        ));
+    };
+    let state = entry.state();
+    let action = change.action.to_native();
+    // The live path decided this with the same function on the same state.
+    let moved = transition(state.status, action, change.restock).ok_or_else(|| {
+        format!(
+            "{} of order {order_id} in state {} is not a valid transition",
+            action.as_str(),
+            state.status.as_str()
+        )
+    })?;
+    let recorded = change.status.to_native();
+    if moved.to != recorded || change.prev_seq.to_native() != state.last_seq {
+        return Err(format!(
+            "{} of order {order_id} records state {} after seq {}, replay says {} after seq {}",
+            action.as_str(),
+            recorded.as_str(),
+            change.prev_seq.to_native(),
+            moved.to.as_str(),
+            state.last_seq
+        ));
+    }
+    if moved.stock == StockEffect::TakeExchangeUnit {
+        let Some(sku) = change.exchange_sku.as_ref().map(|s| s.as_str()) else {
+            return Err(format!("exchange of order {order_id} names no sku"));
+        };
+        let Some(slot_index) = catalog.get(sku).map(|entry| *entry) else {
+            return Err(format!("exchange of order {order_id} to unknown sku {sku}"));
+        };
+        let slot = inventory.slot(slot_index);
+        let mut values = slot.values();
+        if values.available < 1 {
+            return Err(format!(
+                "exchange of order {order_id} takes a unit of {sku} but none is left"
+            ));
+        }
+        values.take_into(1, false);
+        slot.write(values);
+    }
+    let writer = &mut writers[shard::shard_of(entry.slot_index, writers.len())];
+    writer.replay_action(&entry, moved.stock);
+    orders.set_state(
+        key,
+        OrderState {
+            status: moved.to,
+            last_seq: seq,
+            last_action: Some(action),
+            records: state.records + 1,
+            reminded: state.reminded || action == Action::PaymentReminder,
+            released: state.released || matches!(moved.stock, StockEffect::GiveBack { .. }),
+        },
+    );
+    if let Some(given) = event.idempotency_key() {
+        writer.keys.bind(BoundKey {
+            order: key,
+            key: keys.idempotency_key(key, given),
+            seq,
+            fingerprint: keys.action_fingerprint(ActionContent {
+                action,
+                reason: change.reason.as_ref().map(|r| r.as_str()),
+                address: change.address.as_ref().map(|a| a.as_str()),
+                restock: change.restock,
+                exchange_sku: change.exchange_sku.as_ref().map(|s| s.as_str()),
+            }),
+            status: moved.to,
+        });
+    }
+    Ok(())
 }
 
 fn lock_data_dir(data_dir: &Path) -> Result<File, StartError> {
@@ -1848,6 +1964,20 @@ fn restore_checkpoint(
                 .purchases
                 .add(entry.purchase_key, entry.qty);
         }
+    }
+    for saved in &state.idempotency_keys {
+        let bound = saved
+            .to_bound()
+            .ok_or_else(|| format!("an idempotency key with status {}", saved.status))?;
+        let Some(entry) = orders.get(bound.order) else {
+            return Err(format!(
+                "an idempotency key of order key {:?} that has no entry",
+                bound.order
+            ));
+        };
+        writers[shard::shard_of(entry.slot_index, shard_count)]
+            .keys
+            .bind(bound);
     }
     for timer in &state.timers {
         let key = crate::inventory::OrderKey(timer.key);

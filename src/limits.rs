@@ -180,6 +180,10 @@ pub const LIFE_RECORDS_RESERVED: u32 = 16;
 /// Longest `reason` text an action may carry, in bytes: a note, not a document.
 pub const REASON_BYTES_MAX: usize = 256;
 
+/// Longest `Idempotency-Key` header of an action, in bytes (contract: 1..=64 id
+/// characters). It is journaled with the action, so it bounds that record.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 64;
+
 /// Highest journal sequence number the order index can store (40 bits: a trillion records).
 pub const SEQ_MAX: u64 = (1 << 40) - 1;
 
@@ -270,7 +274,12 @@ pub const RECONCILE_EXPECTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
 // - the journal's pending buffer holds at most `shards * batch_max` frames of at most
 //   `RECORD_PAYLOAD_BYTES_MAX + 24` bytes (one batch per shard waits for each commit), or,
 //   while a bulk SKU load is committing, up to `BULK_LINES_MAX` SKU frames more;
-// - the catalogue holds at most `inventory.skus_max` SKUs (the slot file's size).
+// - the catalogue holds at most `inventory.skus_max` SKUs (the slot file's size);
+// - the idempotency-key table holds one entry per journaled action that carried a key
+//   (refused and unkeyed actions leave nothing), so at most `RECORDS_PER_ORDER_MAX - 1` per
+//   order: one 40-byte bucket and a control byte per keyed action (≥ 47 bytes at the table's
+//   7/8 maximum load, up to twice that just after it grows), nothing for orders whose actions
+//   carry no key.
 
 const _: () = assert!(LIFE_RECORDS_RESERVED < RECORDS_PER_ORDER_MAX);
 const _: () = assert!(BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
@@ -281,6 +290,17 @@ const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
 // rkyv's relative pointers and padding (well under 2 bytes per field).
 const _: () = assert!(
     2 * ORDER_ID_BYTES_MAX + SKU_BYTES_MAX + ADDRESS_BYTES_MAX + 256 <= RECORD_PAYLOAD_BYTES_MAX
+);
+// An action record with every string at its maximum (order id, reason, address, exchange
+// SKU, idempotency key) fits the record bound the same way.
+const _: () = assert!(
+    ORDER_ID_BYTES_MAX
+        + REASON_BYTES_MAX
+        + ADDRESS_BYTES_MAX
+        + SKU_BYTES_MAX
+        + IDEMPOTENCY_KEY_BYTES_MAX
+        + 256
+        <= RECORD_PAYLOAD_BYTES_MAX
 );
 // A segment must hold at least one whole group commit of maximal records.
 const _: () =

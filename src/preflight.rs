@@ -1416,6 +1416,7 @@ mod tests {
                 skus: Vec::new(),
                 orders: Vec::new(),
                 timers: Vec::new(),
+                idempotency_keys: Vec::new(),
             },
         )
         .unwrap();

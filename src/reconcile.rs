@@ -495,7 +495,8 @@ impl JournalFold {
                         TrackedOrder { sku, qty, status },
                     );
                 }
-                ArchivedEvent::Action(change) => {
+                event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
+                    let change = event.order_action().expect("an action record");
                     let order_id = change.order_id.as_str();
                     let action = change.action.to_native();
                     let order = self.orders.get_mut(order_id).ok_or_else(|| {

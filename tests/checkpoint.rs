@@ -60,6 +60,20 @@ async fn act(engine: &Arc<Engine>, id: &str, action: Action, sku: Option<&str>) 
         address: None,
         restock: false,
         exchange_sku: sku.map(str::to_owned),
+        idempotency_key: None,
+    };
+    engine.order_action(request).await.expect("action decided")
+}
+
+async fn act_keyed(engine: &Arc<Engine>, id: &str, action: Action, key: &str) -> ActionOutcome {
+    let request = ActionRequest {
+        order_id: id.into(),
+        action,
+        reason: Some(format!("{action:?} under {key}")),
+        address: None,
+        restock: false,
+        exchange_sku: None,
+        idempotency_key: Some(key.into()),
     };
     engine.order_action(request).await.expect("action decided")
 }
@@ -178,4 +192,63 @@ fn order_statuses(engine: &Arc<Engine>) -> Vec<(String, &'static str)> {
             (id, view.status)
         })
         .collect()
+}
+
+/// Idempotency keys bound before a checkpoint come back from it (the records before its seq
+/// are not replayed), those bound after it from the journal.
+#[test]
+fn idempotency_keys_survive_a_restart_from_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir.path().join("data"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (engine, _) = Engine::start_with_clock(&config, Clock::system()).unwrap();
+    let done_seq = |outcome: ActionOutcome| match outcome {
+        ActionOutcome::Done { seq, .. } => seq,
+        other => panic!("not done: {other:?}"),
+    };
+    let paid_seq = runtime.block_on(async {
+        for sku in ["CK-A", "CK-B"] {
+            let update = SkuUpdate {
+                stock: Some(10),
+                ..SkuUpdate::default()
+            };
+            engine.put_sku(sku, update).await.unwrap();
+        }
+        place(&engine, "key-a", "CK-A", Payment::Prepaid).await;
+        place(&engine, "key-b", "CK-B", Payment::Prepaid).await;
+        let paid = done_seq(act_keyed(&engine, "key-a", Action::Pay, "pay-1").await);
+        done_seq(act_keyed(&engine, "key-b", Action::Pay, "pay-1").await);
+        paid
+    });
+    let checkpoint_seq = engine.checkpoint().expect("checkpoint written");
+    let verified_seq = runtime.block_on(async {
+        done_seq(act_keyed(&engine, "key-a", Action::Verify, "verify-1").await)
+    });
+    assert!(paid_seq <= checkpoint_seq && verified_seq > checkpoint_seq);
+    engine.shutdown().unwrap();
+    drop(engine);
+
+    let (engine, report) = Engine::start_with_clock(&config, Clock::system()).unwrap();
+    assert_eq!(report.checkpoint_seq, Some(checkpoint_seq));
+    runtime.block_on(async {
+        for (id, action, key, seq) in [
+            ("key-a", Action::Pay, "pay-1", paid_seq),
+            ("key-a", Action::Verify, "verify-1", verified_seq),
+        ] {
+            let outcome = act_keyed(&engine, id, action, key).await;
+            assert!(
+                matches!(outcome, ActionOutcome::Replayed { seq: Some(s), .. } if s == seq),
+                "{id} {action:?} under {key}: {outcome:?}"
+            );
+        }
+        let paid_then = engine.order_view_as_of("key-a", paid_seq).unwrap().unwrap();
+        assert_eq!(paid_then.status, "paid");
+        assert_eq!(paid_then.history.len(), 2, "{paid_then:?}");
+        // Another action under a bound key is a conflict; another order's key is its own.
+        let outcome = act_keyed(&engine, "key-a", Action::Print, "pay-1").await;
+        assert_eq!(outcome, ActionOutcome::IdempotencyConflict);
+        let outcome = act_keyed(&engine, "key-b", Action::Verify, "verify-1").await;
+        assert!(matches!(outcome, ActionOutcome::Done { .. }), "{outcome:?}");
+    });
+    engine.shutdown().unwrap();
 }

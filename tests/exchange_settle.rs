@@ -126,6 +126,7 @@ async fn act(engine: &Arc<Engine>, id: &str, action: Action, sku: Option<&str>) 
         address: None,
         restock: false,
         exchange_sku: sku.map(str::to_owned),
+        idempotency_key: None,
     };
     engine.order_action(request).await.expect("action decided")
 }

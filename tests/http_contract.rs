@@ -348,6 +348,12 @@ async fn every_bad_order_gets_the_contract_error() {
         json!({"order_id": "i16", "user_id": "u1", "sku": "BAD-1", "qty": 1, "payment": "card"}),
         json!({"order_id": "i17", "user_id": "u1", "sku": "BAD-1", "qty": 1, "payment": "COD"}),
         json!({"order_id": "i18", "user_id": "u1", "sku": "BAD-1", "qty": 1, "address": big_address}),
+        // Ids made only of dots are path segments a proxy normalises away.
+        json!({"order_id": ".", "user_id": "u1", "sku": "BAD-1", "qty": 1}),
+        json!({"order_id": "..", "user_id": "u1", "sku": "BAD-1", "qty": 1}),
+        json!({"order_id": "...", "user_id": "u1", "sku": "BAD-1", "qty": 1}),
+        json!({"order_id": "i22", "user_id": ".", "sku": "BAD-1", "qty": 1}),
+        json!({"order_id": "i23", "user_id": "..", "sku": "BAD-1", "qty": 1}),
     ];
     for body in &invalid {
         let reply = server.post_order(body).await;

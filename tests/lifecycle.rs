@@ -283,6 +283,21 @@ impl Api {
         read_reply(request.send().await).await
     }
 
+    /// An action with an `Idempotency-Key` header (sent as raw bytes).
+    async fn act_keyed(&self, id: &str, action: &str, key: &[u8], body: Option<&Value>) -> Reply {
+        let mut request = self
+            .client
+            .post(self.url(&format!("/v1/orders/{id}/{action}")))
+            .header(
+                "idempotency-key",
+                reqwest::header::HeaderValue::from_bytes(key).expect("a header value"),
+            );
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        read_reply(request.send().await).await
+    }
+
     /// An action that must be new work: 200 without `Idempotent-Replayed`, the answer is
     /// the order as `GET` then shows it, and its history grew by exactly this action's
     /// record, after the ones it had. Returns the view.
@@ -1188,6 +1203,219 @@ async fn a_retried_action_is_answered_from_history_and_journaled_once() {
     api.act("i1", "teleport", None)
         .await
         .assert_error(404, "not_found");
+    stop(&mut server, Stop::Term).await;
+}
+
+/// A keyed action that must be new work: 200, not a replay, the order as `GET` shows it.
+async fn keyed_step(api: &Api, id: &str, action: &str, key: &str, body: Option<&Value>) -> Value {
+    let reply = api.act_keyed(id, action, key.as_bytes(), body).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{action} on {id}: {}",
+        reply.text
+    );
+    assert_eq!(
+        reply.header("idempotent-replayed"),
+        None,
+        "{action} is new work"
+    );
+    assert_eq!(
+        reply.json,
+        api.order(id).await,
+        "{action} answers the order as GET shows it"
+    );
+    reply.json
+}
+
+/// Retries each keyed action of `originals` (action, key, body, the original answer) and
+/// requires the original answer back, marked as a replay.
+async fn retries_answer_the_originals(
+    api: &Api,
+    id: &str,
+    originals: &[(&str, &str, Option<Value>, Value)],
+    when: &str,
+) {
+    for (action, key, body, original) in originals {
+        let reply = api
+            .act_keyed(id, action, key.as_bytes(), body.as_ref())
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "retry of {action} {when}: {}",
+            reply.text
+        );
+        assert_eq!(
+            reply.header("idempotent-replayed"),
+            Some("true"),
+            "retry of {action} {when} is a replay"
+        );
+        assert_eq!(
+            &reply.json, original,
+            "retry of {action} {when} answers the original result"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions_and_restarts() {
+    let mut server = Server::start(Opts::default()).await;
+    let api = Api::of(&server);
+    api.put_sku("KEYED", json!({"stock": 5})).await;
+    api.place("k1", "u1", "KEYED", 1, "prepaid").await;
+
+    let new_address = json!({"address": {"city": "Bergen"}});
+    let paid = keyed_step(&api, "k1", "pay", "pay-1", None).await;
+    assert_eq!(paid["status"], "paid");
+    let modified = keyed_step(&api, "k1", "modify", "mod-1", Some(&new_address)).await;
+    let verified = keyed_step(&api, "k1", "verify", "ver-1", None).await;
+    // Later actions, with and without keys.
+    api.step_to("k1", "print", "printed").await;
+    let originals = vec![
+        ("pay", "pay-1", None, paid.clone()),
+        (
+            "modify",
+            "mod-1",
+            Some(new_address.clone()),
+            modified.clone(),
+        ),
+        ("verify", "ver-1", None, verified),
+    ];
+    retries_answer_the_originals(&api, "k1", &originals, "after later actions").await;
+    assert_eq!(
+        paid["status"], "paid",
+        "the original answer, not the order now"
+    );
+    assert_eq!(events(&paid), ["accepted", "pay"]);
+    let now = api.order("k1").await;
+    assert_eq!(now["status"], "printed", "retries changed nothing: {now}");
+    assert_eq!(
+        events(&now),
+        ["accepted", "pay", "modify", "verify", "print"]
+    );
+    api.expect_stock("KEYED", (4, 0, 1), "paid once").await;
+
+    // The journal shows each key on its action's line; the unkeyed action has none.
+    let journal = api.journal_of("k1").await;
+    let keys: Vec<Option<&str>> = journal
+        .iter()
+        .map(|record| record["idempotency_key"].as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [None, Some("pay-1"), Some("mod-1"), Some("ver-1"), None]
+    );
+    assert_history_is_journal(&now, &journal);
+
+    // The same key with another action or another body: 422, nothing journaled.
+    api.act_keyed("k1", "pick", b"pay-1", None)
+        .await
+        .assert_error(422, "idempotency_conflict");
+    let other_address = json!({"address": {"city": "Oslo"}});
+    api.act_keyed("k1", "modify", b"mod-1", Some(&other_address))
+        .await
+        .assert_error(422, "idempotency_conflict");
+    api.act_keyed("k1", "cancel", b"ver-1", Some(&json!({"reason": "x"})))
+        .await
+        .assert_error(422, "idempotency_conflict");
+    // A refused action binds nothing: the key is free for an allowed one afterwards.
+    let refused = api.act_keyed("k1", "pay", b"late-1", None).await;
+    assert_refused(&refused, "printed", "pay");
+    keyed_step(&api, "k1", "pick", "late-1", None).await;
+
+    // SIGKILL and a restart: the journal rebuilds every key.
+    let journal_before = api.journal().await;
+    stop(&mut server, Stop::Kill).await;
+    server.restart().await;
+    let api = Api::of(&server);
+    assert_eq!(api.journal().await, journal_before, "journal after SIGKILL");
+    retries_answer_the_originals(&api, "k1", &originals, "after SIGKILL and restart").await;
+    api.act_keyed("k1", "pick", b"pay-1", None)
+        .await
+        .assert_error(422, "idempotency_conflict");
+    api.act_keyed("k1", "modify", b"mod-1", Some(&other_address))
+        .await
+        .assert_error(422, "idempotency_conflict");
+    assert_eq!(
+        api.journal().await,
+        journal_before,
+        "retries journal nothing"
+    );
+    stop(&mut server, Stop::Term).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_scoped_per_order_and_invalid_keys_are_refused() {
+    let mut server = Server::start(Opts::default()).await;
+    let api = Api::of(&server);
+    api.put_sku("KEYED", json!({"stock": 5})).await;
+    api.place("k1", "u1", "KEYED", 1, "prepaid").await;
+    let paid = keyed_step(&api, "k1", "pay", "pay-1", None).await;
+    // Keys are scoped per order: the same key on another order is new work there, and each
+    // order's retry answers its own original.
+    api.place("k2", "u2", "KEYED", 1, "prepaid").await;
+    let other = keyed_step(&api, "k2", "pay", "pay-1", None).await;
+    assert_eq!(events(&other), ["accepted", "pay"]);
+    retries_answer_the_originals(&api, "k1", &[("pay", "pay-1", None, paid)], "on k1").await;
+    retries_answer_the_originals(&api, "k2", &[("pay", "pay-1", None, other)], "on k2").await;
+
+    // Invalid keys are refused before anything is decided.
+    let too_long = "k".repeat(65);
+    for bad in [
+        &b""[..],
+        too_long.as_bytes(),
+        b"has space",
+        b"slash/key",
+        b"semi;colon",
+        "k\u{e9}y".as_bytes(),
+    ] {
+        api.act_keyed("k2", "verify", bad, None)
+            .await
+            .assert_error(422, "invalid");
+    }
+    assert_eq!(
+        api.order("k2").await["status"],
+        "paid",
+        "invalid keys changed nothing"
+    );
+    let longest = "k".repeat(64);
+    keyed_step(&api, "k2", "verify", &longest, None).await;
+
+    stop(&mut server, Stop::Term).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_exchange_retry_is_answered_after_its_sku_sold_out_and_a_restart() {
+    let mut server = Server::start(Opts::default()).await;
+    let api = Api::of(&server);
+    api.put_sku("KEYED", json!({"stock": 5})).await;
+    // A keyed exchange that took the last unit of its SKU: its retry is still the original
+    // answer, while new work under another key is sold out.
+    api.put_sku("KEYED-SWAP", json!({"stock": 1})).await;
+    api.place("k3", "u3", "KEYED", 1, "cod").await;
+    api.drive(
+        "k3",
+        &["verify", "print", "pick", "check", "pack", "weigh", "ship"],
+    )
+    .await;
+    let swap = json!({"sku": "KEYED-SWAP"});
+    let exchanged = keyed_step(&api, "k3", "exchange", "ex-1", Some(&swap)).await;
+    api.expect_stock("KEYED-SWAP", (0, 0, 1), "exchanged").await;
+    let exchange_originals = vec![("exchange", "ex-1", Some(swap.clone()), exchanged)];
+    retries_answer_the_originals(&api, "k3", &exchange_originals, "when sold out").await;
+    api.act_keyed("k3", "exchange", b"ex-2", Some(&swap))
+        .await
+        .assert_error(409, "sold_out");
+    api.expect_stock("KEYED-SWAP", (0, 0, 1), "one unit, once")
+        .await;
+
+    stop(&mut server, Stop::Kill).await;
+    server.restart().await;
+    let api = Api::of(&server);
+    retries_answer_the_originals(&api, "k3", &exchange_originals, "after SIGKILL").await;
+    api.expect_stock("KEYED-SWAP", (0, 0, 1), "after SIGKILL")
+        .await;
     stop(&mut server, Stop::Term).await;
 }
 

@@ -4,7 +4,10 @@
 //! - every SKU's stock equals the model's and `sold + reserved + available = stock_total`;
 //! - every order's state equals the model's;
 //! - every outcome (accepted, sold out, purchase limit, refused, ...) is the one the model
-//!   predicts, so per-user limits hold exactly.
+//!   predicts, so per-user limits hold exactly;
+//! - an action with an `Idempotency-Key` the order already used is a replay (answered with
+//!   the order's status right after the original action) when the action and body are the
+//!   same, and a conflict when not, across restarts and checkpoints.
 //!
 //! And after every restart (from the journal alone, or from a checkpoint and the records
 //! after it) the replayed state equals the live state before it.
@@ -33,6 +36,8 @@ const TIMEOUT_S: u32 = 60;
 const ORDER_IDS: usize = 10;
 const USERS: usize = 3;
 const START_MS: u64 = 1_800_000_000_000;
+/// Idempotency keys an action may carry: few, so that keys are reused on an order often.
+const KEYS: usize = 3;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -48,6 +53,8 @@ enum Op {
         action: Action,
         restock: bool,
         exchange_sku: usize,
+        /// One of a few `Idempotency-Key`s (`k0`, `k1`, ...), or none.
+        key: Option<usize>,
     },
     Advance {
         seconds: u64,
@@ -73,8 +80,9 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..ORDER_IDS, 0..USERS, 0..SKUS.len(), 1..=MAX_PER_ORDER + 1, payment)
             .prop_map(|(order, user, sku, qty, payment)| Op::Place { order, user, sku, qty, payment }),
-        6 => (0..ORDER_IDS, proptest::sample::select(client_actions), any::<bool>(), 0..SKUS.len())
-            .prop_map(|(order, action, restock, exchange_sku)| Op::Act { order, action, restock, exchange_sku }),
+        6 => (0..ORDER_IDS, proptest::sample::select(client_actions), any::<bool>(), 0..SKUS.len(),
+              proptest::option::of(0..KEYS))
+            .prop_map(|(order, action, restock, exchange_sku, key)| Op::Act { order, action, restock, exchange_sku, key }),
         1 => (1u64..=45).prop_map(|seconds| Op::Advance { seconds }),
         1 => Just(Op::Checkpoint),
         1 => Just(Op::Restart),
@@ -107,6 +115,20 @@ struct Model {
     stock: [Stock; 3],
     bought: HashMap<(usize, usize), u32>,
     orders: HashMap<usize, ModelOrder>,
+    /// (order, key) → what the action asked for ([`request_of`]) and the status it left.
+    keys: HashMap<(usize, usize), (Request, OrderStatus)>,
+}
+
+/// What an action asks for, as far as its idempotency fingerprint goes (the harness sends
+/// the same address for every `modify` and no reason).
+type Request = (Action, bool, Option<usize>);
+
+fn request_of(action: Action, restock: bool, exchange_sku: usize) -> Request {
+    (
+        action,
+        action == Action::Return && restock,
+        (action == Action::Exchange).then_some(exchange_sku),
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +140,9 @@ enum Expect {
     SoldOut,
     PurchaseLimit,
     Done(OrderStatus),
-    ActionReplayed,
+    /// A retry; with a key, the status the original action left.
+    ActionReplayed(Option<OrderStatus>),
+    ActionConflict,
     Refused,
     UnknownOrder,
     TooManyRecords,
@@ -183,12 +207,27 @@ impl Model {
         Expect::Accepted
     }
 
-    fn act(&mut self, id: usize, action: Action, restock: bool, exchange_sku: usize) -> Expect {
+    fn act(
+        &mut self,
+        id: usize,
+        action: Action,
+        restock: bool,
+        exchange_sku: usize,
+        key: Option<usize>,
+    ) -> Expect {
         let Some(order) = self.orders.get(&id).cloned() else {
             return Expect::UnknownOrder;
         };
-        if !action.repeats() && order.last_action == Some(action) {
-            return Expect::ActionReplayed;
+        if let Some(key) = key {
+            if let Some((request, status)) = self.keys.get(&(id, key)) {
+                return if *request == request_of(action, restock, exchange_sku) {
+                    Expect::ActionReplayed(Some(*status))
+                } else {
+                    Expect::ActionConflict
+                };
+            }
+        } else if !action.repeats() && order.last_action == Some(action) {
+            return Expect::ActionReplayed(None);
         }
         let Some(moved) = transition(order.status, action, restock) else {
             return Expect::Refused;
@@ -221,6 +260,12 @@ impl Model {
         order.status = moved.to;
         order.last_action = Some(action);
         order.records += 1;
+        if let Some(key) = key {
+            self.keys.insert(
+                (id, key),
+                (request_of(action, restock, exchange_sku), moved.to),
+            );
+        }
         Expect::Done(moved.to)
     }
 
@@ -342,19 +387,46 @@ impl Harness {
         }
     }
 
-    fn act(&self, id: usize, action: Action, restock: bool, exchange_sku: usize) -> Expect {
+    fn act(
+        &self,
+        id: usize,
+        action: Action,
+        restock: bool,
+        exchange_sku: usize,
+        key: Option<usize>,
+    ) -> Expect {
         let engine = self.engine().clone();
+        let order_id = format!("o{id}");
         let request = ActionRequest {
-            order_id: format!("o{id}"),
+            order_id: order_id.clone(),
             action,
             reason: None,
             address: (action == Action::Modify).then(|| r#"{"city":"X"}"#.to_owned()),
             restock,
             exchange_sku: (action == Action::Exchange).then(|| SKUS[exchange_sku].to_owned()),
+            idempotency_key: key.map(|key| format!("k{key}")),
         };
         match self.runtime.block_on(engine.order_action(request)) {
             Ok(ActionOutcome::Done { status, .. }) => Expect::Done(status),
-            Ok(ActionOutcome::Replayed { .. }) => Expect::ActionReplayed,
+            Ok(ActionOutcome::Replayed { seq: None, .. }) => Expect::ActionReplayed(None),
+            Ok(ActionOutcome::Replayed {
+                seq: Some(seq),
+                status,
+            }) => {
+                // The original answer: the order as of the action's record, whose status is
+                // the one the key remembers.
+                let view = engine
+                    .order_view_as_of(&order_id, seq)
+                    .expect("history reads")
+                    .expect("the order is known");
+                assert_eq!(view.status, status.as_str(), "o{id} as of seq {seq}");
+                assert_eq!(view.history.last().unwrap()["seq"], seq, "o{id}");
+                Expect::ActionReplayed(Some(status))
+            }
+            Ok(ActionOutcome::IdempotencyConflict) => Expect::ActionConflict,
+            Ok(ActionOutcome::ExchangeSoldOut { .. }) => {
+                panic!("the engine answers a keyed exchange's missing unit as SoldOut")
+            }
             Ok(ActionOutcome::Refused { .. }) => Expect::Refused,
             Ok(ActionOutcome::UnknownOrder) => Expect::UnknownOrder,
             Ok(ActionOutcome::TooManyRecords { .. }) => Expect::TooManyRecords,
@@ -435,9 +507,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 action,
                 restock,
                 exchange_sku,
+                key,
             } => {
-                let expected = model.act(*order, *action, *restock, *exchange_sku);
-                let got = harness.act(*order, *action, *restock, *exchange_sku);
+                let expected = model.act(*order, *action, *restock, *exchange_sku, *key);
+                let got = harness.act(*order, *action, *restock, *exchange_sku, *key);
                 prop_assert_eq!(got, expected, "step {}: {:?}", step, op);
             }
             Op::Advance { seconds } => {
@@ -518,10 +591,25 @@ fn a_known_sequence_matches_the_model() {
             action: Action::Pay,
             restock: false,
             exchange_sku: 0,
+            key: Some(0),
         },
         Op::Advance { seconds: 31 },
         Op::Checkpoint,
         Op::Restart,
+        Op::Act {
+            order: 2,
+            action: Action::Pay,
+            restock: false,
+            exchange_sku: 0,
+            key: Some(0),
+        },
+        Op::Act {
+            order: 2,
+            action: Action::Verify,
+            restock: false,
+            exchange_sku: 0,
+            key: Some(0),
+        },
         Op::Advance { seconds: 30 },
         Op::Place {
             order: 1,
@@ -542,61 +630,78 @@ fn a_known_sequence_matches_the_model() {
             action: Action::Cancel,
             restock: false,
             exchange_sku: 0,
+            key: None,
         },
         Op::Act {
             order: 2,
             action: Action::Verify,
             restock: false,
             exchange_sku: 0,
+            key: None,
         },
         Op::Restart,
+        Op::Act {
+            order: 2,
+            action: Action::Pay,
+            restock: false,
+            exchange_sku: 0,
+            key: Some(0),
+        },
         Op::Act {
             order: 2,
             action: Action::Print,
             restock: false,
             exchange_sku: 0,
+            key: None,
         },
         Op::Act {
             order: 2,
             action: Action::Pick,
             restock: false,
             exchange_sku: 0,
+            key: None,
         },
         Op::Act {
             order: 2,
             action: Action::Check,
             restock: false,
             exchange_sku: 0,
+            key: None,
         },
         Op::Act {
             order: 2,
             action: Action::Pack,
             restock: false,
             exchange_sku: 0,
+            key: None,
         },
         Op::Act {
             order: 2,
             action: Action::Weigh,
             restock: false,
             exchange_sku: 0,
+            key: None,
         },
         Op::Act {
             order: 2,
             action: Action::Ship,
             restock: false,
             exchange_sku: 0,
+            key: None,
         },
         Op::Act {
             order: 2,
             action: Action::Exchange,
             restock: false,
             exchange_sku: 1,
+            key: None,
         },
         Op::Act {
             order: 2,
             action: Action::Return,
             restock: true,
             exchange_sku: 0,
+            key: None,
         },
         Op::Restart,
     ];

@@ -260,7 +260,8 @@ async fn post_orders(server: &Server, prefix: &str, count: usize) -> Vec<u64> {
     seqs
 }
 
-/// A journal with orders and actions: accepted records, `pay` and `cancel`.
+/// A journal with orders and actions: accepted records, `pay` and `cancel` (the `pay` of `o1`
+/// with an `Idempotency-Key`).
 async fn busy_server() -> Server {
     let server = Server::start(Opts::default()).await;
     for n in 0..6 {
@@ -271,13 +272,13 @@ async fn busy_server() -> Server {
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
     }
     for (id, action) in [("o0", "pay"), ("o1", "pay"), ("o2", "cancel")] {
-        let reply = server
-            .send(
-                server
-                    .client()
-                    .post(server.url(&format!("/v1/orders/{id}/{action}"))),
-            )
-            .await;
+        let mut request = server
+            .client()
+            .post(server.url(&format!("/v1/orders/{id}/{action}")));
+        if id == "o1" {
+            request = request.header("idempotency-key", "pay-o1");
+        }
+        let reply = server.send(request).await;
         assert_eq!(
             reply.status,
             StatusCode::OK,
@@ -314,6 +315,16 @@ async fn both_sources_print_exactly_the_journal_while_the_engine_runs() {
             "{mode:?}: the same bytes as GET /v1/journal"
         );
         assert_eq!(run.records(), server.journal().await, "{mode:?}");
+        // The keyed action's line carries its key; no other line has one.
+        let keyed: Vec<Value> = run
+            .records()
+            .into_iter()
+            .filter(|record| record.get("idempotency_key").is_some())
+            .collect();
+        assert_eq!(keyed.len(), 1, "{mode:?}: {keyed:?}");
+        assert_eq!(keyed[0]["type"], "pay", "{mode:?}");
+        assert_eq!(keyed[0]["order_id"], "o1", "{mode:?}");
+        assert_eq!(keyed[0]["idempotency_key"], "pay-o1", "{mode:?}");
         // --from prints what follows the seq.
         let run = tail_once(&args(&server, mode, &["--from", "7"]));
         let from_seven: Vec<u64> = seqs(&run.assert_ok().records());

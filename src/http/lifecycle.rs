@@ -6,9 +6,18 @@
 //! 400 `bad_request` (body not a JSON object, wrong types), 422 `invalid` (reason too long,
 //! `modify` without an address, `exchange` without a valid sku), 404 `unknown_order`,
 //! 404 `unknown_sku` (exchange), 409 `invalid_transition`, 409 `sold_out` (exchange), then
-//! 200. A repeat of the order's latest action (a client retry of `pay`, `ship`, ...) is
-//! answered 200 with `Idempotent-Replayed: true` and changes nothing; `modify`, `reship` and
-//! `exchange` may legitimately repeat, so each of those is new work.
+//! 200. A bad `Idempotency-Key` header is a 422 `invalid` of the body's rank, after the body's
+//! own, and 422 `idempotency_conflict` (the key bound to another action or body) comes
+//! where `invalid_transition` would.
+//!
+//! Retries: an action with an `Idempotency-Key` is a retry exactly when the order's shard
+//! has that key bound (per order) to a journaled action with the same fingerprint (name and
+//! decoded body); it is answered 200 with `Idempotent-Replayed: true` and the order as it
+//! was right after that action, read from the journal as of the action's seq, even after
+//! later actions and restarts. Without a key, a repeat of the order's latest action (a
+//! client retry of `pay`, `ship`, ...) is answered the same way with the order as it is now;
+//! `modify`, `reship` and `exchange` may legitimately repeat, so without a key each of those
+//! is new work.
 
 use hyper::StatusCode;
 use serde::Deserialize;
@@ -18,7 +27,7 @@ use crate::engine::{ActionError, ActionRequest, Engine};
 use crate::http::orders::require_json_object;
 use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
 use crate::limits;
-use crate::order::{self, Action};
+use crate::order::{self, Action, OrderStatus};
 use crate::shard::ActionOutcome;
 
 #[derive(Deserialize)]
@@ -86,7 +95,28 @@ pub fn decode_action(
         address,
         restock: action == Action::Return && parsed.restock.unwrap_or(false),
         exchange_sku,
+        // The header's, set by the caller (it is checked after the body).
+        idempotency_key: None,
     })
+}
+
+/// The `Idempotency-Key` header, if sent: exactly one, 1..=64 bytes of the id characters
+/// (422 `invalid` otherwise).
+pub fn decode_idempotency_key(headers: &hyper::HeaderMap) -> Result<Option<String>, ApiError> {
+    let invalid = |detail: String| ApiError::new(ErrorCode::Invalid, detail);
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(invalid("Idempotency-Key is given more than once".into()));
+    }
+    let key = value
+        .to_str()
+        .map_err(|_| invalid("Idempotency-Key is not ASCII text".into()))?;
+    order::validate_id("Idempotency-Key", key, limits::IDEMPOTENCY_KEY_BYTES_MAX)
+        .map_err(invalid)?;
+    Ok(Some(key.to_owned()))
 }
 
 fn unknown_order(order_id: &str) -> HttpResponse {
@@ -95,23 +125,32 @@ fn unknown_order(order_id: &str) -> HttpResponse {
 
 /// `GET /v1/orders/{id}`.
 pub async fn get_order(engine: &std::sync::Arc<Engine>, order_id: &str) -> HttpResponse {
-    if order::validate_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
+    if order::validate_path_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
         return unknown_order(order_id);
     }
-    view_response(engine, order_id, false).await
+    view_response(engine, order_id, false, None).await
 }
 
 /// The order as `GET` shows it, read off the async runtime (it reads journal files).
+/// `as_of`: the order as it was right after that record, which left it in that status (a
+/// keyed retry's original answer; the status holds even where retention deleted the record).
 async fn view_response(
     engine: &std::sync::Arc<Engine>,
     order_id: &str,
     replayed: bool,
+    as_of: Option<(u64, OrderStatus)>,
 ) -> HttpResponse {
     let reader = engine.clone();
     let id = order_id.to_owned();
-    let view = tokio::task::spawn_blocking(move || reader.order_view(&id)).await;
+    let view = tokio::task::spawn_blocking(move || {
+        reader.order_view_as_of(&id, as_of.map_or(u64::MAX, |(seq, _)| seq))
+    })
+    .await;
     match view {
-        Ok(Ok(Some(view))) => {
+        Ok(Ok(Some(mut view))) => {
+            if let Some((_, status)) = as_of {
+                view.status = status.as_str();
+            }
             let mut response = reply::json(StatusCode::OK, &view);
             if replayed {
                 response.headers_mut().insert(
@@ -141,13 +180,18 @@ pub async fn order_action(
     engine: &std::sync::Arc<Engine>,
     order_id: &str,
     action: Action,
+    headers: &hyper::HeaderMap,
     body: &[u8],
 ) -> HttpResponse {
-    let request = match decode_action(order_id, action, body) {
+    let mut request = match decode_action(order_id, action, body) {
         Ok(request) => request,
         Err(error) => return error.into_response(),
     };
-    if order::validate_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
+    request.idempotency_key = match decode_idempotency_key(headers) {
+        Ok(key) => key,
+        Err(error) => return error.into_response(),
+    };
+    if order::validate_path_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
         return unknown_order(order_id);
     }
     if engine.journal.is_stopped() {
@@ -159,8 +203,16 @@ pub async fn order_action(
     }
     let sku = request.exchange_sku.clone();
     match engine.order_action(request).await {
-        Ok(ActionOutcome::Done { .. }) => view_response(engine, order_id, false).await,
-        Ok(ActionOutcome::Replayed { .. }) => view_response(engine, order_id, true).await,
+        Ok(ActionOutcome::Done { .. }) => view_response(engine, order_id, false, None).await,
+        Ok(ActionOutcome::Replayed { seq, status }) => {
+            let as_of = seq.map(|seq| (seq, status));
+            view_response(engine, order_id, true, as_of).await
+        }
+        Ok(ActionOutcome::IdempotencyConflict) => ApiError::new(
+            ErrorCode::IdempotencyConflict,
+            format!("the Idempotency-Key was used on order {order_id} for another action or body"),
+        )
+        .into_response(),
         Ok(ActionOutcome::Refused { status }) => ApiError::new(
             ErrorCode::InvalidTransition,
             format!(
@@ -188,7 +240,9 @@ pub async fn order_action(
         Err(ActionError::UnknownSku(sku)) => {
             ApiError::new(ErrorCode::UnknownSku, format!("no sku {sku:?}")).into_response()
         }
-        Err(ActionError::SoldOut { available }) => ApiError::new(
+        // The engine answers the second as the first; both mean no unit was left.
+        Err(ActionError::SoldOut { available })
+        | Ok(ActionOutcome::ExchangeSoldOut { available }) => ApiError::new(
             ErrorCode::SoldOut,
             format!(
                 "no unit of {} left for the exchange ({available} available)",
@@ -210,6 +264,37 @@ pub async fn order_action(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_are_one_header_of_1_to_64_id_characters() {
+        let decode = |values: &[&[u8]]| {
+            let mut headers = hyper::HeaderMap::new();
+            for value in values {
+                headers.append(
+                    "idempotency-key",
+                    hyper::header::HeaderValue::from_bytes(value).unwrap(),
+                );
+            }
+            decode_idempotency_key(&headers)
+        };
+        assert_eq!(decode(&[]).unwrap(), None);
+        assert_eq!(
+            decode(&[b"k-1.a:b_C"]).unwrap().as_deref(),
+            Some("k-1.a:b_C")
+        );
+        let longest = "x".repeat(64);
+        assert!(decode(&[longest.as_bytes()]).unwrap().is_some());
+        let too_long = "x".repeat(65);
+        let bad: [&[u8]; 5] = [b"", b"a b", b"a/b", "é".as_bytes(), too_long.as_bytes()];
+        for bad in bad {
+            assert_eq!(
+                decode(&[bad]).unwrap_err().code,
+                ErrorCode::Invalid,
+                "{bad:?}"
+            );
+        }
+        assert_eq!(decode(&[b"a", b"b"]).unwrap_err().code, ErrorCode::Invalid);
+    }
 
     #[test]
     fn bodies_decode_per_action() {

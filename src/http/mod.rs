@@ -436,7 +436,9 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             };
             match read_body(&parts.headers, body, state).await {
                 Ok(body) => {
-                    let response = lifecycle::order_action(engine, order_id, action, &body).await;
+                    let response =
+                        lifecycle::order_action(engine, order_id, action, &parts.headers, &body)
+                            .await;
                     if let Some(metrics) = &state.metrics {
                         let result = if response.status() != StatusCode::OK {
                             ActionResult::Refused

@@ -125,8 +125,8 @@ pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
     let qty = parsed.qty.ok_or_else(|| missing("qty"))?;
 
     let invalid = |detail: String| ApiError::new(ErrorCode::Invalid, detail);
-    order::validate_id("order_id", &order_id, limits::ORDER_ID_BYTES_MAX).map_err(invalid)?;
-    order::validate_id("user_id", &user_id, limits::ORDER_ID_BYTES_MAX).map_err(invalid)?;
+    order::validate_path_id("order_id", &order_id, limits::ORDER_ID_BYTES_MAX).map_err(invalid)?;
+    order::validate_path_id("user_id", &user_id, limits::ORDER_ID_BYTES_MAX).map_err(invalid)?;
     order::validate_id("sku", &sku, limits::SKU_BYTES_MAX).map_err(invalid)?;
     // One wording for every integer out of range (0, negative, too large), so a client
     // reads the same rule whatever it sent.

@@ -29,6 +29,27 @@ pub struct ContentFingerprint(pub u32);
 
 pub const FINGERPRINT_BITS: u32 = 24;
 
+/// 64-bit hash of an action's `Idempotency-Key`, within one order (the order's key is
+/// hashed in; the table is indexed by both, so two orders never share a key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdempotencyKeyHash(pub u64);
+
+/// 64-bit fingerprint of what an action asks for (its name and decoded body), to tell a
+/// retry under the same idempotency key from another request reusing it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ActionFingerprint(pub u64);
+
+/// The fields of an action that its fingerprint covers: the body as decoded, so that key
+/// order, white space and ignored fields do not make a retry look different.
+#[derive(Debug, Clone, Copy)]
+pub struct ActionContent<'a> {
+    pub action: crate::order::Action,
+    pub reason: Option<&'a str>,
+    pub address: Option<&'a str>,
+    pub restock: bool,
+    pub exchange_sku: Option<&'a str>,
+}
+
 /// The per-process hash keys.
 #[derive(Clone)]
 pub struct KeyHasher {
@@ -71,6 +92,32 @@ impl KeyHasher {
         hasher.write(user_id.as_bytes());
         hasher.write(sku.as_bytes());
         PurchaseKey(hasher.finish())
+    }
+
+    pub fn idempotency_key(&self, order: OrderKey, key: &str) -> IdempotencyKeyHash {
+        let mut hasher = self.hasher(4);
+        hasher.write_u64(order.0);
+        hasher.write(key.as_bytes());
+        IdempotencyKeyHash(hasher.finish())
+    }
+
+    pub fn action_fingerprint(&self, content: ActionContent<'_>) -> ActionFingerprint {
+        let mut hasher = self.hasher(5);
+        hasher.write_u8(content.action as u8);
+        // Each optional text with a presence byte and a length prefix: no two bodies share
+        // a byte stream.
+        for part in [content.reason, content.address, content.exchange_sku] {
+            match part {
+                Some(text) => {
+                    hasher.write_u8(1);
+                    hasher.write_u32(text.len() as u32);
+                    hasher.write(text.as_bytes());
+                }
+                None => hasher.write_u8(0),
+            }
+        }
+        hasher.write_u8(u8::from(content.restock));
+        ActionFingerprint(hasher.finish())
     }
 
     pub fn content_fingerprint(

@@ -21,7 +21,8 @@ pub use consumers::ConsumerOffsets;
 pub use index::SeqIndex;
 pub use reader::{JournalReader, ReadError, ReadLimit};
 pub use record::{
-    ArchivedRecord, Event, FrameBatch, OrderAccepted, OrderAction, Record, SkuChanged,
+    ArchivedRecord, Event, FrameBatch, KeyedOrderAction, OrderAccepted, OrderAction, Record,
+    SkuChanged,
 };
 pub use scan::{RecoveryError, RecoveryReport, recover};
 pub use writer::{Journal, JournalError, JournalTail, SeqRange};

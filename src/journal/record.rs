@@ -52,6 +52,38 @@ pub enum Event {
     /// relative pointer, so adding this variant left the archived `Event` (and every record
     /// journaled before it existed) exactly as it was. New variants must keep to that.
     Action(Box<OrderAction>),
+    /// An action that carried an `Idempotency-Key` (`type`: the action's name, as for
+    /// [`Event::Action`]). A variant of its own, boxed like `Action`, so that records
+    /// journaled before keys existed (and every unkeyed action since) keep their bytes.
+    KeyedAction(Box<KeyedOrderAction>),
+}
+
+/// An order action and the client's idempotency key for it.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct KeyedOrderAction {
+    pub action: OrderAction,
+    /// The `Idempotency-Key` header as given (validated: 1..=64 id characters).
+    pub idempotency_key: String,
+}
+
+impl ArchivedEvent {
+    /// The order action of an `Action` or `KeyedAction` record.
+    pub fn order_action(&self) -> Option<&ArchivedOrderAction> {
+        match self {
+            Self::Action(action) => Some(action),
+            Self::KeyedAction(keyed) => Some(&keyed.action),
+            Self::Accepted(_) | Self::Sku(_) => None,
+        }
+    }
+
+    /// The idempotency key of a `KeyedAction` record.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        match self {
+            Self::KeyedAction(keyed) => Some(keyed.idempotency_key.as_str()),
+            Self::Action(_) | Self::Accepted(_) | Self::Sku(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -108,6 +140,7 @@ impl ArchivedRecord {
             ArchivedEvent::Accepted(_) => "accepted",
             ArchivedEvent::Sku(_) => "sku",
             ArchivedEvent::Action(action) => action.action.to_native().as_str(),
+            ArchivedEvent::KeyedAction(keyed) => keyed.action.action.to_native().as_str(),
         }
     }
 
@@ -156,26 +189,39 @@ impl ArchivedRecord {
                     sku.payment_timeout_s.to_native().into(),
                 );
             }
-            ArchivedEvent::Action(action) => {
-                object.insert("order_id".into(), action.order_id.as_str().into());
-                object.insert("status".into(), action.status.to_native().as_str().into());
-                object.insert("prev_seq".into(), action.prev_seq.to_native().into());
-                if let Some(reason) = action.reason.as_ref() {
-                    object.insert("reason".into(), reason.as_str().into());
-                }
-                if let Some(address) = action.address.as_ref() {
-                    object.insert("address".into(), json_object_text(address.as_str()));
-                    object.insert("redirect".into(), action.redirect.into());
-                }
-                if action.action.to_native() == Action::Return {
-                    object.insert("restock".into(), action.restock.into());
-                }
-                if let Some(sku) = action.exchange_sku.as_ref() {
-                    object.insert("sku".into(), sku.as_str().into());
-                }
+            ArchivedEvent::Action(action) => action_json(action, &mut object),
+            ArchivedEvent::KeyedAction(keyed) => {
+                action_json(&keyed.action, &mut object);
+                object.insert(
+                    "idempotency_key".into(),
+                    keyed.idempotency_key.as_str().into(),
+                );
             }
         }
         serde_json::Value::Object(object)
+    }
+}
+
+/// The fields of an order action's NDJSON object (after `seq`, `at`, `at_ms`, `type`).
+fn action_json(
+    action: &ArchivedOrderAction,
+    object: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    object.insert("order_id".into(), action.order_id.as_str().into());
+    object.insert("status".into(), action.status.to_native().as_str().into());
+    object.insert("prev_seq".into(), action.prev_seq.to_native().into());
+    if let Some(reason) = action.reason.as_ref() {
+        object.insert("reason".into(), reason.as_str().into());
+    }
+    if let Some(address) = action.address.as_ref() {
+        object.insert("address".into(), json_object_text(address.as_str()));
+        object.insert("redirect".into(), action.redirect.into());
+    }
+    if action.action.to_native() == Action::Return {
+        object.insert("restock".into(), action.restock.into());
+    }
+    if let Some(sku) = action.exchange_sku.as_ref() {
+        object.insert("sku".into(), sku.as_str().into());
     }
 }
 
@@ -399,8 +445,25 @@ mod tests {
     /// and these records must still encode to the same bytes.
     const GOLDEN_ACCEPTED: &str = "480000000000000000000000000000007b2263697479223a224f736c6f227d00f93e601aa2010000000000007534322d31ffffff753432ffffffffff534b552d31ffffff0200000001000000010000008f000000c0ffffff";
     const GOLDEN_SKU: &str = "3800000000000000000000000000000007000000000000000100000000000000534b552d31ffffff0300000000000000e80300000000000002000000020000008403000000000000";
+    /// An order action as the engine wrote it before idempotency keys existed (a `modify`
+    /// after `ship`, with a reason and an address): unkeyed actions keep these bytes.
+    const GOLDEN_ACTION: &str = "900000000000000000000000000000007b2263697479223a2242657267656e227d000000000000007534322d31ffffff02090000000000002900000000000000010000006d6f766564ffffff0100000091000000c0ffffff01000000000000000000000000000000483f601aa201000002000000b4ffffff00000000000000000000000000000000000000000000000000000000000000000000000000000000";
 
-    fn golden_records() -> [Record; 2] {
+    fn golden_action() -> OrderAction {
+        OrderAction {
+            order_id: "u42-1".into(),
+            action: Action::Modify,
+            status: OrderStatus::Shipped,
+            prev_seq: 41,
+            reason: Some("moved".into()),
+            address: Some(r#"{"city":"Bergen"}"#.into()),
+            redirect: true,
+            restock: false,
+            exchange_sku: None,
+        }
+    }
+
+    fn golden_records() -> [Record; 3] {
         [
             Record {
                 at_ms: 1_795_738_844_921,
@@ -424,12 +487,17 @@ mod tests {
                     payment_timeout_s: 900,
                 }),
             },
+            Record {
+                at_ms: 1_795_738_845_000,
+                event: Event::Action(Box::new(golden_action())),
+            },
         ]
     }
 
     #[test]
     fn records_of_the_first_format_still_read_and_encode_the_same() {
-        for (hex, record) in [GOLDEN_ACCEPTED, GOLDEN_SKU].iter().zip(golden_records()) {
+        let goldens = [GOLDEN_ACCEPTED, GOLDEN_SKU, GOLDEN_ACTION];
+        for (hex, record) in goldens.iter().zip(golden_records()) {
             let bytes: Vec<u8> = (0..hex.len())
                 .step_by(2)
                 .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
@@ -444,6 +512,61 @@ mod tests {
             let back: Record = rkyv::deserialize::<Record, rancor::Error>(archived).unwrap();
             assert_eq!(back, record);
         }
+        assert_eq!(std::mem::size_of::<ArchivedRecord>(), 56);
+    }
+
+    /// A keyed action: its own variant (the next discriminant), the action and key boxed
+    /// behind one relative pointer, so the archived `Event` keeps its size and every older
+    /// record its bytes. The bytes are pinned too: journals written now must stay readable.
+    const GOLDEN_KEYED_ACTION: &str = "a00000000000000000000000000000007b2263697479223a2242657267656e227d72657472792d3766336100000000007534322d31ffffff02090000000000002900000000000000010000006d6f766564ffffff0100000091000000b8ffffff010000000000000000000000000000008a000000b1ffffff483f601aa201000003000000acffffff00000000000000000000000000000000000000000000000000000000000000000000000000000000";
+
+    #[test]
+    fn keyed_actions_are_a_new_variant_and_keep_their_bytes() {
+        let record = Record {
+            at_ms: 1_795_738_845_000,
+            event: Event::KeyedAction(Box::new(KeyedOrderAction {
+                action: golden_action(),
+                idempotency_key: "retry-7f3a".into(),
+            })),
+        };
+        let mut batch = FrameBatch::default();
+        batch.push(&record).unwrap();
+        let hex: String = batch
+            .as_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, GOLDEN_KEYED_ACTION, "a keyed action encodes as pinned");
+        let payload = aligned(&batch.as_bytes()[FRAME_HEADER_BYTES..]);
+        let len = read_u32(batch.as_bytes(), 0) as usize;
+        let archived = access_record(&payload[..len]).expect("keyed record validates");
+        assert_eq!(archived.type_name(), "modify");
+        assert_eq!(archived.event.idempotency_key(), Some("retry-7f3a"));
+        assert_eq!(
+            archived
+                .event
+                .order_action()
+                .map(|a| a.prev_seq.to_native()),
+            Some(41)
+        );
+        let json = archived.to_json(42);
+        assert_eq!(json["idempotency_key"], "retry-7f3a");
+        assert_eq!(json["order_id"], "u42-1");
+        assert_eq!(json["address"]["city"], "Bergen");
+        assert_eq!(decode_record(&payload[..len]).unwrap(), record);
+        // The unkeyed action of the same content shows no key.
+        let mut plain = FrameBatch::default();
+        plain
+            .push(&Record {
+                at_ms: 1,
+                event: Event::Action(Box::new(golden_action())),
+            })
+            .unwrap();
+        let payload = aligned(&plain.as_bytes()[FRAME_HEADER_BYTES..]);
+        let len = read_u32(plain.as_bytes(), 0) as usize;
+        let archived = access_record(&payload[..len]).unwrap();
+        assert_eq!(archived.event.idempotency_key(), None);
+        assert!(archived.to_json(1).get("idempotency_key").is_none());
         assert_eq!(std::mem::size_of::<ArchivedRecord>(), 56);
     }
 

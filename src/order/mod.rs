@@ -88,6 +88,17 @@ pub fn validate_id(field: &str, value: &str, max_bytes: usize) -> Result<(), Str
     Ok(())
 }
 
+/// [`validate_id`] for the ids that are also a path segment (`order_id` in
+/// `/v1/orders/{order_id}`, and `user_id` alike): an id made only of dots (`.`, `..`) is
+/// refused, since a proxy or client library normalises such a segment away.
+pub fn validate_path_id(field: &str, value: &str, max_bytes: usize) -> Result<(), String> {
+    validate_id(field, value, max_bytes)?;
+    if value.bytes().all(|b| b == b'.') {
+        return Err(format!("{field} must not be made only of dots"));
+    }
+    Ok(())
+}
+
 /// Checks the settings of a SKU (admin PUT, catalogue) against the limits.
 pub fn validate_sku_settings(
     sku: &str,
@@ -142,6 +153,17 @@ mod tests {
                 .unwrap_err()
                 .contains("'/'")
         );
+    }
+
+    #[test]
+    fn path_ids_made_only_of_dots_are_refused() {
+        for dots in [".", "..", "...."] {
+            assert!(validate_path_id("order_id", dots, 64).is_err(), "{dots}");
+        }
+        for fine in ["a.", ".a", "..a", "a..b"] {
+            assert!(validate_path_id("order_id", fine, 64).is_ok(), "{fine}");
+        }
+        assert!(validate_path_id("order_id", "a/b", 64).is_err());
     }
 
     #[test]

@@ -24,6 +24,14 @@
 //! the commands of a turn the shard fires the payment timers that are due, so a payment that
 //! arrives after its deadline meets an expired order.
 //!
+//! An action may carry an idempotency key ([`ActionKey`]). The shard owns the key table of
+//! its orders ([`IdempotencyKeys`]): a keyed action whose key is bound on that order is
+//! answered from the binding (a retry of the same action and body: the seq and status of the
+//! original; another action or body: a conflict) before anything else is decided, and a new
+//! key is journaled with its action (`Event::KeyedAction`) and bound only once the record is
+//! durable, so a binding always names a record in the journal and a refused action binds
+//! nothing. Without a key, a repeat of the order's latest non-repeatable action is a retry.
+//!
 //! An `exchange` takes a unit of a SKU that another shard may own. Stock slots keep one
 //! writer: the engine first asks the SKU's shard to *hold* a unit ([`Command::Hold`]: that
 //! shard finishes its open batch, then moves one unit from available to reserved), then sends
@@ -59,10 +67,13 @@ use crossbeam_channel::{Receiver, Select, TryRecvError};
 use tokio::sync::oneshot;
 
 use crate::inventory::{
-    AcceptedOrder, ContentFingerprint, DedupCheck, Inventory, OrderEntry, OrderIndex, OrderKey,
-    OrderState, PurchaseCounts, PurchaseKey, SlotValues,
+    AcceptedOrder, ActionFingerprint, BoundKey, ContentFingerprint, DedupCheck, IdempotencyKeyHash,
+    IdempotencyKeys, Inventory, KeyCheck, OrderEntry, OrderIndex, OrderKey, OrderState,
+    PurchaseCounts, PurchaseKey, SlotValues,
 };
-use crate::journal::{Event, FrameBatch, Journal, OrderAccepted, OrderAction, Record, SkuChanged};
+use crate::journal::{
+    Event, FrameBatch, Journal, KeyedOrderAction, OrderAccepted, OrderAction, Record, SkuChanged,
+};
 use crate::limits;
 use crate::order::{Action, OrderStatus, Payment, StockEffect, transition};
 pub use timers::{Clock, PaymentTimer, TimerHeap};
@@ -156,7 +167,22 @@ pub struct ActionCommand {
     pub restock: bool,
     /// `exchange`: the SKU a unit is taken from (already held on its shard).
     pub exchange_sku: Option<String>,
+    /// The client's `Idempotency-Key`, if it sent one.
+    pub idempotency: Option<ActionKey>,
+    /// `exchange` with a key whose unit could not be held (`Some(available)`): sent anyway,
+    /// so that a retry is still answered from its key; new work is answered sold out.
+    pub exchange_sold_out: Option<u64>,
     pub reply: oneshot::Sender<ActionOutcome>,
+}
+
+/// An action's `Idempotency-Key` with its hashes (computed by the HTTP task).
+#[derive(Debug, Clone)]
+pub struct ActionKey {
+    /// As the client sent it; journaled with the action.
+    pub key: String,
+    pub hash: IdempotencyKeyHash,
+    /// The action's name and decoded body ([`crate::inventory::ActionContent`]).
+    pub fingerprint: ActionFingerprint,
 }
 
 /// What happened to an action.
@@ -167,9 +193,19 @@ pub enum ActionOutcome {
         seq: u64,
         status: OrderStatus,
     },
-    /// The order's latest record is already this action: a retry, nothing done again.
+    /// A retry, nothing done again: the action's idempotency key is bound to the record at
+    /// `seq`, which left the order in `status` (the answer is the order as of that record),
+    /// or, without a key, the order's latest record is already this action (`seq` is `None`,
+    /// `status` the order's now: the answer is the order now).
     Replayed {
         status: OrderStatus,
+        seq: Option<u64>,
+    },
+    /// The idempotency key is bound to another action or body on this order (422).
+    IdempotencyConflict,
+    /// A keyed `exchange` that is new work, but no unit of the new SKU could be held.
+    ExchangeSoldOut {
+        available: u64,
     },
     /// Not allowed from the order's state (409 `invalid_transition`).
     Refused {
@@ -228,6 +264,8 @@ pub struct Settle {
 #[derive(Debug)]
 pub struct ShardSnapshot {
     pub timers: Vec<PaymentTimer>,
+    /// The idempotency keys bound to this shard's orders' actions.
+    pub keys: Vec<BoundKey>,
     /// Units held for exchanges not yet settled, per slot: in the slots' `reserved` but in
     /// no journal record. The engine's exchange gate keeps this empty at a checkpoint; the
     /// engine refuses to write one if it is not.
@@ -307,6 +345,8 @@ enum FrameOwner {
         state: OrderState,
         /// A reminder's timer, back in the heap for the deadline.
         timer: Option<PaymentTimer>,
+        /// The idempotency key to bind to the record's seq once it is durable.
+        bind: Option<(IdempotencyKeyHash, ActionFingerprint)>,
     },
 }
 
@@ -341,6 +381,32 @@ struct ActionRequest {
     address: Option<String>,
     restock: bool,
     exchange_sku: Option<String>,
+    idempotency: Option<ActionKey>,
+    exchange_sold_out: Option<u64>,
+}
+
+/// The journal event of a decided action on an order in `state`, leading to `to`: keyed when
+/// the client sent an idempotency key.
+fn action_event(request: ActionRequest, state: &OrderState, to: OrderStatus) -> Event {
+    let action = request.action;
+    let change = OrderAction {
+        order_id: request.order_id,
+        action,
+        status: to,
+        prev_seq: state.last_seq,
+        reason: request.reason,
+        redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
+        address: request.address,
+        restock: action == Action::Return && request.restock,
+        exchange_sku: request.exchange_sku,
+    };
+    match request.idempotency {
+        Some(idempotency) => Event::KeyedAction(Box::new(KeyedOrderAction {
+            action: change,
+            idempotency_key: idempotency.key,
+        })),
+        None => Event::Action(Box::new(change)),
+    }
 }
 
 /// What ended a shard's wait.
@@ -362,6 +428,8 @@ pub struct ShardWriter {
     orders: Arc<OrderIndex>,
     pub purchases: PurchaseCounts,
     pub timers: TimerHeap,
+    /// The idempotency keys of this shard's orders' actions.
+    pub keys: IdempotencyKeys,
     clock: Clock,
     journal: Option<Journal>,
     batch_max: usize,
@@ -399,6 +467,7 @@ impl ShardWriter {
             orders,
             purchases: PurchaseCounts::new(),
             timers: TimerHeap::default(),
+            keys: IdempotencyKeys::default(),
             clock,
             journal: None,
             batch_max,
@@ -551,6 +620,8 @@ impl ShardWriter {
                             address,
                             restock,
                             exchange_sku,
+                            idempotency,
+                            exchange_sold_out,
                             reply,
                         } = action;
                         let request = ActionRequest {
@@ -561,6 +632,8 @@ impl ShardWriter {
                             address,
                             restock,
                             exchange_sku,
+                            idempotency,
+                            exchange_sold_out,
                         };
                         self.decide_action(request, Some(reply), None, at_ms);
                     }
@@ -581,6 +654,7 @@ impl ShardWriter {
                         self.finish_batch();
                         let snapshot = ShardSnapshot {
                             timers: self.timers.snapshot(),
+                            keys: self.keys.snapshot(),
                             holds: self.holds.iter().map(|(s, n)| (*s, *n)).collect(),
                         };
                         if reply.send(snapshot).is_ok() {
@@ -712,6 +786,8 @@ impl ShardWriter {
                 address: None,
                 restock: false,
                 exchange_sku: None,
+                idempotency: None,
+                exchange_sold_out: None,
             };
             self.decide_action(request, None, next, now_ms);
             fired += 1;
@@ -756,13 +832,8 @@ impl ShardWriter {
         );
         let state = entry.state();
         let action = request.action;
-        if !action.repeats() && state.last_action == Some(action) {
-            return respond(
-                reply,
-                ActionOutcome::Replayed {
-                    status: state.status,
-                },
-            );
+        if let Some(outcome) = self.retry_outcome(&request, &state) {
+            return respond(reply, outcome);
         }
         let Some(moved) = transition(state.status, action, request.restock) else {
             return respond(
@@ -772,6 +843,9 @@ impl ShardWriter {
                 },
             );
         };
+        if let Some(available) = request.exchange_sold_out {
+            return respond(reply, ActionOutcome::ExchangeSoldOut { available });
+        }
         if action.repeats()
             && action.is_client_action()
             && state.records >= limits::RECORDS_PER_ORDER_MAX - limits::LIFE_RECORDS_RESERVED
@@ -784,19 +858,13 @@ impl ShardWriter {
             );
         }
         debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
+        let bind = request
+            .idempotency
+            .as_ref()
+            .map(|idempotency| (idempotency.hash, idempotency.fingerprint));
         let record = Record {
             at_ms,
-            event: Event::Action(Box::new(OrderAction {
-                order_id: request.order_id,
-                action,
-                status: moved.to,
-                prev_seq: state.last_seq,
-                reason: request.reason,
-                redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
-                address: request.address,
-                restock: action == Action::Return && request.restock,
-                exchange_sku: request.exchange_sku,
-            })),
+            event: action_event(request, &state, moved.to),
         };
         if let Err(error) = self.frames.push(&record) {
             tracing::error!(%error, "cannot encode an order action");
@@ -831,7 +899,34 @@ impl ShardWriter {
                 released: state.released || matches!(moved.stock, StockEffect::GiveBack { .. }),
             },
             timer,
+            bind,
         });
+    }
+
+    /// The answer to an action that is a retry, if it is one. With a key, the key alone
+    /// tells a retry (or a conflict) from new work; without one, a repeat of the order's
+    /// latest (non-repeatable) action is taken for a retry.
+    fn retry_outcome(&self, request: &ActionRequest, state: &OrderState) -> Option<ActionOutcome> {
+        let Some(idempotency) = &request.idempotency else {
+            let action = request.action;
+            return (!action.repeats() && state.last_action == Some(action)).then_some(
+                ActionOutcome::Replayed {
+                    status: state.status,
+                    seq: None,
+                },
+            );
+        };
+        match self
+            .keys
+            .check(request.key, idempotency.hash, idempotency.fingerprint)
+        {
+            KeyCheck::New => None,
+            KeyCheck::Retry { seq, status } => Some(ActionOutcome::Replayed {
+                status,
+                seq: Some(seq),
+            }),
+            KeyCheck::Conflict { .. } => Some(ActionOutcome::IdempotencyConflict),
+        }
     }
 
     /// Moves one unit of the slot from available to reserved for an exchange.
@@ -984,6 +1079,48 @@ impl ShardWriter {
         });
     }
 
+    /// After a commit: makes each frame's owner durable in the tables (the order index, the
+    /// timers, the idempotency keys), the batch's frames numbered from `first_seq`.
+    fn publish(&mut self, first_seq: u64) {
+        for (frame_index, owner) in self.frame_owners.drain(..).enumerate() {
+            let seq = first_seq + frame_index as u64;
+            match owner {
+                FrameOwner::Accepted {
+                    key,
+                    mut order,
+                    timer,
+                } => {
+                    order.seq = seq;
+                    self.orders.commit_accepted(key, order);
+                    if let Some(timer) = timer {
+                        self.timers.push(timer);
+                    }
+                }
+                FrameOwner::Action {
+                    key,
+                    mut state,
+                    timer,
+                    bind,
+                } => {
+                    state.last_seq = seq;
+                    self.orders.set_state(key, state);
+                    if let Some((hash, fingerprint)) = bind {
+                        self.keys.bind(BoundKey {
+                            order: key,
+                            key: hash,
+                            seq,
+                            fingerprint,
+                            status: state.status,
+                        });
+                    }
+                    if let Some(timer) = timer {
+                        self.timers.push(timer);
+                    }
+                }
+            }
+        }
+    }
+
     /// Journals the current batch and replies (steps 3 and 4 of the module doc).
     pub fn finish_batch(&mut self) {
         if self.frames.is_empty() {
@@ -1000,33 +1137,7 @@ impl ShardWriter {
         });
         match committed {
             Ok(range) => {
-                for (frame_index, owner) in self.frame_owners.drain(..).enumerate() {
-                    let seq = range.first + frame_index as u64;
-                    match owner {
-                        FrameOwner::Accepted {
-                            key,
-                            mut order,
-                            timer,
-                        } => {
-                            order.seq = seq;
-                            self.orders.commit_accepted(key, order);
-                            if let Some(timer) = timer {
-                                self.timers.push(timer);
-                            }
-                        }
-                        FrameOwner::Action {
-                            key,
-                            mut state,
-                            timer,
-                        } => {
-                            state.last_seq = seq;
-                            self.orders.set_state(key, state);
-                            if let Some(timer) = timer {
-                                self.timers.push(timer);
-                            }
-                        }
-                    }
-                }
+                self.publish(range.first);
                 for deferred in self.deferred.drain(..) {
                     match deferred {
                         DeferredReply::Accepted {
