@@ -187,7 +187,7 @@ pub fn write(dir: &Path, checkpoint: &Checkpoint) -> io::Result<PathBuf> {
     write_checked(dir, checkpoint, 0)
 }
 
-/// [`write`], unless the file system has less free room than `room_factor` times the
+/// [`write()`], unless the file system has less free room than `room_factor` times the
 /// checkpoint's size: then nothing is written and the error is `StorageFull`. The engine
 /// asks for [`crate::limits::CHECKPOINT_ROOM_FACTOR`]: a checkpoint must never take the
 /// journal's last room, since the journal's records are the data and a checkpoint only a

@@ -74,6 +74,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data_dir;
 pub mod durable;
 pub mod engine;
 pub mod http;

@@ -41,7 +41,7 @@ use serde_json::{Map, Value, json};
 
 use crate::checkpoint;
 use crate::config::{Config, FsyncPolicy, Overrides};
-use crate::engine::journal_dir;
+use crate::data_dir::journal_dir;
 use crate::inventory::Inventory;
 use crate::inventory::slots::SLOT_BYTES;
 use crate::journal::record::{SEGMENT_HEADER_BYTES, segment_header};
@@ -458,7 +458,7 @@ fn data_dir_check(dir: &Path) -> Check {
 fn lock_check(data_dir: &Path) -> (Check, Option<File>) {
     let path = data_dir.join("LOCK");
     let fail = |detail: String| (Check::new("lock", Verdict::Fail, detail), None);
-    let file = match crate::engine::try_lock_data_dir(data_dir) {
+    let file = match crate::data_dir::try_lock_data_dir(data_dir) {
         Ok(Some(file)) => file,
         Ok(None) => {
             return fail(format!(

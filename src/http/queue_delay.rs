@@ -23,7 +23,7 @@
 //! α = 0.125, β = 1.25 per second are the starting point): every update, the shed
 //! probability moves by `α·(delay − target) + β·(delay − previous delay)`: up while the delay
 //! is over the target, faster while it grows. Requests are a coarser and more expensive unit
-//! than packets, so the gains here are [`GAIN`] times RFC 8033's: once the burst allowance is
+//! than packets, so the gains here are `GAIN` times RFC 8033's: once the burst allowance is
 //! spent, a queue at 3× the target is met with a share of a third within about 300 ms. One departure from PIE, for "recovers at once": while the
 //! delay is under half the target the probability halves every update (PIE decays by 2%
 //! only when the queue is empty), so shedding stops within about 100 ms of the load dropping.
