@@ -383,7 +383,9 @@ impl Harness {
             OrderOutcome::QtyOverMax { .. } => Expect::QtyOverMax,
             OrderOutcome::SoldOut { .. } => Expect::SoldOut,
             OrderOutcome::PurchaseLimit { .. } => Expect::PurchaseLimit,
-            OrderOutcome::Unavailable { reason } => panic!("unavailable: {reason}"),
+            other @ (OrderOutcome::Unavailable { .. }
+            | OrderOutcome::UnknownSku
+            | OrderOutcome::Overloaded { .. }) => panic!("the shard answered {other:?}"),
         }
     }
 

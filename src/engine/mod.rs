@@ -40,13 +40,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
 mod actions;
 mod catalogue;
 mod history;
+mod orders;
 mod replay;
 mod retention;
 mod scrape;
@@ -54,6 +55,7 @@ mod signals;
 mod start;
 
 pub use history::OrderView;
+pub use orders::{NewOrder, Route};
 use retention::Backoff;
 use scrape::EngineMetrics;
 use signals::DrainRate;
@@ -63,7 +65,7 @@ use crate::data_dir::token_matches;
 use crate::inventory::{Inventory, KeyHasher, OrderIndex, SlotValues};
 use crate::journal::{self, ConsumerOffsets, Journal, RecoveryError};
 use crate::order::Action;
-use crate::shard::{self, Clock, Command, OrderCommand, Settle};
+use crate::shard::{Clock, Command, Settle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -287,19 +289,6 @@ impl Engine {
                 CommitOffsetError::Io(error)
             }
         })
-    }
-
-    /// Hands an order to the shard that owns its SKU, without waiting.
-    pub fn submit_order(&self, command: OrderCommand) -> Result<(), SubmitError> {
-        if self.stopping.load(Ordering::Acquire) {
-            return Err(SubmitError::Stopped);
-        }
-        let shard = shard::shard_of(command.slot_index, self.mailboxes.len());
-        match self.mailboxes[shard].try_send(Command::Order(command, std::time::Instant::now())) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(SubmitError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
-        }
     }
 
     /// Stops the shards after they finish what is in their mailboxes, joins them, and syncs

@@ -119,7 +119,7 @@ pub(super) fn replay_record(
             writer.replay_accepted(slot_index, qty, payment, purchase_key, timer);
         }
         event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
-            replay_action(seq, event, inventory, orders, keys, catalog, writers)?;
+            replay_action(seq, event, orders, keys, catalog, writers)?;
         }
     }
     Ok(())
@@ -145,7 +145,6 @@ pub(super) fn records_missing(resumes_at: u64, checkpoint_seq: u64) -> String {
 fn replay_action(
     seq: u64,
     event: &ArchivedEvent,
-    inventory: &Inventory,
     orders: &OrderIndex,
     keys: &KeyHasher,
     catalog: &DashMap<String, u32>,
@@ -188,15 +187,12 @@ fn replay_action(
         let Some(slot_index) = catalog.get(sku).map(|entry| *entry) else {
             return Err(format!("exchange of order {order_id} to unknown sku {sku}"));
         };
-        let slot = inventory.slot(slot_index);
-        let mut values = slot.values();
-        if values.available < 1 {
+        let owner = &mut writers[shard::shard_of(slot_index, writers.len())];
+        if owner.replay_exchange_unit(slot_index).is_err() {
             return Err(format!(
                 "exchange of order {order_id} takes a unit of {sku} but none is left"
             ));
         }
-        values.take_into(1, false);
-        slot.write(values);
     }
     let writer = &mut writers[shard::shard_of(entry.slot_index, writers.len())];
     writer.replay_action(&entry, moved.stock);

@@ -1,6 +1,6 @@
-//! `POST /v1/orders`: decode and validate the body, compute the order's fixed-width keys,
-//! answer sold-out on the fast path, otherwise hand the order to its shard and await the
-//! outcome.
+//! `POST /v1/orders`: decode and validate the body, apply the buyer's rate limit, and map
+//! the engine's outcome ([`Engine::place_order`], which owns every decision about the order:
+//! the fast paths, routing, the shard's verdict) to the contract's status codes.
 //!
 //! Error precedence, first match wins: 503/429 overloaded (admission, before the body is
 //! read), 413 too_large (body cap), 400 bad_request (not JSON, wrong types, missing fields),
@@ -10,19 +10,15 @@
 //! the same checks on the fast path): 422 invalid (`qty > max_per_order`), 409 sold_out,
 //! 409 purchase_limit, 201 accepted.
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-use tokio::sync::oneshot;
-
-use crate::engine::{Engine, SubmitError};
+use crate::engine::{Engine, NewOrder};
 use crate::http::admission::{RateLimiter, RetryAfter};
 use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
-use crate::inventory::DedupCheck;
-use crate::journal::OrderAccepted;
 use crate::limits;
 use crate::metrics::ShedReason;
+use crate::order::OrderOutcome;
 use crate::order::{self, OrderStatus, Payment};
-use crate::shard::{OrderCommand, OrderOutcome};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// The wire shape. Every field is optional here so that a missing field is reported by name
 /// as 400 rather than as serde's generic message; unknown fields are ignored (contract).
@@ -37,15 +33,7 @@ struct OrderBody {
 }
 
 /// A decoded order that passed every check that needs no engine state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidOrder {
-    pub order_id: String,
-    pub user_id: String,
-    pub sku: String,
-    pub qty: u32,
-    pub payment: Payment,
-    pub address: Option<String>,
-}
+pub type ValidOrder = NewOrder;
 
 /// An integer literal too large for i64/u64, which serde_json hands over as a float: a
 /// well-formed integer out of range (422), not a wrong type (400).
@@ -248,129 +236,38 @@ async fn decide_order(
     })
 }
 
+/// Maps the engine's outcome to the contract's answer. The reply needs the order's id and
+/// the error details its SKU and quantity, which the engine takes with the order.
 async fn decide_decoded(engine: &Engine, order: ValidOrder) -> Result<HttpResponse, ApiError> {
-    let Some(slot_index) = engine.slot_of(&order.sku) else {
-        return Err(ApiError::new(
-            ErrorCode::UnknownSku,
-            format!("no sku {:?}", order.sku),
-        ));
-    };
-    let keys = &engine.keys;
-    let key = keys.order_key(&order.order_id);
-    let fingerprint = keys.content_fingerprint(
-        &order.user_id,
-        &order.sku,
-        order.qty,
-        order.payment,
-        order.address.as_deref(),
-    );
-    // A retry of a durable order (or a reuse of its id) is answered here, with no shard trip:
-    // it needs no write, so it is served even when the journal has stopped admission or the
-    // shard's mailbox is full. A pending original is the shard's to answer.
-    let known = match engine.orders.lookup(key, fingerprint) {
-        DedupCheck::New => false,
-        DedupCheck::Retry { seq: Some(seq) } => {
-            let status = order.payment.initial_status();
-            return Ok(order_reply(&order.order_id, status, seq, true));
-        }
-        DedupCheck::Conflict => return Err(idempotency_conflict(&order.order_id)),
-        DedupCheck::Retry { seq: None } => true,
-    };
-    if engine.journal.is_stopped() {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "journal cannot be written; admission stopped",
-        ));
-    }
-    // Fast path: an order that cannot succeed is answered here, without a trip through the
-    // shard, unless it may be a retry of an order that got in (the shard answers that one).
-    // Same precedence as the shard: max_per_order, then stock.
-    let slot = engine.inventory.slot(slot_index);
-    let (available, max_per_order) = (slot.available(), slot.max_per_order());
-    let qty = u64::from(order.qty);
-    let refusable = qty > u64::from(max_per_order) || available < qty;
-    // The index was read before the stock: an original still in the mailbox then may have
-    // taken the last unit since. The shard inserts an order's index entry before it
-    // publishes the stock (`available` is stored with Release, read with Acquire), so a stock
-    // read that saw the take sees the entry now: look again before refusing what may be a
-    // retry of an order that got in.
-    let known = known
-        || (refusable
-            && match engine.orders.lookup(key, fingerprint) {
-                DedupCheck::New => false,
-                DedupCheck::Retry { seq: Some(seq) } => {
-                    let status = order.payment.initial_status();
-                    return Ok(order_reply(&order.order_id, status, seq, true));
-                }
-                DedupCheck::Conflict => return Err(idempotency_conflict(&order.order_id)),
-                DedupCheck::Retry { seq: None } => true,
-            });
-    if refusable && !known {
-        if qty > u64::from(max_per_order) {
-            return Err(qty_over_max(order.qty, max_per_order));
-        }
-        return Err(sold_out(&order.sku, order.qty, available));
-    }
-    let purchase_key = keys.purchase_key(&order.user_id, &order.sku);
-    let (reply_sender, reply_receiver) = oneshot::channel();
-    let ValidOrder {
-        order_id,
-        user_id,
-        sku,
-        qty,
-        payment,
-        address,
-    } = order;
-    // The id is needed for the reply body after the strings moved into the record.
-    let order_id_for_reply = order_id.clone();
-    let command = OrderCommand {
-        order: OrderAccepted {
-            order_id,
-            user_id,
-            sku,
-            qty,
-            payment,
-            address,
-        },
-        slot_index,
-        key,
-        fingerprint,
-        purchase_key,
-        reply: reply_sender,
-    };
-    match engine.submit_order(command) {
-        Ok(()) => {}
-        Err(SubmitError::Overloaded) => {
-            let shard = crate::shard::shard_of(slot_index, engine.shard_count());
-            return Err(
-                ApiError::new(ErrorCode::Overloaded, "shard queue is full; retry shortly")
-                    .retry_after(engine.retry_after_s(Some(shard), 0)),
-            );
-        }
-        Err(SubmitError::Stopped) => {
-            return Err(ApiError::new(ErrorCode::Unavailable, "engine is stopping"));
-        }
-    }
-    let Ok(outcome) = reply_receiver.await else {
-        return Err(ApiError::new(
-            ErrorCode::Unavailable,
-            "shard stopped before answering",
-        ));
-    };
-    let order_id = order_id_for_reply;
+    let order_id = order.order_id.clone();
+    let sku = order.sku.clone();
+    let qty = order.qty;
+    let outcome = engine.place_order(order).await;
     match outcome {
         OrderOutcome::Accepted { seq, status } => Ok(order_reply(&order_id, status, seq, false)),
         OrderOutcome::Replayed { seq, status } => Ok(order_reply(&order_id, status, seq, true)),
-        OrderOutcome::SoldOut { available } => {
-            let sku = engine_sku_name(engine, slot_index);
-            Err(sold_out(&sku, qty, available))
-        }
+        OrderOutcome::SoldOut { available } => Err(ApiError::new(
+            ErrorCode::SoldOut,
+            format!("{sku} has {available} units left, {qty} asked"),
+        )),
         OrderOutcome::PurchaseLimit { limit, bought } => Err(ApiError::new(
             ErrorCode::PurchaseLimit,
             format!("per_user_limit is {limit}; this user has {bought} and asked for {qty} more"),
         )),
         OrderOutcome::IdempotencyConflict => Err(idempotency_conflict(&order_id)),
-        OrderOutcome::QtyOverMax { max_per_order } => Err(qty_over_max(qty, max_per_order)),
+        OrderOutcome::QtyOverMax { max_per_order } => Err(ApiError::new(
+            ErrorCode::Invalid,
+            format!("qty {qty} is more than max_per_order {max_per_order}"),
+        )),
+        OrderOutcome::UnknownSku => Err(ApiError::new(
+            ErrorCode::UnknownSku,
+            format!("no sku {sku:?}"),
+        )),
+        OrderOutcome::Overloaded { retry_after_s } => Err(ApiError::new(
+            ErrorCode::Overloaded,
+            "shard queue is full; retry shortly",
+        )
+        .retry_after(retry_after_s)),
         OrderOutcome::Unavailable { reason } => Err(ApiError::new(
             ErrorCode::Unavailable,
             format!("nothing was taken: {reason}"),
@@ -378,32 +275,10 @@ async fn decide_decoded(engine: &Engine, order: ValidOrder) -> Result<HttpRespon
     }
 }
 
-fn engine_sku_name(engine: &Engine, slot_index: u32) -> String {
-    engine
-        .inventory
-        .slot(slot_index)
-        .sku_name()
-        .unwrap_or_default()
-}
-
 fn idempotency_conflict(order_id: &str) -> ApiError {
     ApiError::new(
         ErrorCode::IdempotencyConflict,
         format!("order_id {order_id:?} was already used with different content"),
-    )
-}
-
-fn qty_over_max(qty: u32, max_per_order: u32) -> ApiError {
-    ApiError::new(
-        ErrorCode::Invalid,
-        format!("qty {qty} is more than max_per_order {max_per_order}"),
-    )
-}
-
-fn sold_out(sku: &str, qty: u32, available: u64) -> ApiError {
-    ApiError::new(
-        ErrorCode::SoldOut,
-        format!("{sku} has {available} units left, {qty} asked"),
     )
 }
 

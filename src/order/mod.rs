@@ -1,13 +1,16 @@
 //! The order's vocabulary: identifier rules, payment types, the validation of SKU settings,
-//! and (in [`lifecycle`]) the states an order moves through and the one transition function.
+//! (in [`lifecycle`]) the states an order moves through and the one transition function, and
+//! (in [`rules`]) the sale's rules for a new order and the outcomes an order can have.
 //! Pure functions and plain types, no I/O: the HTTP layer
 //! decodes into these, the shards decide on them, the journal stores them.
 
 use crate::limits;
 
 pub mod lifecycle;
+pub mod rules;
 
 pub use lifecycle::{Action, OrderStatus, StockEffect, Transition, transition};
+pub use rules::OrderOutcome;
 
 /// How a buyer pays; decides the order's first state and whether stock is reserved (awaiting
 /// payment) or sold (cash on delivery is confirmed at once).

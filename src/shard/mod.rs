@@ -57,7 +57,10 @@
 //! valid ones in one append and one commit (one fsync for the lot), applies them in order
 //! once durable, and answers each change; a refused change journals and applies nothing.
 
+mod stock;
 pub mod timers;
+
+pub use stock::Stock;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -75,7 +78,7 @@ use crate::journal::{
     Event, FrameBatch, Journal, KeyedOrderAction, OrderAccepted, OrderAction, Record, SkuChanged,
 };
 use crate::limits;
-use crate::order::{Action, OrderStatus, Payment, StockEffect, transition};
+use crate::order::{Action, OrderStatus, Payment, StockEffect, rules, transition};
 pub use timers::{Clock, PaymentTimer, TimerHeap};
 
 /// A decoded, validated order on its way to the shard that owns its SKU. The strings move
@@ -89,17 +92,7 @@ pub struct OrderCommand {
     pub reply: oneshot::Sender<OrderOutcome>,
 }
 
-/// What happened to an order. Expected outcomes are values, not errors.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OrderOutcome {
-    Accepted { seq: u64, status: OrderStatus },
-    Replayed { seq: u64, status: OrderStatus },
-    SoldOut { available: u64 },
-    PurchaseLimit { limit: u32, bought: u32 },
-    IdempotencyConflict,
-    QtyOverMax { max_per_order: u32 },
-    Unavailable { reason: String },
-}
+pub use crate::order::OrderOutcome;
 
 /// New settings for a SKU; `None` keeps the current value (or the default for a new SKU).
 #[derive(Debug, Clone, Default)]
@@ -424,7 +417,10 @@ enum Wake {
 pub struct ShardWriter {
     pub index: usize,
     shard_count: usize,
+    /// The slots' figures for SKU changes (claiming a slot, its settings).
     inventory: Arc<Inventory>,
+    /// Where every unit this shard sells or takes back moves (the stock seam).
+    stock: Stock,
     orders: Arc<OrderIndex>,
     pub purchases: PurchaseCounts,
     pub timers: TimerHeap,
@@ -463,6 +459,7 @@ impl ShardWriter {
         Self {
             index,
             shard_count,
+            stock: Stock::new(inventory.clone()),
             inventory,
             orders,
             purchases: PurchaseCounts::new(),
@@ -492,10 +489,7 @@ impl ShardWriter {
         purchase_key: PurchaseKey,
         timer: Option<PaymentTimer>,
     ) {
-        let slot = self.inventory.slot(slot_index);
-        let mut values = slot.values();
-        values.take(u64::from(qty), payment);
-        slot.write(values);
+        self.stock.take_for_order(slot_index, qty, payment);
         self.purchases.add(purchase_key, qty);
         if let Some(timer) = timer {
             self.timers.push(timer);
@@ -506,6 +500,18 @@ impl ShardWriter {
     /// taken by the caller, from the exchange SKU's slot).
     pub fn replay_action(&mut self, entry: &OrderEntry, effect: StockEffect) {
         self.apply_effect(entry, effect);
+    }
+
+    /// Replays the unit an exchange record sold from this shard's SKU (the exchange SKU,
+    /// which may be another shard's than the order's). `Err` with what is available when no
+    /// unit is: the record is damage.
+    pub fn replay_exchange_unit(&mut self, slot_index: u32) -> Result<(), u64> {
+        let available = self.stock.figures(slot_index).available;
+        if available < 1 {
+            return Err(available);
+        }
+        self.stock.take_exchange_unit(slot_index);
+        Ok(())
     }
 
     /// After recovery: forgets the timers of orders that no longer wait for payment.
@@ -519,33 +525,17 @@ impl ShardWriter {
     }
 
     fn apply_effect(&mut self, entry: &OrderEntry, effect: StockEffect) {
-        let qty = u64::from(entry.qty);
-        let slot = self.inventory.slot(entry.slot_index);
-        let mut values = slot.values();
-        match effect {
-            StockEffect::None | StockEffect::TakeExchangeUnit => return,
-            StockEffect::ReservedToSold => values.settle_reserved(qty),
-            StockEffect::GiveBack { from_reserved } => {
-                values.give_back(qty, from_reserved);
-                self.purchases.subtract(entry.purchase_key, entry.qty);
-            }
+        self.stock.apply(entry.slot_index, entry.qty, effect);
+        if let StockEffect::GiveBack { .. } = effect {
+            self.purchases.subtract(entry.purchase_key, entry.qty);
         }
-        slot.write(values);
     }
 
     fn revert_effect(&mut self, entry: &OrderEntry, effect: StockEffect) {
-        let qty = u64::from(entry.qty);
-        let slot = self.inventory.slot(entry.slot_index);
-        let mut values = slot.values();
-        match effect {
-            StockEffect::None | StockEffect::TakeExchangeUnit => return,
-            StockEffect::ReservedToSold => values.unsettle_reserved(qty),
-            StockEffect::GiveBack { from_reserved } => {
-                values.take_into(qty, from_reserved);
-                self.purchases.add(entry.purchase_key, entry.qty);
-            }
+        self.stock.revert(entry.slot_index, entry.qty, effect);
+        if let StockEffect::GiveBack { .. } = effect {
+            self.purchases.add(entry.purchase_key, entry.qty);
         }
-        slot.write(values);
     }
 
     /// Starts the shard's thread on its mailbox and its control lane. The lane carries only
@@ -931,13 +921,7 @@ impl ShardWriter {
 
     /// Moves one unit of the slot from available to reserved for an exchange.
     fn hold(&mut self, slot_index: u32) -> Result<(), u64> {
-        let slot = self.inventory.slot(slot_index);
-        let mut values = slot.values();
-        if values.available < 1 {
-            return Err(values.available);
-        }
-        values.take_into(1, true);
-        slot.write(values);
+        self.stock.hold(slot_index)?;
         *self.holds.entry(slot_index).or_default() += 1;
         Ok(())
     }
@@ -949,14 +933,7 @@ impl ShardWriter {
     }
 
     fn settle(&mut self, slot_index: u32, sold: bool) {
-        let slot = self.inventory.slot(slot_index);
-        let mut values = slot.values();
-        if sold {
-            values.settle_reserved(1);
-        } else {
-            values.give_back(1, true);
-        }
-        slot.write(values);
+        self.stock.settle_hold(slot_index, sold);
         if let Some(held) = self.holds.get_mut(&slot_index) {
             *held -= 1;
             if *held == 0 {
@@ -1005,30 +982,14 @@ impl ShardWriter {
                 return;
             }
         }
-        let slot = self.inventory.slot(slot_index);
-        let mut values = slot.values();
+        let values = self.stock.figures(slot_index);
         let qty = order.qty;
-        let rejection = if qty > values.max_per_order {
-            Some(OrderOutcome::QtyOverMax {
-                max_per_order: values.max_per_order,
-            })
-        } else if values.available < u64::from(qty) {
-            Some(OrderOutcome::SoldOut {
-                available: values.available,
-            })
-        } else {
-            let bought = self.purchases.units(purchase_key);
-            let limit = values.per_user_limit;
-            let after = u64::from(bought) + u64::from(qty);
-            // Counts are u32 for every SKU, limited or not: past u32::MAX units per buyer the
-            // counter is the limit (about 4 billion units; far past any real purchase).
-            let effective_limit = if limit > 0 { limit } else { u32::MAX };
-            (after > u64::from(effective_limit)).then_some(OrderOutcome::PurchaseLimit {
-                limit: effective_limit,
-                bought,
-            })
-        };
-        if let Some(rejection) = rejection {
+        let verdict =
+            rules::check_stock(qty, values.max_per_order, values.available).and_then(|()| {
+                let bought = self.purchases.units(purchase_key);
+                rules::check_purchase_limit(qty, bought, values.per_user_limit)
+            });
+        if let Err(rejection) = verdict {
             self.orders.remove_pending(key);
             let _ = reply.send(rejection);
             return;
@@ -1051,8 +1012,7 @@ impl ShardWriter {
             });
             return;
         }
-        values.take(u64::from(qty), payment);
-        slot.write(values);
+        self.stock.take_for_order(slot_index, qty, payment);
         self.purchases.add(purchase_key, qty);
         self.undo.push(Undo::Accepted {
             slot_index,
@@ -1179,10 +1139,7 @@ impl ShardWriter {
                             key,
                             purchase_key,
                         } => {
-                            let slot = self.inventory.slot(slot_index);
-                            let mut values = slot.values();
-                            values.untake(u64::from(qty), payment);
-                            slot.write(values);
+                            self.stock.untake_order(slot_index, qty, payment);
                             self.purchases.subtract(purchase_key, qty);
                             self.orders.remove_pending(key);
                         }
