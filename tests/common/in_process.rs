@@ -74,7 +74,13 @@ pub fn order_command(
     let command = OrderCommand {
         slot_index: engine.slot_of(order.sku).expect("sku exists"),
         key: keys.order_key(order.id),
-        fingerprint: keys.content_fingerprint(order.user, order.sku, order.qty, order.payment, None),
+        fingerprint: keys.content_fingerprint(
+            order.user,
+            order.sku,
+            order.qty,
+            order.payment,
+            None,
+        ),
         purchase_key: keys.purchase_key(order.user, order.sku),
         order: OrderAccepted {
             order_id: order.id.into(),

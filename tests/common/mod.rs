@@ -22,7 +22,7 @@ pub mod power_cut;
 pub mod requests;
 
 #[allow(unused_imports)] // each test binary uses some of them
-pub use requests::{Api, metric, order, post_order_with};
+pub use requests::{Api, metric, metric_value, order, post_order_with};
 
 /// The admin token every server gets unless a test says otherwise (32 characters).
 pub const ADMIN_TOKEN: &str = "black-box-admin-token-32-chars!!";

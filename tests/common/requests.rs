@@ -133,7 +133,12 @@ impl Api {
         self.send(request).await
     }
 
-    fn action_request(&self, id: &str, action: &str, body: Option<&Value>) -> reqwest::RequestBuilder {
+    fn action_request(
+        &self,
+        id: &str,
+        action: &str,
+        body: Option<&Value>,
+    ) -> reqwest::RequestBuilder {
         let request = self
             .client
             .post(self.url(&format!("/v1/orders/{id}/{action}")));
@@ -168,7 +173,12 @@ impl Api {
     /// `PUT /v1/skus/{sku}` asserting 200.
     pub async fn put_sku_ok(&self, sku: &str, body: &Value) {
         let reply = self.put_sku(sku, body).await;
-        assert_eq!(reply.status, StatusCode::OK, "PUT sku {sku}: {}", reply.text);
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "PUT sku {sku}: {}",
+            reply.text
+        );
     }
 
     /// `GET /v1/consumers/{group}/offset`.
@@ -204,9 +214,14 @@ impl Api {
 /// The value of `series` in a `/metrics` text; a series that is not there fails the test
 /// (a renamed metric must not read as zero).
 pub fn metric(text: &str, series: &str) -> f64 {
+    metric_value(text, series).unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
+}
+
+/// The value of the first line of a `/metrics` text that starts with `series` and has a
+/// number after it; `None` when there is none.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
 }
 
 /// The same requests on the server's shared client.
