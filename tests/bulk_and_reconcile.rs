@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::in_process;
 use common::{ADMIN_TOKEN, Opts, Reply, Server, order, read_reply, run_to_exit};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -454,26 +455,12 @@ async fn a_bulk_of_2000_skus_is_quick_journaled_together_and_survives_restarts()
 /// restart agrees with it.
 #[test]
 fn put_skus_runs_to_its_end_when_its_caller_goes_away() {
-    use stampede::config::{Config, Overrides};
     use stampede::engine::Engine;
     use stampede::shard::{Clock, SkuUpdate};
 
     let dir = tempfile::tempdir().unwrap();
-    let overrides = Overrides {
-        config_file: None,
-        listen: None,
-        data_dir: Some(dir.path().join("data")),
-    };
-    let config = Config::load_with_env(&overrides, |name| match name {
-        "STAMPEDE_SHARDS" => Some("3".into()),
-        _ => None,
-    })
-    .expect("test config is valid");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let config = in_process::config(&dir.path().join("data"), &[("STAMPEDE_SHARDS", "3")]);
+    let runtime = in_process::runtime(2);
     let update = |stock: u64| SkuUpdate {
         stock: Some(stock),
         ..SkuUpdate::default()
