@@ -428,11 +428,9 @@ async fn once_ships_ready_orders_and_prints_their_documents() {
     with_address["address"] = json!({"city": "Oslo", "street": "Storgata 1"});
     server.place(&with_address).await;
     server.act("w-addr", "pay", None).await;
-    let modify = server
-        .client()
-        .post(server.url("/v1/orders/w-addr/modify"))
-        .json(&json!({"address": {"city": "Bergen", "street": "Bryggen 7"}}));
-    assert_eq!(server.send(modify).await.status, StatusCode::OK);
+    let modify = json!({"address": {"city": "Bergen", "street": "Bryggen 7"}});
+    let reply = server.post_action("w-addr", "modify", Some(&modify)).await;
+    assert_eq!(reply.status, StatusCode::OK);
     ready.insert(
         "w-addr".into(),
         Ready {
