@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 // ---------------------------------------------------------------------------------------
-// The contract, written out
+// The contract: its action table is tests/common/order_table.rs; the routes are here
 // ---------------------------------------------------------------------------------------
 
 /// Whether the contract allows `action` from `state` ([`order_table`]).
