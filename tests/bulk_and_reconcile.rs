@@ -8,6 +8,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::in_process;
 use common::{ADMIN_TOKEN, Opts, Reply, Server, order, read_reply, run_to_exit};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -454,26 +455,12 @@ async fn a_bulk_of_2000_skus_is_quick_journaled_together_and_survives_restarts()
 /// restart agrees with it.
 #[test]
 fn put_skus_runs_to_its_end_when_its_caller_goes_away() {
-    use stampede::config::{Config, Overrides};
     use stampede::engine::Engine;
     use stampede::shard::{Clock, SkuUpdate};
 
     let dir = tempfile::tempdir().unwrap();
-    let overrides = Overrides {
-        config_file: None,
-        listen: None,
-        data_dir: Some(dir.path().join("data")),
-    };
-    let config = Config::load_with_env(&overrides, |name| match name {
-        "STAMPEDE_SHARDS" => Some("3".into()),
-        _ => None,
-    })
-    .expect("test config is valid");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let config = in_process::config(&dir.path().join("data"), &[("STAMPEDE_SHARDS", "3")]);
+    let runtime = in_process::runtime(2);
     let update = |stock: u64| SkuUpdate {
         stock: Some(stock),
         ..SkuUpdate::default()
@@ -518,22 +505,6 @@ fn put_skus_runs_to_its_end_when_its_caller_goes_away() {
 
 // ---- stampede stock reconcile ----------------------------------------------------------
 
-async fn act(server: &Server, id: &str, action: &str, body: Option<Value>) {
-    let mut request = server
-        .client()
-        .post(server.url(&format!("/v1/orders/{id}/{action}")));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let reply = read_reply(request.send().await).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "{action} {id}: {}",
-        reply.text
-    );
-}
-
 /// A catalogue with orders in every stock state: reserved, sold, paid, cancelled, exchanged,
 /// returned with restock.
 async fn busy_server() -> Server {
@@ -555,18 +526,22 @@ async fn busy_server() -> Server {
         let reply = server.post_order(&order(id, "u1", sku, qty, payment)).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
     }
-    act(&server, "c", "pay", None).await;
-    act(&server, "d", "cancel", None).await;
+    server.act("c", "pay", None).await;
+    server.act("d", "cancel", None).await;
     for stage in [
         "pay", "verify", "print", "pick", "check", "pack", "weigh", "ship",
     ] {
-        act(&server, "f", stage, None).await;
+        server.act("f", stage, None).await;
     }
-    act(&server, "f", "exchange", Some(json!({"sku": "R-4"}))).await;
+    server
+        .act("f", "exchange", Some(&json!({"sku": "R-4"})))
+        .await;
     for stage in ["verify", "print", "pick", "check", "pack", "weigh", "ship"] {
-        act(&server, "e", stage, None).await;
+        server.act("e", stage, None).await;
     }
-    act(&server, "e", "return", Some(json!({"restock": true}))).await;
+    server
+        .act("e", "return", Some(&json!({"restock": true})))
+        .await;
     // What the engine now says, for the test's own sanity.
     let r4 = server.sku("R-4").await;
     assert_eq!(

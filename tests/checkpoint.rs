@@ -2,78 +2,35 @@
 //! records after it must rebuild exactly the live state, whatever was in flight when the
 //! shards paused (orders, payments, cross-shard exchanges with their holds).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use stampede::config::{Config, Overrides};
+use common::in_process::{self, NewOrder, act, action_request, place_accepted, runtime};
+use stampede::config::Config;
 use stampede::engine::{ActionRequest, Engine, SkuView};
-use stampede::journal::OrderAccepted;
 use stampede::order::{Action, Payment};
-use stampede::shard::{ActionOutcome, Clock, OrderCommand, OrderOutcome, SkuUpdate};
+use stampede::shard::{ActionOutcome, Clock, SkuUpdate};
 
 const ORDERS: usize = 120;
 
 fn config(data_dir: &std::path::Path) -> Config {
-    let overrides = Overrides {
-        config_file: None,
-        listen: None,
-        data_dir: Some(data_dir.to_path_buf()),
-    };
-    Config::load_with_env(&overrides, |name| match name {
-        "STAMPEDE_JOURNAL_FSYNC" => Some("none".into()),
-        "STAMPEDE_SHARDS" => Some("2".into()),
-        _ => None,
-    })
-    .expect("test config is valid")
+    in_process::config(
+        data_dir,
+        &[("STAMPEDE_JOURNAL_FSYNC", "none"), ("STAMPEDE_SHARDS", "2")],
+    )
 }
 
 async fn place(engine: &Arc<Engine>, id: &str, sku: &str, payment: Payment) {
-    let keys = &engine.keys;
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    let command = OrderCommand {
-        slot_index: engine.slot_of(sku).unwrap(),
-        key: keys.order_key(id),
-        fingerprint: keys.content_fingerprint("u", sku, 1, payment, None),
-        purchase_key: keys.purchase_key("u", sku),
-        order: OrderAccepted {
-            order_id: id.into(),
-            user_id: "u".into(),
-            sku: sku.into(),
-            qty: 1,
-            payment,
-            address: None,
-        },
-        reply,
-    };
-    engine.submit_order(command).expect("mailbox has room");
-    assert!(matches!(
-        outcome.await.unwrap(),
-        OrderOutcome::Accepted { .. }
-    ));
-}
-
-async fn act(engine: &Arc<Engine>, id: &str, action: Action, sku: Option<&str>) -> ActionOutcome {
-    let request = ActionRequest {
-        order_id: id.into(),
-        action,
-        reason: None,
-        address: None,
-        restock: false,
-        exchange_sku: sku.map(str::to_owned),
-        idempotency_key: None,
-    };
-    engine.order_action(request).await.expect("action decided")
+    place_accepted(engine, NewOrder::new(id, "u", sku, payment)).await;
 }
 
 async fn act_keyed(engine: &Arc<Engine>, id: &str, action: Action, key: &str) -> ActionOutcome {
     let request = ActionRequest {
-        order_id: id.into(),
-        action,
         reason: Some(format!("{action:?} under {key}")),
-        address: None,
-        restock: false,
-        exchange_sku: None,
         idempotency_key: Some(key.into()),
+        ..action_request(id, action)
     };
     engine.order_action(request).await.expect("action decided")
 }
@@ -94,11 +51,7 @@ fn stock(engine: &Engine) -> Vec<SkuView> {
 fn checkpoints_taken_under_exchanges_and_payments_restart_to_the_live_state() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir.path().join("data"));
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime(2);
     let (engine, _) = Engine::start_with_clock(&config, Clock::system()).unwrap();
     runtime.block_on(async {
         for sku in ["CK-A", "CK-B"] {

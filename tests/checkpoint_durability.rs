@@ -3,66 +3,39 @@
 //! journal that does not resume right after the state it starts from, and retention keeps
 //! what the older checkpoint needs, so a damaged newest one is survivable.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use stampede::config::{Config, Overrides};
+use common::in_process::{self, NewOrder, place_accepted};
+use stampede::config::Config;
 use stampede::engine::Engine;
-use stampede::journal::OrderAccepted;
 use stampede::order::Payment;
-use stampede::shard::{Clock, OrderCommand, OrderOutcome, SkuUpdate};
+use stampede::shard::{Clock, SkuUpdate};
 
 const SKU: &str = "CD-A";
 
 fn config(data_dir: &Path, fsync: &'static str) -> Config {
-    let overrides = Overrides {
-        config_file: None,
-        listen: None,
-        data_dir: Some(data_dir.to_path_buf()),
-    };
-    Config::load_with_env(&overrides, |name| match name {
-        "STAMPEDE_JOURNAL_FSYNC" => Some(fsync.into()),
-        // Long enough that the interval thread never syncs during a test.
-        "STAMPEDE_JOURNAL_FSYNC_INTERVAL_MS" => Some("60000".into()),
-        "STAMPEDE_JOURNAL_SEGMENT_BYTES_MAX" => Some("65536".into()),
-        "STAMPEDE_SHARDS" => Some("2".into()),
-        _ => None,
-    })
-    .expect("test config is valid")
+    in_process::config(
+        data_dir,
+        &[
+            ("STAMPEDE_JOURNAL_FSYNC", fsync),
+            // Long enough that the interval thread never syncs during a test.
+            ("STAMPEDE_JOURNAL_FSYNC_INTERVAL_MS", "60000"),
+            ("STAMPEDE_JOURNAL_SEGMENT_BYTES_MAX", "65536"),
+            ("STAMPEDE_SHARDS", "2"),
+        ],
+    )
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
+    in_process::runtime(2)
 }
 
 async fn place(engine: &Arc<Engine>, id: &str) -> u64 {
-    let keys = &engine.keys;
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    let command = OrderCommand {
-        slot_index: engine.slot_of(SKU).unwrap(),
-        key: keys.order_key(id),
-        fingerprint: keys.content_fingerprint(id, SKU, 1, Payment::Cod, None),
-        purchase_key: keys.purchase_key(id, SKU),
-        order: OrderAccepted {
-            order_id: id.into(),
-            user_id: id.into(),
-            sku: SKU.into(),
-            qty: 1,
-            payment: Payment::Cod,
-            address: None,
-        },
-        reply,
-    };
-    engine.submit_order(command).expect("mailbox has room");
-    match outcome.await.unwrap() {
-        OrderOutcome::Accepted { seq, .. } => seq,
-        other => panic!("order {id}: {other:?}"),
-    }
+    place_accepted(engine, NewOrder::new(id, id, SKU, Payment::Cod)).await
 }
 
 /// Starts an engine with one SKU and `orders` accepted orders named `{prefix}{n}`.

@@ -20,6 +20,8 @@
 //! Mounting needs root (or CAP_SYS_ADMIN). Where `mount` fails the test says why and skips.
 //! The tmpfs is unmounted when the test ends, however it ends (a drop guard).
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -428,21 +430,18 @@ async fn post_order(client: &reqwest::Client, base_url: &str, id: &str) -> Answe
         // ~1 KiB: the address may be up to 1024 bytes of JSON.
         "address": {"street": "s".repeat(960), "city": "Oslo"},
     });
-    let response = client
-        .post(format!("{base_url}/v1/orders"))
-        .json(&body)
-        .send()
+    let reply = common::post_order_with(client, base_url, &body)
         .await
         .unwrap_or_else(|e| panic!("POST {id}: {e}"));
-    let status = response.status().as_u16();
-    let retry_after = response.headers().get("retry-after").cloned();
-    let text = response.text().await.unwrap();
-    let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let (status, text, value) = (reply.status.as_u16(), &reply.text, &reply.json);
     match status {
         201 => Answer::Accepted(value["seq"].as_u64().expect("seq")),
         503 => {
             assert_eq!(value["error"], "unavailable", "{id}: {text}");
-            assert!(retry_after.is_some(), "{id}: 503 without Retry-After");
+            assert!(
+                reply.headers.contains_key("retry-after"),
+                "{id}: 503 without Retry-After"
+            );
             Answer::Unavailable
         }
         other => panic!("{id}: unexpected {other} {text}"),

@@ -6,17 +6,19 @@
 //! possible (no hold outstanding), and the SKU's figures must be what the journal says after
 //! a restart.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use stampede::config::{Config, Overrides};
-use stampede::engine::{ActionRequest, Engine, SkuView};
-use stampede::journal::OrderAccepted;
+use common::in_process::{self, NewOrder, act};
+use stampede::config::Config;
+use stampede::engine::{Engine, SkuView};
 use stampede::journal::storage::{FsStorage, SegmentFile, Storage};
 use stampede::order::{Action, Payment};
-use stampede::shard::{ActionOutcome, Clock, OrderCommand, OrderOutcome, SkuUpdate};
+use stampede::shard::{ActionOutcome, Clock, OrderOutcome, SkuUpdate};
 
 /// The order's SKU (slot 0: shard 0) and the exchange's SKU (slot 1: shard 1).
 const ORDER_SKU: &str = "EX-A";
@@ -77,19 +79,15 @@ impl Storage for SlowDisk {
 }
 
 fn config(data_dir: &Path) -> Config {
-    let overrides = Overrides {
-        config_file: None,
-        listen: None,
-        data_dir: Some(data_dir.to_path_buf()),
-    };
-    Config::load_with_env(&overrides, |name| match name {
-        "STAMPEDE_JOURNAL_FSYNC" => Some("always".into()),
-        "STAMPEDE_JOURNAL_PREALLOCATE" => Some("false".into()),
-        "STAMPEDE_SHARDS" => Some("2".into()),
-        "STAMPEDE_SHARD_QUEUE_CAPACITY" => Some("1".into()),
-        _ => None,
-    })
-    .expect("test config is valid")
+    in_process::config(
+        data_dir,
+        &[
+            ("STAMPEDE_JOURNAL_FSYNC", "always"),
+            ("STAMPEDE_JOURNAL_PREALLOCATE", "false"),
+            ("STAMPEDE_SHARDS", "2"),
+            ("STAMPEDE_SHARD_QUEUE_CAPACITY", "1"),
+        ],
+    )
 }
 
 /// Puts an order in its shard's mailbox; `None` when the mailbox is full.
@@ -98,37 +96,7 @@ fn submit(
     id: &str,
     sku: &str,
 ) -> Option<tokio::sync::oneshot::Receiver<OrderOutcome>> {
-    let keys = &engine.keys;
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    let command = OrderCommand {
-        slot_index: engine.slot_of(sku).unwrap(),
-        key: keys.order_key(id),
-        fingerprint: keys.content_fingerprint(id, sku, 1, Payment::Cod, None),
-        purchase_key: keys.purchase_key(id, sku),
-        order: OrderAccepted {
-            order_id: id.into(),
-            user_id: id.into(),
-            sku: sku.into(),
-            qty: 1,
-            payment: Payment::Cod,
-            address: None,
-        },
-        reply,
-    };
-    engine.submit_order(command).ok().map(|()| outcome)
-}
-
-async fn act(engine: &Arc<Engine>, id: &str, action: Action, sku: Option<&str>) -> ActionOutcome {
-    let request = ActionRequest {
-        order_id: id.into(),
-        action,
-        reason: None,
-        address: None,
-        restock: false,
-        exchange_sku: sku.map(str::to_owned),
-        idempotency_key: None,
-    };
-    engine.order_action(request).await.expect("action decided")
+    in_process::submit(engine, NewOrder::new(id, id, sku, Payment::Cod))
 }
 
 fn figures(engine: &Engine) -> SkuView {

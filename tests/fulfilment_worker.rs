@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::{Opts, Server, order};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 
 const STAGES: [&str; 7] = ["verify", "print", "pick", "check", "pack", "weigh", "ship"];
 /// Bound on building the example (the build may wait for the target directory's lock).
@@ -217,24 +217,6 @@ struct Ready {
     qty: u64,
 }
 
-async fn act(server: &Server, id: &str, action: &str) {
-    let request = server
-        .client()
-        .post(server.url(&format!("/v1/orders/{id}/{action}")));
-    let reply = server.send(request).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "{action} {id}: {}",
-        reply.text
-    );
-}
-
-async fn place(server: &Server, body: &Value) {
-    let reply = server.post_order(body).await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{body}: {}", reply.text);
-}
-
 /// Places a ready order (cod, or prepaid/escrow and paid unless `pay` is false) and records
 /// it in `ready`.
 async fn place_ready(
@@ -247,9 +229,11 @@ async fn place_ready(
     pay: bool,
 ) {
     let user = format!("user-{id}");
-    place(server, &order(id, &user, sku, qty as u32, payment)).await;
+    server
+        .place(&order(id, &user, sku, qty as u32, payment))
+        .await;
     if payment != "cod" && pay {
-        act(server, id, "pay").await;
+        server.act(id, "pay", None).await;
     }
     ready.insert(
         id.to_owned(),
@@ -282,7 +266,7 @@ async fn last_seq(server: &Server) -> u64 {
 }
 
 async fn group_offset(server: &Server, group: &str) -> Option<u64> {
-    let reply = server.get(&format!("/v1/consumers/{group}/offset")).await;
+    let reply = server.get_offset(group).await;
     match reply.status {
         StatusCode::OK => reply.json["seq"].as_u64(),
         StatusCode::NOT_FOUND => None,
@@ -300,7 +284,7 @@ async fn assert_shipped_once(
 ) {
     let counts = records_by_order(server).await;
     for id in ready.keys() {
-        let view = server.get(&format!("/v1/orders/{id}")).await;
+        let view = server.get_order(id).await;
         assert_eq!(view.json["status"], "shipped", "{id}: {}", view.text);
         let stages: Vec<&str> = view.json["history"]
             .as_array()
@@ -316,7 +300,7 @@ async fn assert_shipped_once(
         }
     }
     for (id, status) in untouched {
-        let view = server.get(&format!("/v1/orders/{id}")).await;
+        let view = server.get_order(id).await;
         assert_eq!(view.json["status"], *status, "{id}: {}", view.text);
         for stage in STAGES {
             let key = ((*id).to_owned(), stage.to_owned());
@@ -442,13 +426,11 @@ async fn once_ships_ready_orders_and_prints_their_documents() {
     // An address, changed after payment: the slip shows the latest one.
     let mut with_address = order("w-addr", "user-w-addr", "PICK-B", 2, "prepaid");
     with_address["address"] = json!({"city": "Oslo", "street": "Storgata 1"});
-    place(&server, &with_address).await;
-    act(&server, "w-addr", "pay").await;
-    let modify = server
-        .client()
-        .post(server.url("/v1/orders/w-addr/modify"))
-        .json(&json!({"address": {"city": "Bergen", "street": "Bryggen 7"}}));
-    assert_eq!(server.send(modify).await.status, StatusCode::OK);
+    server.place(&with_address).await;
+    server.act("w-addr", "pay", None).await;
+    let modify = json!({"address": {"city": "Bergen", "street": "Bryggen 7"}});
+    let reply = server.post_action("w-addr", "modify", Some(&modify)).await;
+    assert_eq!(reply.status, StatusCode::OK);
     ready.insert(
         "w-addr".into(),
         Ready {
@@ -459,14 +441,22 @@ async fn once_ships_ready_orders_and_prints_their_documents() {
     );
     // Never ready, or no longer: cancelled before payment, cod cancelled, paid then
     // refunded, never paid.
-    place(&server, &order("x-cancel", "ux", "PICK-A", 1, "prepaid")).await;
-    act(&server, "x-cancel", "cancel").await;
-    place(&server, &order("x-codcancel", "ux", "PICK-A", 1, "cod")).await;
-    act(&server, "x-codcancel", "cancel").await;
-    place(&server, &order("x-refund", "ux", "PICK-B", 1, "prepaid")).await;
-    act(&server, "x-refund", "pay").await;
-    act(&server, "x-refund", "refund").await;
-    place(&server, &order("x-unpaid", "ux", "PICK-B", 1, "prepaid")).await;
+    server
+        .place(&order("x-cancel", "ux", "PICK-A", 1, "prepaid"))
+        .await;
+    server.act("x-cancel", "cancel", None).await;
+    server
+        .place(&order("x-codcancel", "ux", "PICK-A", 1, "cod"))
+        .await;
+    server.act("x-codcancel", "cancel", None).await;
+    server
+        .place(&order("x-refund", "ux", "PICK-B", 1, "prepaid"))
+        .await;
+    server.act("x-refund", "pay", None).await;
+    server.act("x-refund", "refund", None).await;
+    server
+        .place(&order("x-unpaid", "ux", "PICK-B", 1, "prepaid"))
+        .await;
     let untouched = [
         ("x-cancel", "cancelled"),
         ("x-codcancel", "cancelled"),
@@ -542,7 +532,9 @@ async fn killed_worker_resumes_without_losing_or_repeating_an_order() {
         )
         .await;
     }
-    place(&server, &order("late-cancel", "ul", "KILL-A", 1, "prepaid")).await;
+    server
+        .place(&order("late-cancel", "ul", "KILL-A", 1, "prepaid"))
+        .await;
     for i in 0..45u64 {
         let id = format!("k-{i:02}");
         let sku = if i % 3 == 0 { "KILL-A" } else { "KILL-B" };
@@ -572,9 +564,9 @@ async fn killed_worker_resumes_without_losing_or_repeating_an_order() {
         "offset {offset} not past the late orders ({late_seq})"
     );
     for id in late.keys() {
-        act(&server, id, "pay").await;
+        server.act(id, "pay", None).await;
     }
-    act(&server, "late-cancel", "cancel").await;
+    server.act("late-cancel", "cancel", None).await;
     ready.extend(late);
 
     // More runs, each killed somewhere else (mid-wave, or between a wave and its commit).
@@ -627,14 +619,16 @@ async fn follower_ships_orders_as_they_come_and_commits_on_sigterm() {
         )
         .await;
     }
-    place(&server, &order("f-cancel", "uf", "FOLLOW-A", 1, "cod")).await;
-    act(&server, "f-cancel", "cancel").await;
+    server
+        .place(&order("f-cancel", "uf", "FOLLOW-A", 1, "cod"))
+        .await;
+    server.act("f-cancel", "cancel", None).await;
 
     // 10 orders in waves of 4: the last 2 go out when their wave's 300 ms are up.
     let deadline = Instant::now() + Duration::from_secs(120);
     for id in ready.keys() {
         loop {
-            let view = server.get(&format!("/v1/orders/{id}")).await;
+            let view = server.get_order(id).await;
             if view.json["status"] == "shipped" {
                 break;
             }

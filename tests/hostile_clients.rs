@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_TOKEN, CONSUMER_TOKEN, Opts, Server, new_client, order};
+use common::{ADMIN_TOKEN, CONSUMER_TOKEN, Opts, Server, metric_value, new_client, order};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -208,10 +208,7 @@ fn raise_open_files(want: u64) -> u64 {
 /// `stampede_http_connections` from `/metrics` (this scrape's own connection included).
 async fn open_connections_gauge(server: &Server) -> Option<f64> {
     let reply = server.get("/metrics").await;
-    reply.text.lines().find_map(|line| {
-        line.strip_prefix("stampede_http_connections ")
-            .and_then(|value| value.trim().parse().ok())
-    })
+    metric_value(&reply.text, "stampede_http_connections ")
 }
 
 /// A new client gets `/healthz` 200 and an order 201 within `within` each; returns the

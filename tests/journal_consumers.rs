@@ -19,15 +19,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Opts, Reply, Server, new_client, order, post_order_with, read_reply};
+use common::in_process::{self, NewOrder};
+use common::{Api, Opts, Reply, Server, metric, new_client, order, post_order_with, read_reply};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use stampede::config::{Config, Overrides};
+use stampede::config::Config;
 use stampede::engine::Engine;
 use stampede::journal::record::ArchivedEvent;
-use stampede::journal::{JournalReader, OrderAccepted, ReadLimit};
+use stampede::journal::{JournalReader, ReadLimit};
 use stampede::order::Payment;
-use stampede::shard::{OrderCommand, OrderOutcome, SkuUpdate};
+use stampede::shard::{OrderOutcome, SkuUpdate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How soon a follower must receive a record posted while it waits.
@@ -105,54 +106,11 @@ async fn post_orders(
     all
 }
 
-/// `GET path` on a fresh connection. The harness's shared client pools its connections, and
+/// A client on a fresh connection pool. The harness's shared client pools its connections, and
 /// after the waits in these tests (retention, keep-alives) a pooled one may have been idle
 /// for the server's 10 s bound and be closing just as it is reused.
-async fn get(server: &Server, path: &str) -> Reply {
-    read_reply(new_client().get(server.url(path)).send().await).await
-}
-
-/// `POST /v1/orders/{id}/{action}` with no body; asserts 200 and returns the order.
-async fn act(server: &Server, id: &str, action: &str) -> Value {
-    let reply = read_reply(
-        new_client()
-            .post(server.url(&format!("/v1/orders/{id}/{action}")))
-            .send()
-            .await,
-    )
-    .await;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "{action} {id}: {}",
-        reply.text
-    );
-    reply.json
-}
-
-async fn put_offset(server: &Server, group: &str, seq: u64) {
-    let reply = read_reply(
-        new_client()
-            .put(server.url(&format!("/v1/consumers/{group}/offset")))
-            .bearer_auth(&server.consumer_token)
-            .json(&json!({ "seq": seq }))
-            .send()
-            .await,
-    )
-    .await;
-    assert_eq!(reply.status, StatusCode::OK, "PUT {group}: {}", reply.text);
-    assert_eq!(reply.json["seq"], seq, "{}", reply.text);
-}
-
-async fn get_order(server: &Server, id: &str) -> Value {
-    let reply = get(server, &format!("/v1/orders/{id}")).await;
-    assert_eq!(
-        reply.status,
-        StatusCode::OK,
-        "GET order {id}: {}",
-        reply.text
-    );
-    reply.json
+fn api(server: &Server) -> Api {
+    Api::fresh(server)
 }
 
 /// Parses an NDJSON page, skipping blank lines.
@@ -174,7 +132,9 @@ async fn journal_after(server: &Server, from: u64) -> Vec<Value> {
     let mut records = Vec::new();
     let mut from = from;
     for _ in 0..10_000 {
-        let reply = get(server, &format!("/v1/journal?from={from}&limit=10000")).await;
+        let reply = api(server)
+            .get(&format!("/v1/journal?from={from}&limit=10000"))
+            .await;
         assert_eq!(
             reply.status,
             StatusCode::OK,
@@ -345,19 +305,15 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 fn in_process_config(data_dir: &Path) -> Config {
-    let overrides = Overrides {
-        config_file: None,
-        listen: None,
-        data_dir: Some(data_dir.to_path_buf()),
-    };
-    Config::load_with_env(&overrides, |name| match name {
-        // Acknowledged = fdatasync'ed: the durable watermark trails the writes.
-        "STAMPEDE_JOURNAL_FSYNC" => Some("always".into()),
-        "STAMPEDE_SHARDS" => Some("2".into()),
-        "STAMPEDE_ADMIN_TOKEN" => Some("in-process-admin-token-0123456789".into()),
-        _ => None,
-    })
-    .expect("test config is valid")
+    in_process::config(
+        data_dir,
+        &[
+            // Acknowledged = fdatasync'ed: the durable watermark trails the writes.
+            ("STAMPEDE_JOURNAL_FSYNC", "always"),
+            ("STAMPEDE_SHARDS", "2"),
+            ("STAMPEDE_ADMIN_TOKEN", "in-process-admin-token-0123456789"),
+        ],
+    )
 }
 
 /// What a reader returned of one record.
@@ -564,26 +520,7 @@ fn summary(record: &stampede::journal::ArchivedRecord) -> Seen {
 }
 
 async fn place(engine: &Arc<Engine>, id: &str, user: &str, sku: &str, payment: Payment) -> Placed {
-    let order = OrderAccepted {
-        order_id: id.to_owned(),
-        user_id: user.to_owned(),
-        sku: sku.to_owned(),
-        qty: 1,
-        payment,
-        address: None,
-    };
-    let keys = &engine.keys;
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    let command = OrderCommand {
-        slot_index: engine.slot_of(sku).expect("sku exists"),
-        key: keys.order_key(id),
-        fingerprint: keys.content_fingerprint(user, sku, 1, payment, None),
-        purchase_key: keys.purchase_key(user, sku),
-        order,
-        reply,
-    };
-    engine.submit_order(command).expect("mailbox has room");
-    match outcome.await.expect("shard replies") {
+    match in_process::place(engine, NewOrder::new(id, user, sku, payment)).await {
         OrderOutcome::Accepted { seq, .. } => Placed::Accepted(seq),
         OrderOutcome::Replayed { seq, .. } => Placed::Replayed(seq),
         OrderOutcome::SoldOut { .. } | OrderOutcome::PurchaseLimit { .. } => Placed::Refused,
@@ -708,7 +645,7 @@ async fn fill_segments(
 async fn snapshot(server: &Server, sku: &str, ids: &[&str]) -> (Value, Vec<Value>) {
     let mut views = Vec::new();
     for id in ids {
-        views.push(get_order(server, id).await);
+        views.push(api(server).order(id).await);
     }
     (server.sku(sku).await, views)
 }
@@ -717,8 +654,8 @@ async fn snapshot(server: &Server, sku: &str, ids: &[&str]) -> (Value, Vec<Value
 async fn retention_keeps_what_groups_need_and_state_survives_restarts() {
     let mut server = Server::start(retention_opts()).await;
     // Pin the journal before it grows: with groups at 0 nothing may be deleted.
-    put_offset(&server, "slow", 0).await;
-    put_offset(&server, "fast", 0).await;
+    api(&server).commit_offset_ok("slow", 0).await;
+    api(&server).commit_offset_ok("fast", 0).await;
     server.create_sku("RET-1", 1_000_000, 0, 10).await;
 
     let placed = fill_segments(&server, "r", "RET-1", 7).await;
@@ -740,7 +677,7 @@ async fn retention_keeps_what_groups_need_and_state_survives_restarts() {
     let late_paid = in_segment(4)[0].to_owned();
     let late_unpaid = in_segment(4)[1].to_owned();
     for id in [&early_paid, &late_paid] {
-        act(&server, id, "pay").await;
+        api(&server).act(id, "pay", None).await;
     }
     let everything = journal_after(&server, 0).await;
     assert_consecutive(&everything, 1);
@@ -756,8 +693,8 @@ async fn retention_keeps_what_groups_need_and_state_survives_restarts() {
 
     // slow: in the middle of segment 3; fast: at the end.
     let slow = (firsts[2] + firsts[3]) / 2;
-    put_offset(&server, "slow", slow).await;
-    put_offset(&server, "fast", end).await;
+    api(&server).commit_offset_ok("slow", slow).await;
+    api(&server).commit_offset_ok("fast", end).await;
     wait_until(RETENTION_WAIT, "segments 1 and 2 deleted", || {
         !segments[0].exists() && !segments[1].exists()
     })
@@ -779,7 +716,7 @@ async fn retention_keeps_what_groups_need_and_state_survives_restarts() {
     // Pages that start before the oldest kept record are gone; the detail names it. (`from=0`
     // answers 503 instead: see `a_page_from_zero_after_retention_is_gone`.)
     for from in [1, firsts[2] - 2] {
-        let reply = get(&server, &format!("/v1/journal?from={from}")).await;
+        let reply = api(&server).get(&format!("/v1/journal?from={from}")).await;
         reply.assert_error(410, "gone");
         let detail = reply.json["detail"].as_str().unwrap();
         assert!(detail.contains(&firsts[2].to_string()), "{detail}");
@@ -792,7 +729,7 @@ async fn retention_keeps_what_groups_need_and_state_survives_restarts() {
     assert_eq!(after_slow, everything[slow as usize..].to_vec());
 
     // Orders whose acceptance is gone show what is kept.
-    let view = get_order(&server, &early_paid).await;
+    let view = api(&server).order(&early_paid).await;
     assert_eq!(view["history_complete"], false, "{view}");
     assert_eq!(view["status"], "paid", "{view}");
     assert_eq!(view["user_id"], Value::Null, "{view}");
@@ -805,13 +742,13 @@ async fn retention_keeps_what_groups_need_and_state_survives_restarts() {
         .map(|h| h["event"].as_str().unwrap())
         .collect();
     assert_eq!(events, ["pay"], "{view}");
-    let view = get_order(&server, &early_unpaid).await;
+    let view = api(&server).order(&early_unpaid).await;
     assert_eq!(view["history_complete"], false, "{view}");
     assert_eq!(view["status"], "pending_payment", "{view}");
     assert_eq!(view["history"], json!([]), "{view}");
     // Orders accepted after the deleted part are whole.
     for id in [&late_paid, &late_unpaid] {
-        let view = get_order(&server, id).await;
+        let view = api(&server).order(id).await;
         assert_eq!(view["history_complete"], true, "{view}");
         assert_eq!(view["user_id"], format!("user-{id}"), "{view}");
     }
@@ -838,7 +775,7 @@ async fn retention_keeps_what_groups_need_and_state_survives_restarts() {
             expected,
             "state after restart ({how})"
         );
-        let reply = get(&server, "/v1/journal?from=1").await;
+        let reply = api(&server).get("/v1/journal?from=1").await;
         reply.assert_error(410, "gone");
         let after_slow = journal_after(&server, slow).await;
         assert_consecutive(&after_slow, slow + 1);
@@ -858,17 +795,20 @@ async fn retention_keeps_what_groups_need_and_state_survives_restarts() {
         let mut seqs: Vec<u64> = new.values().copied().collect();
         seqs.sort_unstable();
         assert_eq!(seqs, (last + 1..=last + 5).collect::<Vec<_>>());
-        act(&server, &format!("new{round}-0"), "pay").await;
-        act(
-            &server,
-            &late_unpaid,
-            if round == 0 { "pay" } else { "verify" },
-        )
-        .await;
+        api(&server)
+            .act(&format!("new{round}-0"), "pay", None)
+            .await;
+        api(&server)
+            .act(
+                &late_unpaid,
+                if round == 0 { "pay" } else { "verify" },
+                None,
+            )
+            .await;
         last += 7;
         expected = snapshot(&server, "RET-1", &ids).await;
     }
-    let view = get_order(&server, &late_unpaid).await;
+    let view = api(&server).order(&late_unpaid).await;
     assert_eq!(view["status"], "verified", "{view}");
     assert_eq!(view["history_complete"], true, "{view}");
     assert_eq!(server.segments()[0], segments[2], "oldest kept segment");
@@ -893,7 +833,8 @@ async fn retention_without_groups_never_deletes_the_last_segment() {
     assert!(!records.is_empty());
     assert_consecutive(&records, first_kept);
     let last = seq_of(records.last().unwrap());
-    get(&server, &format!("/v1/journal?from={}", first_kept - 2))
+    api(&server)
+        .get(&format!("/v1/journal?from={}", first_kept - 2))
         .await
         .assert_error(410, "gone");
 
@@ -915,7 +856,8 @@ async fn server_after_retention(prefix: &str) -> Server {
         server.segments().len() == 1
     })
     .await;
-    get(&server, "/v1/journal?from=1")
+    api(&server)
+        .get("/v1/journal?from=1")
         .await
         .assert_error(410, "gone");
     server
@@ -926,10 +868,14 @@ async fn server_after_retention(prefix: &str) -> Server {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_from_zero_after_retention_is_gone() {
     let server = server_after_retention("z").await;
-    get(&server, "/v1/journal?from=0")
+    api(&server)
+        .get("/v1/journal?from=0")
         .await
         .assert_error(410, "gone");
-    get(&server, "/v1/journal").await.assert_error(410, "gone");
+    api(&server)
+        .get("/v1/journal")
+        .await
+        .assert_error(410, "gone");
 }
 
 /// docs/API.md: "A page or stream that starts before the oldest kept record answers 410
@@ -1178,7 +1124,7 @@ async fn committing_and_deleting_a_group_need_the_consumer_or_the_admin_token() 
     let offset = "/v1/consumers/picking/offset";
     let consumer = server.consumer_token.clone();
     let admin = server.admin_token.clone();
-    put_offset(&server, "picking", 1).await;
+    api(&server).commit_offset_ok("picking", 1).await;
 
     // No token, a wrong one, another scheme: 401, nothing moves.
     for token in [None, Some("wrong-token"), Some("")] {
@@ -1205,7 +1151,7 @@ async fn committing_and_deleting_a_group_need_the_consumer_or_the_admin_token() 
     )
     .await;
     basic.assert_error(401, "unauthorized");
-    let read = get(&server, offset).await;
+    let read = api(&server).get(offset).await;
     assert_eq!(read.status, StatusCode::OK, "GET stays open: {}", read.text);
     assert_eq!(read.json["seq"], 1, "{}", read.text);
 
@@ -1249,25 +1195,26 @@ async fn committing_and_deleting_a_group_need_the_consumer_or_the_admin_token() 
         "consumer token: {}",
         lower.text
     );
-    assert_eq!(get(&server, offset).await.json["seq"], 1);
+    assert_eq!(api(&server).get(offset).await.json["seq"], 1);
 
     // DELETE: 401 without a token, then gone from GET, then 404 `unknown_group`.
     let group = "/v1/consumers/picking";
     consumer_call(&server, Method::DELETE, group, None, None)
         .await
         .assert_error(401, "unauthorized");
-    assert_eq!(get(&server, offset).await.status, StatusCode::OK);
+    assert_eq!(api(&server).get(offset).await.status, StatusCode::OK);
     let deleted = consumer_call(&server, Method::DELETE, group, Some(&consumer), None).await;
     assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
     assert_eq!(deleted.json["group"], "picking", "{}", deleted.text);
-    get(&server, offset)
+    api(&server)
+        .get(offset)
         .await
         .assert_error(404, "unknown_group");
     consumer_call(&server, Method::DELETE, group, Some(&consumer), None)
         .await
         .assert_error(404, "unknown_group");
     assert!(!offset_files(&server).contains(&"picking.offset".to_owned()));
-    put_offset(&server, "packing", 1).await;
+    api(&server).commit_offset_ok("packing", 1).await;
     let deleted = consumer_call(
         &server,
         Method::DELETE,
@@ -1351,7 +1298,7 @@ async fn a_generated_consumer_token_is_private_and_kept_across_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_group_no_longer_pins_retention() {
     let server = Server::start(retention_opts()).await;
-    put_offset(&server, "pin", 0).await;
+    api(&server).commit_offset_ok("pin", 0).await;
     server.create_sku("RET-D", 1_000_000, 0, 10).await;
     fill_segments(&server, "d", "RET-D", 3).await;
     let segments = server.segments();
@@ -1382,17 +1329,17 @@ async fn an_offset_past_the_journals_end_is_lowered_at_start() {
     server.create_sku("CLAMP-1", 100, 0, 1).await;
     let placed = post_orders(&server, "clamp", 0..3, "CLAMP-1", "cod", 0, 1).await;
     let last = *placed.values().max().unwrap();
-    put_offset(&server, "behind", 1).await;
-    put_offset(&server, "ahead", last).await;
+    api(&server).commit_offset_ok("behind", 1).await;
+    api(&server).commit_offset_ok("ahead", last).await;
     server.terminate().await;
     let file = server.data_dir().join("consumers/ahead.offset");
     std::fs::write(&file, format!("{}\n", last + 1000)).unwrap();
     server.restart().await;
-    let ahead = get(&server, "/v1/consumers/ahead/offset").await;
+    let ahead = api(&server).get("/v1/consumers/ahead/offset").await;
     assert_eq!(ahead.json["seq"], last, "{}", ahead.text);
     assert_eq!(ahead.json["lag"], 0, "{}", ahead.text);
     assert_eq!(
-        get(&server, "/v1/consumers/behind/offset").await.json["seq"],
+        api(&server).get("/v1/consumers/behind/offset").await.json["seq"],
         1
     );
     assert_eq!(
@@ -1414,13 +1361,8 @@ async fn an_offset_past_the_journals_end_is_lowered_at_start() {
 
 /// The fsync count from `/metrics`.
 async fn fsyncs(server: &Server) -> f64 {
-    let text = get(server, "/metrics").await.text;
-    text.lines()
-        .find_map(|line| line.strip_prefix("stampede_journal_fsync_duration_seconds_count "))
-        .unwrap_or_else(|| panic!("no fsync count in /metrics"))
-        .trim()
-        .parse()
-        .expect("a number")
+    let text = api(server).get("/metrics").await.text;
+    metric(&text, "stampede_journal_fsync_duration_seconds_count ")
 }
 
 /// Under `fsync = "interval"` a commit above what the journal has synced syncs it first (the
@@ -1437,7 +1379,7 @@ async fn a_commit_above_the_synced_journal_syncs_it_first() {
         let placed = post_orders(&server, "sync", 0..3, "SYNC-1", "cod", 0, 1).await;
         let last = *placed.values().max().unwrap();
         let before = fsyncs(&server).await;
-        put_offset(&server, "picking", last).await;
+        api(&server).commit_offset_ok("picking", last).await;
         let after = fsyncs(&server).await;
         if policy == "interval" {
             assert!(
@@ -1447,7 +1389,7 @@ async fn a_commit_above_the_synced_journal_syncs_it_first() {
         } else {
             assert_eq!(after, before, "{policy}: the journal was synced already");
         }
-        put_offset(&server, "packing", last - 1).await;
+        api(&server).commit_offset_ok("packing", last - 1).await;
         assert_eq!(fsyncs(&server).await, after, "{policy}: synced already");
     }
 }

@@ -10,118 +10,26 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Opts, Reply, Server, order, read_reply};
+use common::order_table::{self, CLIENT_ACTIONS, STATES};
+use common::{Api, Opts, Reply, Server, order};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
 // ---------------------------------------------------------------------------------------
-// The contract, written out
+// The contract: its action table is tests/common/order_table.rs; the routes are here
 // ---------------------------------------------------------------------------------------
 
-/// Every `status` of the contract.
-const STATES: [&str; 16] = [
-    "pending_payment",
-    "confirmed",
-    "paid",
-    "verified",
-    "printed",
-    "picked",
-    "checked",
-    "packed",
-    "weighed",
-    "shipped",
-    "delivered",
-    "completed",
-    "cancelled",
-    "refunded",
-    "returned",
-    "expired",
-];
-
-/// Every client action of the contract (`POST /v1/orders/{id}/{action}`).
-const ACTIONS: [&str; 16] = [
-    "pay", "cancel", "modify", "refund", "verify", "print", "pick", "check", "pack", "weigh",
-    "ship", "deliver", "complete", "return", "reship", "exchange",
-];
-
-/// The contract's action table: each action, the states it is allowed from, and the state
-/// it leads to (`None`: the order stays where it is).
-const TABLE: [(&str, &[&str], Option<&str>); 16] = [
-    ("pay", &["pending_payment"], Some("paid")),
-    (
-        "cancel",
-        &["pending_payment", "confirmed", "paid"],
-        Some("cancelled"),
-    ),
-    (
-        "modify",
-        &[
-            "pending_payment",
-            "confirmed",
-            "paid",
-            "verified",
-            "printed",
-            "picked",
-            "checked",
-            "packed",
-            "weighed",
-            "shipped",
-        ],
-        None,
-    ),
-    (
-        "refund",
-        &[
-            "confirmed",
-            "paid",
-            "verified",
-            "printed",
-            "picked",
-            "checked",
-            "packed",
-            "weighed",
-        ],
-        Some("refunded"),
-    ),
-    ("verify", &["confirmed", "paid"], Some("verified")),
-    ("print", &["verified"], Some("printed")),
-    ("pick", &["printed"], Some("picked")),
-    ("check", &["picked"], Some("checked")),
-    ("pack", &["checked"], Some("packed")),
-    ("weigh", &["packed"], Some("weighed")),
-    ("ship", &["weighed"], Some("shipped")),
-    ("deliver", &["shipped"], Some("delivered")),
-    ("complete", &["delivered"], Some("completed")),
-    ("return", &["shipped", "delivered"], Some("returned")),
-    (
-        "reship",
-        &["shipped", "delivered", "completed"],
-        Some("shipped"),
-    ),
-    (
-        "exchange",
-        &["shipped", "delivered", "completed"],
-        Some("shipped"),
-    ),
-];
-
-fn table_row(action: &str) -> (&'static [&'static str], Option<&'static str>) {
-    let (_, allowed, target) = TABLE
-        .iter()
-        .find(|(name, _, _)| *name == action)
-        .unwrap_or_else(|| panic!("{action} is not in the table"));
-    (allowed, *target)
-}
-
+/// Whether the contract allows `action` from `state` ([`order_table`]).
 fn allowed(action: &str, state: &str) -> bool {
-    table_row(action).0.contains(&state)
+    order_table::allowed(state, action)
 }
 
 /// The state `action` leads to from `state` (which must allow it).
 fn target(action: &str, state: &'static str) -> &'static str {
-    assert!(allowed(action, state), "{action} from {state}");
-    table_row(action).1.unwrap_or(state)
+    order_table::next(state, action, false)
+        .unwrap_or_else(|| panic!("{action} from {state}"))
+        .to
 }
 
 /// The fulfilment stages after acceptance, in order (`pay` only for prepaid and escrow).
@@ -191,50 +99,10 @@ struct Stock {
     total: u64,
 }
 
-#[derive(Clone)]
-struct Api {
-    client: reqwest::Client,
-    base: String,
-    token: String,
-}
-
+/// The test's own requests, on the harness's [`Api`].
 impl Api {
-    fn of(server: &Server) -> Api {
-        Api {
-            client: server.client().clone(),
-            base: server.base_url.clone(),
-            token: server.admin_token.clone(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// `PUT /v1/skus/{sku}` asserting 200.
-    async fn put_sku(&self, sku: &str, body: Value) {
-        let request = self
-            .client
-            .put(self.url(&format!("/v1/skus/{sku}")))
-            .bearer_auth(&self.token)
-            .json(&body);
-        let reply = read_reply(request.send().await).await;
-        assert_eq!(reply.status, StatusCode::OK, "PUT {sku}: {}", reply.text);
-    }
-
-    async fn post_order(&self, body: &Value) -> Reply {
-        read_reply(
-            self.client
-                .post(self.url("/v1/orders"))
-                .json(body)
-                .send()
-                .await,
-        )
-        .await
-    }
-
     /// Places an order and asserts 201 with the status its payment type starts in.
-    async fn place(&self, id: &str, user: &str, sku: &str, qty: u32, payment: &str) -> Value {
+    async fn place_order(&self, id: &str, user: &str, sku: &str, qty: u32, payment: &str) -> Value {
         let reply = self.post_order(&order(id, user, sku, qty, payment)).await;
         assert_eq!(
             reply.status,
@@ -251,59 +119,12 @@ impl Api {
         reply.json
     }
 
-    async fn get_order(&self, id: &str) -> Reply {
-        read_reply(
-            self.client
-                .get(self.url(&format!("/v1/orders/{id}")))
-                .send()
-                .await,
-        )
-        .await
-    }
-
-    /// `GET /v1/orders/{id}` asserting 200; the view.
-    async fn order(&self, id: &str) -> Value {
-        let reply = self.get_order(id).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "GET order {id}: {}",
-            reply.text
-        );
-        reply.json
-    }
-
-    async fn act(&self, id: &str, action: &str, body: Option<&Value>) -> Reply {
-        let mut request = self
-            .client
-            .post(self.url(&format!("/v1/orders/{id}/{action}")));
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        read_reply(request.send().await).await
-    }
-
-    /// An action with an `Idempotency-Key` header (sent as raw bytes).
-    async fn act_keyed(&self, id: &str, action: &str, key: &[u8], body: Option<&Value>) -> Reply {
-        let mut request = self
-            .client
-            .post(self.url(&format!("/v1/orders/{id}/{action}")))
-            .header(
-                "idempotency-key",
-                reqwest::header::HeaderValue::from_bytes(key).expect("a header value"),
-            );
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        read_reply(request.send().await).await
-    }
-
     /// An action that must be new work: 200 without `Idempotent-Replayed`, the answer is
     /// the order as `GET` then shows it, and its history grew by exactly this action's
     /// record, after the ones it had. Returns the view.
     async fn step(&self, id: &str, action: &str, body: Option<&Value>) -> Value {
         let before = self.order(id).await;
-        let reply = self.act(id, action, body).await;
+        let reply = self.post_action(id, action, body).await;
         assert_eq!(
             reply.status,
             StatusCode::OK,
@@ -361,13 +182,7 @@ impl Api {
 
     /// `GET /v1/skus/{sku}` asserting 200 and `available + reserved + sold = stock_total`.
     async fn stock(&self, sku: &str) -> Stock {
-        let reply = read_reply(
-            self.client
-                .get(self.url(&format!("/v1/skus/{sku}")))
-                .send()
-                .await,
-        )
-        .await;
+        let reply = self.get(&format!("/v1/skus/{sku}")).await;
         assert_eq!(
             reply.status,
             StatusCode::OK,
@@ -409,13 +224,9 @@ impl Api {
         let mut records = Vec::new();
         let mut from = 0;
         for _ in 0..1000 {
-            let reply = read_reply(
-                self.client
-                    .get(self.url(&format!("/v1/journal?from={from}&limit=500")))
-                    .send()
-                    .await,
-            )
-            .await;
+            let reply = self
+                .get(&format!("/v1/journal?from={from}&limit=500"))
+                .await;
             assert_eq!(reply.status, StatusCode::OK, "journal: {}", reply.text);
             let page: Vec<Value> = reply
                 .text
@@ -586,7 +397,7 @@ const TABLE_EXPIRING_SKU: &str = "TBL-EXP";
 /// action that led there, if any.
 async fn reach(api: &Api, id: &str, state: &str) -> Option<&'static str> {
     let (payment, path) = route(state);
-    api.place(id, id, TABLE_SKU, 1, payment).await;
+    api.place_order(id, id, TABLE_SKU, 1, payment).await;
     let view = api.drive(id, path).await;
     assert_eq!(view["status"], state, "{id}: {view}");
     path.last().copied()
@@ -599,7 +410,7 @@ async fn reach(api: &Api, id: &str, state: &str) -> Option<&'static str> {
 async fn refusals(api: &Api, id: &str, state: &str, mut last: Option<&'static str>) {
     let mut view = api.order(id).await;
     if let Some(action) = last {
-        let reply = api.act(id, action, body_for(action).as_ref()).await;
+        let reply = api.post_action(id, action, body_for(action).as_ref()).await;
         assert_replayed(&reply, &view, action);
     }
     if allowed("modify", state) {
@@ -613,11 +424,11 @@ async fn refusals(api: &Api, id: &str, state: &str, mut last: Option<&'static st
         assert_eq!(item["redirect"], state == "shipped", "{item}");
         last = Some("modify");
     }
-    for action in ACTIONS {
+    for action in CLIENT_ACTIONS {
         if allowed(action, state) {
             continue;
         }
-        let reply = api.act(id, action, body_for(action).as_ref()).await;
+        let reply = api.post_action(id, action, body_for(action).as_ref()).await;
         if last == Some(action) {
             assert_replayed(&reply, &view, action);
         } else {
@@ -642,7 +453,7 @@ async fn probe_state(api: Api, state_index: usize) -> String {
 }
 
 async fn allowed_move(api: Api, state_index: usize, action_index: usize) -> String {
-    let (state, action) = (STATES[state_index], ACTIONS[action_index]);
+    let (state, action) = (STATES[state_index], CLIENT_ACTIONS[action_index]);
     let id = format!("m{state_index}x{action_index}");
     reach(&api, &id, state).await;
     let view = api.step(&id, action, body_for(action).as_ref()).await;
@@ -658,19 +469,19 @@ async fn allowed_move(api: Api, state_index: usize, action_index: usize) -> Stri
 async fn every_client_action_follows_the_contract_table_from_every_state() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku(TABLE_SKU, json!({"stock": 200, "max_per_order": 1}))
+    api.put_sku_ok(TABLE_SKU, &json!({"stock": 200, "max_per_order": 1}))
         .await;
-    api.put_sku(SWAP_SKU, json!({"stock": 10})).await;
-    api.put_sku(
+    api.put_sku_ok(SWAP_SKU, &json!({"stock": 10})).await;
+    api.put_sku_ok(
         TABLE_EXPIRING_SKU,
-        json!({"stock": 5, "max_per_order": 1, "payment_timeout_s": 1}),
+        &json!({"stock": 5, "max_per_order": 1, "payment_timeout_s": 1}),
     )
     .await;
     // `expired` is reached by waiting: its order goes first and is probed last.
     let expired_index = STATES.iter().position(|s| *s == "expired").unwrap();
     let expired_id = format!("p{expired_index}");
     let placed_at = Instant::now();
-    api.place(&expired_id, &expired_id, TABLE_EXPIRING_SKU, 1, "prepaid")
+    api.place_order(&expired_id, &expired_id, TABLE_EXPIRING_SKU, 1, "prepaid")
         .await;
 
     let mut tasks = JoinSet::new();
@@ -680,7 +491,7 @@ async fn every_client_action_follows_the_contract_table_from_every_state() {
             continue;
         }
         tasks.spawn(probe_state(api.clone(), state_index));
-        for (action_index, action) in ACTIONS.iter().enumerate() {
+        for (action_index, action) in CLIENT_ACTIONS.iter().enumerate() {
             // `modify` keeps the state: the probe of each state tries it.
             if *action != "modify" && allowed(action, state) {
                 tasks.spawn(allowed_move(api.clone(), state_index, action_index));
@@ -734,10 +545,10 @@ async fn every_client_action_follows_the_contract_table_from_every_state() {
 
 async fn happy_path(api: &Api, payment: &'static str) {
     let sku = format!("HAPPY-{payment}");
-    api.put_sku(&sku, json!({"stock": 10, "max_per_order": 5}))
+    api.put_sku_ok(&sku, &json!({"stock": 10, "max_per_order": 5}))
         .await;
     let id = format!("happy-{payment}");
-    let placed = api.place(&id, "buyer", &sku, 2, payment).await;
+    let placed = api.place_order(&id, "buyer", &sku, 2, payment).await;
     let cod = payment == "cod";
     let first_status = if cod { "confirmed" } else { "pending_payment" };
 
@@ -816,13 +627,13 @@ async fn prepaid_escrow_and_cod_orders_go_from_acceptance_to_completion() {
 async fn cancel_before_verify_gives_the_stock_back_and_frees_the_purchase_limit() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku(
+    api.put_sku_ok(
         "LIM",
-        json!({"stock": 10, "per_user_limit": 1, "max_per_order": 1}),
+        &json!({"stock": 10, "per_user_limit": 1, "max_per_order": 1}),
     )
     .await;
 
-    api.place("c1", "alice", "LIM", 1, "prepaid").await;
+    api.place_order("c1", "alice", "LIM", 1, "prepaid").await;
     api.expect_stock("LIM", (9, 1, 0), "after c1").await;
     api.post_order(&order("c2", "alice", "LIM", 1, "prepaid"))
         .await
@@ -840,7 +651,7 @@ async fn cancel_before_verify_gives_the_stock_back_and_frees_the_purchase_limit(
         .await;
 
     // Her count is free again: she buys, pays, and cancels from paid.
-    api.place("c2", "alice", "LIM", 1, "prepaid").await;
+    api.place_order("c2", "alice", "LIM", 1, "prepaid").await;
     api.step_to("c2", "pay", "paid").await;
     api.expect_stock("LIM", (9, 0, 1), "c2 paid").await;
     api.step_to("c2", "cancel", "cancelled").await;
@@ -848,15 +659,17 @@ async fn cancel_before_verify_gives_the_stock_back_and_frees_the_purchase_limit(
         .await;
 
     // Cash on delivery, cancelled from confirmed.
-    api.place("c3", "alice", "LIM", 1, "cod").await;
+    api.place_order("c3", "alice", "LIM", 1, "cod").await;
     api.expect_stock("LIM", (9, 0, 1), "c3 confirmed").await;
     api.step_to("c3", "cancel", "cancelled").await;
     api.expect_stock("LIM", (10, 0, 0), "c3 cancelled").await;
 
     // After verify it is too late; the unit stays sold and her count stays taken.
-    api.place("c4", "alice", "LIM", 1, "escrow").await;
+    api.place_order("c4", "alice", "LIM", 1, "escrow").await;
     api.drive("c4", &["pay", "verify"]).await;
-    let reply = api.act("c4", "cancel", body_for("cancel").as_ref()).await;
+    let reply = api
+        .post_action("c4", "cancel", body_for("cancel").as_ref())
+        .await;
     assert_refused(&reply, "verified", "cancel");
     assert_eq!(api.order("c4").await["status"], "verified");
     api.expect_stock("LIM", (9, 0, 1), "c4 verified, cancel refused")
@@ -867,9 +680,13 @@ async fn cancel_before_verify_gives_the_stock_back_and_frees_the_purchase_limit(
 
     // A retried cancel is answered from history; nothing else moves a cancelled order.
     let view = api.order("c1").await;
-    let reply = api.act("c1", "cancel", None).await;
+    let reply = api.post_action("c1", "cancel", None).await;
     assert_replayed(&reply, &view, "cancel");
-    assert_refused(&api.act("c1", "pay", None).await, "cancelled", "pay");
+    assert_refused(
+        &api.post_action("c1", "pay", None).await,
+        "cancelled",
+        "pay",
+    );
     api.expect_stock("LIM", (9, 0, 1), "at the end").await;
     let journal = api.journal_of("c1").await;
     let types: Vec<&str> = journal
@@ -884,13 +701,13 @@ async fn cancel_before_verify_gives_the_stock_back_and_frees_the_purchase_limit(
 async fn refund_before_ship_gives_the_stock_back() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku(
+    api.put_sku_ok(
         "REF",
-        json!({"stock": 10, "per_user_limit": 2, "max_per_order": 5}),
+        &json!({"stock": 10, "per_user_limit": 2, "max_per_order": 5}),
     )
     .await;
 
-    api.place("r1", "u1", "REF", 2, "prepaid").await;
+    api.place_order("r1", "u1", "REF", 2, "prepaid").await;
     api.step_to("r1", "pay", "paid").await;
     api.expect_stock("REF", (8, 0, 2), "r1 paid").await;
     let view = api
@@ -908,30 +725,38 @@ async fn refund_before_ship_gives_the_stock_back() {
     api.expect_stock("REF", (10, 0, 0), "r1 refunded").await;
 
     // Cash on delivery, refunded at the last stage before ship.
-    api.place("r2", "u2", "REF", 1, "cod").await;
+    api.place_order("r2", "u2", "REF", 1, "cod").await;
     api.drive("r2", &FULFIL[1..7]).await;
     api.expect_stock("REF", (9, 0, 1), "r2 weighed").await;
     api.step_to("r2", "refund", "refunded").await;
     api.expect_stock("REF", (10, 0, 0), "r2 refunded").await;
 
     // After ship, and before payment, refund is refused and nothing moves.
-    api.place("r3", "u3", "REF", 1, "prepaid").await;
+    api.place_order("r3", "u3", "REF", 1, "prepaid").await;
     api.drive("r3", &FULFIL[..8]).await;
-    assert_refused(&api.act("r3", "refund", None).await, "shipped", "refund");
-    api.place("r4", "u4", "REF", 1, "prepaid").await;
     assert_refused(
-        &api.act("r4", "refund", None).await,
+        &api.post_action("r3", "refund", None).await,
+        "shipped",
+        "refund",
+    );
+    api.place_order("r4", "u4", "REF", 1, "prepaid").await;
+    assert_refused(
+        &api.post_action("r4", "refund", None).await,
         "pending_payment",
         "refund",
     );
     api.expect_stock("REF", (8, 1, 1), "refunds refused").await;
     // The refund freed u1's purchase-limit count (2 units).
-    api.place("r5", "u1", "REF", 2, "cod").await;
+    api.place_order("r5", "u1", "REF", 2, "cod").await;
     api.post_order(&order("r6", "u3", "REF", 2, "prepaid"))
         .await
         .assert_error(409, "purchase_limit");
     // A refunded order is final.
-    assert_refused(&api.act("r1", "cancel", None).await, "refunded", "cancel");
+    assert_refused(
+        &api.post_action("r1", "cancel", None).await,
+        "refunded",
+        "cancel",
+    );
     stop(&mut server, Stop::Term).await;
 }
 
@@ -939,7 +764,7 @@ async fn refund_before_ship_gives_the_stock_back() {
 async fn modify_before_ship_changes_the_address_and_after_ship_is_a_redirect() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku("MOD", json!({"stock": 5})).await;
+    api.put_sku_ok("MOD", &json!({"stock": 5})).await;
 
     let first = json!({"city": "Oslo", "street": "Karl Johans gate 1"});
     let mut body = order("d1", "u1", "MOD", 1, "prepaid");
@@ -984,7 +809,7 @@ async fn modify_before_ship_changes_the_address_and_after_ship_is_a_redirect() {
     // After delivery it is refused and the address stays.
     api.step_to("d1", "deliver", "delivered").await;
     assert_refused(
-        &api.act("d1", "modify", Some(&modify(&first))).await,
+        &api.post_action("d1", "modify", Some(&modify(&first))).await,
         "delivered",
         "modify",
     );
@@ -1004,10 +829,10 @@ async fn modify_before_ship_changes_the_address_and_after_ship_is_a_redirect() {
 async fn return_gives_the_stock_back_only_with_restock() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku("RET", json!({"stock": 10, "max_per_order": 5}))
+    api.put_sku_ok("RET", &json!({"stock": 10, "max_per_order": 5}))
         .await;
 
-    api.place("t1", "u1", "RET", 2, "prepaid").await;
+    api.place_order("t1", "u1", "RET", 2, "prepaid").await;
     api.drive("t1", &FULFIL[..8]).await;
     api.expect_stock("RET", (8, 0, 2), "t1 shipped").await;
     let view = api
@@ -1022,7 +847,7 @@ async fn return_gives_the_stock_back_only_with_restock() {
     api.expect_stock("RET", (10, 0, 0), "t1 returned with restock")
         .await;
 
-    api.place("t2", "u2", "RET", 2, "cod").await;
+    api.place_order("t2", "u2", "RET", 2, "cod").await;
     api.drive("t2", &FULFIL[1..9]).await;
     let view = api.step("t2", "return", Some(&json!({}))).await;
     assert_eq!(view["status"], "returned", "{view}");
@@ -1031,21 +856,33 @@ async fn return_gives_the_stock_back_only_with_restock() {
         .await;
 
     // Not from completed, not before ship.
-    api.place("t3", "u3", "RET", 1, "cod").await;
+    api.place_order("t3", "u3", "RET", 1, "cod").await;
     api.drive("t3", &FULFIL[1..10]).await;
-    assert_refused(&api.act("t3", "return", None).await, "completed", "return");
-    api.place("t4", "u4", "RET", 1, "prepaid").await;
+    assert_refused(
+        &api.post_action("t3", "return", None).await,
+        "completed",
+        "return",
+    );
+    api.place_order("t4", "u4", "RET", 1, "prepaid").await;
     api.step_to("t4", "pay", "paid").await;
-    assert_refused(&api.act("t4", "return", None).await, "paid", "return");
+    assert_refused(
+        &api.post_action("t4", "return", None).await,
+        "paid",
+        "return",
+    );
     api.expect_stock("RET", (6, 0, 4), "refused returns").await;
 
     // A retry is a replay (the stock does not come back twice); returned is final.
     let view = api.order("t1").await;
     let reply = api
-        .act("t1", "return", Some(&json!({"restock": true})))
+        .post_action("t1", "return", Some(&json!({"restock": true})))
         .await;
     assert_replayed(&reply, &view, "return");
-    assert_refused(&api.act("t1", "reship", None).await, "returned", "reship");
+    assert_refused(
+        &api.post_action("t1", "reship", None).await,
+        "returned",
+        "reship",
+    );
     api.expect_stock("RET", (6, 0, 4), "after the retry").await;
     stop(&mut server, Stop::Term).await;
 }
@@ -1054,9 +891,9 @@ async fn return_gives_the_stock_back_only_with_restock() {
 async fn reship_sends_the_order_out_again_from_shipped_delivered_and_completed() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku("RSH", json!({"stock": 5})).await;
+    api.put_sku_ok("RSH", &json!({"stock": 5})).await;
 
-    api.place("s1", "u1", "RSH", 1, "cod").await;
+    api.place_order("s1", "u1", "RSH", 1, "cod").await;
     api.drive("s1", &FULFIL[1..9]).await;
     let view = api
         .step("s1", "reship", Some(&json!({"reason": "parcel lost"})))
@@ -1084,11 +921,11 @@ async fn reship_sends_the_order_out_again_from_shipped_delivered_and_completed()
 async fn exchange_takes_one_unit_of_the_new_sku() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku("EXA", json!({"stock": 5})).await;
-    api.put_sku("EXB", json!({"stock": 3})).await;
-    api.put_sku("EXC", json!({"stock": 0})).await;
+    api.put_sku_ok("EXA", &json!({"stock": 5})).await;
+    api.put_sku_ok("EXB", &json!({"stock": 3})).await;
+    api.put_sku_ok("EXC", &json!({"stock": 0})).await;
 
-    api.place("e1", "u1", "EXA", 1, "prepaid").await;
+    api.place_order("e1", "u1", "EXA", 1, "prepaid").await;
     api.drive("e1", &FULFIL[..8]).await;
     let view = api
         .step("e1", "exchange", Some(&json!({"sku": "EXB"})))
@@ -1103,13 +940,13 @@ async fn exchange_takes_one_unit_of_the_new_sku() {
 
     // Sold out, unknown SKU, missing SKU: refused, nothing journaled, nothing held.
     let before = api.order("e1").await;
-    api.act("e1", "exchange", Some(&json!({"sku": "EXC"})))
+    api.post_action("e1", "exchange", Some(&json!({"sku": "EXC"})))
         .await
         .assert_error(409, "sold_out");
-    api.act("e1", "exchange", Some(&json!({"sku": "NOPE"})))
+    api.post_action("e1", "exchange", Some(&json!({"sku": "NOPE"})))
         .await
         .assert_error(404, "unknown_sku");
-    api.act("e1", "exchange", Some(&json!({})))
+    api.post_action("e1", "exchange", Some(&json!({})))
         .await
         .assert_error(422, "invalid");
     assert_eq!(api.order("e1").await, before, "refusals journal nothing");
@@ -1132,26 +969,26 @@ async fn exchange_takes_one_unit_of_the_new_sku() {
         .await;
     // EXB is now sold out itself.
     let before = api.order("e1").await;
-    api.act("e1", "exchange", Some(&json!({"sku": "EXB"})))
+    api.post_action("e1", "exchange", Some(&json!({"sku": "EXB"})))
         .await
         .assert_error(409, "sold_out");
     assert_eq!(api.order("e1").await, before);
 
     // Not before ship: refused, and no unit of the new SKU is held for it.
-    api.place("e2", "u2", "EXA", 1, "prepaid").await;
+    api.place_order("e2", "u2", "EXA", 1, "prepaid").await;
     api.step_to("e2", "pay", "paid").await;
     assert_refused(
-        &api.act("e2", "exchange", Some(&json!({"sku": "EXA"})))
+        &api.post_action("e2", "exchange", Some(&json!({"sku": "EXA"})))
             .await,
         "paid",
         "exchange",
     );
     // Precedence: unknown_sku, then invalid_transition, then sold_out.
-    api.act("e2", "exchange", Some(&json!({"sku": "NOPE"})))
+    api.post_action("e2", "exchange", Some(&json!({"sku": "NOPE"})))
         .await
         .assert_error(404, "unknown_sku");
     assert_refused(
-        &api.act("e2", "exchange", Some(&json!({"sku": "EXC"})))
+        &api.post_action("e2", "exchange", Some(&json!({"sku": "EXC"})))
             .await,
         "paid",
         "exchange",
@@ -1166,21 +1003,25 @@ async fn exchange_takes_one_unit_of_the_new_sku() {
 async fn a_retried_action_is_answered_from_history_and_journaled_once() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku("IDEM", json!({"stock": 5})).await;
+    api.put_sku_ok("IDEM", &json!({"stock": 5})).await;
 
-    api.place("i1", "u1", "IDEM", 1, "prepaid").await;
-    let first = api.act("i1", "pay", None).await;
+    api.place_order("i1", "u1", "IDEM", 1, "prepaid").await;
+    let first = api.post_action("i1", "pay", None).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text);
     assert_eq!(first.header("idempotent-replayed"), None);
     assert_eq!(first.json["status"], "paid", "{}", first.text);
     for _ in 0..2 {
-        let retry = api.act("i1", "pay", None).await;
+        let retry = api.post_action("i1", "pay", None).await;
         assert_replayed(&retry, &first.json, "pay");
     }
     api.expect_stock("IDEM", (4, 0, 1), "paid once").await;
     // The same for a stage.
     let view = api.step_to("i1", "verify", "verified").await;
-    assert_replayed(&api.act("i1", "verify", None).await, &view, "verify");
+    assert_replayed(
+        &api.post_action("i1", "verify", None).await,
+        &view,
+        "verify",
+    );
     let journal = api.journal_of("i1").await;
     let types: Vec<&str> = journal
         .iter()
@@ -1197,10 +1038,10 @@ async fn a_retried_action_is_answered_from_history_and_journaled_once() {
     api.get_order("nope")
         .await
         .assert_error(404, "unknown_order");
-    api.act("nope", "pay", None)
+    api.post_action("nope", "pay", None)
         .await
         .assert_error(404, "unknown_order");
-    api.act("i1", "teleport", None)
+    api.post_action("i1", "teleport", None)
         .await
         .assert_error(404, "not_found");
     stop(&mut server, Stop::Term).await;
@@ -1208,7 +1049,9 @@ async fn a_retried_action_is_answered_from_history_and_journaled_once() {
 
 /// A keyed action that must be new work: 200, not a replay, the order as `GET` shows it.
 async fn keyed_step(api: &Api, id: &str, action: &str, key: &str, body: Option<&Value>) -> Value {
-    let reply = api.act_keyed(id, action, key.as_bytes(), body).await;
+    let reply = api
+        .post_action_keyed(id, action, key.as_bytes(), body)
+        .await;
     assert_eq!(
         reply.status,
         StatusCode::OK,
@@ -1238,7 +1081,7 @@ async fn retries_answer_the_originals(
 ) {
     for (action, key, body, original) in originals {
         let reply = api
-            .act_keyed(id, action, key.as_bytes(), body.as_ref())
+            .post_action_keyed(id, action, key.as_bytes(), body.as_ref())
             .await;
         assert_eq!(
             reply.status,
@@ -1262,8 +1105,8 @@ async fn retries_answer_the_originals(
 async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions_and_restarts() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku("KEYED", json!({"stock": 5})).await;
-    api.place("k1", "u1", "KEYED", 1, "prepaid").await;
+    api.put_sku_ok("KEYED", &json!({"stock": 5})).await;
+    api.place_order("k1", "u1", "KEYED", 1, "prepaid").await;
 
     let new_address = json!({"address": {"city": "Bergen"}});
     let paid = keyed_step(&api, "k1", "pay", "pay-1", None).await;
@@ -1309,18 +1152,18 @@ async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions
     assert_history_is_journal(&now, &journal);
 
     // The same key with another action or another body: 422, nothing journaled.
-    api.act_keyed("k1", "pick", b"pay-1", None)
+    api.post_action_keyed("k1", "pick", b"pay-1", None)
         .await
         .assert_error(422, "idempotency_conflict");
     let other_address = json!({"address": {"city": "Oslo"}});
-    api.act_keyed("k1", "modify", b"mod-1", Some(&other_address))
+    api.post_action_keyed("k1", "modify", b"mod-1", Some(&other_address))
         .await
         .assert_error(422, "idempotency_conflict");
-    api.act_keyed("k1", "cancel", b"ver-1", Some(&json!({"reason": "x"})))
+    api.post_action_keyed("k1", "cancel", b"ver-1", Some(&json!({"reason": "x"})))
         .await
         .assert_error(422, "idempotency_conflict");
     // A refused action binds nothing: the key is free for an allowed one afterwards.
-    let refused = api.act_keyed("k1", "pay", b"late-1", None).await;
+    let refused = api.post_action_keyed("k1", "pay", b"late-1", None).await;
     assert_refused(&refused, "printed", "pay");
     keyed_step(&api, "k1", "pick", "late-1", None).await;
 
@@ -1331,10 +1174,10 @@ async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions
     let api = Api::of(&server);
     assert_eq!(api.journal().await, journal_before, "journal after SIGKILL");
     retries_answer_the_originals(&api, "k1", &originals, "after SIGKILL and restart").await;
-    api.act_keyed("k1", "pick", b"pay-1", None)
+    api.post_action_keyed("k1", "pick", b"pay-1", None)
         .await
         .assert_error(422, "idempotency_conflict");
-    api.act_keyed("k1", "modify", b"mod-1", Some(&other_address))
+    api.post_action_keyed("k1", "modify", b"mod-1", Some(&other_address))
         .await
         .assert_error(422, "idempotency_conflict");
     assert_eq!(
@@ -1349,12 +1192,12 @@ async fn a_keyed_action_is_answered_with_its_original_result_after_later_actions
 async fn idempotency_keys_are_scoped_per_order_and_invalid_keys_are_refused() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku("KEYED", json!({"stock": 5})).await;
-    api.place("k1", "u1", "KEYED", 1, "prepaid").await;
+    api.put_sku_ok("KEYED", &json!({"stock": 5})).await;
+    api.place_order("k1", "u1", "KEYED", 1, "prepaid").await;
     let paid = keyed_step(&api, "k1", "pay", "pay-1", None).await;
     // Keys are scoped per order: the same key on another order is new work there, and each
     // order's retry answers its own original.
-    api.place("k2", "u2", "KEYED", 1, "prepaid").await;
+    api.place_order("k2", "u2", "KEYED", 1, "prepaid").await;
     let other = keyed_step(&api, "k2", "pay", "pay-1", None).await;
     assert_eq!(events(&other), ["accepted", "pay"]);
     retries_answer_the_originals(&api, "k1", &[("pay", "pay-1", None, paid)], "on k1").await;
@@ -1370,7 +1213,7 @@ async fn idempotency_keys_are_scoped_per_order_and_invalid_keys_are_refused() {
         b"semi;colon",
         "k\u{e9}y".as_bytes(),
     ] {
-        api.act_keyed("k2", "verify", bad, None)
+        api.post_action_keyed("k2", "verify", bad, None)
             .await
             .assert_error(422, "invalid");
     }
@@ -1389,11 +1232,11 @@ async fn idempotency_keys_are_scoped_per_order_and_invalid_keys_are_refused() {
 async fn a_keyed_exchange_retry_is_answered_after_its_sku_sold_out_and_a_restart() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku("KEYED", json!({"stock": 5})).await;
+    api.put_sku_ok("KEYED", &json!({"stock": 5})).await;
     // A keyed exchange that took the last unit of its SKU: its retry is still the original
     // answer, while new work under another key is sold out.
-    api.put_sku("KEYED-SWAP", json!({"stock": 1})).await;
-    api.place("k3", "u3", "KEYED", 1, "cod").await;
+    api.put_sku_ok("KEYED-SWAP", &json!({"stock": 1})).await;
+    api.place_order("k3", "u3", "KEYED", 1, "cod").await;
     api.drive(
         "k3",
         &["verify", "print", "pick", "check", "pack", "weigh", "ship"],
@@ -1404,7 +1247,7 @@ async fn a_keyed_exchange_retry_is_answered_after_its_sku_sold_out_and_a_restart
     api.expect_stock("KEYED-SWAP", (0, 0, 1), "exchanged").await;
     let exchange_originals = vec![("exchange", "ex-1", Some(swap.clone()), exchanged)];
     retries_answer_the_originals(&api, "k3", &exchange_originals, "when sold out").await;
-    api.act_keyed("k3", "exchange", b"ex-2", Some(&swap))
+    api.post_action_keyed("k3", "exchange", b"ex-2", Some(&swap))
         .await
         .assert_error(409, "sold_out");
     api.expect_stock("KEYED-SWAP", (0, 0, 1), "one unit, once")
@@ -1424,16 +1267,16 @@ async fn concurrent_retries_and_exchanges_decide_once() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
     // With 2 shards, slots 0 and 2 share shard 0; slot 1 is on shard 1.
-    api.put_sku("RACE", json!({"stock": 10})).await;
-    api.put_sku("LAST", json!({"stock": 1})).await;
-    api.put_sku("SAME", json!({"stock": 2})).await;
+    api.put_sku_ok("RACE", &json!({"stock": 10})).await;
+    api.put_sku_ok("LAST", &json!({"stock": 1})).await;
+    api.put_sku_ok("SAME", &json!({"stock": 2})).await;
 
     // Eight copies of one `pay` at once: one is decided, the others are replays.
-    api.place("k1", "u1", "RACE", 1, "prepaid").await;
+    api.place_order("k1", "u1", "RACE", 1, "prepaid").await;
     let mut tasks = JoinSet::new();
     for _ in 0..8 {
         let api = api.clone();
-        tasks.spawn(async move { api.act("k1", "pay", None).await });
+        tasks.spawn(async move { api.post_action("k1", "pay", None).await });
     }
     let replies = join_all(tasks).await;
     for reply in &replies {
@@ -1456,13 +1299,13 @@ async fn concurrent_retries_and_exchanges_decide_once() {
 
     // Two orders race for the last unit of another shard's SKU: one gets it.
     for id in ["k2", "k3"] {
-        api.place(id, id, "RACE", 1, "cod").await;
+        api.place_order(id, id, "RACE", 1, "cod").await;
         api.drive(id, &FULFIL[1..8]).await;
     }
     let body = json!({"sku": "LAST"});
     let (k2, k3) = tokio::join!(
-        api.act("k2", "exchange", Some(&body)),
-        api.act("k3", "exchange", Some(&body)),
+        api.post_action("k2", "exchange", Some(&body)),
+        api.post_action("k3", "exchange", Some(&body)),
     );
     let (won, lost) = if k2.status == StatusCode::OK {
         (k2, k3)
@@ -1518,16 +1361,16 @@ async fn an_order_stops_at_its_record_bound_and_its_long_history_reads_back() {
     const REPEATS_MAX: usize = 48;
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku("LONG", json!({"stock": 1})).await;
-    api.place("l1", "u1", "LONG", 1, "cod").await;
+    api.put_sku_ok("LONG", &json!({"stock": 1})).await;
+    api.place_order("l1", "u1", "LONG", 1, "cod").await;
     let view = api.drive("l1", &FULFIL[1..8]).await;
     for _ in history(&view).len()..REPEATS_MAX {
-        let reply = api.act("l1", "reship", None).await;
+        let reply = api.post_action("l1", "reship", None).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     }
     let view = api.order("l1").await;
     assert_eq!(history(&view).len(), REPEATS_MAX, "{view}");
-    let reply = api.act("l1", "reship", None).await;
+    let reply = api.post_action("l1", "reship", None).await;
     reply.assert_error(409, "invalid_transition");
     let detail = reply.json["detail"].as_str().unwrap();
     assert!(
@@ -1542,7 +1385,7 @@ async fn an_order_stops_at_its_record_bound_and_its_long_history_reads_back() {
     );
     // The life goes on: deliver and complete are never refused for the bound.
     for action in ["deliver", "complete"] {
-        let reply = api.act("l1", action, None).await;
+        let reply = api.post_action("l1", action, None).await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     }
     let view = api.order("l1").await;
@@ -1569,18 +1412,18 @@ async fn an_order_stops_at_its_record_bound_and_its_long_history_reads_back() {
 async fn an_unpaid_order_is_reminded_at_half_time_and_expires_with_its_stock_back() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku(
+    api.put_sku_ok(
         "EXP",
-        json!({"stock": 3, "per_user_limit": 1, "max_per_order": 1, "payment_timeout_s": 2}),
+        &json!({"stock": 3, "per_user_limit": 1, "max_per_order": 1, "payment_timeout_s": 2}),
     )
     .await;
     let start = Instant::now();
-    api.place("x1", "late", "EXP", 1, "prepaid").await;
+    api.place_order("x1", "late", "EXP", 1, "prepaid").await;
     // A paid order on the same SKU: the timer leaves it alone.
-    api.place("x2", "prompt", "EXP", 1, "escrow").await;
+    api.place_order("x2", "prompt", "EXP", 1, "escrow").await;
     api.step_to("x2", "pay", "paid").await;
     // Cash on delivery awaits no payment: no timer either.
-    api.place("x4", "cash", "EXP", 1, "cod").await;
+    api.place_order("x4", "cash", "EXP", 1, "cod").await;
     api.expect_stock("EXP", (0, 1, 2), "x1 pending, x2 paid, x4 confirmed")
         .await;
 
@@ -1617,8 +1460,12 @@ async fn an_unpaid_order_is_reminded_at_half_time_and_expires_with_its_stock_bac
         "{view}"
     );
     api.expect_stock("EXP", (1, 0, 2), "x1 expired").await;
-    assert_refused(&api.act("x1", "pay", None).await, "expired", "pay");
-    assert_refused(&api.act("x1", "cancel", None).await, "expired", "cancel");
+    assert_refused(&api.post_action("x1", "pay", None).await, "expired", "pay");
+    assert_refused(
+        &api.post_action("x1", "cancel", None).await,
+        "expired",
+        "cancel",
+    );
 
     // The journal has the timer's records, at half time and at the end.
     let records = api.journal_of("x1").await;
@@ -1650,7 +1497,7 @@ async fn an_unpaid_order_is_reminded_at_half_time_and_expires_with_its_stock_bac
     assert_eq!(api.order("x4").await["status"], "confirmed");
 
     // The expiry freed the late buyer's purchase-limit count.
-    api.place("x3", "late", "EXP", 1, "prepaid").await;
+    api.place_order("x3", "late", "EXP", 1, "prepaid").await;
     api.expect_stock("EXP", (0, 1, 2), "at the end").await;
     stop(&mut server, Stop::Term).await;
 }
@@ -1799,7 +1646,7 @@ async fn restart_and_compare(server: &mut Server, how: Stop) -> Api {
             } else {
                 None
             };
-            let reply = api.act(id, last, body.as_ref()).await;
+            let reply = api.post_action(id, last, body.as_ref()).await;
             assert_replayed(&reply, view, last);
         }
     }
@@ -1810,14 +1657,14 @@ async fn restart_and_compare(server: &mut Server, how: Stop) -> Api {
 async fn order_lives_survive_sigterm_and_sigkill_and_go_on() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku(
+    api.put_sku_ok(
         LIFE_SKU,
-        json!({"stock": 20, "per_user_limit": 1, "max_per_order": 1}),
+        &json!({"stock": 20, "per_user_limit": 1, "max_per_order": 1}),
     )
     .await;
-    api.put_sku(SWAP_SKU, json!({"stock": 5})).await;
+    api.put_sku_ok(SWAP_SKU, &json!({"stock": 5})).await;
     for life in &LIVES {
-        api.place(life.id, &user_of(life.id), LIFE_SKU, 1, life.payment)
+        api.place_order(life.id, &user_of(life.id), LIFE_SKU, 1, life.payment)
             .await;
         api.drive(life.id, life.before).await;
     }
@@ -1833,7 +1680,7 @@ async fn order_lives_survive_sigterm_and_sigkill_and_go_on() {
     }
     // Purchase-limit counts came back from the journal: freed by the cancel, held by a
     // live order.
-    api.place("life-e2", &user_of("life-e"), LIFE_SKU, 1, "prepaid")
+    api.place_order("life-e2", &user_of("life-e"), LIFE_SKU, 1, "prepaid")
         .await;
     api.post_order(&order(
         "life-a2",
@@ -1852,7 +1699,7 @@ async fn order_lives_survive_sigterm_and_sigkill_and_go_on() {
         api.drive(life.id, life.after_kill).await;
     }
     // Freed by a return with restock; held after a return without.
-    api.place("life-f2", &user_of("life-f"), LIFE_SKU, 1, "prepaid")
+    api.place_order("life-f2", &user_of("life-f"), LIFE_SKU, 1, "prepaid")
         .await;
     api.post_order(&order(
         "life-g2",
@@ -1903,12 +1750,12 @@ async fn order_lives_survive_sigterm_and_sigkill_and_go_on() {
 async fn expires_while_down(how: Stop) {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku(
+    api.put_sku_ok(
         "DOWN",
-        json!({"stock": 3, "max_per_order": 1, "payment_timeout_s": 2}),
+        &json!({"stock": 3, "max_per_order": 1, "payment_timeout_s": 2}),
     )
     .await;
-    api.place("w1", "u1", "DOWN", 1, "escrow").await;
+    api.place_order("w1", "u1", "DOWN", 1, "escrow").await;
     let placed = Instant::now();
     api.expect_stock("DOWN", (2, 1, 0), "w1 pending").await;
     stop(&mut server, how).await;
@@ -1920,7 +1767,7 @@ async fn expires_while_down(how: Stop) {
     match how {
         // The first request after the start: a payment decided after the deadline is
         // refused (the shard fires due timers before it decides new commands).
-        Stop::Kill => assert_refused(&api.act("w1", "pay", None).await, "expired", "pay"),
+        Stop::Kill => assert_refused(&api.post_action("w1", "pay", None).await, "expired", "pay"),
         Stop::Term => {}
     }
     let view = wait_for(
@@ -1945,7 +1792,7 @@ async fn expires_while_down(how: Stop) {
         &format!("w1 expired at start-up after {how:?}"),
     )
     .await;
-    assert_refused(&api.act("w1", "pay", None).await, "expired", "pay");
+    assert_refused(&api.post_action("w1", "pay", None).await, "expired", "pay");
     let records = api.journal_of("w1").await;
     assert_history_is_journal(&view, &records);
     assert!(
@@ -1959,13 +1806,13 @@ async fn expires_while_down(how: Stop) {
 async fn reminded_before_a_restart() {
     let mut server = Server::start(Opts::default()).await;
     let api = Api::of(&server);
-    api.put_sku(
+    api.put_sku_ok(
         "REM",
-        json!({"stock": 2, "max_per_order": 1, "payment_timeout_s": 2}),
+        &json!({"stock": 2, "max_per_order": 1, "payment_timeout_s": 2}),
     )
     .await;
     let start = Instant::now();
-    api.place("v1", "u1", "REM", 1, "prepaid").await;
+    api.place_order("v1", "u1", "REM", 1, "prepaid").await;
     wait_for(
         &api,
         "v1",

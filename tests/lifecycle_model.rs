@@ -12,21 +12,24 @@
 //! And after every restart (from the journal alone, or from a checkpoint and the records
 //! after it) the replayed state equals the live state before it.
 //!
-//! The model decides transitions with [`stampede::order::transition`] (whose table is tested
-//! on its own against the contract); everything else, stock, limits, timers and idempotency,
-//! it computes by itself. More cases: `PROPTEST_CASES=500 cargo test --test lifecycle_model`.
+//! The model decides transitions with the contract's table in `tests/common/order_table.rs`
+//! (written from the contract, not from the engine's `transition`); everything else, stock,
+//! limits, timers and idempotency, it computes by itself. More cases: `PROPTEST_CASES=500 cargo test --test lifecycle_model`.
+
+mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::in_process::{self, NewOrder, action_request};
+use common::order_table;
 use proptest::prelude::*;
-use stampede::config::{Config, Overrides};
+use stampede::config::Config;
 use stampede::engine::{ActionError, ActionRequest, Engine};
-use stampede::journal::OrderAccepted;
-use stampede::order::{Action, OrderStatus, Payment, StockEffect, transition};
-use stampede::shard::{ActionOutcome, Clock, OrderCommand, OrderOutcome, SkuUpdate};
+use stampede::order::{Action, OrderStatus, Payment};
+use stampede::shard::{ActionOutcome, Clock, OrderOutcome, SkuUpdate};
 
 const SKUS: [&str; 3] = ["P-A", "P-B", "P-C"];
 const STOCK: [u64; 3] = [3, 2, 4];
@@ -148,6 +151,21 @@ enum Expect {
     TooManyRecords,
 }
 
+/// The contract's move for `action` from `status` ([`order_table::next`]), in the engine's
+/// types (named as the API names them).
+fn table_move(
+    status: OrderStatus,
+    action: Action,
+    restock: bool,
+) -> Option<(OrderStatus, order_table::Stock)> {
+    let moved = order_table::next(status.as_str(), action.as_str(), restock)?;
+    let to = OrderStatus::ALL
+        .into_iter()
+        .find(|state| state.as_str() == moved.to)
+        .unwrap_or_else(|| panic!("the engine has no state {:?}", moved.to));
+    Some((to, moved.stock))
+}
+
 impl Model {
     fn give_back(&mut self, id: usize, from_reserved: bool) {
         let order = self.orders[&id].clone();
@@ -229,7 +247,7 @@ impl Model {
         } else if !action.repeats() && order.last_action == Some(action) {
             return Expect::ActionReplayed(None);
         }
-        let Some(moved) = transition(order.status, action, restock) else {
+        let Some((to, stock)) = table_move(order.status, action, restock) else {
             return Expect::Refused;
         };
         if action == Action::Exchange && self.stock[exchange_sku].available < 1 {
@@ -242,31 +260,35 @@ impl Model {
         if action.repeats() && order.records >= limits.0 - limits.1 {
             return Expect::TooManyRecords;
         }
-        match moved.stock {
-            StockEffect::None => {}
-            StockEffect::ReservedToSold => {
+        self.apply(id, stock, exchange_sku);
+        let order = self.orders.get_mut(&id).unwrap();
+        order.status = to;
+        order.last_action = Some(action);
+        order.records += 1;
+        if let Some(key) = key {
+            self.keys
+                .insert((id, key), (request_of(action, restock, exchange_sku), to));
+        }
+        Expect::Done(to)
+    }
+
+    /// What a move of the table does to the model's stock.
+    fn apply(&mut self, id: usize, stock: order_table::Stock, exchange_sku: usize) {
+        let order = self.orders[&id].clone();
+        match stock {
+            order_table::Stock::None => {}
+            order_table::Stock::ReservedToSold => {
                 let stock = &mut self.stock[order.sku];
                 stock.reserved -= u64::from(order.qty);
                 stock.sold += u64::from(order.qty);
             }
-            StockEffect::GiveBack { from_reserved } => self.give_back(id, from_reserved),
-            StockEffect::TakeExchangeUnit => {
+            order_table::Stock::GiveBack { from_reserved } => self.give_back(id, from_reserved),
+            order_table::Stock::TakeExchangeUnit => {
                 let stock = &mut self.stock[exchange_sku];
                 stock.available -= 1;
                 stock.sold += 1;
             }
         }
-        let order = self.orders.get_mut(&id).unwrap();
-        order.status = moved.to;
-        order.last_action = Some(action);
-        order.records += 1;
-        if let Some(key) = key {
-            self.keys.insert(
-                (id, key),
-                (request_of(action, restock, exchange_sku), moved.to),
-            );
-        }
-        Expect::Done(moved.to)
     }
 
     /// Moves time on and expires what the payment timers expire (the reminder changes no
@@ -283,9 +305,11 @@ impl Model {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            self.give_back(id, true);
+            let (to, stock) = table_move(self.orders[&id].status, Action::Expire, false)
+                .expect("the table expires an unpaid order");
+            self.apply(id, stock, 0);
             let order = self.orders.get_mut(&id).unwrap();
-            order.status = OrderStatus::Expired;
+            order.status = to;
             order.last_action = Some(Action::Expire);
         }
     }
@@ -300,22 +324,11 @@ struct Harness {
 
 impl Harness {
     fn new(data_dir: &Path) -> Self {
-        let overrides = Overrides {
-            config_file: None,
-            listen: None,
-            data_dir: Some(data_dir.to_path_buf()),
-        };
-        let config = Config::load_with_env(&overrides, |name| match name {
-            "STAMPEDE_JOURNAL_FSYNC" => Some("none".into()),
-            "STAMPEDE_SHARDS" => Some("2".into()),
-            _ => None,
-        })
-        .expect("test config is valid");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
+        let config = in_process::config(
+            data_dir,
+            &[("STAMPEDE_JOURNAL_FSYNC", "none"), ("STAMPEDE_SHARDS", "2")],
+        );
+        let runtime = in_process::runtime(1);
         let mut harness = Self {
             runtime,
             config,
@@ -357,26 +370,9 @@ impl Harness {
 
     fn place(&self, id: usize, user: usize, sku: usize, qty: u32, payment: Payment) -> Expect {
         let engine = self.engine().clone();
-        let order = OrderAccepted {
-            order_id: format!("o{id}"),
-            user_id: format!("u{user}"),
-            sku: SKUS[sku].to_owned(),
-            qty,
-            payment,
-            address: None,
-        };
-        let keys = &engine.keys;
-        let (reply, outcome) = tokio::sync::oneshot::channel();
-        let command = OrderCommand {
-            slot_index: engine.slot_of(&order.sku).unwrap(),
-            key: keys.order_key(&order.order_id),
-            fingerprint: keys.content_fingerprint(&order.user_id, &order.sku, qty, payment, None),
-            purchase_key: keys.purchase_key(&order.user_id, &order.sku),
-            order,
-            reply,
-        };
-        engine.submit_order(command).expect("mailbox has room");
-        match self.runtime.block_on(outcome).expect("shard replies") {
+        let (id, user) = (format!("o{id}"), format!("u{user}"));
+        let order = NewOrder::new(&id, &user, SKUS[sku], payment).qty(qty);
+        match self.runtime.block_on(in_process::place(&engine, order)) {
             OrderOutcome::Accepted { .. } => Expect::Accepted,
             OrderOutcome::Replayed { .. } => Expect::Replayed,
             OrderOutcome::IdempotencyConflict => Expect::Conflict,
@@ -400,13 +396,11 @@ impl Harness {
         let engine = self.engine().clone();
         let order_id = format!("o{id}");
         let request = ActionRequest {
-            order_id: order_id.clone(),
-            action,
-            reason: None,
             address: (action == Action::Modify).then(|| r#"{"city":"X"}"#.to_owned()),
             restock,
             exchange_sku: (action == Action::Exchange).then(|| SKUS[exchange_sku].to_owned()),
             idempotency_key: key.map(|key| format!("k{key}")),
+            ..action_request(&order_id, action)
         };
         match self.runtime.block_on(engine.order_action(request)) {
             Ok(ActionOutcome::Done { status, .. }) => Expect::Done(status),

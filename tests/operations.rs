@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{Opts, Reply, Server, new_client, order, post_order_with};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---------------------------------------------------------------------------------------------
@@ -562,28 +562,6 @@ fn assert_shed(reply: &Reply) -> u64 {
     seconds
 }
 
-async fn post_action(server: &Server, order_id: &str, action: &str) -> Reply {
-    server
-        .send(
-            server
-                .client()
-                .post(server.url(&format!("/v1/orders/{order_id}/{action}"))),
-        )
-        .await
-}
-
-async fn commit_offset(server: &Server, group: &str, seq: u64) -> Reply {
-    server
-        .send(
-            server
-                .client()
-                .put(server.url(&format!("/v1/consumers/{group}/offset")))
-                .bearer_auth(&server.consumer_token)
-                .json(&json!({"seq": seq})),
-        )
-        .await
-}
-
 /// The stderr lines of the server's current incarnation.
 fn stderr_lines(server: &Server) -> Vec<String> {
     server
@@ -645,13 +623,13 @@ async fn metrics_parse_and_move_exactly_with_the_traffic() {
         .await;
     assert_eq!(replay.status, StatusCode::OK, "{}", replay.text);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
-    let paid = post_action(&server, "m-1", "pay").await;
+    let paid = server.post_action("m-1", "pay", None).await;
     assert_eq!(paid.status, StatusCode::OK, "pay: {}", paid.text);
     // A retry of the latest action is answered from what was journaled: counted apart.
-    let paid_again = post_action(&server, "m-1", "pay").await;
+    let paid_again = server.post_action("m-1", "pay", None).await;
     assert_eq!(paid_again.header("idempotent-replayed"), Some("true"));
     let committed_seq = seqs[2];
-    let commit = commit_offset(&server, GROUP, committed_seq).await;
+    let commit = server.commit_offset(GROUP, committed_seq).await;
     assert_eq!(commit.status, StatusCode::OK, "offset: {}", commit.text);
 
     let journal = server.journal().await;
@@ -997,12 +975,12 @@ async fn every_metric_the_dashboard_queries_is_exported() {
         .await
         .assert_error(409, "sold_out");
     assert_eq!(
-        post_action(&server, "d-1", "pay").await.status,
+        server.post_action("d-1", "pay", None).await.status,
         StatusCode::OK
     );
     let seq = reply.json["seq"].as_u64().unwrap();
     assert_eq!(
-        commit_offset(&server, "dash", seq).await.status,
+        server.commit_offset("dash", seq).await.status,
         StatusCode::OK
     );
     let metrics = scrape(&server).await;
@@ -1034,7 +1012,7 @@ async fn metrics_disabled_answers_404_and_orders_still_work() {
         .post_order(&order("off-1", "ou", "OFF-1", 1, "prepaid"))
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
-    let paid = post_action(&server, "off-1", "pay").await;
+    let paid = server.post_action("off-1", "pay", None).await;
     assert_eq!(paid.status, StatusCode::OK, "{}", paid.text);
     let view = server.sku("OFF-1").await;
     assert_eq!(view["sold"], 1, "{view}");

@@ -10,13 +10,17 @@
 //! them in `/metrics`, and stop shedding once the disk is fast again. Functional checks only
 //! (no latency figures): `tests/overload.rs` and `scripts/overload.sh` measure.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use stampede::config::{Config, Overrides};
+use common::in_process;
+use common::metric;
+use stampede::config::Config;
 use stampede::engine::Engine;
 use stampede::http::{self, AppState};
 use stampede::journal::storage::{FsStorage, SegmentFile, Storage};
@@ -85,23 +89,19 @@ impl Storage for StallingDisk {
 }
 
 fn config(data_dir: &Path) -> Config {
-    let overrides = Overrides {
-        config_file: None,
-        listen: None,
-        data_dir: Some(data_dir.to_path_buf()),
-    };
-    Config::load_with_env(&overrides, |name| match name {
-        "STAMPEDE_JOURNAL_FSYNC" => Some("always".into()),
-        "STAMPEDE_SHARDS" => Some("2".into()),
-        "STAMPEDE_ADMISSION_QUEUE_DELAY_TARGET_MS" => Some(TARGET_MS.into()),
-        // Small turns, so that 64 clients are several turns of work: a stall then builds a
-        // standing queue in the mailbox (with 256-order turns one turn takes them all, and
-        // they wait only for the fdatasync, which no refusal shortens).
-        "STAMPEDE_SHARD_BATCH_MAX" => Some(SHARD_BATCH.into()),
-        "STAMPEDE_ADMIN_TOKEN" => Some("queue-delay-test-token-0123456789".into()),
-        _ => None,
-    })
-    .expect("test config is valid")
+    in_process::config(
+        data_dir,
+        &[
+            ("STAMPEDE_JOURNAL_FSYNC", "always"),
+            ("STAMPEDE_SHARDS", "2"),
+            ("STAMPEDE_ADMISSION_QUEUE_DELAY_TARGET_MS", TARGET_MS),
+            // Small turns, so that 64 clients are several turns of work: a stall then builds a
+            // standing queue in the mailbox (with 256-order turns one turn takes them all, and
+            // they wait only for the fdatasync, which no refusal shortens).
+            ("STAMPEDE_SHARD_BATCH_MAX", SHARD_BATCH),
+            ("STAMPEDE_ADMIN_TOKEN", "queue-delay-test-token-0123456789"),
+        ],
+    )
 }
 
 /// One request on a fresh connection; the status, `Retry-After` and body.
@@ -173,14 +173,6 @@ async fn hammer(addr: SocketAddr, tag: &str, clients: usize, until: Instant, cou
     while let Some(done) = tasks.join_next().await {
         done.expect("client task");
     }
-}
-
-/// The value of `series` in a `/metrics` text; a series that is not there fails the test
-/// (a renamed metric must not read as zero).
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in /metrics:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

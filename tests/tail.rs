@@ -272,13 +272,11 @@ async fn busy_server() -> Server {
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
     }
     for (id, action) in [("o0", "pay"), ("o1", "pay"), ("o2", "cancel")] {
-        let mut request = server
-            .client()
-            .post(server.url(&format!("/v1/orders/{id}/{action}")));
-        if id == "o1" {
-            request = request.header("idempotency-key", "pay-o1");
-        }
-        let reply = server.send(request).await;
+        let reply = if id == "o1" {
+            server.post_action_keyed(id, action, b"pay-o1", None).await
+        } else {
+            server.post_action(id, action, None).await
+        };
         assert_eq!(
             reply.status,
             StatusCode::OK,
@@ -291,7 +289,7 @@ async fn busy_server() -> Server {
 
 /// The group's offset as the engine reports it; `None` for 404 `unknown_group`.
 async fn group_offset(server: &Server, group: &str) -> Option<u64> {
-    let reply = server.get(&format!("/v1/consumers/{group}/offset")).await;
+    let reply = server.get_offset(group).await;
     match reply.status {
         StatusCode::OK => Some(reply.json["seq"].as_u64().expect("seq")),
         StatusCode::NOT_FOUND => {

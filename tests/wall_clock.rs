@@ -7,15 +7,17 @@
 //! The manual clock drives the shard's real wait: it is never ticked here, and no other
 //! command reaches the shard after the clock moves.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use stampede::config::{Config, Overrides};
+use common::in_process::{self, NewOrder, place_accepted};
+use stampede::config::Config;
 use stampede::engine::Engine;
-use stampede::journal::OrderAccepted;
 use stampede::limits;
 use stampede::order::Payment;
-use stampede::shard::{Clock, OrderCommand, OrderOutcome, SkuUpdate};
+use stampede::shard::{Clock, SkuUpdate};
 
 const SKU: &str = "WC-1";
 const START_MS: u64 = 1_800_000_000_000;
@@ -23,42 +25,14 @@ const TIMEOUT_S: u32 = 60;
 const HOUR_MS: u64 = 3_600_000;
 
 fn config(data_dir: &std::path::Path) -> Config {
-    let overrides = Overrides {
-        config_file: None,
-        listen: None,
-        data_dir: Some(data_dir.to_path_buf()),
-    };
-    Config::load_with_env(&overrides, |name| match name {
-        "STAMPEDE_JOURNAL_FSYNC" => Some("none".into()),
-        "STAMPEDE_SHARDS" => Some("1".into()),
-        _ => None,
-    })
-    .expect("test config is valid")
+    in_process::config(
+        data_dir,
+        &[("STAMPEDE_JOURNAL_FSYNC", "none"), ("STAMPEDE_SHARDS", "1")],
+    )
 }
 
 async fn place(engine: &Arc<Engine>, id: &str) {
-    let keys = &engine.keys;
-    let (reply, outcome) = tokio::sync::oneshot::channel();
-    let command = OrderCommand {
-        slot_index: engine.slot_of(SKU).unwrap(),
-        key: keys.order_key(id),
-        fingerprint: keys.content_fingerprint("u", SKU, 1, Payment::Prepaid, None),
-        purchase_key: keys.purchase_key("u", SKU),
-        order: OrderAccepted {
-            order_id: id.into(),
-            user_id: "u".into(),
-            sku: SKU.into(),
-            qty: 1,
-            payment: Payment::Prepaid,
-            address: None,
-        },
-        reply,
-    };
-    engine.submit_order(command).expect("mailbox has room");
-    assert!(matches!(
-        outcome.await.unwrap(),
-        OrderOutcome::Accepted { .. }
-    ));
+    place_accepted(engine, NewOrder::new(id, "u", SKU, Payment::Prepaid)).await;
 }
 
 fn status(engine: &Engine, id: &str) -> &'static str {

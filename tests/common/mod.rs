@@ -14,9 +14,15 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+pub mod in_process;
+pub mod order_table;
 pub mod power_cut;
+pub mod requests;
+
+#[allow(unused_imports)] // each test binary uses some of them
+pub use requests::{Api, metric, metric_value, order, post_order_with};
 
 /// The admin token every server gets unless a test says otherwise (32 characters).
 pub const ADMIN_TOKEN: &str = "black-box-admin-token-32-chars!!";
@@ -556,137 +562,6 @@ impl Server {
     pub fn client(&self) -> &reqwest::Client {
         &self.client
     }
-
-    pub async fn get(&self, path: &str) -> Reply {
-        read_reply(self.client.get(self.url(path)).send().await).await
-    }
-
-    /// Any request with the shared client.
-    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
-        read_reply(request.send().await).await
-    }
-
-    /// `POST /v1/orders` with a JSON body.
-    pub async fn post_order(&self, body: &Value) -> Reply {
-        post_order_with(&self.client, &self.base_url, body)
-            .await
-            .unwrap_or_else(|error| panic!("POST /v1/orders failed: {error}"))
-    }
-
-    /// `POST /v1/orders` with raw bytes.
-    pub async fn post_order_raw(&self, body: impl Into<Vec<u8>>) -> Reply {
-        let request = self
-            .client
-            .post(self.url("/v1/orders"))
-            .header("content-type", "application/json")
-            .body(body.into());
-        read_reply(request.send().await).await
-    }
-
-    /// `PUT /v1/skus/{sku}` with the admin token.
-    pub async fn put_sku(&self, sku: &str, body: &Value) -> Reply {
-        let request = self
-            .client
-            .put(self.url(&format!("/v1/skus/{sku}")))
-            .bearer_auth(&self.admin_token)
-            .json(body);
-        read_reply(request.send().await).await
-    }
-
-    /// Creates (or updates) a SKU and asserts 200.
-    pub async fn create_sku(&self, sku: &str, stock: u64, per_user_limit: u32, max_per_order: u32) {
-        let reply = self
-            .put_sku(
-                sku,
-                &json!({"stock": stock, "per_user_limit": per_user_limit, "max_per_order": max_per_order}),
-            )
-            .await;
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "PUT sku {sku}: {}",
-            reply.text
-        );
-    }
-
-    /// `GET /v1/skus/{sku}`.
-    pub async fn get_sku(&self, sku: &str) -> Reply {
-        self.get(&format!("/v1/skus/{sku}")).await
-    }
-
-    /// `GET /v1/skus/{sku}` asserting 200 and the balance invariant; the body.
-    pub async fn sku(&self, sku: &str) -> Value {
-        let reply = self.get_sku(sku).await;
-        assert_eq!(
-            reply.status,
-            StatusCode::OK,
-            "GET sku {sku}: {}",
-            reply.text
-        );
-        let view = reply.json;
-        let field = |name: &str| {
-            view[name]
-                .as_u64()
-                .unwrap_or_else(|| panic!("{name} in {view}"))
-        };
-        assert_eq!(
-            field("available") + field("reserved") + field("sold"),
-            field("stock_total"),
-            "sold + reserved + available = stock_total: {view}"
-        );
-        view
-    }
-
-    /// Every journal record, paging with `from=<last seq>` until a page is empty.
-    pub async fn journal(&self) -> Vec<Value> {
-        let mut records = Vec::new();
-        let mut from = 0u64;
-        for _ in 0..10_000 {
-            let reply = self
-                .get(&format!("/v1/journal?from={from}&limit=500"))
-                .await;
-            assert_eq!(reply.status, StatusCode::OK, "journal page: {}", reply.text);
-            assert!(
-                reply
-                    .header("content-type")
-                    .is_some_and(|ct| ct.starts_with("application/x-ndjson")),
-                "journal content-type {:?}",
-                reply.header("content-type")
-            );
-            let page: Vec<Value> = reply
-                .text
-                .lines()
-                .filter(|line| !line.is_empty())
-                .map(|line| {
-                    serde_json::from_str(line)
-                        .unwrap_or_else(|e| panic!("journal line {line:?}: {e}"))
-                })
-                .collect();
-            let Some(last) = page.last() else {
-                return records;
-            };
-            let last_seq = last["seq"].as_u64().expect("seq");
-            assert!(last_seq > from, "journal page did not advance past {from}");
-            from = last_seq;
-            records.extend(page);
-        }
-        panic!("journal paging did not end");
-    }
-
-    /// The journal's `accepted` records, by order id.
-    pub async fn accepted_orders(&self) -> std::collections::HashMap<String, Value> {
-        let mut orders = std::collections::HashMap::new();
-        for record in self.journal().await {
-            if record["type"] == "accepted" {
-                let id = record["order_id"].as_str().expect("order_id").to_string();
-                assert!(
-                    orders.insert(id.clone(), record).is_none(),
-                    "order {id} journaled twice"
-                );
-            }
-        }
-        orders
-    }
 }
 
 impl Drop for Server {
@@ -719,35 +594,6 @@ pub async fn read_reply(response: reqwest::Result<reqwest::Response>) -> Reply {
         text,
         json,
     }
-}
-
-/// `POST /v1/orders` with the given client; transport errors are returned (a crash test
-/// expects some).
-pub async fn post_order_with(
-    client: &reqwest::Client,
-    base_url: &str,
-    body: &Value,
-) -> reqwest::Result<Reply> {
-    let response = client
-        .post(format!("{base_url}/v1/orders"))
-        .json(body)
-        .send()
-        .await?;
-    let status = response.status();
-    let headers = response.headers().clone();
-    let text = response.text().await?;
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Ok(Reply {
-        status,
-        headers,
-        text,
-        json,
-    })
-}
-
-/// An order body.
-pub fn order(order_id: &str, user_id: &str, sku: &str, qty: u32, payment: &str) -> Value {
-    json!({"order_id": order_id, "user_id": user_id, "sku": sku, "qty": qty, "payment": payment})
 }
 
 /// The frames of a segment file: `(offset, total frame bytes incl. padding, payload_len,
