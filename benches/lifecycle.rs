@@ -208,7 +208,7 @@ impl Running {
                     tokio::spawn(async move {
                         for order_id in chunk {
                             let user_id = format!("user-{order_id}");
-                            let keys = &engine.keys;
+                            let keys = &engine.keys();
                             let (reply, outcome) = tokio::sync::oneshot::channel();
                             let command = OrderCommand {
                                 slot_index,

@@ -328,7 +328,7 @@ async fn serve(config: Config) -> ExitCode {
     state.start_draining();
     let _ = stop_sender.send(());
     let _ = server.await;
-    let journal = engine.journal.clone();
+    let journal = engine.journal().clone();
     let shutdown = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     let engine_stats = {
         use std::sync::atomic::Ordering::Relaxed;

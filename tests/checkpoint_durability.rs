@@ -68,9 +68,9 @@ fn a_checkpoint_never_covers_records_that_are_not_synced() {
         assert!(seq >= 51, "{fsync}: checkpoint at seq {seq}");
         // A power cut now keeps exactly what is synced: the checkpoint must not be ahead.
         assert!(
-            engine.journal.synced_seq() >= seq,
+            engine.journal().synced_seq() >= seq,
             "{fsync}: checkpoint covers seq {seq} but the journal is synced through {}",
-            engine.journal.synced_seq()
+            engine.journal().synced_seq()
         );
         engine.shutdown().unwrap();
     }

@@ -363,7 +363,7 @@ fn a_durable_reader_returns_exactly_the_acknowledged_records_in_order() {
     let finished = Arc::new(AtomicBool::new(false));
     let last_seq = Arc::new(AtomicU64::new(u64::MAX));
     let follower = {
-        let journal = engine.journal.clone();
+        let journal = engine.journal().clone();
         let dir = engine.journal_dir().to_owned();
         let (finished, last_seq) = (finished.clone(), last_seq.clone());
         std::thread::spawn(move || {
@@ -424,7 +424,7 @@ fn a_durable_reader_returns_exactly_the_acknowledged_records_in_order() {
         }
         all
     });
-    let durable = engine.journal.durable_seq();
+    let durable = engine.journal().durable_seq();
     last_seq.store(durable, Ordering::Release);
     finished.store(true, Ordering::Release);
 
@@ -486,7 +486,7 @@ fn a_durable_reader_returns_exactly_the_acknowledged_records_in_order() {
     let mut reader = JournalReader::open(
         engine.journal_dir(),
         0,
-        ReadLimit::Durable(engine.journal.clone()),
+        ReadLimit::Durable(engine.journal().clone()),
     );
     let mut again = Vec::new();
     while let Some((seq, record)) = reader.next_record().expect("read") {
@@ -498,7 +498,7 @@ fn a_durable_reader_returns_exactly_the_acknowledged_records_in_order() {
     let mut reader = JournalReader::open(
         engine.journal_dir(),
         middle,
-        ReadLimit::Durable(engine.journal.clone()),
+        ReadLimit::Durable(engine.journal().clone()),
     );
     let mut rest = Vec::new();
     while let Some((seq, _)) = reader.next_record().expect("read") {

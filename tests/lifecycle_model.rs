@@ -451,11 +451,9 @@ impl Harness {
         });
         let statuses = (0..ORDER_IDS)
             .filter_map(|id| {
-                let key = engine.keys.order_key(&format!("o{id}"));
                 engine
-                    .orders
-                    .get(key)
-                    .map(|entry| (id, entry.state().status))
+                    .order_status(&format!("o{id}"))
+                    .map(|status| (id, status))
             })
             .collect();
         (stock, statuses)

@@ -198,14 +198,14 @@ pub struct StartReport {
 }
 
 pub struct Engine {
-    pub keys: KeyHasher,
-    pub inventory: Arc<Inventory>,
+    keys: KeyHasher,
+    inventory: Arc<Inventory>,
     /// Every accepted order: idempotency, state, and the head of its history chain.
-    pub orders: Arc<OrderIndex>,
+    orders: Arc<OrderIndex>,
     /// The time the shards decide by (the system clock, except in tests).
-    pub clock: Clock,
+    clock: Clock,
     /// Consumer groups' committed offsets (`<data_dir>/consumers`).
-    pub consumers: ConsumerOffsets,
+    consumers: ConsumerOffsets,
     /// The engine's side of `/metrics`, when `metrics.enabled`.
     metrics: Option<EngineMetrics>,
     /// Commands each shard has decided, and the drain rate measured from them.
@@ -240,7 +240,7 @@ pub struct Engine {
     /// [`limits::EXCHANGES_IN_FLIGHT_MAX`] share it, which bounds the control lanes.
     exchange_gate: tokio::sync::RwLock<()>,
     data_dir: PathBuf,
-    pub journal: Journal,
+    journal: Journal,
     journal_dir: PathBuf,
     admin_token: String,
     /// Lets fulfilment workers commit and delete consumer groups (so does the admin token).
@@ -251,6 +251,37 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// The journal: its durable watermark, readers, and whether admission is stopped.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The order-key hash keys of this data directory (callers that build an
+    /// [`OrderCommand`] themselves hash with them).
+    pub fn keys(&self) -> &KeyHasher {
+        &self.keys
+    }
+
+    /// An accepted order's status, from the order index (no journal read); `None` for an
+    /// order the engine does not know or that is not durable yet.
+    pub fn order_status(&self, order_id: &str) -> Option<crate::order::OrderStatus> {
+        // `get` returns durable entries only.
+        let entry = self.orders.get(self.keys.order_key(order_id))?;
+        Some(entry.state().status)
+    }
+
+    /// A consumer group's committed offset; `None` if it never committed. Blocking (a file
+    /// read).
+    pub fn group_offset(&self, group: &str) -> io::Result<Option<u64>> {
+        self.consumers.get(group)
+    }
+
+    /// Forgets a consumer group (`DELETE /v1/consumers/{group}`); `Ok(false)` if it had no
+    /// offset. Blocking (a file removal and a directory sync).
+    pub fn delete_group(&self, group: &str) -> io::Result<bool> {
+        self.consumers.delete(group)
+    }
+
     pub fn shard_count(&self) -> usize {
         self.mailboxes.len()
     }

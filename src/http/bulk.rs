@@ -322,7 +322,7 @@ impl LineReport {
 
 /// Decodes the body, applies its valid lines, and answers 200 with the report.
 pub async fn load(engine: &Arc<Engine>, headers: &HeaderMap, body: &[u8]) -> HttpResponse {
-    if engine.journal.is_stopped() {
+    if engine.journal().is_stopped() {
         return ApiError::new(
             ErrorCode::Unavailable,
             "the journal cannot be written; see /readyz",

@@ -86,7 +86,7 @@ pub async fn read_page(engine: &Engine, query: &JournalQuery) -> HttpResponse {
     let mut reader = JournalReader::open(
         engine.journal_dir(),
         query.from,
-        ReadLimit::Durable(engine.journal.clone()),
+        ReadLimit::Durable(engine.journal().clone()),
     );
     let limit = query.limit;
     let page =
@@ -109,12 +109,12 @@ pub fn follow(
     let (chunks, body) = mpsc::channel::<Bytes>(limits::FOLLOW_QUEUE_CHUNKS);
     tokio::spawn(async move {
         let _permit = permit;
-        let mut durable = engine.journal.durable_watch();
+        let mut durable = engine.journal().durable_watch();
         let keepalive = Duration::from_secs(limits::FOLLOW_KEEPALIVE_S);
         let mut reader = Some(JournalReader::open(
             engine.journal_dir(),
             from,
-            ReadLimit::Durable(engine.journal.clone()),
+            ReadLimit::Durable(engine.journal().clone()),
         ));
         loop {
             if *stopping.borrow() {
@@ -169,7 +169,7 @@ struct OffsetView<'a> {
 }
 
 fn offset_view(engine: &Engine, group: &str, seq: u64) -> HttpResponse {
-    let durable_seq = engine.journal.durable_seq();
+    let durable_seq = engine.journal().durable_seq();
     reply::json(
         StatusCode::OK,
         &OffsetView {
@@ -196,7 +196,7 @@ pub async fn get_offset(engine: Arc<Engine>, group: &str) -> HttpResponse {
     }
     let reader = engine.clone();
     let name = group.to_owned();
-    match tokio::task::spawn_blocking(move || reader.consumers.get(&name)).await {
+    match tokio::task::spawn_blocking(move || reader.group_offset(&name)).await {
         Ok(Ok(Some(seq))) => offset_view(&engine, group, seq),
         Ok(Ok(None)) => ApiError::new(
             ErrorCode::UnknownGroup,
@@ -272,7 +272,7 @@ pub async fn delete_group(engine: Arc<Engine>, group: &str) -> HttpResponse {
         return ApiError::new(ErrorCode::Invalid, detail).into_response();
     }
     let name = group.to_owned();
-    match tokio::task::spawn_blocking(move || engine.consumers.delete(&name)).await {
+    match tokio::task::spawn_blocking(move || engine.delete_group(&name)).await {
         Ok(Ok(true)) => reply::json(
             StatusCode::OK,
             &serde_json::json!({ "group": group, "deleted": true }),

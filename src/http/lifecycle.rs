@@ -194,7 +194,7 @@ pub async fn order_action(
     if order::validate_path_id("order_id", order_id, limits::ORDER_ID_BYTES_MAX).is_err() {
         return unknown_order(order_id);
     }
-    if engine.journal.is_stopped() {
+    if engine.journal().is_stopped() {
         return ApiError::new(
             ErrorCode::Unavailable,
             "journal cannot be written; admission stopped",

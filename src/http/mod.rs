@@ -106,10 +106,10 @@ impl AppState {
         }
         match self.engine.get() {
             None => Some("recovering"),
-            Some(engine) if engine.journal.is_stopped() => Some("journal_unwritable"),
+            Some(engine) if engine.journal().is_stopped() => Some("journal_unwritable"),
             Some(engine)
                 if engine
-                    .journal
+                    .journal()
                     .write_stalled_for()
                     .is_some_and(|d| d >= JOURNAL_STALL) =>
             {

@@ -69,7 +69,7 @@ pub fn order_command(
     engine: &Engine,
     order: NewOrder<'_>,
 ) -> (OrderCommand, tokio::sync::oneshot::Receiver<OrderOutcome>) {
-    let keys = &engine.keys;
+    let keys = &engine.keys();
     let (reply, outcome) = tokio::sync::oneshot::channel();
     let command = OrderCommand {
         slot_index: engine.slot_of(order.sku).expect("sku exists"),
