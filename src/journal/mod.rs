@@ -14,6 +14,8 @@ pub mod index;
 pub mod reader;
 pub mod record;
 pub mod scan;
+#[cfg(test)]
+pub mod sim_disk;
 pub mod storage;
 pub mod writer;
 

@@ -642,7 +642,7 @@ const _: () = assert!(READ_CHUNK_BYTES >= limits::RECORD_PAYLOAD_BYTES_MAX * 4);
 /// only zeros within its header and payload.
 #[cfg(test)]
 pub(crate) fn looks_torn(bytes: &[u8], start: usize) -> bool {
-    use crate::journal::storage::SECTOR;
+    use crate::journal::sim_disk::SECTOR;
     let Some(header) = bytes.get(start..start + 16) else {
         return true;
     };
@@ -1133,7 +1133,7 @@ mod tests {
 
     #[test]
     fn a_bad_last_frame_is_a_torn_tail_only_when_cut_short_or_a_sector_of_it_is_zeros() {
-        use crate::journal::storage::SECTOR;
+        use crate::journal::sim_disk::SECTOR;
         let dir = tempfile::tempdir().unwrap();
         // One group of four frames of about 2 KB, written in one write as the writer does.
         let written: Vec<Record> = (0..4).map(|n| order(n, 1900)).collect();

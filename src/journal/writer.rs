@@ -1456,7 +1456,7 @@ mod power_loss_tests {
         Event, FRAME_HEADER_BYTES, FrameCheck, OrderAccepted, Record, check_frame,
     };
     use crate::journal::scan::{RecoveryError, list_segments, looks_torn, recover};
-    use crate::journal::storage::{CrashImage, CutMode, Rng, SimulatedDisk};
+    use crate::journal::sim_disk::{CrashImage, CutMode, Rng, SimulatedDisk};
     use crate::order::Payment;
 
     const MODES: [CutMode; 4] = [
