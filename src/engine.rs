@@ -867,7 +867,7 @@ impl Engine {
     /// is taken if needed) are deleted. Never the last segment, never one a group or recovery
     /// still needs. Returns the number of segments deleted.
     pub fn retention_pass(&self, retain: Duration) -> io::Result<usize> {
-        let segments = journal::scan::list_segments(&self.journal_dir)?;
+        let segments = journal::list_segments(&self.journal_dir)?;
         let group_floor = self
             .consumers
             .list()?
@@ -1195,7 +1195,7 @@ impl Engine {
 
     /// The seq of the oldest record still in the journal (retention deletes older ones).
     pub fn first_retained_seq(&self) -> io::Result<u64> {
-        Ok(journal::scan::list_segments(&self.journal_dir)?
+        Ok(journal::list_segments(&self.journal_dir)?
             .first()
             .map_or(1, |(first_seq, _)| *first_seq))
     }

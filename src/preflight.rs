@@ -45,9 +45,9 @@ use crate::engine::journal_dir;
 use crate::http::CONNECTIONS_MAX;
 use crate::inventory::Inventory;
 use crate::inventory::slots::SLOT_BYTES;
+use crate::journal::cursor::{CursorStep, SegmentCursor};
 use crate::journal::record::{SEGMENT_HEADER_BYTES, segment_header};
-use crate::journal::scan::{CursorStep, SegmentCursor, list_segments};
-use crate::journal::writer::segment_file_name;
+use crate::journal::segment::{list_segments, segment_file_name};
 use crate::journal::{Event, FrameBatch, OrderAccepted, OrderAction, Record};
 use crate::limits;
 use crate::order::{Action, Payment, transition};
@@ -932,7 +932,7 @@ pub enum JournalRoom {
 /// first group commits already overwrite allocated blocks.
 ///
 /// Safe by the journal's recovery rules: zeros after the last frame of a segment are room,
-/// not damage and not a torn tail (`journal::scan`), and the writer continues at the last
+/// not damage and not a torn tail (`journal::recovery`), and the writer continues at the last
 /// frame's end over them (`Journal::open`). So this only ever writes zeros *after* the last
 /// segment's last frame, or, for a journal with no segment at all (and no checkpoint), the
 /// very segment the engine would create first (`<1:020>.seg`, its header, synced with its

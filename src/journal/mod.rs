@@ -10,10 +10,14 @@
 //! - [`consumers`]: consumer groups' durable offsets.
 
 pub mod consumers;
+pub mod cursor;
+#[cfg(test)]
+pub(crate) mod fixtures;
 pub mod index;
 pub mod reader;
 pub mod record;
-pub mod scan;
+pub mod recovery;
+pub mod segment;
 #[cfg(test)]
 pub mod sim_disk;
 pub mod storage;
@@ -25,5 +29,6 @@ pub use reader::{JournalReader, ReadError, ReadLimit};
 pub use record::{
     ArchivedRecord, Event, FrameBatch, OrderAccepted, OrderAction, Record, SkuChanged,
 };
-pub use scan::{RecoveryError, RecoveryReport, recover};
-pub use writer::{Journal, JournalError, JournalTail, SeqRange};
+pub use recovery::{JournalTail, RecoveryError, RecoveryReport, recover};
+pub use segment::{list_segments, parse_segment_file_name, segment_file_name};
+pub use writer::{Journal, JournalError, SeqRange};

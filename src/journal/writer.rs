@@ -46,6 +46,8 @@ use parking_lot::{Condvar, Mutex};
 use crate::config::FsyncPolicy;
 use crate::journal::index::SeqIndex;
 use crate::journal::record::{self, ArchivedRecord, FrameBatch, SEGMENT_HEADER_BYTES};
+use crate::journal::recovery::JournalTail;
+use crate::journal::segment::{self, create_segment};
 use crate::journal::storage::{FsStorage, SegmentFile, Storage, is_out_of_space};
 use crate::limits;
 
@@ -54,17 +56,6 @@ pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The least room the retry asks for (more when the failed group was larger).
 const RETRY_PROBE_BYTES_MIN: u64 = 64 * 1024;
-
-/// Where a recovered journal ends: the writer continues there.
-#[derive(Debug, Clone)]
-pub struct JournalTail {
-    /// The segment to append to, with its first seq and valid length; `None` for a new journal.
-    pub segment: Option<(PathBuf, u64, u64)>,
-    /// The seq the next record gets.
-    pub next_seq: u64,
-    /// Where the recovered frames lie; the writer goes on adding to it.
-    pub index: Arc<SeqIndex>,
-}
 
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("journal unavailable: {0}")]
@@ -789,29 +780,16 @@ impl SegmentWriter {
         segment_bytes_max: u64,
         policy: FsyncPolicy,
     ) -> Result<Self, GroupFailure> {
-        let path = dir.join(segment_file_name(first_seq));
-        // No inode left is no room too.
-        let file = storage.create_new(&path).map_err(|error| GroupFailure {
-            resumable: is_out_of_space(&error),
-            error,
-        })?;
-        if let Err(error) = file.write_all_at(&record::segment_header(first_seq), 0) {
-            // Nothing is in the new file: remove it, so that the next rotation can create it.
-            let removed = storage.remove_file(&path);
-            if let Err(remove_error) = &removed {
-                tracing::error!(error = %remove_error, path = %path.display(),
-                    "cannot remove a segment whose header could not be written");
+        // The new file's header and its directory entry are durable before any record in
+        // it is acknowledged, under every policy (see `create_segment`).
+        let (path, file) = create_segment(&*storage, dir, first_seq).map_err(|failure| {
+            GroupFailure {
+                // No room (no inode left is no room too), and nothing of the new file is
+                // left: the next try may create it.
+                resumable: failure.nothing_left && is_out_of_space(&failure.error),
+                error: failure.error,
             }
-            return Err(GroupFailure {
-                resumable: is_out_of_space(&error) && removed.is_ok(),
-                error,
-            });
-        }
-        // The new file's header and its directory entry must be durable before any record
-        // in it is acknowledged, or recovery could miss the whole segment (every policy: a
-        // lost segment in the middle would be a gap, which recovery refuses).
-        file.sync_all().map_err(GroupFailure::fatal)?;
-        storage.sync_dir(dir).map_err(GroupFailure::fatal)?;
+        })?;
         Ok(Self {
             storage,
             dir: dir.to_owned(),
@@ -864,8 +842,7 @@ impl SegmentWriter {
             return Ok(None);
         }
         let end = (start + limits::PREALLOCATE_CHUNK_BYTES).min(target);
-        self.file
-            .write_all_at(&ZEROS[..(end - start) as usize], start)?;
+        segment::write_zeros(&*self.file, start, end)?;
         self.allocated_len = end;
         Ok(Some(self.file.clone()))
     }
@@ -875,8 +852,8 @@ impl SegmentWriter {
     /// the clean end of the data to recovery, so a crash in between harms nothing.
     fn probe(&mut self, bytes: u64) -> io::Result<()> {
         let end = self.allocated_len.max(self.len);
-        let bytes = bytes.min(limits::PREALLOCATE_CHUNK_BYTES) as usize;
-        let written = self.file.write_all_at(&ZEROS[..bytes], end);
+        let bytes = bytes.min(limits::PREALLOCATE_CHUNK_BYTES);
+        let written = segment::write_zeros(&*self.file, end, end + bytes);
         self.file.set_len(end)?;
         written
     }
@@ -915,26 +892,8 @@ fn monotonic_ms() -> u64 {
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-/// Zeros for the preallocator (and the retry's probe), one chunk's worth.
-static ZEROS: [u8; limits::PREALLOCATE_CHUNK_BYTES as usize] =
-    [0; limits::PREALLOCATE_CHUNK_BYTES as usize];
-
 /// How often the preallocator looks at the room ahead when there is enough.
 const PREALLOCATE_POLL: Duration = Duration::from_millis(5);
-
-/// `<first_seq:020>.seg`: names sort in seq order.
-pub fn segment_file_name(first_seq: u64) -> String {
-    format!("{first_seq:020}.seg")
-}
-
-/// Parses a segment file name back to its first seq.
-pub fn parse_segment_file_name(name: &str) -> Option<u64> {
-    let digits = name.strip_suffix(".seg")?;
-    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
 
 #[cfg(test)]
 mod tests {
@@ -946,7 +905,8 @@ mod tests {
         ArchivedRecord, Event, FrameCheck, OrderAccepted, Record, SkuChanged, check_frame,
         parse_segment_header,
     };
-    use crate::journal::scan::{RecoveryReport, list_segments, recover};
+    use crate::journal::recovery::{RecoveryReport, recover};
+    use crate::journal::segment::{list_segments, segment_file_name};
     use crate::limits;
     use crate::order::Payment;
 
@@ -1452,10 +1412,12 @@ mod power_loss_tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::journal::cursor::looks_torn;
     use crate::journal::record::{
         Event, FRAME_HEADER_BYTES, FrameCheck, OrderAccepted, Record, check_frame,
     };
-    use crate::journal::scan::{RecoveryError, list_segments, looks_torn, recover};
+    use crate::journal::recovery::{RecoveryError, recover};
+    use crate::journal::segment::{list_segments, parse_segment_file_name};
     use crate::journal::sim_disk::{CrashImage, CutMode, Rng, SimulatedDisk};
     use crate::order::Payment;
 
