@@ -31,12 +31,17 @@ pub(crate) fn order(n: usize, address_bytes: usize) -> Record {
     }
 }
 
+/// Where a new journal starts.
 pub(crate) fn new_tail() -> JournalTail {
-    JournalTail {
-        segment: None,
-        next_seq: 1,
-        index: Default::default(),
+    JournalTail::empty()
+}
+
+pub(crate) fn batch_of(records: &[Record]) -> FrameBatch {
+    let mut batch = FrameBatch::default();
+    for record in records {
+        batch.push(record).expect("record encodes");
     }
+    batch
 }
 
 /// Appends `batches` through a journal (policy `none`, so no fsync), starting at `tail`.
