@@ -468,31 +468,3 @@ impl SegmentCursor {
 }
 
 const _: () = assert!(READ_CHUNK_BYTES >= limits::RECORD_PAYLOAD_BYTES_MAX * 4);
-
-/// The torn-write rule of [`SegmentCursor::bad_frame_is_whole`], restated for the tests over
-/// a whole file's bytes and in the simulated disk's sectors (sector by sector, each clipped
-/// to the frame), so that a test's expectation does not merely call the code under test: a
-/// bad frame at `start` with no valid frame after it is a torn tail when its length is out
-/// of range, it does not fit in the file with its padding, or a sector it overlaps holds
-/// only zeros within its header and payload.
-#[cfg(test)]
-pub(crate) fn looks_torn(bytes: &[u8], start: usize) -> bool {
-    use crate::journal::sim_disk::SECTOR;
-    let Some(header) = bytes.get(start..start + 16) else {
-        return true;
-    };
-    let payload_len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
-    if payload_len == 0 || payload_len > limits::RECORD_PAYLOAD_BYTES_MAX {
-        return true;
-    }
-    let checked_end = start + 16 + payload_len;
-    if checked_end.next_multiple_of(8) > bytes.len() {
-        return true;
-    }
-    let sector = SECTOR as usize;
-    (start / sector..=(checked_end - 1) / sector).any(|index| {
-        let from = (index * sector).max(start);
-        let to = ((index + 1) * sector).min(checked_end);
-        bytes[from..to].iter().all(|byte| *byte == 0)
-    })
-}

@@ -11,6 +11,7 @@ use crate::journal::reader::{JournalReader, ReadLimit};
 use crate::journal::record::{ArchivedRecord, Event, FrameBatch, OrderAccepted, Record};
 use crate::journal::recovery::JournalTail;
 use crate::journal::segment::list_segments;
+use crate::journal::sim_disk::SECTOR;
 use crate::journal::writer::Journal;
 use crate::limits;
 use crate::order::Payment;
@@ -126,4 +127,31 @@ pub(crate) fn read_seqs(dir: &Path, after: u64, max: u64, limit: usize) -> Vec<(
         seen.push((seq, to_owned_record(record)));
     }
     seen
+}
+
+/// The torn-write rule of the cursor (`SegmentCursor::bad_frame_is_whole`), restated for the
+/// tests over a whole file's bytes and in the simulated disk's sectors (sector by sector,
+/// each clipped to the frame), so that a test's expectation does not merely call the code
+/// under test: a
+/// bad frame at `start` with no valid frame after it is a torn tail when its length is out
+/// of range, it does not fit in the file with its padding, or a sector it overlaps holds
+/// only zeros within its header and payload.
+pub(crate) fn looks_torn(bytes: &[u8], start: usize) -> bool {
+    let Some(header) = bytes.get(start..start + 16) else {
+        return true;
+    };
+    let payload_len = u32::from_le_bytes(header[..4].try_into().unwrap()) as usize;
+    if payload_len == 0 || payload_len > limits::RECORD_PAYLOAD_BYTES_MAX {
+        return true;
+    }
+    let checked_end = start + 16 + payload_len;
+    if checked_end.next_multiple_of(8) > bytes.len() {
+        return true;
+    }
+    let sector = SECTOR as usize;
+    (start / sector..=(checked_end - 1) / sector).any(|index| {
+        let from = (index * sector).max(start);
+        let to = ((index + 1) * sector).min(checked_end);
+        bytes[from..to].iter().all(|byte| *byte == 0)
+    })
 }

@@ -4,15 +4,17 @@
 //! file system, nothing more: create a segment (failing if it exists), open the last one to
 //! append to, `pwrite`, `fdatasync`, `fsync`, `ftruncate`, the file's size, sync the
 //! directory, and remove a segment whose creation failed half way. Readers and the recovery
-//! scan read the files directly; only the writer goes through the seam.
+//! scan read the files directly; what writes segments goes through the seam: the writer, and
+//! `stampede preflight` when it prepares a journal's room ([`crate::journal::segment`]
+//! creates a segment for both).
 //!
 //! [`FsStorage`] is the real implementation over [`std::fs::File`], used by default
 //! ([`crate::journal::Journal::open`]): one virtual call in front of each `pwrite` and
 //! `fdatasync`, nothing else, so the group commit's cost (one write and one fdatasync per
 //! group) is unchanged.
 //!
-//! In tests, [`crate::journal::sim_disk`] (`cfg(test)`) stands in for a disk that can lose
-//! power.
+//! In tests, a simulated disk that can lose power (`journal/sim_disk.rs`, `cfg(test)`) stands
+//! in for the real one.
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::*;
 use crate::config::FsyncPolicy;
-use crate::journal::cursor::{FRAME_BYTES_MAX, READ_CHUNK_BYTES, looks_torn};
+use crate::journal::cursor::{FRAME_BYTES_MAX, READ_CHUNK_BYTES};
 use crate::journal::fixtures::*;
 use crate::journal::reader::{JournalReader, ReadLimit};
 use crate::journal::record::{

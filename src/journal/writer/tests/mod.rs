@@ -10,8 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::journal::cursor::looks_torn;
-use crate::journal::fixtures::{batch_of, new_tail, next_rand, to_owned_record};
+use crate::journal::fixtures::{batch_of, looks_torn, new_tail, next_rand, to_owned_record};
 use crate::journal::record::{
     Event, FRAME_HEADER_BYTES, FrameCheck, OrderAccepted, Record, SEGMENT_HEADER_BYTES, SkuChanged,
     check_frame, parse_segment_header,
