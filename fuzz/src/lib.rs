@@ -186,7 +186,7 @@ pub mod bounds {
     pub const RECORD_TOTAL_PER_BYTE: usize = 96;
     pub const RECORD_CONST: usize = 8192;
 
-    /// `scan.rs`'s `READ_CHUNK_BYTES` (private there; keep in step).
+    /// `journal/cursor.rs`'s `READ_CHUNK_BYTES` (not public there; keep in step).
     pub const READ_CHUNK_BYTES: usize = 256 * 1024;
 
     /// `recover`: peak of live bytes within `2 * READ_CHUNK_BYTES + RECOVERY_CONST`, whatever
