@@ -11,9 +11,10 @@
 //! a simulated disk that loses power in tests).
 //!
 //! Layout: this file owns the [`Journal`] handle, append, the group commit and the failure
-//! rules below; [`segment_writer`] the segment appended to (rotation, preallocation step,
-//! probe, cut back); [`background`] the interval sync, the preallocator and the disk-full
-//! retry thread; `tests/` a file per concern.
+//! rules below; `state.rs` what the handle shares (with the lock order); `segment_writer.rs`
+//! the segment appended to (rotation, preallocation step, probe, cut back); `background.rs`
+//! the interval sync, the preallocator and the disk-full retry thread; `tests/` a file per
+//! concern.
 //!
 //! Invariants:
 //! - `seq` is assigned under the state lock and frames enter the pending buffer in `seq`
@@ -208,7 +209,7 @@ impl Journal {
         self.durable_seq()
     }
 
-    /// Where a reader should start to reach `seq` quickly (see [`SeqIndex`]).
+    /// Where a reader should start to reach `seq` quickly (see [`crate::journal::SeqIndex`]).
     pub fn start_for(&self, seq: u64) -> Option<(u64, u64)> {
         self.shared.index.start_for(seq)
     }
