@@ -42,11 +42,13 @@ use serde_json::{Map, Value, json};
 use crate::checkpoint;
 use crate::config::{Config, FsyncPolicy, Overrides};
 use crate::data_dir::journal_dir;
+use crate::durable;
 use crate::inventory::Inventory;
 use crate::inventory::slots::SLOT_BYTES;
-use crate::journal::record::{SEGMENT_HEADER_BYTES, segment_header};
-use crate::journal::scan::{CursorStep, SegmentCursor, list_segments};
-use crate::journal::writer::segment_file_name;
+use crate::journal::cursor::{CursorStep, SegmentCursor};
+use crate::journal::record::SEGMENT_HEADER_BYTES;
+use crate::journal::segment::{create_segment, list_segments, segment_file_name, write_zeros};
+use crate::journal::storage::{FsStorage, Storage};
 use crate::journal::{Event, FrameBatch, OrderAccepted, OrderAction, Record};
 use crate::limits;
 use crate::limits::CONNECTIONS_MAX;
@@ -932,11 +934,11 @@ pub enum JournalRoom {
 /// first group commits already overwrite allocated blocks.
 ///
 /// Safe by the journal's recovery rules: zeros after the last frame of a segment are room,
-/// not damage and not a torn tail (`journal::scan`), and the writer continues at the last
+/// not damage and not a torn tail (`journal::recovery`), and the writer continues at the last
 /// frame's end over them (`Journal::open`). So this only ever writes zeros *after* the last
 /// segment's last frame, or, for a journal with no segment at all (and no checkpoint), the
 /// very segment the engine would create first (`<1:020>.seg`, its header, synced with its
-/// directory, as `SegmentWriter::create` does). It never creates a later segment (the
+/// directory, through `journal::segment::create_segment` as the writer does). It never creates a later segment (the
 /// engine's rotation creates those with `create_new`), and leaves a last segment that does
 /// not end cleanly (a torn tail, a record that does not decode) untouched. The caller holds
 /// the data directory's lock.
@@ -953,24 +955,24 @@ pub fn prepare_journal_room(data_dir: &Path, segment_bytes_max: u64) -> io::Resu
                     .into(),
             });
         }
-        let path = dir.join(segment_file_name(1));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)?;
+        // The segment the engine would create first, as it creates it (header, fsync,
+        // directory sync); a creation that fails half way leaves no file behind.
+        let (path, file) = create_segment(&FsStorage, &dir, 1).map_err(|failure| {
+            if !failure.nothing_left {
+                let _ = durable::remove_file(&dir.join(segment_file_name(1)));
+            }
+            failure.error
+        })?;
         let end = SEGMENT_HEADER_BYTES as u64;
         let target = (end + ahead).min(segment_bytes_max);
         let written = (|| -> io::Result<()> {
-            file.write_all_at(&segment_header(1), 0)?;
-            write_zeros(&file, end, target)?;
-            file.sync_all()?;
-            File::open(&dir)?.sync_all()?;
-            File::open(data_dir)?.sync_all()
+            write_zeros(&*file, end, target)?;
+            file.sync_data()?;
+            durable::sync_dir(data_dir)
         })();
         if let Err(error) = written {
             drop(file);
-            let _ = fs::remove_file(&path);
+            let _ = durable::remove_file(&path);
             return Err(error);
         }
         return Ok(JournalRoom::Created {
@@ -1023,26 +1025,15 @@ pub fn prepare_journal_room(data_dir: &Path, segment_bytes_max: u64) -> io::Resu
             room: file_len - end,
         });
     }
-    let file = OpenOptions::new().write(true).open(path)?;
+    let file = FsStorage.open_existing(path)?;
     // From the file's end on: everything before it is frames or zeros, and stays as it is.
-    write_zeros(&file, file_len, target)?;
+    write_zeros(&*file, file_len, target)?;
     file.sync_data()?;
     Ok(JournalRoom::Extended {
         path: path.clone(),
         added: target - file_len,
         room: target - end,
     })
-}
-
-fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
-    let chunk = vec![0u8; limits::PREALLOCATE_CHUNK_BYTES as usize];
-    let mut at = from;
-    while at < to {
-        let len = (to - at).min(chunk.len() as u64) as usize;
-        file.write_all_at(&chunk[..len], at)?;
-        at += len as u64;
-    }
-    Ok(())
 }
 
 fn journal_room_check(config: &Config) -> Check {

@@ -432,7 +432,7 @@ fn sync_segments(journal_dir: &Path, after: u64, through: u64) -> io::Result<()>
     if through <= after {
         return Ok(());
     }
-    let segments = crate::journal::scan::list_segments(journal_dir)?;
+    let segments = crate::journal::list_segments(journal_dir)?;
     for (index, (first, path)) in segments.iter().enumerate() {
         let last = segments
             .get(index + 1)

@@ -510,7 +510,7 @@ fn finding_1_recovery_of_seqs_near_u64_max_does_not_panic() {
     bytes.extend_from_slice(&targets::sealed_frames(&records, first_seq));
     std::fs::write(
         dir.path()
-            .join(stampede::journal::writer::segment_file_name(first_seq)),
+            .join(stampede::journal::segment_file_name(first_seq)),
         bytes,
     )
     .unwrap();
@@ -567,8 +567,7 @@ fn finding_3_recovery_memory_is_bounded_by_its_read_chunk() {
     // hold no frame.
     bytes.extend_from_slice(&[0xEE; 4 * 1024 * 1024]);
     std::fs::write(
-        dir.path()
-            .join(stampede::journal::writer::segment_file_name(1)),
+        dir.path().join(stampede::journal::segment_file_name(1)),
         bytes,
     )
     .unwrap();

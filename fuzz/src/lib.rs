@@ -24,8 +24,7 @@ use stampede::journal::record::{
     OrderAccepted, OrderAction, Record, SEGMENT_HEADER_BYTES, SkuChanged, access_record,
     check_frame, seal_frames,
 };
-use stampede::journal::writer::segment_file_name;
-use stampede::journal::{RecoveryError, recover};
+use stampede::journal::{RecoveryError, recover, segment_file_name};
 use stampede::limits;
 use stampede::order::{Action, OrderStatus, Payment};
 
@@ -187,7 +186,7 @@ pub mod bounds {
     pub const RECORD_TOTAL_PER_BYTE: usize = 96;
     pub const RECORD_CONST: usize = 8192;
 
-    /// `scan.rs`'s `READ_CHUNK_BYTES` (private there; keep in step).
+    /// `journal/cursor.rs`'s `READ_CHUNK_BYTES` (not public there; keep in step).
     pub const READ_CHUNK_BYTES: usize = 256 * 1024;
 
     /// `recover`: peak of live bytes within `2 * READ_CHUNK_BYTES + RECOVERY_CONST`, whatever
@@ -931,7 +930,7 @@ pub fn independent_valid_frames(bytes: &[u8], from: usize) -> Vec<(usize, u64, O
 }
 
 fn parse_segment_name(name: &str) -> Option<u64> {
-    stampede::journal::writer::parse_segment_file_name(name)
+    stampede::journal::parse_segment_file_name(name)
 }
 
 /// A scratch directory for one recovery run: in `/dev/shm` where there is one (the scan

@@ -204,7 +204,7 @@ impl Engine {
 
     /// The seq of the oldest record still in the journal (retention deletes older ones).
     pub fn first_retained_seq(&self) -> io::Result<u64> {
-        Ok(journal::scan::list_segments(&self.journal_dir)?
+        Ok(journal::list_segments(&self.journal_dir)?
             .first()
             .map_or(1, |(first_seq, _)| *first_seq))
     }

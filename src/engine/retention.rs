@@ -174,7 +174,7 @@ impl Engine {
     /// is taken if needed) are deleted. Never the last segment, never one a group or recovery
     /// still needs. Returns the number of segments deleted.
     pub fn retention_pass(&self, retain: Duration) -> io::Result<usize> {
-        let segments = journal::scan::list_segments(&self.journal_dir)?;
+        let segments = journal::list_segments(&self.journal_dir)?;
         let group_floor = self
             .consumers
             .list()?

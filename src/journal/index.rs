@@ -14,9 +14,9 @@ use std::path::Path;
 
 use parking_lot::RwLock;
 
+use crate::journal::cursor::{CursorStep, SegmentCursor};
 use crate::journal::record::ArchivedRecord;
-use crate::journal::scan::{CursorStep, SegmentCursor};
-use crate::journal::writer::segment_file_name;
+use crate::journal::segment::segment_file_name;
 
 /// Records between two index points: bounds the frames skipped to reach one record.
 pub const STRIDE: u64 = 64;
@@ -127,7 +127,7 @@ impl SeqIndex {
         let path = dir.join(segment_file_name(point.segment_first_seq));
         let mut cursor = match SegmentCursor::open_at(&path, point.offset)? {
             Ok(cursor) => cursor,
-            Err(reason) => return Err(io::Error::new(io::ErrorKind::InvalidData, reason)),
+            Err(problem) => return Err(io::Error::new(io::ErrorKind::InvalidData, problem)),
         };
         // Read only the frames up to the next point in this segment: `seq` lies before it.
         if let Some(next) = next_point

@@ -36,9 +36,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::journal::cursor::{CursorStep, Peek, SegmentCursor};
 use crate::journal::record::ArchivedRecord;
-use crate::journal::scan::{CursorStep, Peek, SegmentCursor, list_segments};
-use crate::journal::writer::{Journal, segment_file_name};
+use crate::journal::segment::{list_segments, segment_file_name};
+use crate::journal::writer::Journal;
 
 /// How often a reader of another process's files looks for new records when caught up.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_millis(10);
@@ -250,11 +251,11 @@ impl JournalReader {
                     });
                     return Ok(true);
                 }
-                Err(reason) => {
+                Err(problem) => {
                     return Err(ReadError::Damaged {
                         path,
                         offset,
-                        reason,
+                        reason: problem.to_string(),
                     });
                 }
             }
@@ -332,149 +333,4 @@ fn later_segment(dir: &Path, current_first: u64) -> Result<Option<u64>, ReadErro
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::FsyncPolicy;
-    use crate::journal::record::{Event, FrameBatch, OrderAccepted, Record};
-    use crate::journal::writer::JournalTail;
-    use crate::order::Payment;
-
-    fn record(n: u64) -> Record {
-        Record {
-            at_ms: n,
-            event: Event::Accepted(OrderAccepted {
-                order_id: format!("o{n}"),
-                user_id: "u".into(),
-                sku: "S".into(),
-                qty: 1,
-                payment: Payment::Cod,
-                address: None,
-            }),
-        }
-    }
-
-    fn append(journal: &Journal, from: u64, count: u64) {
-        let mut batch = FrameBatch::default();
-        for n in from..from + count {
-            batch.push(&record(n)).unwrap();
-        }
-        let range = journal.append(&batch).unwrap();
-        journal.commit(range.last).unwrap();
-    }
-
-    fn open_journal(dir: &Path, segment_bytes: u64) -> Journal {
-        let tail = JournalTail {
-            segment: None,
-            next_seq: 1,
-            index: Default::default(),
-        };
-        Journal::open(dir, FsyncPolicy::None, segment_bytes, tail).unwrap()
-    }
-
-    fn drain(reader: &mut JournalReader) -> Vec<u64> {
-        let mut seqs = Vec::new();
-        while let Some((seq, record)) = reader.next_record().unwrap() {
-            assert_eq!(record.at_ms.to_native(), seq, "record {seq} is its own");
-            seqs.push(seq);
-        }
-        seqs
-    }
-
-    #[test]
-    fn reads_every_record_in_order_across_segments_and_follows_new_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = open_journal(dir.path(), crate::limits::SEGMENT_BYTES_MIN);
-        for batch in 0..40 {
-            append(&journal, 1 + batch * 100, 100);
-        }
-        assert!(list_segments(dir.path()).unwrap().len() > 3);
-        for limit in [ReadLimit::Written, ReadLimit::Durable(journal.clone())] {
-            let mut reader = JournalReader::open(dir.path(), 0, limit.clone());
-            let seqs = drain(&mut reader);
-            assert!(seqs.len() >= 4000, "{} records read", seqs.len());
-            assert!(seqs.iter().enumerate().all(|(n, seq)| *seq == n as u64 + 1));
-            assert_eq!(seqs.last(), Some(&journal.durable_seq()));
-            // Caught up: nothing, then new records appear.
-            assert!(reader.next_record().unwrap().is_none());
-            let next = reader.next_seq();
-            append(&journal, next, 3);
-            assert!(reader.wait(Duration::from_secs(1)));
-            assert_eq!(drain(&mut reader), vec![next, next + 1, next + 2]);
-            // From the middle.
-            let mut middle = JournalReader::open(dir.path(), 2500, limit);
-            assert_eq!(drain(&mut middle).first(), Some(&2501));
-        }
-    }
-
-    #[test]
-    fn a_durable_reader_waits_for_the_commit_without_spinning() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = open_journal(dir.path(), crate::limits::SEGMENT_BYTES_DEFAULT);
-        append(&journal, 1, 1);
-        let mut reader = JournalReader::open(dir.path(), 1, ReadLimit::Durable(journal.clone()));
-        assert!(!reader.wait(Duration::from_millis(20)));
-        let writer = {
-            let journal = journal.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                append(&journal, 2, 1);
-            })
-        };
-        let started = std::time::Instant::now();
-        assert!(reader.wait(Duration::from_secs(5)));
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(drain(&mut reader), vec![2]);
-        writer.join().unwrap();
-    }
-
-    #[test]
-    fn a_torn_tail_is_not_yet_and_is_read_once_completed() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = open_journal(dir.path(), crate::limits::SEGMENT_BYTES_DEFAULT);
-        append(&journal, 1, 5);
-        let (_, path) = list_segments(dir.path()).unwrap().pop().unwrap();
-        let full = std::fs::read(&path).unwrap();
-        // Cut the last frame in half, as a crash mid-write leaves it.
-        let mut cut_at = full.len() - 1;
-        while full[cut_at] == 0 {
-            cut_at -= 1;
-        }
-        std::fs::write(&path, &full[..cut_at - 20]).unwrap();
-        let mut reader = JournalReader::open(dir.path(), 0, ReadLimit::Written);
-        assert_eq!(drain(&mut reader), vec![1, 2, 3, 4]);
-        assert!(reader.next_record().unwrap().is_none());
-        // The writer (after the engine restarts) writes the frame again: the reader goes on.
-        std::fs::write(&path, &full).unwrap();
-        assert_eq!(drain(&mut reader), vec![5]);
-    }
-
-    #[test]
-    fn a_missing_segment_is_a_gap_not_a_skip() {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = open_journal(dir.path(), crate::limits::SEGMENT_BYTES_MIN);
-        for batch in 0..30 {
-            append(&journal, 1 + batch * 100, 100);
-        }
-        let segments = list_segments(dir.path()).unwrap();
-        std::fs::remove_file(&segments[1].1).unwrap();
-        let mut reader = JournalReader::open(dir.path(), 0, ReadLimit::Written);
-        let error = loop {
-            match reader.next_record() {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("a gap must not look like the end"),
-                Err(error) => break error,
-            }
-        };
-        assert!(
-            matches!(error, ReadError::Damaged { .. } | ReadError::Gap { .. }),
-            "{error}"
-        );
-        // Asking for records before the first segment says they are gone.
-        std::fs::remove_file(&segments[0].1).unwrap();
-        let mut reader = JournalReader::open(dir.path(), 5, ReadLimit::Written);
-        assert!(matches!(
-            reader.next_record(),
-            Err(ReadError::Deleted { .. })
-        ));
-    }
-}
+mod tests;
