@@ -17,7 +17,6 @@
 //! Every file here is written through [`crate::durable`]: whole or not at all, and made
 //! durable (file and directory entry) before the engine relies on it.
 
-use crate::engine::StartError;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -32,15 +31,28 @@ pub fn journal_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("journal")
 }
 
-pub(crate) fn lock_data_dir(data_dir: &Path) -> Result<File, StartError> {
+pub(crate) fn lock_data_dir(data_dir: &Path) -> Result<File, DataDirError> {
     match try_lock_data_dir(data_dir) {
         Ok(Some(file)) => Ok(file),
-        Ok(None) => Err(StartError::Locked(data_dir.to_owned())),
-        Err(source) => Err(StartError::DataDir {
+        Ok(None) => Err(DataDirError::Locked(data_dir.to_owned())),
+        Err(source) => Err(DataDirError::Io {
             path: data_dir.join("LOCK"),
             source,
         }),
     }
+}
+
+/// Why the data directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DataDirError {
+    #[error("data directory {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("data directory {0} is locked by another running engine (only one may use a journal)")]
+    Locked(PathBuf),
+    #[error("hash keys file {path}: {reason}")]
+    HashKeys { path: PathBuf, reason: String },
+    #[error("token file {path}: {source}")]
+    Token { path: PathBuf, source: io::Error },
 }
 
 /// Takes `<data_dir>/LOCK` (flock, exclusive, non-blocking) for as long as the returned file
@@ -72,9 +84,9 @@ pub fn try_lock_data_dir(data_dir: &Path) -> io::Result<Option<File>> {
 /// The order-key hash keys of this data directory: random, drawn when the directory is first
 /// used and kept in `<data_dir>/hash.keys` (mode 0600), because checkpoints store order keys.
 /// Secret like the admin token: knowing them, a client could aim key collisions.
-pub(crate) fn load_or_create_hash_keys(data_dir: &Path) -> Result<KeyHasher, StartError> {
+pub(crate) fn load_or_create_hash_keys(data_dir: &Path) -> Result<KeyHasher, DataDirError> {
     let path = data_dir.join("hash.keys");
-    let fail = |reason: String| StartError::HashKeys {
+    let fail = |reason: String| DataDirError::HashKeys {
         path: path.clone(),
         reason,
     };
@@ -120,12 +132,12 @@ pub(crate) fn resolve_token(
     configured: Option<&str>,
     data_dir: &Path,
     file_name: &str,
-) -> Result<(String, Option<PathBuf>), StartError> {
+) -> Result<(String, Option<PathBuf>), DataDirError> {
     if let Some(token) = configured {
         return Ok((token.to_owned(), None));
     }
     let path = data_dir.join(file_name);
-    let token_err = |source| StartError::Token {
+    let token_err = |source| DataDirError::Token {
         path: path.clone(),
         source,
     };

@@ -77,6 +77,7 @@ pub mod config;
 pub mod data_dir;
 pub mod durable;
 pub mod engine;
+pub mod error_code;
 pub mod http;
 pub mod inventory;
 pub mod journal;

@@ -26,8 +26,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::http::orders::OrderOutcomeLabel;
-use crate::http::reply::ErrorCode;
+use crate::error_code::ErrorCode;
 use crate::order::Action;
 
 /// Routes with their own latency series. Everything else is `other`.
@@ -119,6 +118,29 @@ const BATCH_BUCKETS: &[f64] = &[
 ];
 
 /// Metrics counted on the HTTP path (owned by the server's state; exist before the engine).
+/// What became of one `POST /v1/orders`, for `stampede_orders_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OrderOutcomeLabel {
+    Accepted,
+    Replayed,
+    /// Answered with this error code (sold out, limit, conflict, invalid, ...).
+    Refused(ErrorCode),
+    /// Shed by admission control (`overloaded`: 503 from the queue-delay gate, 429 from the
+    /// other gates), and why.
+    Shed(ShedReason),
+}
+
+impl OrderOutcomeLabel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Replayed => "replayed",
+            Self::Refused(code) => code.as_str(),
+            Self::Shed(_) => ErrorCode::Overloaded.as_str(),
+        }
+    }
+}
+
 pub struct HttpMetrics {
     pub registry: Registry,
     requests: Vec<Histogram>,

@@ -60,22 +60,22 @@ use retention::Backoff;
 use scrape::EngineMetrics;
 use signals::DrainRate;
 
-use crate::data_dir::token_matches;
+use crate::data_dir::{DataDirError, token_matches};
 
 use crate::inventory::{Inventory, KeyHasher, OrderIndex, SlotValues};
 use crate::journal::{self, ConsumerOffsets, Journal, RecoveryError};
 use crate::order::Action;
 use crate::shard::{Clock, Command, Settle};
 
+/// Why the engine did not start. Every variant names what it could not use.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("data directory {path}: {source}")]
-    DataDir { path: PathBuf, source: io::Error },
+    /// The data directory's folders, lock, hash keys or tokens ([`crate::data_dir`]).
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
     /// The inventory slot file cannot be created with its room (a full disk: ENOSPC).
     #[error("inventory file {path}: {source}")]
     Inventory { path: PathBuf, source: io::Error },
-    #[error("data directory {0} is locked by another running engine (only one may use a journal)")]
-    Locked(PathBuf),
     #[error(transparent)]
     Recovery(#[from] RecoveryError),
     #[error("cannot open the journal for writing: {0}")]
@@ -84,10 +84,6 @@ pub enum StartError {
     Catalogue { sku: String, reason: String },
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
-    #[error("hash keys file {path}: {reason}")]
-    HashKeys { path: PathBuf, reason: String },
-    #[error("token file {path}: {source}")]
-    Token { path: PathBuf, source: io::Error },
 }
 
 /// Why an order could not be handed to its shard.

@@ -94,7 +94,7 @@ impl Engine {
             Some(shard) => (self.mailboxes[shard].len(), rate / shards),
             None => (in_flight, rate),
         };
-        crate::http::admission::retry_after_for_backlog(queued, per_s).0
+        retry_after_for_backlog(queued, per_s)
     }
 
     /// Wakes every shard to fire the timers a moved manual clock made due.
@@ -103,5 +103,28 @@ impl Engine {
             // A full mailbox means the shard has a turn coming anyway.
             let _ = mailbox.try_send(Command::Tick);
         }
+    }
+}
+
+/// `Retry-After` seconds for a backlog of `queued` commands drained at `per_s` per second:
+/// how long until what is queued now is gone, rounded up, between 1 and 60 seconds.
+pub(super) fn retry_after_for_backlog(queued: usize, per_s: f64) -> u32 {
+    if per_s <= 0.0 {
+        return 1;
+    }
+    let seconds = (queued as f64 / per_s).ceil();
+    seconds.clamp(1.0, 60.0) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_follows_the_drain_rate() {
+        assert_eq!(retry_after_for_backlog(100, 1000.0), 1);
+        assert_eq!(retry_after_for_backlog(5000, 1000.0), 5);
+        assert_eq!(retry_after_for_backlog(1_000_000, 10.0), 60);
+        assert_eq!(retry_after_for_backlog(10, 0.0), 1);
     }
 }

@@ -27,7 +27,9 @@ use super::signals::DrainRate;
 use super::{Engine, StartError, StartReport};
 use crate::checkpoint;
 use crate::config::Config;
-use crate::data_dir::{journal_dir, load_or_create_hash_keys, lock_data_dir, resolve_token};
+use crate::data_dir::{
+    DataDirError, journal_dir, load_or_create_hash_keys, lock_data_dir, resolve_token,
+};
 use crate::durable;
 use crate::inventory::{Inventory, KeyHasher, OrderIndex, PurchaseCounts};
 use crate::journal::storage::{FsStorage, Storage};
@@ -62,7 +64,7 @@ struct Shards {
 
 fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + use<> {
     let path = path.to_owned();
-    move |source| StartError::DataDir { path, source }
+    move |source| StartError::DataDir(DataDirError::Io { path, source })
 }
 
 impl Engine {

@@ -50,9 +50,7 @@ pub struct RateLimiter {
     pub untracked: AtomicU64,
 }
 
-/// Why a request may not go on: come back after this many seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryAfter(pub u32);
+pub use crate::http::reply::RetryAfter;
 
 impl RateLimiter {
     /// `None` when `per_s` is 0 (the limit is off).
@@ -211,16 +209,6 @@ impl InFlight {
     }
 }
 
-/// `Retry-After` for a backlog of `queued` commands drained at `per_s` per second: how long
-/// until what is queued now is gone, rounded up, between 1 and 60 seconds.
-pub fn retry_after_for_backlog(queued: usize, per_s: f64) -> RetryAfter {
-    if per_s <= 0.0 {
-        return RetryAfter(1);
-    }
-    let seconds = (queued as f64 / per_s).ceil();
-    RetryAfter(seconds.clamp(1.0, 60.0) as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,13 +256,5 @@ mod tests {
         drop(a);
         assert!(in_flight.enter().is_some());
         assert_eq!(in_flight.current(), 1);
-    }
-
-    #[test]
-    fn retry_after_follows_the_drain_rate() {
-        assert_eq!(retry_after_for_backlog(100, 1000.0), RetryAfter(1));
-        assert_eq!(retry_after_for_backlog(5000, 1000.0), RetryAfter(5));
-        assert_eq!(retry_after_for_backlog(1_000_000, 10.0), RetryAfter(60));
-        assert_eq!(retry_after_for_backlog(10, 0.0), RetryAfter(1));
     }
 }

@@ -35,7 +35,7 @@ use crate::limits::{
     CONNECTIONS_MAX, HEAD_BUFFER_BYTES, HEADER_READ_TIMEOUT, JOURNAL_READERS_MAX, JOURNAL_STALL,
     LISTEN_BACKLOG,
 };
-use crate::metrics::{ActionResult, HttpMetrics, Route, ShedReason};
+use crate::metrics::{ActionResult, HttpMetrics, OrderOutcomeLabel, Route, ShedReason};
 use crate::order::Action;
 use admission::{Admission, RetryAfter};
 use reply::{ApiError, ErrorCode, HttpResponse};
@@ -319,8 +319,7 @@ async fn post_order(
     parts: &hyper::http::request::Parts,
     body: Incoming,
     peer: IpAddr,
-) -> (HttpResponse, orders::OrderOutcomeLabel) {
-    use orders::OrderOutcomeLabel;
+) -> (HttpResponse, OrderOutcomeLabel) {
     let refused = |error: ApiError| {
         let outcome = OrderOutcomeLabel::Refused(error.code);
         (error.into_response(), outcome)

@@ -14,7 +14,7 @@ use crate::engine::{Engine, NewOrder};
 use crate::http::admission::{RateLimiter, RetryAfter};
 use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
 use crate::limits;
-use crate::metrics::ShedReason;
+use crate::metrics::{OrderOutcomeLabel, ShedReason};
 use crate::order::OrderOutcome;
 use crate::order::{self, OrderStatus, Payment};
 use serde::Deserialize;
@@ -280,29 +280,6 @@ fn idempotency_conflict(order_id: &str) -> ApiError {
         ErrorCode::IdempotencyConflict,
         format!("order_id {order_id:?} was already used with different content"),
     )
-}
-
-/// What became of one `POST /v1/orders`, for `stampede_orders_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OrderOutcomeLabel {
-    Accepted,
-    Replayed,
-    /// Answered with this error code (sold out, limit, conflict, invalid, ...).
-    Refused(ErrorCode),
-    /// Shed by admission control (`overloaded`: 503 from the queue-delay gate, 429 from the
-    /// other gates), and why.
-    Shed(ShedReason),
-}
-
-impl OrderOutcomeLabel {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Accepted => "accepted",
-            Self::Replayed => "replayed",
-            Self::Refused(code) => code.as_str(),
-            Self::Shed(_) => ErrorCode::Overloaded.as_str(),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::http::admission::RetryAfter;
+use crate::http::reply::RetryAfter;
 use crate::limits::{
     QUEUE_DELAY_BURST_ALLOWANCE, QUEUE_DELAY_PROBE_INTERVAL, QUEUE_DELAY_RETRY_AFTER_MAX_S,
     QUEUE_DELAY_SHED_MAX, QUEUE_DELAY_UPDATE_INTERVAL,
