@@ -106,25 +106,7 @@ impl Engine {
         }
         // Every shard is paused with its batch durable: memory is exactly records 1..=seq.
         let seq = self.journal.durable_seq();
-        let mut skus = Vec::new();
-        for slot_index in 0..self.inventory.slots_max() {
-            let slot = self.inventory.slot(slot_index);
-            let Some(name) = slot.sku_name() else {
-                continue;
-            };
-            let values = slot.values();
-            skus.push(checkpoint::SkuState {
-                name,
-                slot_index,
-                stock_total: values.stock_total,
-                available: values.available,
-                reserved: values.reserved,
-                sold: values.sold,
-                per_user_limit: values.per_user_limit,
-                max_per_order: values.max_per_order,
-                payment_timeout_s: values.payment_timeout_s,
-            });
-        }
+        let skus = self.sku_states();
         let orders: Vec<checkpoint::OrderState> = self
             .orders
             .snapshot()
@@ -167,6 +149,30 @@ impl Engine {
         let path = checkpoint::write_if_room(&checkpoint::checkpoints_dir(&self.data_dir), &state)?;
         tracing::info!(path = %path.display(), seq, orders = state.orders.len(), "checkpoint written");
         Ok(seq)
+    }
+
+    /// Every SKU's slot as a checkpoint keeps it (the shards are paused).
+    fn sku_states(&self) -> Vec<checkpoint::SkuState> {
+        let mut skus = Vec::new();
+        for slot_index in 0..self.inventory.slots_max() {
+            let slot = self.inventory.slot(slot_index);
+            let Some(name) = slot.sku_name() else {
+                continue;
+            };
+            let values = slot.values();
+            skus.push(checkpoint::SkuState {
+                name,
+                slot_index,
+                stock_total: values.stock_total,
+                available: values.available,
+                reserved: values.reserved,
+                sold: values.sold,
+                per_user_limit: values.per_user_limit,
+                max_per_order: values.max_per_order,
+                payment_timeout_s: values.payment_timeout_s,
+            });
+        }
+        skus
     }
 
     /// One retention pass: the closed segments at the head of the journal that are older than

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -20,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-use super::replay::{records_missing, replay_record, restore_checkpoint};
+use super::replay::{Replayer, records_missing};
 use super::retention::Backoff;
 use super::scrape::EngineMetrics;
 use super::signals::DrainRate;
@@ -54,12 +54,15 @@ struct Recovered {
     next_slot: u32,
 }
 
-/// The running shards: their mailboxes, control lanes and threads.
+/// The running shards: their mailboxes, control lanes and threads, and the counters the
+/// engine reads their load from.
 struct Shards {
     mailboxes: Vec<Sender<Command>>,
     control_lanes: Vec<Sender<Settle>>,
     leftovers: Vec<Receiver<Command>>,
     threads: Vec<JoinHandle<()>>,
+    decided: Vec<Arc<AtomicU64>>,
+    mailbox_waits: Vec<Arc<AtomicU64>>,
 }
 
 fn dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartError + use<> {
@@ -95,17 +98,7 @@ impl Engine {
         let mut writers = build_writers(config, &opened.inventory, &orders, &clock);
         let recovered = recover(&opened, &orders, &mut writers, data_dir)?;
 
-        // An offset past the journal's end would skip the records that reuse those seqs.
-        let journal_end = recovered.report.tail.next_seq - 1;
-        let clamped_groups = opened
-            .consumers
-            .clamp_to(journal_end)
-            .map_err(dir_err(&journal::consumers::consumers_dir(data_dir)))?;
-        for (group, offset) in &clamped_groups {
-            tracing::warn!(group = %group, old_offset = offset, new_offset = journal_end,
-                "consumer group offset was past the journal's end (records lost to a power \
-                 cut?); lowered to the end");
-        }
+        let clamped_groups = clamp_offsets(&opened, &recovered, data_dir)?;
         let journal = Journal::open_with(
             storage,
             &opened.journal_dir,
@@ -118,11 +111,6 @@ impl Engine {
             .metrics
             .enabled
             .then(|| EngineMetrics::register(config, &journal, &mut writers));
-        let decided: Vec<_> = writers.iter().map(|w| w.decided.clone()).collect();
-        let mailbox_waits: Vec<_> = writers
-            .iter()
-            .map(|w| w.mailbox_wait_max_us.clone())
-            .collect();
         let shards = spawn_shards(writers, &journal, config);
         let mut journal_threads: Vec<JoinHandle<()>> = Vec::new();
         journal_threads.extend(
@@ -151,9 +139,9 @@ impl Engine {
             clock,
             consumers,
             metrics,
-            decided,
-            mailbox_waits,
-            last_mailbox_wait_us: std::sync::atomic::AtomicU64::new(0),
+            decided: shards.decided,
+            mailbox_waits: shards.mailbox_waits,
+            last_mailbox_wait_us: AtomicU64::new(0),
             drain: Mutex::new(DrainRate::default()),
             catalog: recovered.catalog,
             next_slot: AtomicU32::new(recovered.next_slot),
@@ -279,14 +267,21 @@ fn recover(
     writers: &mut [ShardWriter],
     data_dir: &Path,
 ) -> Result<Recovered, StartError> {
-    let inventory = &opened.inventory;
     let catalog: DashMap<String, u32> = DashMap::new();
-    let mut next_slot = 0u32;
+    let mut replayer = Replayer {
+        inventory: &opened.inventory,
+        orders,
+        keys: &opened.keys,
+        catalog: &catalog,
+        next_slot: 0,
+        writers,
+    };
     let checkpoints_dir = checkpoint::checkpoints_dir(data_dir);
     let loaded = checkpoint::load_latest(&checkpoints_dir).map_err(dir_err(&checkpoints_dir))?;
     let checkpoint_seq = match loaded {
         Some((path, state)) => {
-            restore_checkpoint(&state, inventory, orders, &catalog, &mut next_slot, writers)
+            replayer
+                .checkpoint(&state)
                 .map_err(|reason| StartError::Checkpoint {
                     path: path.clone(),
                     reason,
@@ -308,17 +303,9 @@ fn recover(
                 return Err(records_missing(seq, checkpoint_seq));
             }
         }
-        replay_record(
-            seq,
-            record,
-            inventory,
-            orders,
-            &opened.keys,
-            &catalog,
-            &mut next_slot,
-            writers,
-        )
+        replayer.record(seq, record)
     })?;
+    let next_slot = replayer.next_slot;
     for writer in writers.iter_mut() {
         writer.drop_stale_timers();
     }
@@ -349,6 +336,27 @@ fn recover(
     })
 }
 
+/// Step 3's guard: an offset past the recovered journal's end would skip the records that
+/// reuse those seqs, so it is lowered to the end (a power cut under `interval` or `none` may
+/// have taken records a group was past).
+fn clamp_offsets(
+    opened: &DataDir,
+    recovered: &Recovered,
+    data_dir: &Path,
+) -> Result<Vec<(String, u64)>, StartError> {
+    let journal_end = recovered.report.tail.next_seq - 1;
+    let clamped = opened
+        .consumers
+        .clamp_to(journal_end)
+        .map_err(dir_err(&journal::consumers::consumers_dir(data_dir)))?;
+    for (group, offset) in &clamped {
+        tracing::warn!(group = %group, old_offset = offset, new_offset = journal_end,
+            "consumer group offset was past the journal's end (records lost to a power cut?); \
+             lowered to the end");
+    }
+    Ok(clamped)
+}
+
 /// Step 4: one thread per shard, each with its bounded mailbox and its control lane.
 fn spawn_shards(writers: Vec<ShardWriter>, journal: &Journal, config: &Config) -> Shards {
     let shard_count = writers.len();
@@ -357,6 +365,11 @@ fn spawn_shards(writers: Vec<ShardWriter>, journal: &Journal, config: &Config) -
         control_lanes: Vec::with_capacity(shard_count),
         leftovers: Vec::with_capacity(shard_count),
         threads: Vec::with_capacity(shard_count),
+        decided: writers.iter().map(|w| w.decided.clone()).collect(),
+        mailbox_waits: writers
+            .iter()
+            .map(|w| w.mailbox_wait_max_us.clone())
+            .collect(),
     };
     for writer in writers {
         let (sender, receiver) = crossbeam_channel::bounded(config.shard.queue_capacity);
