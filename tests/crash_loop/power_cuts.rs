@@ -163,9 +163,6 @@ impl Auditor {
             self.losses.records += lost.len() as u64;
             self.losses.max_records = self.losses.max_records.max(lost.len() as u64);
         }
-        if self.policy == Some("always") || self.policy.is_none() {
-            return wrong;
-        }
         // Rotation syncs the closed segment under every policy: only the current one's
         // unsynced tail can go.
         if !lost.is_empty() && survived + 1 < kill.newest_first {
@@ -175,6 +172,9 @@ impl Auditor {
                 survived + 1,
                 kill.newest_first
             ));
+        }
+        if self.policy == Some("always") || self.policy.is_none() {
+            return wrong;
         }
         if self.fold.last_seq() > survived {
             self.losses.forgotten += self.fold.last_seq() - survived;

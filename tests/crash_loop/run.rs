@@ -14,7 +14,9 @@ pub(crate) struct Settings {
     /// `CRASH_LOOP_VERBOSE=1`: one line per cycle.
     pub(crate) verbose: bool,
     /// Self-test only: after this kill, cut the journal back before the last record the
-    /// previous audit read (a lost tail, as a broken engine would leave it).
+    /// previous audit read (a lost tail, as a broken engine would leave it); with power
+    /// cuts, after the cut, before the newest order acknowledged before the last restart
+    /// (durable: no policy may lose it).
     pub(crate) sabotage_after_kill: Option<u64>,
     /// Run the engine with checkpoints and retention (`retain_s = 1`, a pass every second),
     /// and load phases long enough for passes to run.
