@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Long crash-loop run of the real engine (tests/crash_loop.rs) in release mode.
+# Long crash-loop run of the real engine (tests/crash_loop/) in release mode.
 #
 #   scripts/crash_loop.sh [KILLS] [SEED]
 #
@@ -11,7 +11,7 @@
 # during a start, pauses, orders, exchanges, checkpoints and segments deleted, answers by
 # class, audit results, seed, time); the whole output is kept in a log file whose path is
 # printed at the end. Set CRASH_LOOP_VERBOSE=1 for one line per kill. Exit status: the
-# tests' (0 when every audit of both runs passed).
+# tests' (0 when every audit of both runs passed). Power cuts: scripts/power_cut.sh.
 set -euo pipefail
 
 kills="${1:-500}"

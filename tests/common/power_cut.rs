@@ -58,10 +58,9 @@ struct Identity {
     /// Size known durable when the trace began (`exists`), else 0 (created in the trace).
     base_len: u64,
     changes: Vec<Change>,
-    /// The index of the last completed sync's `sync-begin`.
+    /// The index of the last completed sync's `sync-begin` (a truncation's line counts as
+    /// one: everything before it is durable).
     synced_at: Option<usize>,
-    /// Durable truncations (recovery's, synced at once), as (index, len).
-    truncations: Vec<(usize, u64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -211,8 +210,15 @@ impl PowerCut {
                     }
                 }
                 "truncate" => {
+                    // Cut and synced (recovery's cut of a torn tail): a size change in its
+                    // place among the file's changes, durable with everything before it.
+                    // (Applied after all the durable changes instead, it would cut off the
+                    // records written after it, synced or not.)
                     if let Some(&identity) = by_path.get(&path(1)) {
-                        identities[identity].truncations.push((at, number(2)));
+                        let identity = &mut identities[identity];
+                        identity.changes.push(Change::SetLen { at, len: number(2) });
+                        identity.synced_at =
+                            Some(identity.synced_at.map_or(at + 1, |s| s.max(at + 1)));
                     }
                 }
                 "sync-begin" => {
@@ -275,7 +281,7 @@ impl PowerCut {
                 contents.push(None);
                 continue;
             };
-            if identity.changes.is_empty() && identity.truncations.is_empty() {
+            if identity.changes.is_empty() {
                 // Written through no traced operation since the trace began (the inventory
                 // map, `LOCK`, or a file only renamed): as it is.
                 contents.push(None);
@@ -298,9 +304,6 @@ impl PowerCut {
                 } else {
                     unsynced.push(change.clone());
                 }
-            }
-            for &(_, truncated) in &identity.truncations {
-                len = len.min(truncated);
             }
             let keep = rng.survivors(unsynced.len());
             let before = bytes.len() as u64;
