@@ -55,7 +55,7 @@ impl AtKill {
 
 /// The segments of `dir` that may hold a record after `after`, oldest first.
 pub(crate) fn tail_segments(dir: &std::path::Path, after: u64) -> Vec<(u64, std::path::PathBuf)> {
-    let segments = stampede::journal::scan::list_segments(dir).expect("list journal segments");
+    let segments = stampede::journal::list_segments(dir).expect("list journal segments");
     let start = segments
         .iter()
         .rposition(|(first, _)| *first <= after + 1)
