@@ -12,6 +12,9 @@
 #
 # Usage: benches/http/run.sh            (env: DURATION=10s CONNS=64 THREADS=1 ROUNDS=3
 #                                        SCENARIOS="bare none always prealloc soldout nometrics")
+# To compare two builds of the engine in the same run, set BASE_BIN to the other build's
+# `stampede` binary and add its scenarios with a `base-` prefix (e.g. SCENARIOS="bare none
+# base-none always base-always"): each `base-X` runs scenario X on BASE_BIN.
 # Needs: wrk (Debian package `wrk`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,6 +24,7 @@ THREADS=${THREADS:-1}
 ROUNDS=${ROUNDS:-3}
 SCENARIOS=${SCENARIOS:-bare none always prealloc soldout nometrics}
 PORT=${PORT:-18090}
+BASE_BIN=${BASE_BIN:-}
 command -v wrk >/dev/null || { echo "wrk not found: apt-get install wrk" >&2; exit 1; }
 cargo build --release --quiet --bin stampede --example bare_server
 work=$(mktemp -d)
@@ -42,15 +46,20 @@ start_server() { # scenario -> sets SERVER_PID
     bare)
       ./target/release/examples/bare_server "127.0.0.1:$PORT" >/dev/null & SERVER_PID=$!
       sleep 0.3 ;;
-    none|always|prealloc|soldout|nometrics)
-      local fsync=$1 preallocate=false metrics=true
-      [ "$1" = soldout ] && fsync=always
-      [ "$1" = prealloc ] && fsync=always && preallocate=true
-      [ "$1" = nometrics ] && fsync=none && metrics=false
+    none|always|prealloc|soldout|nometrics|base-*)
+      local kind=${1#base-} bin=./target/release/stampede
+      if [ "$kind" != "$1" ]; then
+        [ -x "$BASE_BIN" ] || { echo "scenario $1 needs BASE_BIN (a stampede binary)" >&2; exit 1; }
+        bin=$BASE_BIN
+      fi
+      local fsync=$kind preallocate=false metrics=true
+      [ "$kind" = soldout ] && fsync=always
+      [ "$kind" = prealloc ] && fsync=always && preallocate=true
+      [ "$kind" = nometrics ] && fsync=none && metrics=false
       rm -rf "$work/data"
       STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_JOURNAL_PREALLOCATE=$preallocate \
         STAMPEDE_METRICS_ENABLED=$metrics STAMPEDE_LOG=warn \
-        ./target/release/stampede serve \
+        "$bin" serve \
         --config benches/http/bench.toml --listen "127.0.0.1:$PORT" --data-dir "$work/data" \
         >/dev/null 2>"$work/server.err" & SERVER_PID=$!
       wait_ready readyz ;;
@@ -59,7 +68,7 @@ start_server() { # scenario -> sets SERVER_PID
 
 run_one() { # scenario round
   local scenario=$1 round=$2 sku=BENCH
-  [ "$scenario" = soldout ] && sku=GONE
+  [ "${scenario#base-}" = soldout ] && sku=GONE
   start_server "$scenario"
   local before; before=$(ticks "$SERVER_PID")
   SKU=$sku RUN_ID="r$round$scenario" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
@@ -103,12 +112,14 @@ for line in open(sys.argv[1]):
 med = {s: [statistics.median(c) for c in zip(*v)] for s, v in rows.items()}
 ref = "bare" if "bare" in med else next(iter(med))
 base = med[ref][0]; base_cpu = med[ref][3]
-print(f"{'scenario':10}{'req/s':>10}{'x '+ref:>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>12}{'x cpu':>8}")
-for s in ("bare", "none", "always", "prealloc", "soldout", "nometrics"):
-    if s not in med:
-        continue
+print(f"{'scenario':14}{'req/s':>10}{'x '+ref:>10}{'p50 ms':>9}{'p99 ms':>9}{'cpu us/req':>12}{'x cpu':>8}")
+for s in med:
     rps, p50, p99, cpu = med[s]
-    print(f"{s:10}{rps:10.0f}{rps/base:10.2f}{p50:9.3f}{p99:9.3f}{cpu:12.1f}{cpu/base_cpu:8.2f}")
+    print(f"{s:14}{rps:10.0f}{rps/base:10.2f}{p50:9.3f}{p99:9.3f}{cpu:12.1f}{cpu/base_cpu:8.2f}")
+for s in med:
+    if s.startswith("base-") and s[5:] in med:
+        new, old = med[s[5:]], med[s]
+        print(f"{s[5:]} / {s}: throughput {new[0]/old[0]:.3f}, cpu per request {new[3]/old[3]:.3f}")
 if {"none", "always", "prealloc"} <= med.keys():
     n, a, p = med["none"][0], med["always"][0], med["prealloc"][0]
     print(f"\nalways / none throughput: {a/n:.2f}   prealloc / none: {p/n:.2f}")

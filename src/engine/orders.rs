@@ -22,23 +22,15 @@ use std::sync::atomic::Ordering;
 use tokio::sync::oneshot;
 
 use super::{Engine, SubmitError};
-use crate::inventory::DedupCheck;
+use crate::inventory::{ContentFingerprint, DedupCheck, OrderKey};
 use crate::journal::OrderAccepted;
-use crate::order::{OrderOutcome, Payment, rules};
+use crate::order::{OrderOutcome, OrderStatus, rules};
 use crate::shard::{self, Command, OrderCommand};
 
 /// A new order that passed every check needing no engine state (ids, qty range, payment,
-/// address size): what [`Engine::place_order`] takes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewOrder {
-    pub order_id: String,
-    pub user_id: String,
-    pub sku: String,
-    pub qty: u32,
-    pub payment: Payment,
-    /// The `address` object as its raw JSON text.
-    pub address: Option<String>,
-}
+/// address size): what [`Engine::place_order`] takes. It is the acceptance record's content,
+/// so an accepted order moves into its record whole.
+pub type NewOrder = OrderAccepted;
 
 /// Where an order is decided. One variant today; a node of a cluster adds the node that
 /// owns the buyer.
@@ -65,11 +57,9 @@ impl Engine {
         );
         let status = order.payment.initial_status();
         // A durable original answers at once; a pending one is the shard's to answer.
-        let mut known = match self.orders.lookup(key, fingerprint) {
-            DedupCheck::New => false,
-            DedupCheck::Retry { seq: Some(seq) } => return OrderOutcome::Replayed { seq, status },
-            DedupCheck::Conflict => return OrderOutcome::IdempotencyConflict,
-            DedupCheck::Retry { seq: None } => true,
+        let mut known = match self.known_order(key, fingerprint, status) {
+            Ok(known) => known,
+            Err(answer) => return answer,
         };
         if self.journal.is_stopped() {
             return OrderOutcome::Unavailable {
@@ -85,13 +75,9 @@ impl Engine {
             // Acquire), so a stock read that saw the take sees the entry now: look again
             // before refusing what may be a retry of an order that got in.
             known = known
-                || match self.orders.lookup(key, fingerprint) {
-                    DedupCheck::New => false,
-                    DedupCheck::Retry { seq: Some(seq) } => {
-                        return OrderOutcome::Replayed { seq, status };
-                    }
-                    DedupCheck::Conflict => return OrderOutcome::IdempotencyConflict,
-                    DedupCheck::Retry { seq: None } => true,
+                || match self.known_order(key, fingerprint, status) {
+                    Ok(known) => known,
+                    Err(answer) => return answer,
                 };
             if !known {
                 return refusal;
@@ -99,23 +85,8 @@ impl Engine {
         }
         let purchase_key = keys.purchase_key(&order.user_id, &order.sku);
         let (reply, outcome) = oneshot::channel();
-        let NewOrder {
-            order_id,
-            user_id,
-            sku,
-            qty,
-            payment,
-            address,
-        } = order;
         let command = OrderCommand {
-            order: OrderAccepted {
-                order_id,
-                user_id,
-                sku,
-                qty,
-                payment,
-                address,
-            },
+            order,
             slot_index,
             key,
             fingerprint,
@@ -139,6 +110,23 @@ impl Engine {
         outcome.await.unwrap_or_else(|_| OrderOutcome::Unavailable {
             reason: "shard stopped before answering".into(),
         })
+    }
+
+    /// What the order index says of an order id: `Ok(false)` unknown, `Ok(true)` known but
+    /// not durable yet (its shard will answer), `Err` the answer itself (a durable original's
+    /// replay, or a conflict with other content).
+    fn known_order(
+        &self,
+        key: OrderKey,
+        fingerprint: ContentFingerprint,
+        status: OrderStatus,
+    ) -> Result<bool, OrderOutcome> {
+        match self.orders.lookup(key, fingerprint) {
+            DedupCheck::New => Ok(false),
+            DedupCheck::Retry { seq: None } => Ok(true),
+            DedupCheck::Retry { seq: Some(seq) } => Err(OrderOutcome::Replayed { seq, status }),
+            DedupCheck::Conflict => Err(OrderOutcome::IdempotencyConflict),
+        }
     }
 
     /// Where the order for a SKU's slot is decided: the routing seam.
