@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use stampede::api_client;
 use stampede::config::{Config, Overrides};
 use stampede::engine::Engine;
 use stampede::http::{self, AppState};
@@ -64,8 +65,8 @@ enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "url")]
         data_dir: Option<PathBuf>,
         /// Read from a running engine over HTTP instead, e.g. http://127.0.0.1:8080.
-        #[arg(long, value_name = "URL", value_parser = tail::parse_url)]
-        url: Option<tail::Endpoint>,
+        #[arg(long, value_name = "URL", value_parser = api_client::parse_url)]
+        url: Option<api_client::Endpoint>,
         /// Print the records after this seq (when the group has no offset yet).
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         from: u64,
@@ -109,8 +110,8 @@ enum StockCommand {
         #[arg(long, value_name = "FILE")]
         expected: PathBuf,
         /// A running engine to compare with, e.g. http://127.0.0.1:8080.
-        #[arg(long, value_name = "URL", value_parser = tail::parse_url)]
-        url: Option<tail::Endpoint>,
+        #[arg(long, value_name = "URL", value_parser = api_client::parse_url)]
+        url: Option<api_client::Endpoint>,
         /// The engine's data directory, whose journal is read directly (engine running or not).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,

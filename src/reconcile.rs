@@ -39,21 +39,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::client::conn::http1;
-use hyper::header::HOST;
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::Method;
+
+use crate::api_client::{Client, Endpoint, Failure};
 
 use crate::journal::record::ArchivedEvent;
 use crate::journal::{JournalReader, ReadError, ReadLimit};
 use crate::limits;
-use crate::limits::{
-    CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, RECONCILE_EXPECTED_BYTES_MAX,
-    RECONCILE_PAGE_BYTES_MAX, RECONCILE_TRIES,
-};
+use crate::limits::{RECONCILE_EXPECTED_BYTES_MAX, RECONCILE_PAGE_BYTES_MAX, RECONCILE_TRIES};
 use crate::order::{self, OrderStatus, StockEffect, transition};
-use crate::tail::Endpoint;
 
 /// SKUs asked for per `GET /v1/skus` page (the server's cap).
 const PAGE_SKUS: usize = limits::JOURNAL_PAGE_MAX;
@@ -306,6 +300,7 @@ async fn fetch_engine(endpoint: &Endpoint) -> Result<View, ReconcileError> {
         reserved: u64,
         sold: u64,
     }
+    let mut client = Client::new(endpoint.clone(), None, RECONCILE_PAGE_BYTES_MAX);
     let mut view = View::new();
     let mut after = String::new();
     // More pages than the largest catalogue needs means the server does not page on.
@@ -316,7 +311,7 @@ async fn fetch_engine(endpoint: &Endpoint) -> Result<View, ReconcileError> {
             // SKU names are `[A-Za-z0-9_.:-]`: safe in a query as they are.
             format!("/v1/skus?limit={PAGE_SKUS}&after={after}")
         };
-        let body = get_with_retries(endpoint, &path).await?;
+        let body = get_with_retries(&mut client, &path).await?;
         let page: Page = serde_json::from_slice(&body)
             .map_err(|e| ReconcileError::Http(format!("GET {path}: unexpected answer: {e}")))?;
         for sku in page.skus {
@@ -345,70 +340,22 @@ async fn fetch_engine(endpoint: &Endpoint) -> Result<View, ReconcileError> {
     ))
 }
 
-async fn get_with_retries(endpoint: &Endpoint, path: &str) -> Result<Bytes, ReconcileError> {
+/// `GET path` until a `200`: a transient failure (connection, timeout, 429, 503) is tried
+/// again after half a second, [`RECONCILE_TRIES`] tries in all.
+async fn get_with_retries(client: &mut Client, path: &str) -> Result<Bytes, ReconcileError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match get(endpoint, path).await {
-            Ok((StatusCode::OK, body)) => return Ok(body),
-            Ok((status, body)) => {
-                let message = format!(
-                    "GET {path}: {status}: {}",
-                    String::from_utf8_lossy(&body).trim()
-                );
-                let shed = matches!(
-                    status,
-                    StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-                );
-                if !shed || tries >= RECONCILE_TRIES {
-                    return Err(ReconcileError::Http(message));
-                }
+        match client.ok(Method::GET, path, Bytes::new()).await {
+            Ok(body) => return Ok(body),
+            Err(Failure::Transient(message)) if tries >= RECONCILE_TRIES => {
+                return Err(ReconcileError::Http(message));
             }
-            Err(message) if tries >= RECONCILE_TRIES => return Err(ReconcileError::Http(message)),
-            Err(_) => {}
+            Err(Failure::Transient(_)) => {}
+            Err(Failure::Fatal(message)) => return Err(ReconcileError::Http(message)),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-/// One `GET` on a connection of its own: status and whole body, each step bounded.
-async fn get(endpoint: &Endpoint, path: &str) -> Result<(StatusCode, Bytes), String> {
-    let address = endpoint.connect_address();
-    let stream = tokio::time::timeout(
-        CLIENT_CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect(address),
-    )
-    .await
-    .map_err(|_| {
-        format!("cannot connect to {address}: no answer within {CLIENT_CONNECT_TIMEOUT:?}")
-    })?
-    .map_err(|error| format!("cannot connect to {address}: {error}"))?;
-    let exchange = async {
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|error| format!("HTTP handshake with {address}: {error}"))?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let request = Request::get(path)
-            .header(HOST, endpoint.host_header().clone())
-            .body(Empty::<Bytes>::new())
-            .expect("a valid request");
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|error| format!("GET {path}: {error}"))?;
-        let status = response.status();
-        let body = Limited::new(response.into_body(), RECONCILE_PAGE_BYTES_MAX)
-            .collect()
-            .await
-            .map_err(|error| format!("GET {path}: {error}"))?
-            .to_bytes();
-        Ok((status, body))
-    };
-    tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("GET {path}: no answer within {CLIENT_REQUEST_TIMEOUT:?}"))?
 }
 
 // ---- the journal's view -------------------------------------------------------------------

@@ -37,20 +37,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use hyper::Method;
+use hyper::header::HeaderValue;
 use tokio::sync::watch;
 
+use crate::api_client::{Client, Endpoint, Failure};
 use crate::journal::consumers::validate_group;
 use crate::journal::{ConsumerOffsets, JournalReader, ReadError, ReadLimit};
 use crate::limits::{
-    CLIENT_CONNECT_TIMEOUT, CLIENT_REQUEST_TIMEOUT, CLIENT_RETRIES_FOLLOW, CLIENT_RETRIES_ONCE,
-    CLIENT_RETRY_FIRST, CLIENT_RETRY_WAIT_MAX, FOLLOW_LINE_BYTES_MAX, FOLLOW_SILENCE_MAX,
-    TAIL_COMMIT_INTERVAL, TAIL_COMMIT_RECORDS, TAIL_IDLE_CHECK, TAIL_PAGE_RECORDS,
+    CLIENT_RETRIES_FOLLOW, CLIENT_RETRIES_ONCE, CLIENT_RETRY_FIRST, CLIENT_RETRY_WAIT_MAX,
+    FOLLOW_LINE_BYTES_MAX, FOLLOW_SILENCE_MAX, TAIL_COMMIT_INTERVAL, TAIL_COMMIT_RECORDS,
+    TAIL_IDLE_CHECK, TAIL_PAGE_RECORDS,
 };
 use crate::order::Action;
 
@@ -96,53 +94,6 @@ pub enum TailError {
     Stdout(io::Error),
     #[error("cannot start: {0}")]
     Start(io::Error),
-}
-
-/// An `http://host[:port]` engine address (plain HTTP; the port defaults to 80).
-#[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// `host:port`, as given to connect (resolved at each connection).
-    connect: String,
-    host: HeaderValue,
-}
-
-impl Endpoint {
-    /// `host:port`, as given to connect.
-    pub fn connect_address(&self) -> &str {
-        &self.connect
-    }
-
-    /// The `Host` header for requests to it.
-    pub fn host_header(&self) -> &HeaderValue {
-        &self.host
-    }
-}
-
-/// Parses `--url`: `http://HOST[:PORT]`, optionally with a trailing `/`, nothing more.
-pub fn parse_url(text: &str) -> Result<Endpoint, String> {
-    let uri: hyper::Uri = text
-        .parse()
-        .map_err(|_| format!("{text:?} is not a URL (expected http://HOST:PORT)"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(other) => return Err(format!("scheme {other} is not supported; use http://")),
-        None => return Err(format!("{text:?} has no scheme; use http://HOST:PORT")),
-    }
-    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        return Err(format!(
-            "{text:?}: give the engine's root URL, without a path"
-        ));
-    }
-    let authority = uri
-        .authority()
-        .filter(|authority| !authority.host().is_empty())
-        .ok_or_else(|| format!("{text:?} names no host"))?;
-    let port = authority.port_u16().unwrap_or(80);
-    Ok(Endpoint {
-        connect: format!("{}:{port}", authority.host()),
-        host: HeaderValue::from_str(authority.as_str())
-            .map_err(|_| format!("{text:?}: bad host"))?,
-    })
 }
 
 /// Parses `--group`: the contract's id alphabet, 1..=64 bytes.
@@ -451,184 +402,6 @@ fn sync_segments(journal_dir: &Path, after: u64, through: u64) -> io::Result<()>
 
 // ---- --url --------------------------------------------------------------------------------
 
-/// Why an HTTP call failed: worth another try (connection, timeout, 429/503), or not.
-enum Failure {
-    Transient(String),
-    Fatal(String),
-}
-
-/// A keep-alive connection to the engine for pages and commits (hyper's low-level client),
-/// plus fresh connections for follow streams.
-struct Client {
-    endpoint: Endpoint,
-    /// Sent as `Authorization: Bearer` with commits.
-    token: Option<HeaderValue>,
-    idle: Option<http1::SendRequest<Full<Bytes>>>,
-}
-
-impl Client {
-    async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>, Failure> {
-        let address = &self.endpoint.connect;
-        let stream = match tokio::time::timeout(
-            CLIENT_CONNECT_TIMEOUT,
-            tokio::net::TcpStream::connect(address),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                return Err(Failure::Transient(format!(
-                    "cannot connect to {address}: {error}"
-                )));
-            }
-            Err(_) => {
-                return Err(Failure::Transient(format!(
-                    "cannot connect to {address}: no answer within {CLIENT_CONNECT_TIMEOUT:?}"
-                )));
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|error| {
-                    Failure::Transient(format!("HTTP handshake with {address}: {error}"))
-                })?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(sender)
-    }
-
-    fn request(&self, method: Method, path: &str, body: Bytes) -> Request<Full<Bytes>> {
-        // Only what needs it carries the secret.
-        let authorization = (method == Method::PUT)
-            .then_some(self.token.as_ref())
-            .flatten();
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(HOST, self.endpoint.host.clone());
-        if !body.is_empty() {
-            request = request.header(CONTENT_TYPE, "application/json");
-        }
-        if let Some(token) = authorization {
-            request = request.header(AUTHORIZATION, token.clone());
-        }
-        request.body(Full::new(body)).expect("a valid request")
-    }
-
-    /// A whole answer: status and body. On a kept-alive connection that fails (the server
-    /// closed it while idle) it tries once more on a fresh one.
-    async fn call(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Bytes,
-    ) -> Result<(StatusCode, Bytes), Failure> {
-        let what = format!("{method} {path}");
-        loop {
-            let (mut sender, reused) = match self.idle.take() {
-                Some(sender) if !sender.is_closed() => (sender, true),
-                _ => (self.connect().await?, false),
-            };
-            let request = self.request(method.clone(), path, body.clone());
-            let exchange = async {
-                sender.ready().await?;
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>((status, body))
-            };
-            match tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, exchange).await {
-                Ok(Ok(answer)) => {
-                    self.idle = Some(sender);
-                    return Ok(answer);
-                }
-                Ok(Err(_)) if reused => continue,
-                Ok(Err(error)) => return Err(Failure::Transient(format!("{what}: {error}"))),
-                Err(_) => {
-                    return Err(Failure::Transient(format!(
-                        "{what}: no answer within {CLIENT_REQUEST_TIMEOUT:?}"
-                    )));
-                }
-            }
-        }
-    }
-
-    /// Opens `GET path` on a connection of its own, for a body read as it comes.
-    async fn open_stream(&self, path: &str) -> Result<Incoming, Failure> {
-        let mut sender = self.connect().await?;
-        let request = self.request(Method::GET, path, Bytes::new());
-        let response = tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, async {
-            sender.ready().await?;
-            sender.send_request(request).await
-        })
-        .await
-        .map_err(|_| Failure::Transient(format!("GET {path}: no answer in time")))?
-        .map_err(|error| Failure::Transient(format!("GET {path}: {error}")))?;
-        let status = response.status();
-        if status == StatusCode::OK {
-            return Ok(response.into_body());
-        }
-        let body = tokio::time::timeout(CLIENT_REQUEST_TIMEOUT, response.into_body().collect())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .map(|body| body.to_bytes())
-            .unwrap_or_default();
-        Err(refused("GET", path, status, &body))
-    }
-
-    async fn ok(&mut self, method: Method, path: &str, body: Bytes) -> Result<Bytes, Failure> {
-        let (status, body) = self.call(method.clone(), path, body).await?;
-        if status == StatusCode::OK {
-            Ok(body)
-        } else {
-            Err(refused(method.as_str(), path, status, &body))
-        }
-    }
-
-    /// The group's committed offset; `None` when it never committed (404 `unknown_group`).
-    async fn group_offset(&mut self, group: &str) -> Result<Option<u64>, Failure> {
-        let path = format!("/v1/consumers/{group}/offset");
-        let (status, body) = self.call(Method::GET, &path, Bytes::new()).await?;
-        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        match status {
-            StatusCode::OK => json["seq"].as_u64().map(Some).ok_or_else(|| {
-                Failure::Fatal(format!(
-                    "GET {path}: no seq in {}",
-                    String::from_utf8_lossy(&body)
-                ))
-            }),
-            StatusCode::NOT_FOUND if json["error"] == "unknown_group" => Ok(None),
-            _ => Err(refused("GET", &path, status, &body)),
-        }
-    }
-
-    async fn commit(&mut self, group: &str, seq: u64) -> Result<(), Failure> {
-        let path = format!("/v1/consumers/{group}/offset");
-        let body = Bytes::from(serde_json::json!({ "seq": seq }).to_string());
-        self.ok(Method::PUT, &path, body).await.map(drop)
-    }
-}
-
-/// A non-200 answer: 429 and 503 (shed, recovering, draining) are worth another try.
-fn refused(method: &str, path: &str, status: StatusCode, body: &[u8]) -> Failure {
-    let message = format!(
-        "{method} {path}: {status}: {}",
-        String::from_utf8_lossy(body).trim()
-    );
-    if matches!(
-        status,
-        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
-    ) {
-        Failure::Transient(message)
-    } else {
-        Failure::Fatal(message)
-    }
-}
-
 /// Consecutive transient failures, each waited out a little longer, up to a bound.
 struct Backoff {
     failures: u32,
@@ -739,11 +512,8 @@ async fn tail_http(
         ),
         (None, _) => None,
     };
-    let mut client = Client {
-        endpoint,
-        token,
-        idle: None,
-    };
+    // Pages are whole answers of at most `TAIL_PAGE_RECORDS` records: no byte cap of their own.
+    let mut client = Client::new(endpoint, token, usize::MAX);
     let mut backoff = Backoff {
         failures: 0,
         limit: if options.follow {
@@ -912,36 +682,4 @@ async fn follow_http(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls_are_plain_http_roots() {
-        let endpoint = parse_url("http://127.0.0.1:8080").unwrap();
-        assert_eq!(endpoint.connect, "127.0.0.1:8080");
-        assert_eq!(endpoint.host, "127.0.0.1:8080");
-        assert_eq!(
-            parse_url("http://localhost/").unwrap().connect,
-            "localhost:80"
-        );
-        assert_eq!(parse_url("http://[::1]:9/").unwrap().connect, "[::1]:9");
-        assert!(parse_url("https://127.0.0.1:8080").is_err());
-        assert!(parse_url("127.0.0.1:8080").is_err());
-        assert!(parse_url("http://127.0.0.1:8080/v1/journal").is_err());
-        assert!(parse_url("http://:8080").is_err());
-    }
-
-    #[test]
-    fn types_are_the_journals() {
-        assert_eq!(parse_type("accepted").unwrap(), "accepted");
-        assert_eq!(parse_type("expired").unwrap(), "expired");
-        assert_eq!(parse_type("payment_reminder").unwrap(), "payment_reminder");
-        assert!(
-            parse_type("acepted")
-                .unwrap_err()
-                .contains("accepted, sku, pay")
-        );
-        assert!(parse_group("pickers-1").is_ok());
-        assert!(parse_group("../x").is_err());
-    }
-}
+mod tests;
