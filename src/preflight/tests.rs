@@ -1,6 +1,11 @@
 use super::*;
+use crate::checkpoint;
 use crate::config::Overrides;
+use crate::data_dir::journal_dir;
+use crate::journal::segment::{list_segments, segment_file_name};
+use crate::journal::{Event, FrameBatch, Record};
 use crate::journal::{Journal, recover};
+use crate::limits;
 
 fn config_for(dir: &Path, toml_text: &str) -> Config {
     let file = dir.join("event.toml");
