@@ -360,6 +360,8 @@ impl Config {
         })
     }
 
+    /// Every bound on the loaded values, checked in this order; the first one broken is the
+    /// error.
     fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if let Some(shards) = self.shards
@@ -370,6 +372,18 @@ impl Config {
                 limits::SHARDS_MAX
             ));
         }
+        self.validate_journal()?;
+        self.validate_admission()?;
+        self.validate_observability()?;
+        self.validate_http()?;
+        self.validate_shard()?;
+        self.validate_tokens()?;
+        Ok(())
+    }
+
+    /// The `[journal]` table: segment size, fsync interval, retention check.
+    fn validate_journal(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         let j = &self.journal;
         if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&j.segment_bytes_max) {
             return fail(format!(
@@ -391,6 +405,12 @@ impl Config {
                 j.retention_check_s
             ));
         }
+        Ok(())
+    }
+
+    /// The `[admission]` table: queue-delay target, in-flight bound, rate-table size.
+    fn validate_admission(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         let a = &self.admission;
         if a.queue_delay_target_ms > limits::QUEUE_DELAY_TARGET_MS_MAX {
             return fail(format!(
@@ -413,6 +433,12 @@ impl Config {
                 a.rate_table_max
             ));
         }
+        Ok(())
+    }
+
+    /// `[metrics]` SKU series and `[log]` level.
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if self.metrics.sku_top > limits::METRICS_SKUS_MAX
             || self.metrics.skus.len() > limits::METRICS_SKUS_MAX
         {
@@ -427,6 +453,12 @@ impl Config {
                 self.log.level
             ));
         }
+        Ok(())
+    }
+
+    /// The `[http]` table: body read timeout and size.
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if !(100..=60_000).contains(&self.http.body_read_timeout_ms) {
             return fail(format!(
                 "http.body_read_timeout_ms must be 100..=60000, got {}",
@@ -440,6 +472,12 @@ impl Config {
                 self.http.body_bytes_max
             ));
         }
+        Ok(())
+    }
+
+    /// The `[shard]` queue and batch, and the `[inventory]` bounds.
+    fn validate_shard(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if !(1..=limits::SHARD_QUEUE_MAX).contains(&self.shard.queue_capacity) {
             return fail(format!(
                 "shard.queue_capacity must be 1..={}, got {}",
@@ -468,6 +506,12 @@ impl Config {
                 self.inventory.skus_max
             ));
         }
+        Ok(())
+    }
+
+    /// The admin and consumer tokens, and every `[[catalogue]]` SKU's settings.
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if let Some(token) = &self.admin_token
             && token.trim().is_empty()
         {
