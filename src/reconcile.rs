@@ -43,7 +43,7 @@ use hyper::Method;
 
 use crate::api_client::{Client, Endpoint, Failure};
 
-use crate::journal::record::ArchivedEvent;
+use crate::journal::record::{ArchivedEvent, ArchivedOrderAccepted, ArchivedOrderAction};
 use crate::journal::{JournalReader, ReadError, ReadLimit};
 use crate::limits;
 use crate::limits::{RECONCILE_EXPECTED_BYTES_MAX, RECONCILE_PAGE_BYTES_MAX, RECONCILE_TRIES};
@@ -117,7 +117,7 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Result<bool, ReconcileErro
     let mut rows = compare(
         &expected,
         engine.as_ref(),
-        journal.as_ref().map(|fold| &fold.view),
+        journal.as_ref().map(|fold| &fold.folded.view),
     );
     let mut reread = false;
     if let (Some(endpoint), Some(fold)) = (&options.url, journal.as_mut())
@@ -126,7 +126,7 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Result<bool, ReconcileErro
         reread = true;
         engine = Some(fetch(endpoint)?);
         fold.read_on()?;
-        rows = compare(&expected, engine.as_ref(), Some(&fold.view));
+        rows = compare(&expected, engine.as_ref(), Some(&fold.folded.view));
     }
 
     let write = |out: &mut dyn Write| -> io::Result<()> {
@@ -154,8 +154,8 @@ pub fn run(options: &Options, out: &mut dyn Write) -> Result<bool, ReconcileErro
                 out,
                 "journal:  {} ({} SKUs, {} orders, records up to seq {})",
                 dir.join("journal").display(),
-                fold.view.len(),
-                fold.orders.len(),
+                fold.folded.view.len(),
+                fold.folded.orders.len(),
                 fold.reader.next_seq() - 1
             )?,
             _ => writeln!(
@@ -201,7 +201,7 @@ fn sku_count(expected: &Expected, engine: &Option<View>, journal: &Option<Journa
     names.extend(
         journal
             .iter()
-            .flat_map(|fold| fold.view.keys().map(String::as_str)),
+            .flat_map(|fold| fold.folded.view.keys().map(String::as_str)),
     );
     names.len()
 }
@@ -370,6 +370,12 @@ struct TrackedOrder {
 /// The journal folded into per-SKU figures, read on incrementally.
 struct JournalFold {
     reader: JournalReader,
+    folded: Folded,
+}
+
+/// What the records read so far add up to.
+#[derive(Default)]
+struct Folded {
     view: View,
     /// SKU names by number (orders keep a number, not a copy of the name).
     names: Vec<String>,
@@ -388,10 +394,7 @@ impl JournalFold {
         }
         Ok(Self {
             reader: JournalReader::open(&dir, 0, ReadLimit::Written),
-            view: View::new(),
-            names: Vec::new(),
-            numbers: HashMap::new(),
-            orders: HashMap::new(),
+            folded: Folded::default(),
         })
     }
 
@@ -411,100 +414,128 @@ impl JournalFold {
                 }
                 Err(error) => return Err(ReconcileError::Journal(error.to_string())),
             };
-            let damaged = |what: String| ReconcileError::Journal(format!("seq {seq}: {what}"));
             match &record.event {
                 ArchivedEvent::Sku(change) => {
-                    let name = change.sku.as_str();
-                    if !self.numbers.contains_key(name) {
-                        self.numbers
-                            .insert(name.to_owned(), self.names.len() as u32);
-                        self.names.push(name.to_owned());
-                    }
-                    self.view.entry(name.to_owned()).or_default().stock_total =
-                        change.stock_total.to_native();
+                    self.folded
+                        .sku(change.sku.as_str(), change.stock_total.to_native());
                 }
-                ArchivedEvent::Accepted(accepted) => {
-                    let name = accepted.sku.as_str();
-                    let sku = *self
-                        .numbers
-                        .get(name)
-                        .ok_or_else(|| damaged(format!("an order for unknown sku {name}")))?;
-                    let qty = accepted.qty.to_native();
-                    let status = accepted.payment.to_native().initial_status();
-                    let counts = self.view.get_mut(name).expect("numbered skus have counts");
-                    if status.holds_reserved() {
-                        counts.reserved += u64::from(qty);
-                    } else {
-                        counts.sold += u64::from(qty);
-                    }
-                    self.orders.insert(
-                        accepted.order_id.as_str().into(),
-                        TrackedOrder { sku, qty, status },
-                    );
-                }
+                ArchivedEvent::Accepted(accepted) => self.folded.accepted(seq, accepted)?,
                 event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
-                    let change = event.order_action().expect("an action record");
-                    let order_id = change.order_id.as_str();
-                    let action = change.action.to_native();
-                    let order = self.orders.get_mut(order_id).ok_or_else(|| {
-                        damaged(format!("{} of unknown order {order_id}", action.as_str()))
-                    })?;
-                    let moved =
-                        transition(order.status, action, change.restock).ok_or_else(|| {
-                            damaged(format!(
-                                "{} of order {order_id} in state {} is not a valid transition",
-                                action.as_str(),
-                                order.status.as_str()
-                            ))
-                        })?;
-                    order.status = moved.to;
-                    let qty = u64::from(order.qty);
-                    let name = &self.names[order.sku as usize];
-                    let counts = self.view.get_mut(name).expect("numbered skus have counts");
-                    let underflow = || {
-                        damaged(format!(
-                            "{} of order {order_id} gives back more than {name} holds",
-                            action.as_str()
-                        ))
-                    };
-                    match moved.stock {
-                        StockEffect::None => {}
-                        StockEffect::ReservedToSold => {
-                            counts.reserved =
-                                counts.reserved.checked_sub(qty).ok_or_else(underflow)?;
-                            counts.sold += qty;
-                        }
-                        StockEffect::GiveBack {
-                            from_reserved: true,
-                        } => {
-                            counts.reserved =
-                                counts.reserved.checked_sub(qty).ok_or_else(underflow)?;
-                        }
-                        StockEffect::GiveBack {
-                            from_reserved: false,
-                        } => {
-                            counts.sold = counts.sold.checked_sub(qty).ok_or_else(underflow)?;
-                        }
-                        StockEffect::TakeExchangeUnit => {
-                            let exchanged = change
-                                .exchange_sku
-                                .as_ref()
-                                .map(|sku| sku.as_str())
-                                .ok_or_else(|| {
-                                    damaged(format!("exchange of order {order_id} names no sku"))
-                                })?;
-                            self.view
-                                .get_mut(exchanged)
-                                .ok_or_else(|| {
-                                    damaged(format!("exchange to unknown sku {exchanged}"))
-                                })?
-                                .sold += 1;
-                        }
-                    }
+                    self.folded
+                        .action(seq, event.order_action().expect("an action record"))?;
                 }
             }
         }
     }
+}
+
+impl Folded {
+    /// A `sku` record: the SKU's `stock_total` (numbered the first time it is seen).
+    fn sku(&mut self, name: &str, stock_total: u64) {
+        if !self.numbers.contains_key(name) {
+            self.numbers
+                .insert(name.to_owned(), self.names.len() as u32);
+            self.names.push(name.to_owned());
+        }
+        self.view.entry(name.to_owned()).or_default().stock_total = stock_total;
+    }
+
+    /// An `accepted` record: its `qty` reserved (prepaid, escrow) or sold (cod).
+    fn accepted(
+        &mut self,
+        seq: u64,
+        accepted: &ArchivedOrderAccepted,
+    ) -> Result<(), ReconcileError> {
+        let name = accepted.sku.as_str();
+        let sku = *self
+            .numbers
+            .get(name)
+            .ok_or_else(|| damaged(seq, format!("an order for unknown sku {name}")))?;
+        let qty = accepted.qty.to_native();
+        let status = accepted.payment.to_native().initial_status();
+        let counts = self.view.get_mut(name).expect("numbered skus have counts");
+        if status.holds_reserved() {
+            counts.reserved += u64::from(qty);
+        } else {
+            counts.sold += u64::from(qty);
+        }
+        self.orders.insert(
+            accepted.order_id.as_str().into(),
+            TrackedOrder { sku, qty, status },
+        );
+        Ok(())
+    }
+
+    /// An action record: the order's next status by [`transition`], and its stock effect.
+    fn action(&mut self, seq: u64, change: &ArchivedOrderAction) -> Result<(), ReconcileError> {
+        let order_id = change.order_id.as_str();
+        let action = change.action.to_native();
+        let order = self.orders.get_mut(order_id).ok_or_else(|| {
+            damaged(
+                seq,
+                format!("{} of unknown order {order_id}", action.as_str()),
+            )
+        })?;
+        let moved = transition(order.status, action, change.restock).ok_or_else(|| {
+            damaged(
+                seq,
+                format!(
+                    "{} of order {order_id} in state {} is not a valid transition",
+                    action.as_str(),
+                    order.status.as_str()
+                ),
+            )
+        })?;
+        order.status = moved.to;
+        let qty = u64::from(order.qty);
+        let name = &self.names[order.sku as usize];
+        let counts = self.view.get_mut(name).expect("numbered skus have counts");
+        let underflow = || {
+            damaged(
+                seq,
+                format!(
+                    "{} of order {order_id} gives back more than {name} holds",
+                    action.as_str()
+                ),
+            )
+        };
+        match moved.stock {
+            StockEffect::None => {}
+            StockEffect::ReservedToSold => {
+                counts.reserved = counts.reserved.checked_sub(qty).ok_or_else(underflow)?;
+                counts.sold += qty;
+            }
+            StockEffect::GiveBack {
+                from_reserved: true,
+            } => {
+                counts.reserved = counts.reserved.checked_sub(qty).ok_or_else(underflow)?;
+            }
+            StockEffect::GiveBack {
+                from_reserved: false,
+            } => {
+                counts.sold = counts.sold.checked_sub(qty).ok_or_else(underflow)?;
+            }
+            StockEffect::TakeExchangeUnit => {
+                let exchanged = change
+                    .exchange_sku
+                    .as_ref()
+                    .map(|sku| sku.as_str())
+                    .ok_or_else(|| {
+                        damaged(seq, format!("exchange of order {order_id} names no sku"))
+                    })?;
+                self.view
+                    .get_mut(exchanged)
+                    .ok_or_else(|| damaged(seq, format!("exchange to unknown sku {exchanged}")))?
+                    .sold += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A record the fold cannot apply: the journal is damaged (or not this engine's).
+fn damaged(seq: u64, what: String) -> ReconcileError {
+    ReconcileError::Journal(format!("seq {seq}: {what}"))
 }
 
 /// The journal's figures with `available` filled in (what is neither reserved nor sold).
