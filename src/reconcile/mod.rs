@@ -8,10 +8,10 @@
 //!   ignored) or the bulk-load NDJSON. An empty `stock` names the SKU without checking it.
 //! - **engine** (`--url`): `stock_total`, `available`, `reserved`, `sold` from a running
 //!   engine's `GET /v1/skus`, paged with `after`/`next_after`.
-//! - **journal** (`--data-dir`): folded from the journal files ([`JournalReader`],
-//!   [`ReadLimit::Written`]; the engine may run or not): each SKU's `stock_total` is its last
+//! - **journal** (`--data-dir`): folded from the journal files ([`JournalReader`](crate::journal::JournalReader),
+//!   [`ReadLimit::Written`](crate::journal::ReadLimit::Written); the engine may run or not): each SKU's `stock_total` is its last
 //!   `sku` record's; `reserved`/`sold` follow the orders with the engine's own rules
-//!   ([`transition`] on each action): an accepted prepaid/escrow order holds its `qty`
+//!   ([`transition`](crate::order::transition) on each action): an accepted prepaid/escrow order holds its `qty`
 //!   reserved, a cod order sold; `pay` moves reserved → sold; `cancel`, `refund`, `expired`
 //!   and a restocked `return` give the units back; `exchange` takes one sold unit of the
 //!   record's `sku`.

@@ -4,8 +4,8 @@
 //! It owns the command's whole run: where the records come from, which are printed, when a
 //! consumer group's offset is committed, and how it stops.
 //!
-//! - **Sources.** `--data-dir DIR` reads `<DIR>/journal` directly with a [`JournalReader`]
-//!   ([`ReadLimit::Written`]), while the engine runs or not. `--url http://HOST:PORT` reads
+//! - **Sources.** `--data-dir DIR` reads `<DIR>/journal` directly with a [`JournalReader`](crate::journal::JournalReader)
+//!   ([`ReadLimit::Written`](crate::journal::ReadLimit::Written)), while the engine runs or not. `--url http://HOST:PORT` reads
 //!   over HTTP: pages of `GET /v1/journal?from=&limit=`, or with `--follow` the `follow=true`
 //!   stream (blank keep-alive lines skipped; when the stream ends or falls silent it
 //!   reconnects after the last seq handled, with a bounded backoff).
@@ -26,31 +26,29 @@
 //! skips one. The offset is never ahead of the journal, also after a power cut: only seqs read
 //! from it are committed, and `--data-dir`, which reads what is written (perhaps not yet
 //! synced under `fsync = "interval"`/`"none"`), fdatasyncs the segments those records are in
-//! before it commits. `--data-dir` commits through [`ConsumerOffsets`] (the files the
+//! before it commits. `--data-dir` commits through [`ConsumerOffsets`](crate::journal::ConsumerOffsets) (the files the
 //! engine's `PUT /v1/consumers/{group}/offset` writes), `--url` through that endpoint, with
 //! the consumer token (`--token`, env `STAMPEDE_CONSUMER_TOKEN`, or `--token-file`, e.g. the
 //! engine's `<data-dir>/consumer.token`) as `Authorization: Bearer`.
+//!
+//! Where things are: this file parses the options, handles signals and owns `Delivery`
+//! (stdout and the commit positions); `files.rs` is the `--data-dir` source, `url.rs` the
+//! `--url` one; `tests.rs` the unit tests.
 
-use std::borrow::Cow;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http_body_util::BodyExt;
-use hyper::Method;
-use hyper::header::HeaderValue;
 use tokio::sync::watch;
 
-use crate::api_client::{Client, Endpoint, Failure};
+use crate::api_client::Endpoint;
+use crate::journal::ReadError;
 use crate::journal::consumers::validate_group;
-use crate::journal::{ConsumerOffsets, JournalReader, ReadError, ReadLimit};
-use crate::limits::{
-    CLIENT_RETRIES_FOLLOW, CLIENT_RETRIES_ONCE, CLIENT_RETRY_FIRST, CLIENT_RETRY_WAIT_MAX,
-    FOLLOW_LINE_BYTES_MAX, FOLLOW_SILENCE_MAX, TAIL_COMMIT_INTERVAL, TAIL_COMMIT_RECORDS,
-    TAIL_IDLE_CHECK, TAIL_PAGE_RECORDS,
-};
+use crate::limits::{TAIL_COMMIT_INTERVAL, TAIL_COMMIT_RECORDS};
 use crate::order::Action;
+
+mod files;
+mod url;
 
 /// Where the records come from.
 #[derive(Debug, Clone)]
@@ -134,8 +132,8 @@ pub fn run(options: Options) -> Result<(), TailError> {
         watch_signals().map_err(TailError::Start)?
     };
     match &options.source {
-        Source::DataDir(dir) => tail_files(dir, &options, &stop),
-        Source::Url(endpoint) => runtime.block_on(tail_http(endpoint.clone(), &options, stop)),
+        Source::DataDir(dir) => files::tail_files(dir, &options, &stop),
+        Source::Url(endpoint) => runtime.block_on(url::tail_http(endpoint.clone(), &options, stop)),
     }
 }
 
@@ -282,402 +280,6 @@ impl Delivery {
             self.committed = seq;
         }
         self.last_commit = Instant::now();
-    }
-}
-
-// ---- --data-dir ---------------------------------------------------------------------------
-
-fn tail_files(
-    data_dir: &Path,
-    options: &Options,
-    stop: &watch::Receiver<bool>,
-) -> Result<(), TailError> {
-    let journal_dir = data_dir.join("journal");
-    if !journal_dir.is_dir() {
-        return Err(TailError::NoJournal(journal_dir));
-    }
-    let offsets_failed = |error| TailError::Offsets {
-        dir: crate::journal::consumers::consumers_dir(data_dir),
-        error,
-    };
-    let group = match &options.group {
-        Some(name) => {
-            let offsets = ConsumerOffsets::open(data_dir).map_err(offsets_failed)?;
-            let committed = offsets.get(name).map_err(offsets_failed)?;
-            Some((offsets, name.as_str(), committed))
-        }
-        None => None,
-    };
-    let start = group
-        .as_ref()
-        .and_then(|(_, _, committed)| *committed)
-        .unwrap_or(options.from);
-    // The seqs up to here are on disk: synced by this run, or committed before it.
-    let synced_through = std::cell::Cell::new(start);
-    let commit = |seq: u64| match &group {
-        Some((offsets, name, _)) => {
-            sync_segments(&journal_dir, synced_through.get(), seq).map_err(|error| {
-                TailError::Read(ReadError::Io(io::Error::new(
-                    error.kind(),
-                    format!("cannot sync the journal before a commit: {error}"),
-                )))
-            })?;
-            synced_through.set(synced_through.get().max(seq));
-            offsets.commit(name, seq).map_err(offsets_failed)
-        }
-        None => Ok(()),
-    };
-    let mut delivery = Delivery::new(start, options);
-    let mut reader = JournalReader::open(&journal_dir, start, ReadLimit::Written);
-    let mut last_check = Instant::now();
-    let result = loop {
-        if stopped(stop) || delivery.closed {
-            break Ok(());
-        }
-        match reader.next_record() {
-            Ok(Some((seq, record))) => {
-                delivery.handle(seq, record.type_name(), |out| {
-                    serde_json::to_writer(out, &record.to_json(seq)).map_err(io::Error::from)
-                })?;
-                if let Some(seq) = delivery.commit_due()? {
-                    commit(seq)?;
-                    delivery.commit_done(Some(seq));
-                }
-            }
-            Ok(None) => {
-                // Caught up: what is written goes out now, for a follower to see at once.
-                delivery.flush()?;
-                if let Some(seq) = delivery.commit_due()? {
-                    commit(seq)?;
-                    delivery.commit_done(Some(seq));
-                }
-                if !options.follow {
-                    break Ok(());
-                }
-                if last_check.elapsed() >= TAIL_IDLE_CHECK {
-                    last_check = Instant::now();
-                    if stdout_closed() {
-                        break Ok(());
-                    }
-                }
-                reader.wait(TAIL_IDLE_CHECK);
-            }
-            Err(error) => break Err(TailError::Read(error)),
-        }
-    };
-    // What reached stdout before the end (or the damage) was delivered: commit it.
-    let finish = delivery
-        .flush()
-        .and_then(|()| match delivery.final_commit() {
-            Some(seq) => commit(seq),
-            None => Ok(()),
-        });
-    result.and(finish)
-}
-
-/// Puts the records in `(after, through]` on stable storage: fdatasyncs each segment that
-/// holds some of them, and the directory (under `fsync = "none"` the engine syncs neither on
-/// rotation). The engine's own syncs make this cheap when it already did (no dirty pages).
-/// A segment deleted meanwhile by retention needs nothing.
-fn sync_segments(journal_dir: &Path, after: u64, through: u64) -> io::Result<()> {
-    if through <= after {
-        return Ok(());
-    }
-    let segments = crate::journal::list_segments(journal_dir)?;
-    for (index, (first, path)) in segments.iter().enumerate() {
-        let last = segments
-            .get(index + 1)
-            .map_or(u64::MAX, |(next_first, _)| next_first - 1);
-        if *first > through || last <= after {
-            continue;
-        }
-        match std::fs::File::open(path) {
-            Ok(file) => file.sync_data()?,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => return Err(error),
-        }
-    }
-    std::fs::File::open(journal_dir)?.sync_all()
-}
-
-// ---- --url --------------------------------------------------------------------------------
-
-/// Consecutive transient failures, each waited out a little longer, up to a bound.
-struct Backoff {
-    failures: u32,
-    limit: u32,
-}
-
-impl Backoff {
-    /// After a failure: Ok(true) once the wait is over, Ok(false) when a signal came during
-    /// it, an error when there were too many in a row.
-    async fn wait(
-        &mut self,
-        failure: Failure,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<bool, TailError> {
-        let message = match failure {
-            Failure::Fatal(message) => return Err(TailError::Http(message)),
-            Failure::Transient(message) => message,
-        };
-        self.failures += 1;
-        if self.failures > self.limit {
-            return Err(TailError::Http(format!(
-                "{message} (giving up after {} tries)",
-                self.limit
-            )));
-        }
-        let delay = CLIENT_RETRY_FIRST
-            .saturating_mul(1 << (self.failures - 1).min(16))
-            .min(CLIENT_RETRY_WAIT_MAX);
-        eprintln!("stampede tail: {message}; retrying in {delay:?}");
-        tokio::select! {
-            () = tokio::time::sleep(delay) => Ok(true),
-            _ = stop.wait_for(|stopped| *stopped) => Ok(false),
-        }
-    }
-
-    fn reset(&mut self) {
-        self.failures = 0;
-    }
-}
-
-/// The fields of a served line that tail needs; the line itself is printed as it came.
-#[derive(serde::Deserialize)]
-struct LineHead<'a> {
-    seq: u64,
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-}
-
-/// One NDJSON line from the engine (blank lines are keep-alives).
-fn take_line(delivery: &mut Delivery, line: &[u8]) -> Result<(), TailError> {
-    if line.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    let head: LineHead = serde_json::from_slice(line).map_err(|error| {
-        TailError::Http(format!(
-            "the engine sent a line that is not a journal record ({error}): {}",
-            String::from_utf8_lossy(line)
-        ))
-    })?;
-    let expected = delivery.position + 1;
-    if head.seq != expected {
-        return Err(TailError::Gap {
-            expected,
-            found: head.seq,
-        });
-    }
-    delivery.handle(head.seq, &head.kind, |out| out.write_all(line))
-}
-
-/// The commit side of an HTTP run: due commits as it goes (a failure that may pass is
-/// reported and tried again after the interval).
-async fn commit_if_due(
-    client: &mut Client,
-    delivery: &mut Delivery,
-    group: Option<&str>,
-) -> Result<(), TailError> {
-    let (Some(group), Some(seq)) = (group, delivery.commit_due()?) else {
-        return Ok(());
-    };
-    match client.commit(group, seq).await {
-        Ok(()) => delivery.commit_done(Some(seq)),
-        Err(Failure::Transient(message)) => {
-            eprintln!("stampede tail: commit of seq {seq} failed: {message}; trying again");
-            delivery.commit_done(None);
-        }
-        Err(Failure::Fatal(message)) => return Err(TailError::Http(message)),
-    }
-    Ok(())
-}
-
-async fn tail_http(
-    endpoint: Endpoint,
-    options: &Options,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), TailError> {
-    let token = match (&options.group, &options.token) {
-        (Some(_), None) => {
-            return Err(TailError::Http(
-                "--group with --url commits the group's offset, which needs the engine's \
-                 consumer token: --token, STAMPEDE_CONSUMER_TOKEN or --token-file (the engine \
-                 writes it to <data-dir>/consumer.token unless configured)"
-                    .into(),
-            ));
-        }
-        (Some(_), Some(token)) => Some(
-            HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| TailError::Http("the token is not a valid header value".into()))?,
-        ),
-        (None, _) => None,
-    };
-    // Pages are whole answers of at most `TAIL_PAGE_RECORDS` records: no byte cap of their own.
-    let mut client = Client::new(endpoint, token, usize::MAX);
-    let mut backoff = Backoff {
-        failures: 0,
-        limit: if options.follow {
-            CLIENT_RETRIES_FOLLOW
-        } else {
-            CLIENT_RETRIES_ONCE
-        },
-    };
-    let group = options.group.as_deref();
-    let mut committed = None;
-    if let Some(group) = group {
-        loop {
-            match client.group_offset(group).await {
-                Ok(offset) => {
-                    committed = offset;
-                    break;
-                }
-                Err(failure) => {
-                    if !backoff.wait(failure, &mut stop).await? {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-        backoff.reset();
-    }
-    let mut delivery = Delivery::new(committed.unwrap_or(options.from), options);
-    let result = if options.follow {
-        follow_http(&mut client, &mut delivery, &mut backoff, group, &mut stop).await
-    } else {
-        page_http(&mut client, &mut delivery, &mut backoff, group, &mut stop).await
-    };
-    let finish = async {
-        delivery.flush()?;
-        if let (Some(group), Some(seq)) = (group, delivery.final_commit()) {
-            client.commit(group, seq).await.map_err(|failure| {
-                let (Failure::Transient(message) | Failure::Fatal(message)) = failure;
-                TailError::Http(format!(
-                    "last commit (seq {seq}) failed: {message}; the next run re-reads from \
-                     the group's previous offset"
-                ))
-            })?;
-        }
-        Ok(())
-    };
-    let finish = finish.await;
-    result.and(finish)
-}
-
-/// Without `--follow`: pages until one comes back empty.
-async fn page_http(
-    client: &mut Client,
-    delivery: &mut Delivery,
-    backoff: &mut Backoff,
-    group: Option<&str>,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), TailError> {
-    loop {
-        if stopped(stop) || delivery.closed {
-            return Ok(());
-        }
-        let path = format!(
-            "/v1/journal?from={}&limit={TAIL_PAGE_RECORDS}",
-            delivery.position
-        );
-        let page = match client.ok(Method::GET, &path, Bytes::new()).await {
-            Ok(page) => page,
-            Err(failure) => {
-                if !backoff.wait(failure, stop).await? {
-                    return Ok(());
-                }
-                continue;
-            }
-        };
-        backoff.reset();
-        let before = delivery.position;
-        for line in page.split(|byte| *byte == b'\n') {
-            take_line(delivery, line)?;
-            if delivery.closed {
-                return Ok(());
-            }
-            commit_if_due(client, delivery, group).await?;
-        }
-        if delivery.position == before {
-            return Ok(()); // caught up
-        }
-    }
-}
-
-/// With `--follow`: the `follow=true` stream, reopened after the last seq handled when it
-/// ends, fails or falls silent.
-async fn follow_http(
-    client: &mut Client,
-    delivery: &mut Delivery,
-    backoff: &mut Backoff,
-    group: Option<&str>,
-    stop: &mut watch::Receiver<bool>,
-) -> Result<(), TailError> {
-    loop {
-        if stopped(stop) || delivery.closed {
-            return Ok(());
-        }
-        let path = format!("/v1/journal?from={}&follow=true", delivery.position);
-        let mut body = match client.open_stream(&path).await {
-            Ok(body) => body,
-            Err(failure) => {
-                if !backoff.wait(failure, stop).await? {
-                    return Ok(());
-                }
-                continue;
-            }
-        };
-        let mut pending: Vec<u8> = Vec::new();
-        let mut last_byte = Instant::now();
-        let mut check = tokio::time::interval(TAIL_IDLE_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ended = loop {
-            tokio::select! {
-                _ = stop.wait_for(|stopped| *stopped) => return Ok(()),
-                _ = check.tick() => {
-                    if stdout_closed() {
-                        return Ok(());
-                    }
-                    commit_if_due(client, delivery, group).await?;
-                    if last_byte.elapsed() >= FOLLOW_SILENCE_MAX {
-                        break format!("sent nothing for {FOLLOW_SILENCE_MAX:?}");
-                    }
-                }
-                frame = body.frame() => match frame {
-                    None => break "ended".to_owned(),
-                    Some(Err(error)) => break format!("failed: {error}"),
-                    Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else { continue };
-                        last_byte = Instant::now();
-                        backoff.reset();
-                        pending.extend_from_slice(&data);
-                        let mut start = 0;
-                        while let Some(end) = pending[start..].iter().position(|b| *b == b'\n') {
-                            take_line(delivery, &pending[start..start + end])?;
-                            start += end + 1;
-                            if delivery.closed {
-                                return Ok(());
-                            }
-                            commit_if_due(client, delivery, group).await?;
-                        }
-                        pending.drain(..start);
-                        if pending.len() > FOLLOW_LINE_BYTES_MAX {
-                            return Err(TailError::Http(format!(
-                                "the engine sent a line longer than {FOLLOW_LINE_BYTES_MAX} bytes"
-                            )));
-                        }
-                        delivery.flush()?;
-                        if delivery.closed {
-                            return Ok(());
-                        }
-                    }
-                },
-            }
-        };
-        // Partial line: dropped; the new stream starts after the last whole record.
-        let failure = Failure::Transient(format!("the journal stream {ended}"));
-        if !backoff.wait(failure, stop).await? {
-            return Ok(());
-        }
     }
 }
 
