@@ -360,6 +360,8 @@ impl Config {
         })
     }
 
+    /// Every bound on the loaded values, checked in this order; the first one broken is the
+    /// error.
     fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if let Some(shards) = self.shards
@@ -370,6 +372,18 @@ impl Config {
                 limits::SHARDS_MAX
             ));
         }
+        self.validate_journal()?;
+        self.validate_admission()?;
+        self.validate_observability()?;
+        self.validate_http()?;
+        self.validate_shard()?;
+        self.validate_tokens()?;
+        Ok(())
+    }
+
+    /// The `[journal]` table: segment size, fsync interval, retention check.
+    fn validate_journal(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         let j = &self.journal;
         if !(limits::SEGMENT_BYTES_MIN..=limits::SEGMENT_BYTES_MAX).contains(&j.segment_bytes_max) {
             return fail(format!(
@@ -391,6 +405,12 @@ impl Config {
                 j.retention_check_s
             ));
         }
+        Ok(())
+    }
+
+    /// The `[admission]` table: queue-delay target, in-flight bound, rate-table size.
+    fn validate_admission(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         let a = &self.admission;
         if a.queue_delay_target_ms > limits::QUEUE_DELAY_TARGET_MS_MAX {
             return fail(format!(
@@ -413,6 +433,12 @@ impl Config {
                 a.rate_table_max
             ));
         }
+        Ok(())
+    }
+
+    /// `[metrics]` SKU series and `[log]` level.
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if self.metrics.sku_top > limits::METRICS_SKUS_MAX
             || self.metrics.skus.len() > limits::METRICS_SKUS_MAX
         {
@@ -427,6 +453,12 @@ impl Config {
                 self.log.level
             ));
         }
+        Ok(())
+    }
+
+    /// The `[http]` table: body read timeout and size.
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if !(100..=60_000).contains(&self.http.body_read_timeout_ms) {
             return fail(format!(
                 "http.body_read_timeout_ms must be 100..=60000, got {}",
@@ -440,6 +472,12 @@ impl Config {
                 self.http.body_bytes_max
             ));
         }
+        Ok(())
+    }
+
+    /// The `[shard]` queue and batch, and the `[inventory]` bounds.
+    fn validate_shard(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if !(1..=limits::SHARD_QUEUE_MAX).contains(&self.shard.queue_capacity) {
             return fail(format!(
                 "shard.queue_capacity must be 1..={}, got {}",
@@ -468,6 +506,12 @@ impl Config {
                 self.inventory.skus_max
             ));
         }
+        Ok(())
+    }
+
+    /// The admin and consumer tokens, and every `[[catalogue]]` SKU's settings.
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
         if let Some(token) = &self.admin_token
             && token.trim().is_empty()
         {
@@ -533,96 +577,4 @@ fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn no_env(_: &str) -> Option<String> {
-        None
-    }
-
-    #[test]
-    fn embedded_default_is_valid_and_has_a_demo_catalogue() {
-        let config = Config::load_with_env(&Overrides::default(), no_env).unwrap();
-        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(config.data_dir, PathBuf::from("./data"));
-        assert_eq!(config.journal.fsync, FsyncPolicy::Always);
-        assert!(!config.catalogue.is_empty());
-    }
-
-    #[test]
-    fn environment_overrides_flags_which_override_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("event.toml");
-        std::fs::write(
-            &file,
-            "listen = \"127.0.0.1:9000\"\n[journal]\nfsync = \"none\"\n",
-        )
-        .unwrap();
-        let overrides = Overrides {
-            config_file: Some(file),
-            listen: Some("127.0.0.1:9001".parse().unwrap()),
-            data_dir: None,
-        };
-        let config = Config::load_with_env(&overrides, no_env).unwrap();
-        assert_eq!(config.listen.port(), 9001);
-        assert_eq!(config.journal.fsync, FsyncPolicy::None);
-        // The file changed one key of [journal]; the others keep their defaults.
-        assert_eq!(
-            config.journal.segment_bytes_max,
-            limits::SEGMENT_BYTES_DEFAULT
-        );
-
-        let env = |name: &str| match name {
-            "STAMPEDE_LISTEN" => Some("127.0.0.1:9002".to_string()),
-            "STAMPEDE_JOURNAL_FSYNC" => Some("interval".to_string()),
-            "STAMPEDE_SHARDS" => Some("3".to_string()),
-            _ => None,
-        };
-        let config = Config::load_with_env(&overrides, env).unwrap();
-        assert_eq!(config.listen.port(), 9002);
-        assert_eq!(config.journal.fsync, FsyncPolicy::Interval);
-        assert_eq!(config.shard_count(), 3);
-    }
-
-    #[test]
-    fn bad_values_are_refused_with_the_key_named() {
-        let env = |name: &str| (name == "STAMPEDE_JOURNAL_FSYNC").then(|| "sometimes".to_string());
-        let err = Config::load_with_env(&Overrides::default(), env)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("fsync"), "{err}");
-        let env = |name: &str| (name == "STAMPEDE_SHARDS").then(|| "many".to_string());
-        let err = Config::load_with_env(&Overrides::default(), env)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("STAMPEDE_SHARDS"), "{err}");
-        let env = |name: &str| (name == "STAMPEDE_SHARDS").then(|| "0".to_string());
-        assert!(Config::load_with_env(&Overrides::default(), env).is_err());
-    }
-
-    #[test]
-    fn every_environment_override_is_documented_in_the_default_file() {
-        for (name, path, _) in ENV_OVERRIDES {
-            assert!(
-                DEFAULT_TOML.contains(name),
-                "{name} ({}) is not documented",
-                path.join(".")
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_keys_are_an_error_not_a_silent_typo() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("typo.toml");
-        std::fs::write(&file, "[journal]\nfsycn = \"none\"\n").unwrap();
-        let overrides = Overrides {
-            config_file: Some(file),
-            ..Default::default()
-        };
-        let err = Config::load_with_env(&overrides, no_env)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("fsycn"), "{err}");
-    }
-}
+mod tests;

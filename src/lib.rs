@@ -72,6 +72,7 @@
 //! counts and the payment timers by replaying the journal ([`journal::recover`]), which
 //! truncates a torn tail and refuses to start on damage anywhere else.
 
+pub mod api_client;
 pub mod checkpoint;
 pub mod config;
 pub mod data_dir;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
+use stampede::api_client;
 use stampede::config::{Config, Overrides};
 use stampede::engine::Engine;
 use stampede::http::{self, AppState};
@@ -64,8 +65,8 @@ enum Command {
         #[arg(long, value_name = "DIR", conflicts_with = "url")]
         data_dir: Option<PathBuf>,
         /// Read from a running engine over HTTP instead, e.g. http://127.0.0.1:8080.
-        #[arg(long, value_name = "URL", value_parser = tail::parse_url)]
-        url: Option<tail::Endpoint>,
+        #[arg(long, value_name = "URL", value_parser = api_client::parse_url)]
+        url: Option<api_client::Endpoint>,
         /// Print the records after this seq (when the group has no offset yet).
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         from: u64,
@@ -109,8 +110,8 @@ enum StockCommand {
         #[arg(long, value_name = "FILE")]
         expected: PathBuf,
         /// A running engine to compare with, e.g. http://127.0.0.1:8080.
-        #[arg(long, value_name = "URL", value_parser = tail::parse_url)]
-        url: Option<tail::Endpoint>,
+        #[arg(long, value_name = "URL", value_parser = api_client::parse_url)]
+        url: Option<api_client::Endpoint>,
         /// The engine's data directory, whose journal is read directly (engine running or not).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<PathBuf>,
@@ -118,53 +119,31 @@ enum StockCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().command {
         Command::Serve {
             config,
             listen,
             data_dir,
-        } => {
-            let overrides = Overrides {
-                config_file: config,
-                listen,
-                data_dir,
-            };
-            let config = match Config::load(&overrides) {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("stampede: {error}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_tracing(&config.log);
-            run_serve(config)
-        }
+        } => serve_command(Overrides {
+            config_file: config,
+            listen,
+            data_dir,
+        }),
         Command::Preflight {
             config,
             listen,
             data_dir,
             no_prepare,
             json,
-        } => {
-            let options = preflight::Options {
-                overrides: Overrides {
-                    config_file: config,
-                    listen,
-                    data_dir,
-                },
-                prepare: !no_prepare,
-            };
-            let report = preflight::run(&options);
-            let text = if json {
-                format!("{}\n", report.to_json())
-            } else {
-                report.to_table()
-            };
-            // A closed stdout must not turn the verdict into a panic.
-            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-            ExitCode::from(report.exit_code())
-        }
+        } => preflight_command(
+            Overrides {
+                config_file: config,
+                listen,
+                data_dir,
+            },
+            !no_prepare,
+            json,
+        ),
         Command::Tail {
             data_dir,
             url,
@@ -175,39 +154,22 @@ fn main() -> ExitCode {
             token,
             token_file,
         } => {
-            let token = match token_file {
-                Some(path) => match std::fs::read_to_string(&path) {
-                    Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
-                    Ok(_) => {
-                        eprintln!("stampede tail: token file {} is empty", path.display());
-                        return ExitCode::from(2);
-                    }
-                    Err(error) => {
-                        eprintln!("stampede tail: token file {}: {error}", path.display());
-                        return ExitCode::from(2);
-                    }
-                },
-                None => token.filter(|token| !token.trim().is_empty()),
+            let token = match read_token(token, token_file) {
+                Ok(token) => token,
+                Err(code) => return code,
             };
             let source = match url {
                 Some(endpoint) => tail::Source::Url(endpoint),
                 None => tail::Source::DataDir(data_dir.unwrap_or_else(|| PathBuf::from("data"))),
             };
-            let options = tail::Options {
+            tail_command(tail::Options {
                 source,
                 from,
                 follow,
                 group,
                 types,
                 token,
-            };
-            match tail::run(options) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    eprintln!("stampede tail: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+            })
         }
         Command::Stock {
             command:
@@ -216,20 +178,82 @@ fn main() -> ExitCode {
                     url,
                     data_dir,
                 },
-        } => {
-            let options = reconcile::Options {
-                expected,
-                url,
-                data_dir,
-            };
-            match reconcile::run(&options, &mut std::io::stdout().lock()) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(error) => {
-                    eprintln!("stampede stock reconcile: {error}");
-                    ExitCode::from(2)
-                }
+        } => reconcile_command(reconcile::Options {
+            expected,
+            url,
+            data_dir,
+        }),
+    }
+}
+
+/// `stampede serve`: exit 2 for an invalid configuration, else the engine's run.
+fn serve_command(overrides: Overrides) -> ExitCode {
+    let config = match Config::load(&overrides) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("stampede: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.log);
+    run_serve(config)
+}
+
+/// `stampede preflight`: the report on stdout, its verdict as the exit code.
+fn preflight_command(overrides: Overrides, prepare: bool, json: bool) -> ExitCode {
+    let options = preflight::Options { overrides, prepare };
+    let report = preflight::run(&options);
+    let text = if json {
+        format!("{}\n", report.to_json())
+    } else {
+        report.to_table()
+    };
+    // A closed stdout must not turn the verdict into a panic.
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    ExitCode::from(report.exit_code())
+}
+
+/// `stampede tail`'s token: `--token-file` (trimmed, not empty) wins over `--token` and the
+/// environment (a blank one is none). Exit 2 for a file that is empty or unreadable.
+fn read_token(
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+) -> Result<Option<String>, ExitCode> {
+    match token_file {
+        Some(path) => match std::fs::read_to_string(&path) {
+            Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_owned())),
+            Ok(_) => {
+                eprintln!("stampede tail: token file {} is empty", path.display());
+                Err(ExitCode::from(2))
             }
+            Err(error) => {
+                eprintln!("stampede tail: token file {}: {error}", path.display());
+                Err(ExitCode::from(2))
+            }
+        },
+        None => Ok(token.filter(|token| !token.trim().is_empty())),
+    }
+}
+
+/// `stampede tail`: exit 1 on any error.
+fn tail_command(options: tail::Options) -> ExitCode {
+    match tail::run(options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("stampede tail: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `stampede stock reconcile`: 0 all match, 1 differences, 2 usage or I/O error.
+fn reconcile_command(options: reconcile::Options) -> ExitCode {
+    match reconcile::run(&options, &mut std::io::stdout().lock()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("stampede stock reconcile: {error}");
+            ExitCode::from(2)
         }
     }
 }
@@ -328,6 +352,12 @@ async fn serve(config: Config) -> ExitCode {
     state.start_draining();
     let _ = stop_sender.send(());
     let _ = server.await;
+    shut_down(engine).await
+}
+
+/// After the HTTP server stopped: the engine syncs its journal and stops; the journal's
+/// totals are logged.
+async fn shut_down(engine: Arc<Engine>) -> ExitCode {
     let journal = engine.journal().clone();
     let shutdown = tokio::task::spawn_blocking(move || engine.shutdown()).await;
     let engine_stats = {

@@ -167,108 +167,156 @@ fn must<T>(result: prometheus::Result<T>) -> T {
     result.expect("metric definitions are valid")
 }
 
-impl HttpMetrics {
-    pub fn new() -> Self {
-        let registry = Registry::new();
-        let requests_vec = must(prometheus::HistogramVec::new(
+/// Registers a new collector with `registry` and returns it (a handle on the same series).
+fn registered<C>(registry: &Registry, collector: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let collector = must(collector);
+    must(registry.register(Box::new(collector.clone())));
+    collector
+}
+
+/// `stampede_request_duration_seconds`, one histogram per [`Route`] (by `Route as usize`).
+fn request_histograms(registry: &Registry) -> Vec<Histogram> {
+    let requests_vec = registered(
+        registry,
+        prometheus::HistogramVec::new(
             HistogramOpts::new(
                 "stampede_request_duration_seconds",
                 "Time from the request's headers to its response, by route.",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["route"],
-        ));
-        must(registry.register(Box::new(requests_vec.clone())));
-        let requests = Route::ALL
-            .iter()
-            .map(|route| requests_vec.with_label_values(&[route.as_str()]))
-            .collect();
-        let orders_vec = must(IntCounterVec::new(
+        ),
+    );
+    Route::ALL
+        .iter()
+        .map(|route| requests_vec.with_label_values(&[route.as_str()]))
+        .collect()
+}
+
+/// `stampede_orders_total`: by [`ErrorCode::index`] (the refusals), then accepted and
+/// replayed.
+fn order_counters(registry: &Registry) -> (Vec<Option<IntCounter>>, IntCounter, IntCounter) {
+    let orders_vec = registered(
+        registry,
+        IntCounterVec::new(
             Opts::new(
                 "stampede_orders_total",
                 "POST /v1/orders answered, by outcome (accepted, replayed, or the error code).",
             ),
             &["outcome"],
-        ));
-        must(registry.register(Box::new(orders_vec.clone())));
-        // Only the refusals `POST /v1/orders` can give: a series that can never move would
-        // read, to an operator, as "this never happened" rather than "this cannot happen".
-        let orders = ErrorCode::ALL
-            .iter()
-            .map(|code| {
-                ErrorCode::ORDER_REFUSALS
-                    .contains(code)
-                    .then(|| orders_vec.with_label_values(&[code.as_str()]))
-            })
-            .collect();
-        let orders_accepted = orders_vec.with_label_values(&["accepted"]);
-        let orders_replayed = orders_vec.with_label_values(&["replayed"]);
-        let actions_vec = must(IntCounterVec::new(
+        ),
+    );
+    // Only the refusals `POST /v1/orders` can give: a series that can never move would
+    // read, to an operator, as "this never happened" rather than "this cannot happen".
+    let refused = ErrorCode::ALL
+        .iter()
+        .map(|code| {
+            ErrorCode::ORDER_REFUSALS
+                .contains(code)
+                .then(|| orders_vec.with_label_values(&[code.as_str()]))
+        })
+        .collect();
+    let accepted = orders_vec.with_label_values(&["accepted"]);
+    let replayed = orders_vec.with_label_values(&["replayed"]);
+    (refused, accepted, replayed)
+}
+
+/// `stampede_order_actions_total`: by [`ActionResult`], then [`Action`] (`None` for the
+/// timer's actions, which are not client actions).
+fn action_counters(registry: &Registry) -> [Vec<Option<IntCounter>>; 3] {
+    let actions_vec = registered(
+        registry,
+        IntCounterVec::new(
             Opts::new(
                 "stampede_order_actions_total",
                 "POST /v1/orders/{id}/{action} answered, by action and result (done, replayed: \
                  a retry answered with the original result, refused).",
             ),
             &["action", "result"],
-        ));
-        must(registry.register(Box::new(actions_vec.clone())));
-        let per_action = |result: &str| -> Vec<Option<IntCounter>> {
-            Action::ALL
-                .iter()
-                .map(|action| {
-                    action
-                        .is_client_action()
-                        .then(|| actions_vec.with_label_values(&[action.as_str(), result]))
-                })
-                .collect()
-        };
-        let actions = [
-            per_action(ActionResult::Done.as_str()),
-            per_action(ActionResult::Replayed.as_str()),
-            per_action(ActionResult::Refused.as_str()),
-        ];
-        let shed_vec = must(IntCounterVec::new(
+        ),
+    );
+    let per_action = |result: &str| -> Vec<Option<IntCounter>> {
+        Action::ALL
+            .iter()
+            .map(|action| {
+                action
+                    .is_client_action()
+                    .then(|| actions_vec.with_label_values(&[action.as_str(), result]))
+            })
+            .collect()
+    };
+    [
+        per_action(ActionResult::Done.as_str()),
+        per_action(ActionResult::Replayed.as_str()),
+        per_action(ActionResult::Refused.as_str()),
+    ]
+}
+
+/// `stampede_shed_total`, one counter per [`ShedReason`].
+fn shed_counters(registry: &Registry) -> Vec<IntCounter> {
+    let shed_vec = registered(
+        registry,
+        IntCounterVec::new(
             Opts::new(
                 "stampede_shed_total",
                 "Requests shed by admission control with 429/503 and Retry-After, by reason.",
             ),
             &["reason"],
-        ));
-        must(registry.register(Box::new(shed_vec.clone())));
-        let shed = ShedReason::ALL
-            .iter()
-            .map(|reason| shed_vec.with_label_values(&[reason.as_str()]))
-            .collect();
-        let connections = must(IntGauge::new(
-            "stampede_http_connections",
-            "HTTP connections open now.",
-        ));
-        must(registry.register(Box::new(connections.clone())));
-        let in_flight = must(IntGauge::new(
-            "stampede_in_flight_requests",
-            "Order and action requests admitted and not yet answered.",
-        ));
-        must(registry.register(Box::new(in_flight.clone())));
-        let queue_delay = must(prometheus::Gauge::new(
-            "stampede_queue_delay_seconds",
-            "Queueing delay the admission gate last measured: the larger of the runtime's \
-             scheduling delay and how long orders queue in the shards' mailboxes beyond one turn.",
-        ));
-        must(registry.register(Box::new(queue_delay.clone())));
-        let shed_probability = must(prometheus::Gauge::new(
-            "stampede_shed_probability",
-            "Share of new orders the queue-delay gate refuses now (0 to 0.95).",
-        ));
-        must(registry.register(Box::new(shed_probability.clone())));
-        let rate_untracked = must(prometheus::IntGaugeVec::new(
-            Opts::new(
-                "stampede_rate_limit_untracked",
-                "Requests a rate limit let through untracked because its table was full \
-                 (fail open), since start.",
+        ),
+    );
+    ShedReason::ALL
+        .iter()
+        .map(|reason| shed_vec.with_label_values(&[reason.as_str()]))
+        .collect()
+}
+
+impl HttpMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = request_histograms(&registry);
+        let (orders, orders_accepted, orders_replayed) = order_counters(&registry);
+        let actions = action_counters(&registry);
+        let shed = shed_counters(&registry);
+        let connections = registered(
+            &registry,
+            IntGauge::new("stampede_http_connections", "HTTP connections open now."),
+        );
+        let in_flight = registered(
+            &registry,
+            IntGauge::new(
+                "stampede_in_flight_requests",
+                "Order and action requests admitted and not yet answered.",
             ),
-            &["limit"],
-        ));
-        must(registry.register(Box::new(rate_untracked.clone())));
+        );
+        let queue_delay = registered(
+            &registry,
+            prometheus::Gauge::new(
+                "stampede_queue_delay_seconds",
+                "Queueing delay the admission gate last measured: the larger of the runtime's \
+                 scheduling delay and how long orders queue in the shards' mailboxes beyond one turn.",
+            ),
+        );
+        let shed_probability = registered(
+            &registry,
+            prometheus::Gauge::new(
+                "stampede_shed_probability",
+                "Share of new orders the queue-delay gate refuses now (0 to 0.95).",
+            ),
+        );
+        let rate_untracked = registered(
+            &registry,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "stampede_rate_limit_untracked",
+                    "Requests a rate limit let through untracked because its table was full \
+                     (fail open), since start.",
+                ),
+                &["limit"],
+            ),
+        );
         #[cfg(target_os = "linux")]
         must(registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
