@@ -29,7 +29,7 @@
 //!
 //! SKU changes (creation, stock, limits) all pass the `sku_admin` lock, which hands out
 //! slots: one at a time ([`Engine::put_sku`], one journal record and fsync each) or a bulk
-//! load at once ([`Engine::put_skus`]: one [`shard::Command::SkuBatch`] per shard, one
+//! load at once ([`Engine::put_skus`]: one [`crate::shard::Command::SkuBatch`] per shard, one
 //! append + commit per shard for the whole bulk). Either runs in its own task, so the
 //! catalogue learns each new SKU that was journaled even if the client has gone.
 
@@ -253,7 +253,7 @@ impl Engine {
     }
 
     /// The order-key hash keys of this data directory (callers that build an
-    /// [`OrderCommand`] themselves hash with them).
+    /// [`crate::shard::OrderCommand`] themselves hash with them).
     pub fn keys(&self) -> &KeyHasher {
         &self.keys
     }
