@@ -31,15 +31,6 @@ pub struct SkuUpdate {
     pub payment_timeout_s: Option<u32>,
 }
 
-pub struct SkuCommand {
-    pub sku: String,
-    pub slot_index: u32,
-    /// True when the slot is being claimed for a SKU the engine has never seen.
-    pub is_new: bool,
-    pub update: SkuUpdate,
-    pub reply: oneshot::Sender<SkuOutcome>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SkuOutcome {
     Applied {
@@ -55,7 +46,7 @@ pub enum SkuOutcome {
     },
 }
 
-/// One SKU change of a bulk load ([`SkuBatchCommand`]).
+/// One SKU change of a [`SkuBatchCommand`] (an item of a bulk load, or a single `PUT`).
 #[derive(Debug, Clone)]
 pub struct SkuBatchItem {
     pub sku: String,
@@ -66,10 +57,10 @@ pub struct SkuBatchItem {
     pub update: SkuUpdate,
 }
 
-/// A bulk load's changes for the SKUs of one shard: each is checked on its own (slot name,
-/// stock against sold + reserved, after the batch's earlier changes), the valid ones are
-/// journaled in one append and one commit, applied once durable, in order, and answered one
-/// [`SkuOutcome`] per item, in the items' order.
+/// The SKU changes for one shard (a bulk load's for its SKUs, or a single `PUT`'s one): each
+/// is checked on its own (slot name, stock against sold + reserved, after the batch's earlier
+/// changes), the valid ones are journaled in one append and one commit, applied once
+/// durable, in order, and answered one [`SkuOutcome`] per item, in the items' order.
 pub struct SkuBatchCommand {
     pub items: Vec<SkuBatchItem>,
     pub reply: oneshot::Sender<Vec<SkuOutcome>>,
@@ -149,8 +140,8 @@ pub enum Command {
     Order(OrderCommand, std::time::Instant),
     /// An action, and when it was put in the mailbox.
     Action(ActionCommand, std::time::Instant),
-    Sku(SkuCommand),
-    /// A bulk load's SKU changes for this shard, journaled together (one fsync).
+    /// SKU changes for this shard (a bulk load's, or a single `PUT`'s as a batch of one),
+    /// journaled together (one fsync).
     SkuBatch(SkuBatchCommand),
     /// Finish the open batch, then move one unit of the slot from available to reserved for
     /// an exchange. Replies `Err(available)` when there is none.
@@ -173,7 +164,7 @@ pub enum Command {
 
 /// Ends an exchange's hold: the unit is sold (the exchange is durable) or available again.
 /// It is the second half of something already decided, so it never goes through the
-/// bounded, shed-able mailbox: it has the shard's control lane (see [`ShardWriter::spawn`]).
+/// bounded, shed-able mailbox: it has the shard's control lane (see [`super::ShardWriter::spawn`]).
 /// `done` is answered once the slot shows it, so the exchange's reply never runs ahead of it.
 pub struct Settle {
     pub slot_index: u32,

@@ -15,7 +15,7 @@
 //!    undo the batch in reverse order and answer 503 `unavailable`: nothing was taken.
 //!
 //! Order actions (`pay`, `cancel`, the fulfilment stages, ...) and the payment timers go the
-//! same way: the shard that owns the order's SKU decides them with [`transition`] against the
+//! same way: the shard that owns the order's SKU decides them with [`transition`](crate::order::transition) against the
 //! order's durable state in the [`OrderIndex`], applies their stock effect at once (undone if
 //! the batch fails), journals them in the batch, and publishes the new state to the index
 //! only once the record is durable. An order has at most one undecided record at a time: a
@@ -81,7 +81,7 @@ mod turn;
 pub use crate::order::OrderOutcome;
 pub use commands::{
     ActionCommand, ActionKey, ActionOutcome, Command, OrderCommand, Settle, ShardSnapshot,
-    SkuBatchCommand, SkuBatchItem, SkuCommand, SkuOutcome, SkuUpdate,
+    SkuBatchCommand, SkuBatchItem, SkuOutcome, SkuUpdate,
 };
 pub use sku::{new_sku_values, updated_sku_values};
 pub use stock::Stock;
@@ -234,7 +234,7 @@ impl ShardWriter {
     /// on both and applies every queued settle at the start of each turn. The lane is an
     /// unbounded channel (a send never waits or fails for room), bounded by construction:
     /// one settle per exchange holding the engine's exchange gate, which admits at most
-    /// [`limits::EXCHANGES_IN_FLIGHT_MAX`] at once.
+    /// [`crate::limits::EXCHANGES_IN_FLIGHT_MAX`] at once.
     pub fn spawn(
         mut self,
         journal: Journal,

@@ -1,7 +1,10 @@
-//! SKU changes: a new SKU's defaults, an update's checks, and a shard's bulk change
-//! journaled in one append and one commit, applied once durable.
+//! SKU changes: a new SKU's defaults, an update's checks, and a shard's batch of changes
+//! ([`SkuBatchCommand`]) journaled in one append and one commit, applied once durable. A
+//! single `PUT /v1/skus/{sku}` is a batch of one.
 
-use super::{ShardWriter, SkuBatchCommand, SkuCommand, SkuOutcome, SkuUpdate};
+use std::collections::HashMap;
+
+use super::{ShardWriter, SkuBatchCommand, SkuBatchItem, SkuOutcome, SkuUpdate};
 use crate::inventory::SlotValues;
 use crate::journal::{Event, FrameBatch, Record, SkuChanged};
 
@@ -44,97 +47,74 @@ pub fn updated_sku_values(current: SlotValues, update: &SkuUpdate) -> Result<Slo
     })
 }
 
-impl ShardWriter {
-    /// Journals a SKU change on its own and applies it once durable.
-    pub(super) fn apply_sku(&mut self, command: SkuCommand, at_ms: u64) {
-        let SkuCommand {
-            sku,
-            slot_index,
-            is_new,
-            update,
-            reply,
-        } = command;
-        let slot = self.inventory.slot(slot_index);
-        // The slot must be what the engine thinks it is, checked before anything is journaled
-        // (a record that could not be applied would make the journal unreplayable).
-        let slot_name = slot.sku_name();
-        let slot_matches = if is_new {
-            slot_name.is_none()
-        } else {
-            slot_name.as_deref() == Some(sku.as_str())
-        };
-        if !slot_matches {
-            let reason = format!("slot {slot_index} holds {slot_name:?}, not what {sku} expects");
-            tracing::error!(%reason, "sku change refused");
-            let _ = reply.send(SkuOutcome::Unavailable { reason });
-            return;
-        }
-        let values = if is_new {
-            new_sku_values(&update)
-        } else {
-            match updated_sku_values(slot.values(), &update) {
-                Ok(values) => values,
-                Err(committed) => {
-                    let _ = reply.send(SkuOutcome::StockConflict { committed });
-                    return;
-                }
-            }
-        };
-        let record = Record {
-            at_ms,
-            event: Event::Sku(SkuChanged {
-                sku: sku.clone(),
-                slot_index,
-                stock_total: values.stock_total,
-                per_user_limit: values.per_user_limit,
-                max_per_order: values.max_per_order,
-                payment_timeout_s: values.payment_timeout_s,
-            }),
-        };
-        let journal = self
-            .journal
-            .as_ref()
-            .expect("a running shard has a journal");
-        let mut frames = FrameBatch::default();
-        let result = frames
-            .push(&record)
-            .map_err(|e| e.to_string())
-            .and_then(|()| journal.append(&frames).map_err(|e| e.to_string()))
-            .and_then(|range| {
-                journal
-                    .commit(range.last)
-                    .map(|()| range)
-                    .map_err(|e| e.to_string())
-            });
-        match result {
-            Ok(range) => {
-                if is_new {
-                    self.inventory.init_slot(slot_index, &sku, values);
-                } else {
-                    slot.write(values);
-                }
-                let _ = reply.send(SkuOutcome::Applied {
-                    seq: range.first,
-                    values,
-                });
-            }
-            Err(reason) => {
-                let _ = reply.send(SkuOutcome::Unavailable { reason });
-            }
-        }
-    }
+/// A change that passed its checks, journaled as one frame of the batch.
+struct PlannedChange {
+    /// The item's index in the command.
+    index: usize,
+    is_new: bool,
+    values: SlotValues,
+}
 
-    /// Journals a bulk load's changes for this shard in one append and one commit, applies
+/// Checks one change against its slot as the batch's earlier changes leave it (`slot_name`,
+/// `current`): the slot must be what the engine thinks it is (free for a new SKU, this SKU's
+/// otherwise), checked before anything is journaled (a record that could not be applied
+/// would make the journal unreplayable); stock must not drop below sold + reserved.
+fn check_change(
+    item: &SkuBatchItem,
+    slot_name: Option<String>,
+    current: SlotValues,
+) -> Result<SlotValues, SkuOutcome> {
+    let slot_matches = if item.is_new {
+        slot_name.is_none()
+    } else {
+        slot_name.as_deref() == Some(item.sku.as_str())
+    };
+    if !slot_matches {
+        let reason = format!(
+            "slot {} holds {slot_name:?}, not what {} expects",
+            item.slot_index, item.sku
+        );
+        tracing::error!(%reason, "sku change refused");
+        return Err(SkuOutcome::Unavailable { reason });
+    }
+    if item.is_new {
+        Ok(new_sku_values(&item.update))
+    } else {
+        updated_sku_values(current, &item.update)
+            .map_err(|committed| SkuOutcome::StockConflict { committed })
+    }
+}
+
+impl ShardWriter {
+    /// Journals a batch of SKU changes for this shard in one append and one commit, applies
     /// them once durable, and answers one outcome per item (see [`SkuBatchCommand`]).
     pub(super) fn apply_sku_batch(&mut self, command: SkuBatchCommand, at_ms: u64) {
         let SkuBatchCommand { items, reply } = command;
         let mut outcomes: Vec<Option<SkuOutcome>> = vec![None; items.len()];
-        // Each slot as the earlier changes of this batch leave it (name, values).
-        let mut planned_slots: std::collections::HashMap<u32, (String, SlotValues)> =
-            std::collections::HashMap::new();
-        // (item index, new slot?, values), one per frame, in frame order.
-        let mut planned: Vec<(usize, bool, SlotValues)> = Vec::new();
         let mut frames = FrameBatch::default();
+        let planned = self.plan_sku_changes(&items, at_ms, &mut frames, &mut outcomes);
+        if !frames.is_empty() {
+            self.commit_sku_changes(&items, &frames, planned, &mut outcomes);
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|outcome| outcome.expect("every item has an outcome"))
+            .collect();
+        let _ = reply.send(outcomes);
+    }
+
+    /// Checks each change on its own, later changes of a slot seeing the earlier ones, and
+    /// encodes the valid ones into `frames` (in order); a refused change gets its outcome now.
+    fn plan_sku_changes(
+        &self,
+        items: &[SkuBatchItem],
+        at_ms: u64,
+        frames: &mut FrameBatch,
+        outcomes: &mut [Option<SkuOutcome>],
+    ) -> Vec<PlannedChange> {
+        // Each slot as the earlier changes of this batch leave it (name, values).
+        let mut planned_slots: HashMap<u32, (String, SlotValues)> = HashMap::new();
+        let mut planned = Vec::new();
         for (index, item) in items.iter().enumerate() {
             let (slot_name, current) = match planned_slots.get(&item.slot_index) {
                 Some((name, values)) => (Some(name.clone()), *values),
@@ -143,30 +123,11 @@ impl ShardWriter {
                     (slot.sku_name(), slot.values())
                 }
             };
-            // The same check as `apply_sku`, before anything is journaled.
-            let slot_matches = if item.is_new {
-                slot_name.is_none()
-            } else {
-                slot_name.as_deref() == Some(item.sku.as_str())
-            };
-            if !slot_matches {
-                let reason = format!(
-                    "slot {} holds {slot_name:?}, not what {} expects",
-                    item.slot_index, item.sku
-                );
-                tracing::error!(%reason, "sku change refused");
-                outcomes[index] = Some(SkuOutcome::Unavailable { reason });
-                continue;
-            }
-            let values = if item.is_new {
-                new_sku_values(&item.update)
-            } else {
-                match updated_sku_values(current, &item.update) {
-                    Ok(values) => values,
-                    Err(committed) => {
-                        outcomes[index] = Some(SkuOutcome::StockConflict { committed });
-                        continue;
-                    }
+            let values = match check_change(item, slot_name, current) {
+                Ok(values) => values,
+                Err(refused) => {
+                    outcomes[index] = Some(refused);
+                    continue;
                 }
             };
             let record = Record {
@@ -188,46 +149,56 @@ impl ShardWriter {
                 continue;
             }
             planned_slots.insert(item.slot_index, (item.sku.clone(), values));
-            planned.push((index, item.is_new, values));
-        }
-        if !frames.is_empty() {
-            let journal = self
-                .journal
-                .as_ref()
-                .expect("a running shard has a journal");
-            let committed = journal.append(&frames).and_then(|range| {
-                journal.commit(range.last)?;
-                Ok(range)
+            planned.push(PlannedChange {
+                index,
+                is_new: item.is_new,
+                values,
             });
-            match committed {
-                Ok(range) => {
-                    for (frame_index, (index, is_new, values)) in planned.into_iter().enumerate() {
-                        let item = &items[index];
-                        if is_new {
-                            self.inventory.init_slot(item.slot_index, &item.sku, values);
-                        } else {
-                            self.inventory.slot(item.slot_index).write(values);
-                        }
-                        outcomes[index] = Some(SkuOutcome::Applied {
-                            seq: range.first + frame_index as u64,
-                            values,
-                        });
+        }
+        planned
+    }
+
+    /// Appends and commits the planned changes' frames; once durable applies each to its
+    /// slot, in order, and answers it with its seq (or answers each 503 if the journal failed).
+    fn commit_sku_changes(
+        &mut self,
+        items: &[SkuBatchItem],
+        frames: &FrameBatch,
+        planned: Vec<PlannedChange>,
+        outcomes: &mut [Option<SkuOutcome>],
+    ) {
+        let journal = self
+            .journal
+            .as_ref()
+            .expect("a running shard has a journal");
+        let committed = journal.append(frames).and_then(|range| {
+            journal.commit(range.last)?;
+            Ok(range)
+        });
+        match committed {
+            Ok(range) => {
+                for (frame_index, change) in planned.into_iter().enumerate() {
+                    let item = &items[change.index];
+                    if change.is_new {
+                        self.inventory
+                            .init_slot(item.slot_index, &item.sku, change.values);
+                    } else {
+                        self.inventory.slot(item.slot_index).write(change.values);
                     }
+                    outcomes[change.index] = Some(SkuOutcome::Applied {
+                        seq: range.first + frame_index as u64,
+                        values: change.values,
+                    });
                 }
-                Err(error) => {
-                    let reason = error.to_string();
-                    for (index, _, _) in planned {
-                        outcomes[index] = Some(SkuOutcome::Unavailable {
-                            reason: reason.clone(),
-                        });
-                    }
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                for change in planned {
+                    outcomes[change.index] = Some(SkuOutcome::Unavailable {
+                        reason: reason.clone(),
+                    });
                 }
             }
         }
-        let outcomes = outcomes
-            .into_iter()
-            .map(|outcome| outcome.expect("every item has an outcome"))
-            .collect();
-        let _ = reply.send(outcomes);
     }
 }

@@ -124,10 +124,6 @@ impl ShardWriter {
                         let (request, reply) = ActionRequest::from_command(command);
                         self.decide_action(request, Some(reply), None, at_ms);
                     }
-                    Command::Sku(sku) => {
-                        self.finish_batch();
-                        self.apply_sku(sku, at_ms);
-                    }
                     Command::SkuBatch(batch) => {
                         self.finish_batch();
                         self.apply_sku_batch(batch, at_ms);
