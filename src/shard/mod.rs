@@ -15,14 +15,15 @@
 //!    undo the batch in reverse order and answer 503 `unavailable`: nothing was taken.
 //!
 //! Order actions (`pay`, `cancel`, the fulfilment stages, ...) and the payment timers go the
-//! same way: the shard that owns the order's SKU decides them with [`transition`](crate::order::transition) against the
-//! order's durable state in the [`OrderIndex`], applies their stock effect at once (undone if
-//! the batch fails), journals them in the batch, and publishes the new state to the index
-//! only once the record is durable. An order has at most one undecided record at a time: a
-//! second action on an order already changed in the open batch first finishes that batch, so
-//! each record's `prev_seq` (the history chain) is known when it is encoded. Before deciding
-//! the commands of a turn the shard fires the payment timers that are due, so a payment that
-//! arrives after its deadline meets an expired order.
+//! same way: the shard that owns the order's SKU decides them with
+//! [`transition`](crate::order::transition) against the order's durable state in the
+//! [`OrderIndex`], applies their stock effect at once (undone if the batch fails), journals
+//! them in the batch, and publishes the new state to the index only once the record is durable.
+//! An order has at most one undecided record at a time: a second action on an order already
+//! changed in the open batch first finishes that batch, so each record's `prev_seq` (the
+//! history chain) is known when it is encoded. Before deciding the commands of a turn the shard
+//! fires the payment timers that are due, so a payment that arrives after its deadline meets an
+//! expired order.
 //!
 //! An action may carry an idempotency key ([`ActionKey`]). The shard owns the key table of
 //! its orders ([`IdempotencyKeys`]): a keyed action whose key is bound on that order is
@@ -48,27 +49,31 @@
 //! that is not durable yet (stock an earlier order took, a pending id); if that batch fails,
 //! the journal stops admission, until a restart or (a full disk) until a write succeeds
 //! again: after that such an answer may not hold any more, as it describes a moment, not a
-//! durable fact. SKU changes
-//! are rare: a SKU command first finishes the current batch, then goes through the journal
-//! alone, and is applied only after it is durable. A bulk load (`POST /v1/skus:bulk`) sends
-//! each shard one [`Command::SkuBatch`] with all of its SKUs' changes: the shard finishes its
-//! batch, checks each change on its own exactly as for a single one (slot name first, stock
-//! not below sold + reserved, later changes of a SKU seeing the earlier ones), journals the
-//! valid ones in one append and one commit (one fsync for the lot), applies them in order
-//! once durable, and answers each change; a refused change journals and applies nothing.
+//! durable fact.
+//!
+//! SKU changes are rare and take one road: [`Command::SkuBatch`], with all of a bulk load's
+//! (`POST /v1/skus:bulk`) changes for this shard's SKUs, or the one change of a
+//! `PUT /v1/skus/{sku}`. The shard finishes its open batch, checks each change on its own
+//! (slot name first, stock not below sold + reserved, later changes of a SKU seeing the
+//! earlier ones), journals the valid ones in one append and one commit of their own (one
+//! fsync for the lot), applies them in order only once durable, and answers each change; a
+//! refused change journals and applies nothing.
 //!
 //! The files, by concern:
 //!
-//! | file          | owns |
-//! |---------------|------|
-//! | `mod.rs`      | [`ShardWriter`] and its state, recovery's replay hooks, [`ShardWriter::spawn`], [`shard_of`] |
-//! | `commands.rs` | [`Command`] and its payloads ([`OrderCommand`], [`ActionCommand`], [`SkuBatchCommand`], [`Settle`]), the outcomes |
-//! | `turn.rs`     | the loop: waiting, a turn's batch, the one append + commit, deferred replies, undo of a failed batch |
-//! | `orders.rs`   | [`ShardWriter::decide`]: a new order (dedup, then [`crate::order::rules`]) |
-//! | `actions.rs`  | order actions and payment timers ([`ShardWriter::fire_timers`]), idempotency keys, exchange holds and settles |
-//! | `sku.rs`      | SKU changes: defaults, checks, a shard's bulk change in one commit |
-//! | `stock.rs`    | [`Stock`], the seam every unit moves through |
-//! | `timers.rs`   | [`TimerHeap`], [`PaymentTimer`], [`Clock`] |
+//! - `mod.rs`: [`ShardWriter`] and its state, recovery's replay hooks,
+//!   [`ShardWriter::spawn`], [`shard_of`];
+//! - `commands.rs`: [`Command`] and its payloads ([`OrderCommand`], [`ActionCommand`],
+//!   [`SkuBatchCommand`], [`Settle`]), and the outcomes they answer;
+//! - `turn.rs`: the loop: waiting, a turn's batch, its one append + commit, the deferred
+//!   replies, the undo of a failed batch;
+//! - `orders.rs`: [`ShardWriter::decide`], a new order (dedup, then [`crate::order::rules`]);
+//! - `actions.rs`: order actions and the payment timers ([`ShardWriter::fire_timers`]),
+//!   idempotency keys, exchange holds and settles;
+//! - `sku.rs`: SKU changes: a new SKU's defaults, an update's checks, a
+//!   [`Command::SkuBatch`] in one commit;
+//! - `stock.rs`: [`Stock`], the seam every unit moves through;
+//! - `timers.rs`: [`TimerHeap`], [`PaymentTimer`], [`Clock`].
 
 mod actions;
 mod commands;

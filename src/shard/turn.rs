@@ -298,74 +298,83 @@ impl ShardWriter {
         match committed {
             Ok(range) => {
                 self.publish(range.first);
-                for deferred in self.deferred.drain(..) {
-                    match deferred {
-                        DeferredReply::Accepted {
-                            reply,
-                            frame_index,
-                            status,
-                        } => {
-                            let seq = range.first + frame_index as u64;
-                            let _ = reply.send(OrderOutcome::Accepted { seq, status });
-                        }
-                        DeferredReply::Replayed {
-                            reply,
-                            frame_index,
-                            status,
-                        } => {
-                            let seq = range.first + frame_index as u64;
-                            let _ = reply.send(OrderOutcome::Replayed { seq, status });
-                        }
-                        DeferredReply::Action {
-                            reply,
-                            frame_index,
-                            status,
-                        } => {
-                            let seq = range.first + frame_index as u64;
-                            let _ = reply.send(ActionOutcome::Done { seq, status });
-                        }
-                    }
-                }
+                self.reply_committed(range.first);
                 self.undo.clear();
             }
             Err(error) => {
-                let mut undo = std::mem::take(&mut self.undo);
-                for undo in undo.drain(..).rev() {
-                    match undo {
-                        Undo::Accepted {
-                            slot_index,
-                            qty,
-                            payment,
-                            key,
-                            purchase_key,
-                        } => {
-                            self.stock.untake_order(slot_index, qty, payment);
-                            self.purchases.subtract(purchase_key, qty);
-                            self.orders.remove_pending(key);
-                        }
-                        Undo::Action { entry, effect } => self.revert_effect(&entry, effect),
-                    }
-                }
-                self.undo = undo;
-                let reason = error.to_string();
-                for deferred in self.deferred.drain(..) {
-                    match deferred {
-                        DeferredReply::Accepted { reply, .. }
-                        | DeferredReply::Replayed { reply, .. } => {
-                            let _ = reply.send(OrderOutcome::Unavailable {
-                                reason: reason.clone(),
-                            });
-                        }
-                        DeferredReply::Action { reply, .. } => {
-                            let _ = reply.send(ActionOutcome::Unavailable {
-                                reason: reason.clone(),
-                            });
-                        }
-                    }
-                }
+                self.undo_batch(&error.to_string());
                 self.frame_owners.clear();
             }
         }
         self.frames.clear();
+    }
+
+    /// Answers the deferred replies of a durable batch whose frames start at `first_seq`.
+    fn reply_committed(&mut self, first_seq: u64) {
+        for deferred in self.deferred.drain(..) {
+            match deferred {
+                DeferredReply::Accepted {
+                    reply,
+                    frame_index,
+                    status,
+                } => {
+                    let seq = first_seq + frame_index as u64;
+                    let _ = reply.send(OrderOutcome::Accepted { seq, status });
+                }
+                DeferredReply::Replayed {
+                    reply,
+                    frame_index,
+                    status,
+                } => {
+                    let seq = first_seq + frame_index as u64;
+                    let _ = reply.send(OrderOutcome::Replayed { seq, status });
+                }
+                DeferredReply::Action {
+                    reply,
+                    frame_index,
+                    status,
+                } => {
+                    let seq = first_seq + frame_index as u64;
+                    let _ = reply.send(ActionOutcome::Done { seq, status });
+                }
+            }
+        }
+    }
+
+    /// Takes back every decision of a batch the journal refused, newest first, and answers
+    /// its deferred replies 503 with `reason`: nothing was taken.
+    fn undo_batch(&mut self, reason: &str) {
+        let mut undo = std::mem::take(&mut self.undo);
+        for undo in undo.drain(..).rev() {
+            match undo {
+                Undo::Accepted {
+                    slot_index,
+                    qty,
+                    payment,
+                    key,
+                    purchase_key,
+                } => {
+                    self.stock.untake_order(slot_index, qty, payment);
+                    self.purchases.subtract(purchase_key, qty);
+                    self.orders.remove_pending(key);
+                }
+                Undo::Action { entry, effect } => self.revert_effect(&entry, effect),
+            }
+        }
+        self.undo = undo;
+        for deferred in self.deferred.drain(..) {
+            match deferred {
+                DeferredReply::Accepted { reply, .. } | DeferredReply::Replayed { reply, .. } => {
+                    let _ = reply.send(OrderOutcome::Unavailable {
+                        reason: reason.to_owned(),
+                    });
+                }
+                DeferredReply::Action { reply, .. } => {
+                    let _ = reply.send(ActionOutcome::Unavailable {
+                        reason: reason.to_owned(),
+                    });
+                }
+            }
+        }
     }
 }
