@@ -17,7 +17,7 @@
 //! | [`http`]      | the accept loop, body cap, decoding, status codes |
 //! | [`order`]     | identifier rules, payment types, the order state machine |
 //! | [`engine`]    | start-up (lock, recovery, shards, catalogue), the handle HTTP talks to |
-//! | [`shard`]     | the single-writer loop: batches, decisions, payment timers, replies |
+//! | [`shard`]     | the single writers: the turn loop, order, action and SKU decisions, timers |
 //! | [`inventory`] | the memory-mapped stock slots, the order index, purchase counts |
 //! | [`journal`]   | frames and records, segments, group-commit writer, recovery scan, readers |
 //! | [`checkpoint`] | the replay state at one seq: recovery starts there, retention deletes before it |
@@ -40,8 +40,9 @@
 //!    once. A stampede on a sold-out item, or of retries, never queues.
 //! 4. [`engine::Engine::submit_order`] routes by the SKU's slot to its shard's bounded
 //!    mailbox; a full mailbox sheds with 429 and `Retry-After`.
-//! 5. The shard thread ([`shard::ShardWriter`]) takes a batch, and for each order checks the
-//!    order index ([`inventory::OrderIndex`]), `max_per_order`, stock and the buyer's
+//! 5. The shard thread ([`shard::ShardWriter`], its loop in `src/shard/turn.rs`) takes a
+//!    batch, and for each order ([`shard::ShardWriter::decide`], `src/shard/orders.rs`)
+//!    checks the order index ([`inventory::OrderIndex`]), `max_per_order`, stock and the buyer's
 //!    purchase count; an accepted order takes stock in its memory-mapped slot
 //!    ([`inventory::Slot`]) and becomes a checksummed rkyv frame
 //!    ([`journal::record::FrameBatch`]).
@@ -54,19 +55,20 @@
 //!
 //! After acceptance, an action (`POST /v1/orders/{id}/{action}`) takes the same road from
 //! step 4: [`engine::Engine::order_action`] routes it to the shard that owns the order, which
-//! decides it with [`order::transition`], journals it in its batch, and publishes the new
-//! state to the order index once it is durable; the payment timers
-//! ([`shard::timers`]) journal reminders and expiries the same way. `GET /v1/orders/{id}`
-//! reads the order's history back from the journal ([`engine::Engine::order_view`]).
+//! decides it with [`order::transition`] (`src/shard/actions.rs`), journals it in its batch,
+//! and publishes the new state to the order index once it is durable; the payment timers
+//! ([`shard::timers`]) journal reminders and expiries the same way. `GET /v1/orders/{id}` reads
+//! the order's history back from the journal ([`engine::Engine::order_view`]).
 //!
-//! Inventory changes take another road. `PUT /v1/skus/{sku}` goes through
-//! [`engine::Engine::put_sku`] to the SKU's shard as one [`shard::Command::Sku`], journaled
-//! alone and applied once durable. `POST /v1/skus:bulk` ([`http::bulk`]) decodes and
-//! validates every line on its own, then [`engine::Engine::put_skus`] hands out slots for the
-//! new SKUs under the admin lock, groups the changes by shard and sends each shard one
-//! [`shard::Command::SkuBatch`]: the shard checks each change, journals the valid ones in one
-//! append + commit (one fsync per shard for the whole bulk), applies them once durable and
-//! answers each; the catalogue then learns the new SKUs. A line is applied whole or refused.
+//! Inventory changes take another road, one for a single SKU and a bulk load alike.
+//! `POST /v1/skus:bulk` ([`http::bulk`]) decodes and validates every line on its own, then
+//! [`engine::Engine::put_skus`] (`src/engine/catalogue.rs`) hands out slots for the new SKUs
+//! under the admin lock, groups the changes by shard and sends each shard one
+//! [`shard::Command::SkuBatch`]: the shard (`src/shard/sku.rs`) checks each change, journals
+//! the valid ones in one append + commit (one fsync per shard for the whole bulk), applies
+//! them once durable and answers each; the catalogue then learns the new SKUs. A line is
+//! applied whole or refused. `PUT /v1/skus/{sku}` ([`engine::Engine::put_sku`]) is a bulk
+//! change of one: one record, one append + commit.
 //!
 //! At start-up, [`engine::Engine::start`] rebuilds the slots, the order index, the purchase
 //! counts and the payment timers by replaying the journal ([`journal::recover`]), which

@@ -7,12 +7,13 @@
 //! does (the change runs in its own task, so a client that hangs up cannot cut it short).
 
 use super::{ActionError, Engine, PutSkuError, SkuView};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
 
-use crate::shard::{self, Command, SkuCommand, SkuOutcome, SkuUpdate};
+use crate::shard::{self, Command, SkuOutcome, SkuUpdate};
 
 impl Engine {
     /// The slot of a SKU, if the engine knows it.
@@ -46,71 +47,21 @@ impl Engine {
             .collect()
     }
 
-    /// Creates or updates a SKU through its shard and the journal. The work runs in its own
-    /// task: if the caller goes away (a client disconnects mid-PUT) the change still
-    /// completes and the catalogue learns of it, so memory never disagrees with the journal.
+    /// Creates or updates a SKU through its shard and the journal: a bulk change of one
+    /// ([`Engine::put_skus`]), so one journal record, one append + commit, and the same checks
+    /// and answers. The work runs in its own task: if the caller goes away (a client
+    /// disconnects mid-PUT) the change still completes and the catalogue learns of it, so
+    /// memory never disagrees with the journal.
     pub async fn put_sku(
         self: &Arc<Self>,
         sku: &str,
         update: SkuUpdate,
     ) -> Result<SkuView, PutSkuError> {
-        let engine = self.clone();
-        let sku = sku.to_owned();
-        tokio::spawn(async move { engine.put_sku_to_completion(&sku, update).await })
-            .await
-            .unwrap_or_else(|error| {
-                Err(PutSkuError::Unavailable(format!(
-                    "sku task failed: {error}"
-                )))
-            })
-    }
-
-    async fn put_sku_to_completion(
-        &self,
-        sku: &str,
-        update: SkuUpdate,
-    ) -> Result<SkuView, PutSkuError> {
-        let _admin = self.sku_admin.lock().await;
-        let (slot_index, is_new) = match self.slot_of(sku) {
-            Some(slot_index) => (slot_index, false),
-            None => {
-                let slot_index = self.next_slot.load(Ordering::Acquire);
-                if slot_index >= self.inventory.slots_max() {
-                    return Err(PutSkuError::CatalogueFull {
-                        slots_max: self.inventory.slots_max(),
-                    });
-                }
-                (slot_index, true)
-            }
-        };
-        let (reply, outcome) = oneshot::channel();
-        let command = Command::Sku(SkuCommand {
-            sku: sku.to_owned(),
-            slot_index,
-            is_new,
-            update,
-            reply,
-        });
-        let shard = shard::shard_of(slot_index, self.mailboxes.len());
-        match self.send_patiently(shard, command).await {
-            Ok(()) => {}
-            Err(ActionError::Overloaded) => return Err(PutSkuError::Overloaded),
-            Err(_) => return Err(PutSkuError::Unavailable("engine is stopping".into())),
-        }
-        match outcome.await {
-            Ok(SkuOutcome::Applied { values, .. }) => {
-                if is_new {
-                    self.catalog.insert(sku.to_owned(), slot_index);
-                    self.next_slot.store(slot_index + 1, Ordering::Release);
-                }
-                Ok(SkuView::new(sku, values))
-            }
-            Ok(SkuOutcome::StockConflict { committed }) => {
-                Err(PutSkuError::StockConflict { committed })
-            }
-            Ok(SkuOutcome::Unavailable { reason }) => Err(PutSkuError::Unavailable(reason)),
-            Err(_) => Err(PutSkuError::Unavailable("shard stopped".into())),
-        }
+        let mut results = self.put_skus(vec![(sku.to_owned(), update)]).await;
+        debug_assert_eq!(results.len(), 1);
+        results
+            .pop()
+            .unwrap_or_else(|| Err(PutSkuError::Unavailable("no answer".into())))
     }
 
     /// Creates or updates many SKUs at once (`POST /v1/skus:bulk`), one result per item in
@@ -148,12 +99,38 @@ impl Engine {
         items: Vec<(String, SkuUpdate)>,
     ) -> Vec<Result<SkuView, PutSkuError>> {
         let _admin = self.sku_admin.lock().await;
+        let mut results: Vec<Option<Result<SkuView, PutSkuError>>> = vec![None; items.len()];
+        let per_shard = self.assign_slots(items, &mut results);
+        let waiting = self.send_sku_batches(per_shard, &mut results).await;
+        let learned = Self::collect_sku_answers(waiting, &mut results).await;
+        // The new SKUs join the catalogue (become visible) together, once every shard has
+        // answered; each was journaled and applied by then.
+        if let Some(highest) = learned.iter().map(|(_, slot_index)| *slot_index).max() {
+            self.next_slot.fetch_max(highest + 1, Ordering::AcqRel);
+        }
+        for (sku, slot_index) in learned {
+            self.catalog.insert(sku, slot_index);
+        }
+        results
+            .into_iter()
+            .map(|result| {
+                result.unwrap_or_else(|| Err(PutSkuError::Unavailable("no answer".into())))
+            })
+            .collect()
+    }
+
+    /// Gives each change its slot (a new SKU the next free one; a SKU named twice keeps its
+    /// first) and groups the changes by the shard that owns it, with each item's index. A new
+    /// SKU with no slot left is answered `CatalogueFull` in `results`. Under `sku_admin`.
+    fn assign_slots(
+        &self,
+        items: Vec<(String, SkuUpdate)>,
+        results: &mut [Option<Result<SkuView, PutSkuError>>],
+    ) -> Vec<Vec<(usize, shard::SkuBatchItem)>> {
         let shard_count = self.mailboxes.len();
         let slots_max = self.inventory.slots_max();
-        let mut results: Vec<Option<Result<SkuView, PutSkuError>>> = vec![None; items.len()];
         let mut next_slot = self.next_slot.load(Ordering::Acquire);
-        let mut new_slots: std::collections::HashMap<String, u32> =
-            std::collections::HashMap::new();
+        let mut new_slots: HashMap<String, u32> = HashMap::new();
         let mut per_shard: Vec<Vec<(usize, shard::SkuBatchItem)>> =
             (0..shard_count).map(|_| Vec::new()).collect();
         for (index, (sku, update)) in items.into_iter().enumerate() {
@@ -180,12 +157,17 @@ impl Engine {
                 },
             ));
         }
-        // (item indices, (name, slot, new?) per item, the shard's answer)
-        type Waiting = (
-            Vec<usize>,
-            Vec<(String, u32, bool)>,
-            oneshot::Receiver<Vec<SkuOutcome>>,
-        );
+        per_shard
+    }
+
+    /// Sends every shard with changes its one [`Command::SkuBatch`], all before any answer is
+    /// awaited (so their commits can share a group write). A shard that cannot take it has
+    /// its items answered in `results` (overloaded, or the engine is stopping).
+    async fn send_sku_batches(
+        &self,
+        per_shard: Vec<Vec<(usize, shard::SkuBatchItem)>>,
+        results: &mut [Option<Result<SkuView, PutSkuError>>],
+    ) -> Vec<Waiting> {
         let mut waiting: Vec<Waiting> = Vec::new();
         for (shard, batch) in per_shard.into_iter().enumerate() {
             if batch.is_empty() {
@@ -212,8 +194,15 @@ impl Engine {
                 }
             }
         }
-        // The new SKUs join the catalogue (become visible) together, once every shard has
-        // answered; each was journaled and applied by then.
+        waiting
+    }
+
+    /// Awaits each shard's answers and puts them in `results`; returns the new SKUs that
+    /// were applied (name, slot), for the catalogue to learn.
+    async fn collect_sku_answers(
+        waiting: Vec<Waiting>,
+        results: &mut [Option<Result<SkuView, PutSkuError>>],
+    ) -> Vec<(String, u32)> {
         let mut learned: Vec<(String, u32)> = Vec::new();
         for (indices, names, outcome) in waiting {
             let Ok(outcomes) = outcome.await else {
@@ -240,17 +229,14 @@ impl Engine {
                 });
             }
         }
-        if let Some(highest) = learned.iter().map(|(_, slot_index)| *slot_index).max() {
-            self.next_slot.fetch_max(highest + 1, Ordering::AcqRel);
-        }
-        for (sku, slot_index) in learned {
-            self.catalog.insert(sku, slot_index);
-        }
-        results
-            .into_iter()
-            .map(|result| {
-                result.unwrap_or_else(|| Err(PutSkuError::Unavailable("no answer".into())))
-            })
-            .collect()
+        learned
     }
 }
+
+/// A shard's SKU batch awaiting its answer: the items' indices, (name, slot, new?) per item,
+/// and the shard's answer.
+type Waiting = (
+    Vec<usize>,
+    Vec<(String, u32, bool)>,
+    oneshot::Receiver<Vec<SkuOutcome>>,
+);

@@ -27,11 +27,11 @@
 //! 6. create the configured catalogue's SKUs that the journal does not know yet
 //!    ([`Engine::seed_catalogue`], async). Only then does `/readyz` turn 200.
 //!
-//! SKU changes (creation, stock, limits) all pass the `sku_admin` lock, which hands out
-//! slots: one at a time ([`Engine::put_sku`], one journal record and fsync each) or a bulk
-//! load at once ([`Engine::put_skus`]: one [`crate::shard::Command::SkuBatch`] per shard, one
-//! append + commit per shard for the whole bulk). Either runs in its own task, so the
-//! catalogue learns each new SKU that was journaled even if the client has gone.
+//! SKU changes (creation, stock, limits) all pass the `sku_admin` lock, which hands out slots,
+//! and take one road: [`Engine::put_skus`] sends one [`crate::shard::Command::SkuBatch`] per
+//! shard, one append + commit per shard for the whole bulk; [`Engine::put_sku`] is a bulk
+//! change of one (one journal record and fsync). Either runs in its own task, so the catalogue
+//! learns each new SKU that was journaled even if the client has gone.
 
 use std::fs::File;
 use std::io;

@@ -1,0 +1,285 @@
+//! Actions on accepted orders: a client's or a payment timer's, decided against the order's
+//! durable state, with idempotency keys; and the exchange holds and their settles.
+
+use tokio::sync::oneshot;
+
+use super::turn::{DeferredReply, FrameOwner, Undo};
+use super::{ActionCommand, ActionKey, ActionOutcome, PaymentTimer, Settle, ShardWriter, shard_of};
+use crate::inventory::{KeyCheck, OrderKey, OrderState};
+use crate::journal::{Event, KeyedOrderAction, OrderAction, Record};
+use crate::limits;
+use crate::order::{Action, OrderStatus, StockEffect, transition};
+
+/// An action to decide: a client's, or the payment timer's.
+pub(super) struct ActionRequest {
+    order_id: String,
+    key: OrderKey,
+    action: Action,
+    reason: Option<String>,
+    address: Option<String>,
+    restock: bool,
+    exchange_sku: Option<String>,
+    idempotency: Option<ActionKey>,
+    exchange_sold_out: Option<u64>,
+}
+
+impl ActionRequest {
+    /// A client's action, and where its answer goes.
+    pub(super) fn from_command(command: ActionCommand) -> (Self, oneshot::Sender<ActionOutcome>) {
+        let ActionCommand {
+            order_id,
+            key,
+            action,
+            reason,
+            address,
+            restock,
+            exchange_sku,
+            idempotency,
+            exchange_sold_out,
+            reply,
+        } = command;
+        let request = Self {
+            order_id,
+            key,
+            action,
+            reason,
+            address,
+            restock,
+            exchange_sku,
+            idempotency,
+            exchange_sold_out,
+        };
+        (request, reply)
+    }
+}
+
+/// The journal event of a decided action on an order in `state`, leading to `to`: keyed when
+/// the client sent an idempotency key.
+fn action_event(request: ActionRequest, state: &OrderState, to: OrderStatus) -> Event {
+    let action = request.action;
+    let change = OrderAction {
+        order_id: request.order_id,
+        action,
+        status: to,
+        prev_seq: state.last_seq,
+        reason: request.reason,
+        redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
+        address: request.address,
+        restock: action == Action::Return && request.restock,
+        exchange_sku: request.exchange_sku,
+    };
+    match request.idempotency {
+        Some(idempotency) => Event::KeyedAction(Box::new(KeyedOrderAction {
+            action: change,
+            idempotency_key: idempotency.key,
+        })),
+        None => Event::Action(Box::new(change)),
+    }
+}
+
+impl ShardWriter {
+    /// Journals the reminders and expiries that are due (at most one batch of them per turn;
+    /// the rest fire on the next turn, which comes at once).
+    pub fn fire_timers(&mut self, now_ms: u64) {
+        let mut fired = 0;
+        let mut later = Vec::new();
+        while fired < self.batch_max {
+            let Some(mut timer) = self.timers.pop_due(now_ms) else {
+                break;
+            };
+            let Some(entry) = self.orders.get(timer.key) else {
+                continue;
+            };
+            let state = entry.state();
+            if state.status != OrderStatus::PendingPayment {
+                continue;
+            }
+            if self.has_open_record(timer.key) {
+                // A client's action on this order is in the open batch (a payment, perhaps):
+                // decide the timer again once that is durable.
+                later.push(timer);
+                continue;
+            }
+            let action = if now_ms >= timer.deadline_ms {
+                Action::Expire
+            } else if !state.reminded {
+                Action::PaymentReminder
+            } else {
+                // Reminded before a restart: wait for the deadline.
+                timer.due_ms = timer.deadline_ms;
+                self.timers.push(timer);
+                continue;
+            };
+            let key = timer.key;
+            let order_id = timer.order_id.to_string();
+            let next = (action == Action::PaymentReminder).then_some(PaymentTimer {
+                due_ms: timer.deadline_ms,
+                ..timer
+            });
+            let request = ActionRequest {
+                order_id,
+                key,
+                action,
+                reason: None,
+                address: None,
+                restock: false,
+                exchange_sku: None,
+                idempotency: None,
+                exchange_sold_out: None,
+            };
+            self.decide_action(request, None, next, now_ms);
+            fired += 1;
+        }
+        for timer in later {
+            self.timers.push(timer);
+        }
+    }
+
+    /// Decides one action on an order: a client's (with `reply`) or a timer's.
+    pub(super) fn decide_action(
+        &mut self,
+        request: ActionRequest,
+        reply: Option<oneshot::Sender<ActionOutcome>>,
+        timer: Option<PaymentTimer>,
+        at_ms: u64,
+    ) {
+        let respond = |reply: Option<oneshot::Sender<ActionOutcome>>, outcome| {
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome);
+            }
+        };
+        let key = request.key;
+        if self.has_open_record(key) {
+            // The record's `prev_seq` must be the seq of the open one: make it durable first.
+            self.finish_batch();
+        }
+        let Some(entry) = self.orders.get(key) else {
+            return respond(reply, ActionOutcome::UnknownOrder);
+        };
+        debug_assert_eq!(
+            shard_of(entry.slot_index, self.shard_count),
+            self.index,
+            "action routed to a shard that does not own the order"
+        );
+        let state = entry.state();
+        let action = request.action;
+        if let Some(outcome) = self.retry_outcome(&request, &state) {
+            return respond(reply, outcome);
+        }
+        let Some(moved) = transition(state.status, action, request.restock) else {
+            return respond(
+                reply,
+                ActionOutcome::Refused {
+                    status: state.status,
+                },
+            );
+        };
+        if let Some(available) = request.exchange_sold_out {
+            return respond(reply, ActionOutcome::ExchangeSoldOut { available });
+        }
+        if action.repeats()
+            && action.is_client_action()
+            && state.records >= limits::RECORDS_PER_ORDER_MAX - limits::LIFE_RECORDS_RESERVED
+        {
+            return respond(
+                reply,
+                ActionOutcome::TooManyRecords {
+                    status: state.status,
+                },
+            );
+        }
+        debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
+        let bind = request
+            .idempotency
+            .as_ref()
+            .map(|idempotency| (idempotency.hash, idempotency.fingerprint));
+        let record = Record {
+            at_ms,
+            event: action_event(request, &state, moved.to),
+        };
+        if let Err(error) = self.frames.push(&record) {
+            tracing::error!(%error, "cannot encode an order action");
+            return respond(
+                reply,
+                ActionOutcome::Unavailable {
+                    reason: error.to_string(),
+                },
+            );
+        }
+        self.apply_effect(&entry, moved.stock);
+        self.undo.push(Undo::Action {
+            entry,
+            effect: moved.stock,
+        });
+        let frame_index = self.frame_owners.len();
+        if let Some(reply) = reply {
+            self.deferred.push(DeferredReply::Action {
+                reply,
+                frame_index,
+                status: moved.to,
+            });
+        }
+        self.frame_owners.push(FrameOwner::Action {
+            key,
+            state: OrderState {
+                status: moved.to,
+                last_seq: 0,
+                last_action: Some(action),
+                records: state.records + 1,
+                reminded: state.reminded || action == Action::PaymentReminder,
+                released: state.released || matches!(moved.stock, StockEffect::GiveBack { .. }),
+            },
+            timer,
+            bind,
+        });
+    }
+
+    /// The answer to an action that is a retry, if it is one. With a key, the key alone
+    /// tells a retry (or a conflict) from new work; without one, a repeat of the order's
+    /// latest (non-repeatable) action is taken for a retry.
+    fn retry_outcome(&self, request: &ActionRequest, state: &OrderState) -> Option<ActionOutcome> {
+        let Some(idempotency) = &request.idempotency else {
+            let action = request.action;
+            return (!action.repeats() && state.last_action == Some(action)).then_some(
+                ActionOutcome::Replayed {
+                    status: state.status,
+                    seq: None,
+                },
+            );
+        };
+        match self
+            .keys
+            .check(request.key, idempotency.hash, idempotency.fingerprint)
+        {
+            KeyCheck::New => None,
+            KeyCheck::Retry { seq, status } => Some(ActionOutcome::Replayed {
+                status,
+                seq: Some(seq),
+            }),
+            KeyCheck::Conflict { .. } => Some(ActionOutcome::IdempotencyConflict),
+        }
+    }
+
+    /// Moves one unit of the slot from available to reserved for an exchange.
+    pub(super) fn hold(&mut self, slot_index: u32) -> Result<(), u64> {
+        self.stock.hold(slot_index)?;
+        *self.holds.entry(slot_index).or_default() += 1;
+        Ok(())
+    }
+
+    /// Ends a hold and tells the exchange so (it answers its client only then).
+    pub(super) fn apply_settle(&mut self, settle: Settle) {
+        self.settle(settle.slot_index, settle.sold);
+        let _ = settle.done.send(());
+    }
+
+    fn settle(&mut self, slot_index: u32, sold: bool) {
+        self.stock.settle_hold(slot_index, sold);
+        if let Some(held) = self.holds.get_mut(&slot_index) {
+            *held -= 1;
+            if *held == 0 {
+                self.holds.remove(&slot_index);
+            }
+        }
+    }
+}
