@@ -13,14 +13,18 @@
 //! |---------------|------|
 //! | [`config`]    | the TOML file, flags and `STAMPEDE_*` overrides, validated once |
 //! | [`limits`]    | every capacity, size and timeout, each with its reason |
-//! | [`metrics`]   | `GET /metrics`: what is counted on the way and what is read at scrape |
-//! | [`http`]      | the accept loop, body cap, decoding, status codes |
-//! | [`order`]     | identifier rules, payment types, the order state machine |
-//! | [`engine`]    | start-up (lock, recovery, shards, catalogue), the handle HTTP talks to |
-//! | [`shard`]     | the single writers: the turn loop, order, action and SKU decisions, timers |
-//! | [`inventory`] | the memory-mapped stock slots, the order index, purchase counts |
-//! | [`journal`]   | frames and records, segments, group-commit writer, recovery scan, readers |
+//! | [`error_code`] | the contract's error codes and their statuses |
+//! | [`metrics`]   | `GET /metrics`: what is counted on the way (and its labels) and what is read at scrape |
+//! | [`http`]      | the accept loop, admission, the route table, body cap, decoding, status codes |
+//! | [`order`]     | identifier rules, payment types, the state machine, the sale's rules and outcomes |
+//! | [`engine`]    | the handle HTTP talks to: the one decision for a new order, routing, start-up, replay, catalogue, actions, history, checkpoints |
+//! | [`shard`]     | the single writers: the turn loop, order, action and SKU decisions, the stock seam, timers |
+//! | [`inventory`] | the memory-mapped stock slots, the order index, purchase counts, idempotency keys |
+//! | [`journal`]   | record → storage → segment → cursor → index → recovery → writer → reader; consumer offsets |
 //! | [`checkpoint`] | the replay state at one seq: recovery starts there, retention deletes before it |
+//! | [`data_dir`]  | the data directory's layout, its lock, hash keys and tokens |
+//! | [`durable`]   | every write a power cut could undo, made durable in order; the test-only power-cut trace |
+//! | [`api_client`] | the HTTP client of the engine's own API (tail, reconcile) |
 //! | [`tail`]      | `stampede tail`: the journal as NDJSON on stdout, consumer-group commits |
 //! | [`reconcile`] | `stampede stock reconcile`: expected stock vs the engine vs the journal |
 //! | [`preflight`] | `stampede preflight`: the big-event readiness checks and the journal's room |
@@ -31,20 +35,23 @@
 //!
 //! 1. [`http::serve`] accepts the connection (bounded by a semaphore) and hyper parses the
 //!    request; [`http`] reads the body under the size cap (413 past it).
-//! 2. [`http::orders::decode_order`] decodes and validates it (400 / 422), the SKU is looked
-//!    up in the catalogue (404), and the order's fixed-width keys are hashed
-//!    ([`inventory::KeyHasher`]) on the HTTP task, off the shard thread.
-//! 3. Fast paths on the HTTP task: a retry of an order already durable in the journal is
-//!    answered 200 from the order index (422 if its content differs); if the SKU's slot shows
-//!    less stock than asked and the order id is not known, the answer is 409 `sold_out` at
-//!    once. A stampede on a sold-out item, or of retries, never queues.
-//! 4. [`engine::Engine::submit_order`] routes by the SKU's slot to its shard's bounded
+//! 2. [`http::orders::decode_order`] decodes and validates it (400 / 422); from here the HTTP
+//!    layer only awaits [`engine::Engine::place_order`] and maps its [`order::OrderOutcome`]
+//!    to a status code.
+//! 3. [`engine::Engine::place_order`] looks the SKU up (404) and hashes the order's
+//!    fixed-width keys ([`inventory::KeyHasher`]) on the caller's task, off the shard thread.
+//!    Fast paths: a retry of an order already durable is answered 200 from the order index
+//!    (422 if its content differs); what the sale's stock rules ([`order::rules`]) refuse is
+//!    answered at once (409 `sold_out`) unless the order id is known. A stampede on a
+//!    sold-out item, or of retries, never queues.
+//! 4. [`engine::Engine::route`] names the SKU's shard and the order goes to its bounded
 //!    mailbox; a full mailbox sheds with 429 and `Retry-After`.
 //! 5. The shard thread ([`shard::ShardWriter`], its loop in `src/shard/turn.rs`) takes a
 //!    batch, and for each order ([`shard::ShardWriter::decide`], `src/shard/orders.rs`)
-//!    checks the order index ([`inventory::OrderIndex`]), `max_per_order`, stock and the buyer's
-//!    purchase count; an accepted order takes stock in its memory-mapped slot
-//!    ([`inventory::Slot`]) and becomes a checksummed rkyv frame
+//!    checks the order index ([`inventory::OrderIndex`]) and the same rules (`max_per_order`,
+//!    stock, the buyer's purchase count); an accepted order takes its units through the stock
+//!    seam ([`shard::Stock`], over the memory-mapped [`inventory::Slot`]) and becomes a
+//!    checksummed rkyv frame
 //!    ([`journal::record::FrameBatch`]).
 //! 6. The batch is appended to the journal ([`journal::Journal::append`]: `seq` assigned) and
 //!    committed ([`journal::Journal::commit`]): one leader writes every shard's pending frames
@@ -71,8 +78,10 @@
 //! change of one: one record, one append + commit.
 //!
 //! At start-up, [`engine::Engine::start`] rebuilds the slots, the order index, the purchase
-//! counts and the payment timers by replaying the journal ([`journal::recover`]), which
-//! truncates a torn tail and refuses to start on damage anywhere else.
+//! counts, the idempotency keys and the payment timers from the newest checkpoint and the
+//! journal records after it (one replayer, `src/engine/replay.rs`; [`journal::recover`]
+//! truncates a torn tail and refuses to start on damage anywhere else, and start-up refuses a
+//! journal that does not resume right after the checkpoint).
 
 pub mod api_client;
 pub mod checkpoint;
