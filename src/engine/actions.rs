@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 use crate::inventory::ActionContent;
 use crate::limits;
 use crate::order::{Action, transition};
-use crate::shard::{self, ActionCommand, ActionKey, ActionOutcome, Command, Settle};
+use crate::shard::{self, ActionCommand, ActionKey, ActionOutcome, Command, Settle, ShardAction};
 
 impl Engine {
     /// Decides a client's action on an order: routes it to the shard that owns the order
@@ -62,15 +62,17 @@ impl Engine {
         let (reply, outcome) = oneshot::channel();
         let command = Command::Action(
             ActionCommand {
-                order_id: request.order_id,
-                key,
-                action: request.action,
-                reason: request.reason,
-                address: request.address,
-                restock: request.restock,
-                exchange_sku: request.exchange_sku,
-                idempotency,
-                exchange_sold_out: None,
+                action: ShardAction {
+                    order_id: request.order_id,
+                    key,
+                    action: request.action,
+                    reason: request.reason,
+                    address: request.address,
+                    restock: request.restock,
+                    exchange_sku: request.exchange_sku,
+                    idempotency,
+                    exchange_sold_out: None,
+                },
                 reply,
             },
             std::time::Instant::now(),
@@ -125,12 +127,12 @@ impl Engine {
                 let Command::Action(action, _) = &mut command else {
                     unreachable!("an exchange is an action command")
                 };
-                if action.idempotency.is_none() {
+                if action.action.idempotency.is_none() {
                     return Err(ActionError::SoldOut { available });
                 }
                 // Nothing is held: the order's shard answers a retry from its key, and new
                 // work as sold out; there is nothing to settle.
-                action.exchange_sold_out = Some(available);
+                action.action.exchange_sold_out = Some(available);
                 self.send_patiently(order_shard, command).await?;
                 return match outcome.await.map_err(|_| ActionError::Stopped)? {
                     ActionOutcome::ExchangeSoldOut { available } => {

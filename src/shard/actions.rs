@@ -4,58 +4,15 @@
 use tokio::sync::oneshot;
 
 use super::turn::{DeferredReply, FrameOwner, Undo};
-use super::{ActionCommand, ActionKey, ActionOutcome, PaymentTimer, Settle, ShardWriter, shard_of};
-use crate::inventory::{KeyCheck, OrderKey, OrderState};
+use super::{ActionOutcome, PaymentTimer, Settle, ShardAction, ShardWriter, shard_of};
+use crate::inventory::{KeyCheck, OrderState};
 use crate::journal::{Event, KeyedOrderAction, OrderAction, Record};
 use crate::limits;
 use crate::order::{Action, OrderStatus, StockEffect, transition};
 
-/// An action to decide: a client's, or the payment timer's.
-pub(super) struct ActionRequest {
-    order_id: String,
-    key: OrderKey,
-    action: Action,
-    reason: Option<String>,
-    address: Option<String>,
-    restock: bool,
-    exchange_sku: Option<String>,
-    idempotency: Option<ActionKey>,
-    exchange_sold_out: Option<u64>,
-}
-
-impl ActionRequest {
-    /// A client's action, and where its answer goes.
-    pub(super) fn from_command(command: ActionCommand) -> (Self, oneshot::Sender<ActionOutcome>) {
-        let ActionCommand {
-            order_id,
-            key,
-            action,
-            reason,
-            address,
-            restock,
-            exchange_sku,
-            idempotency,
-            exchange_sold_out,
-            reply,
-        } = command;
-        let request = Self {
-            order_id,
-            key,
-            action,
-            reason,
-            address,
-            restock,
-            exchange_sku,
-            idempotency,
-            exchange_sold_out,
-        };
-        (request, reply)
-    }
-}
-
 /// The journal event of a decided action on an order in `state`, leading to `to`: keyed when
 /// the client sent an idempotency key.
-fn action_event(request: ActionRequest, state: &OrderState, to: OrderStatus) -> Event {
+fn action_event(request: ShardAction, state: &OrderState, to: OrderStatus) -> Event {
     let action = request.action;
     let change = OrderAction {
         order_id: request.order_id,
@@ -116,7 +73,7 @@ impl ShardWriter {
                 due_ms: timer.deadline_ms,
                 ..timer
             });
-            let request = ActionRequest {
+            let request = ShardAction {
                 order_id,
                 key,
                 action,
@@ -138,7 +95,7 @@ impl ShardWriter {
     /// Decides one action on an order: a client's (with `reply`) or a timer's.
     pub(super) fn decide_action(
         &mut self,
-        request: ActionRequest,
+        request: ShardAction,
         reply: Option<oneshot::Sender<ActionOutcome>>,
         timer: Option<PaymentTimer>,
         at_ms: u64,
@@ -237,7 +194,7 @@ impl ShardWriter {
     /// The answer to an action that is a retry, if it is one. With a key, the key alone
     /// tells a retry (or a conflict) from new work; without one, a repeat of the order's
     /// latest (non-repeatable) action is taken for a retry.
-    fn retry_outcome(&self, request: &ActionRequest, state: &OrderState) -> Option<ActionOutcome> {
+    fn retry_outcome(&self, request: &ShardAction, state: &OrderState) -> Option<ActionOutcome> {
         let Some(idempotency) = &request.idempotency else {
             let action = request.action;
             return (!action.repeats() && state.last_action == Some(action)).then_some(

@@ -69,6 +69,14 @@ pub struct SkuBatchCommand {
 /// An action on an accepted order, on its way to the shard that owns the order's SKU.
 #[derive(Debug)]
 pub struct ActionCommand {
+    pub action: ShardAction,
+    pub reply: oneshot::Sender<ActionOutcome>,
+}
+
+/// What the shard decides for one action: a client's (from [`ActionCommand`]) or the payment
+/// timer's (`payment_reminder`, `expired`).
+#[derive(Debug)]
+pub struct ShardAction {
     pub order_id: String,
     pub key: OrderKey,
     pub action: Action,
@@ -84,7 +92,6 @@ pub struct ActionCommand {
     /// `exchange` with a key whose unit could not be held (`Some(available)`): sent anyway,
     /// so that a retry is still answered from its key; new work is answered sold out.
     pub exchange_sold_out: Option<u64>,
-    pub reply: oneshot::Sender<ActionOutcome>,
 }
 
 /// An action's `Idempotency-Key` with its hashes (computed by the HTTP task).

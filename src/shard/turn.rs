@@ -6,7 +6,6 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Select, TryRecvError};
 use tokio::sync::oneshot;
 
-use super::actions::ActionRequest;
 use super::{
     ActionOutcome, Command, OrderOutcome, PaymentTimer, Settle, ShardSnapshot, ShardWriter,
 };
@@ -121,7 +120,10 @@ impl ShardWriter {
                 match command {
                     Command::Order(order, _) => self.decide(order, at_ms),
                     Command::Action(command, _) => {
-                        let (request, reply) = ActionRequest::from_command(command);
+                        let super::ActionCommand {
+                            action: request,
+                            reply,
+                        } = command;
                         self.decide_action(request, Some(reply), None, at_ms);
                     }
                     Command::SkuBatch(batch) => {
