@@ -455,9 +455,10 @@ pub(crate) async fn run(settings: Settings) {
             // may take.
             let journal = server.journal_dir();
             (at_kill.newest_first, at_kill.records) = journal_after(&journal, auditor.durable_end);
-            auditor
-                .figures
-                .note_cut(&cut.cut(&server.data_dir(), &mut cut_rng));
+            at_kill.unsynced_from = u64::MAX;
+            let report = cut.cut(&server.data_dir(), &mut cut_rng);
+            at_kill.note_unsynced(&report);
+            auditor.figures.note_cut(&report);
         }
         let mut engine_wrong = auditor.scan_log(&server);
         if settings.sabotage_after_kill == Some(cycle + 1) {
@@ -495,9 +496,9 @@ pub(crate) async fn run(settings: Settings) {
                 Landed::AfterReady => auditor.figures.recovery_kills_after_ready += 1,
             }
             if let Some(cut) = &mut power_cut {
-                auditor
-                    .figures
-                    .note_cut(&cut.cut(&server.data_dir(), &mut cut_rng));
+                let report = cut.cut(&server.data_dir(), &mut cut_rng);
+                at_kill.note_unsynced(&report);
+                auditor.figures.note_cut(&report);
             }
             engine_wrong.extend(auditor.scan_log(&server));
         }
