@@ -259,10 +259,6 @@ pub const RECONCILE_TRIES: u32 = 3;
 /// Largest expected-stock file read (a catalogue line is < 100 bytes).
 pub const RECONCILE_EXPECTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
-/// Policy `none`: how often the `journal-sync` thread looks for segments rotation closed and
-/// syncs them (a segment's writeback then waits this long at most, off the hot path).
-pub const CLOSED_SEGMENT_SYNC_POLL: Duration = Duration::from_millis(20);
-
 // Tables that grow with traffic, and what bounds them:
 // - the order index holds one entry per *accepted* order (rejections leave nothing behind).
 //   An order takes at least one unit when accepted, and a unit comes back only through a

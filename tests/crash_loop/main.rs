@@ -315,8 +315,8 @@ async fn power_cuts_with_fsync_interval_and_retention_lose_only_the_last_interva
     run(power_cut_settings("interval", true)).await;
 }
 
-/// With `fsync = "none"` a cut may take the unsynced tail of the current segment (or of one
-/// rotation closed just before, whose background sync had not run yet), nothing synced.
+/// With `fsync = "none"` a cut may take the current segment's unsynced tail, nothing synced
+/// (rotation syncs the closed segment).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_with_fsync_none_lose_only_unsynced_segments() {
     run(power_cut_settings("none", false)).await;

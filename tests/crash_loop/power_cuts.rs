@@ -5,16 +5,16 @@
 //! The rules for records a cut took (`Auditor::after_cut`):
 //! - under every policy: what survived a cut survives every later cut (it is durable), and a
 //!   cut takes nothing before the oldest segment that had unsynced writes when the power
-//!   went (from the power-cut trace: under `always` and `interval` rotation syncs the closed
-//!   segment, so that is the newest; under `none` the closed one is synced in the background);
+//!   went (from the power-cut trace; rotation syncs the closed segment, so that is the
+//!   newest);
 //! - `always`: the model is left as it is; the strict audit must hold (nothing acknowledged
 //!   may be lost);
 //! - `interval` and `none`: each acknowledged order, action (every answer that stood for the
 //!   record, replays included) and restock whose record lies beyond the surviving end was
 //!   acknowledged after the last restart and within the policy's window (`interval`: at most
 //!   `FSYNC_INTERVAL_MS` + `LOSS_SLACK` of engine time before the kill, a SIGSTOP pause not
-//!   counted; `none`: its seq is in a segment that had unsynced writes at the kill: the
-//!   current one, or one closed moments before); it then becomes
+//!   counted; `none`: its seq is in a segment that had unsynced writes at the kill, the
+//!   current one); it then becomes
 //!   uncertain, as if its answer had been lost (the order may or may not be journaled, at most
 //!   once; a restock's SKU may show any stock of this cycle or the one before), and the fold
 //!   and the clients' reads forget what lay beyond the surviving end.
@@ -184,9 +184,7 @@ impl Auditor {
             self.losses.max_records = self.losses.max_records.max(lost.len() as u64);
         }
         // A cut takes only what was not synced: nothing before the oldest segment that had
-        // unsynced writes (under `always` and `interval` rotation syncs the closed segment,
-        // so that is the newest; under `none` a segment closed just before the kill may not
-        // have had its background sync yet).
+        // unsynced writes (rotation syncs the closed segment, so that is the newest).
         if !lost.is_empty() && survived + 1 < kill.unsynced_from {
             wrong.push(format!(
                 "a cut took seq {} on, before any segment with unsynced writes (the oldest \

@@ -18,7 +18,6 @@ use std::time::Duration;
 use super::Journal;
 use crate::config::FsyncPolicy;
 use crate::journal::storage::is_out_of_space;
-use crate::limits;
 
 /// How often a journal stopped by a full disk tries to write again.
 pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
@@ -29,23 +28,15 @@ const PREALLOCATE_POLL: Duration = Duration::from_millis(5);
 impl Journal {
     /// Starts the background fdatasync thread of policy `interval`; a no-op otherwise.
     pub fn spawn_interval_sync(&self, interval: Duration) -> Option<std::thread::JoinHandle<()>> {
-        let (interval, whole) = match self.shared.policy {
-            FsyncPolicy::Always => return None,
-            FsyncPolicy::Interval => (interval, true),
-            // `none` syncs only the segments rotation closed, soon after each rotation.
-            FsyncPolicy::None => (limits::CLOSED_SEGMENT_SYNC_POLL, false),
-        };
+        if self.shared.policy != FsyncPolicy::Interval {
+            return None;
+        }
         let journal = self.clone();
         let handle = std::thread::Builder::new()
             .name("journal-sync".into())
             .spawn(move || {
                 while !journal.wait_for_stop(interval) {
-                    let synced = if whole {
-                        journal.sync_now()
-                    } else {
-                        journal.sync_closed()
-                    };
-                    if synced.is_err() {
+                    if journal.sync_now().is_err() {
                         return;
                     }
                 }

@@ -495,17 +495,13 @@ impl Journal {
     /// name, so syncing the current file makes the whole journal durable.
     pub fn sync_now(&self) -> Result<(), JournalError> {
         let shared = &*self.shared;
-        let (file, written) = loop {
-            self.sync_closed()?;
+        let (file, written) = {
             // Holding the segment lock while reading `written_seq` pairs the file with a
-            // watermark that is entirely inside it (every closed segment before it is synced
-            // at rotation or listed for `sync_closed`; a rotation since that call is synced
-            // on the next round).
+            // watermark that is entirely inside it (rotation syncs the old file, under every
+            // policy).
             let segment = shared.segment.lock();
-            if segment.closed_unsynced.is_empty() {
-                let written = shared.state.lock().written_seq;
-                break (segment.file.clone(), written);
-            }
+            let written = shared.state.lock().written_seq;
+            (segment.file.clone(), written)
         };
         let started = Instant::now();
         if let Err(error) = file.sync_data() {
@@ -516,30 +512,6 @@ impl Journal {
         shared.stats.record_fsync(started.elapsed());
         let mut state = shared.state.lock();
         state.synced_seq = state.synced_seq.max(written);
-        Ok(())
-    }
-
-    /// Policy `none`: syncs the segments rotation closed without syncing them, oldest first,
-    /// outside the segment lock, and moves `synced_seq` past each. A no-op otherwise.
-    pub(super) fn sync_closed(&self) -> Result<(), JournalError> {
-        let shared = &*self.shared;
-        let closed = std::mem::take(&mut shared.segment.lock().closed_unsynced);
-        for (index, (file, last_seq)) in closed.iter().enumerate() {
-            let started = Instant::now();
-            if let Err(error) = file.sync_data() {
-                let reason = format!("fdatasync of a closed segment failed: {error}");
-                self.poison(reason.clone());
-                // Not synced: kept for the record (the journal has failed for good).
-                let mut segment = shared.segment.lock();
-                let mut again = closed[index..].to_vec();
-                again.append(&mut segment.closed_unsynced);
-                segment.closed_unsynced = again;
-                return Err(JournalError(reason.into()));
-            }
-            shared.stats.record_fsync(started.elapsed());
-            let mut state = shared.state.lock();
-            state.synced_seq = state.synced_seq.max(*last_seq);
-        }
         Ok(())
     }
 

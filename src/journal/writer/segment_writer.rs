@@ -13,10 +13,8 @@
 //!   (a frame boundary), so memory and disk agree;
 //! - zeros are written only at or after `len`, under the segment lock, so they never
 //!   overwrite a frame;
-//! - a closed segment is synced once: at rotation under `always` and `interval`, and under
-//!   `none` by the background sync soon after (it is listed in `closed_unsynced` until then,
-//!   so that [`super::Journal::sync_now`] syncs it first and the hot path never waits for a
-//!   whole segment's writeback).
+//! - a closed segment is synced once at rotation, under every policy, so that a sync of the
+//!   current file makes the whole journal durable.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -42,9 +40,6 @@ pub(super) struct SegmentWriter {
     allocated_len: u64,
     segment_bytes_max: u64,
     policy: FsyncPolicy,
-    /// Policy `none`: segments closed by rotation and not yet synced, oldest first, each
-    /// with the seq of its last record.
-    pub(super) closed_unsynced: Vec<(Arc<dyn SegmentFile>, u64)>,
 }
 
 impl SegmentWriter {
@@ -72,7 +67,6 @@ impl SegmentWriter {
             allocated_len,
             segment_bytes_max,
             policy,
-            closed_unsynced: Vec::new(),
         })
     }
 
@@ -105,7 +99,6 @@ impl SegmentWriter {
             allocated_len: SEGMENT_HEADER_BYTES as u64,
             segment_bytes_max,
             policy,
-            closed_unsynced: Vec::new(),
         })
     }
 
@@ -165,19 +158,11 @@ impl SegmentWriter {
     }
 
     pub(super) fn rotate(&mut self, first_seq: u64) -> Result<(), GroupFailure> {
-        // A closed segment is synced once, so that syncing the journal ([`Journal::sync_now`])
-        // never has to look further back. Under `none` that sync runs in the background: a
-        // whole segment's writeback inside the group write would stall every shard (a
-        // p99 of 600 ms in the benchmark), and `none` promises no durability to wait for.
-        let closed_unsynced = if self.policy == FsyncPolicy::None {
-            let mut closed = std::mem::take(&mut self.closed_unsynced);
-            closed.push((self.file.clone(), first_seq - 1));
-            closed
-        } else {
-            self.file.sync_data().map_err(GroupFailure::fatal)?;
-            Vec::new()
-        };
-        let mut next = Self::create(
+        // Every policy, `none` too: a closed segment is synced once, so that a sync of the
+        // current file ([`Journal::sync_now`]) makes the whole journal durable, and a power
+        // cut under `none` loses at most the current segment's unsynced tail.
+        self.file.sync_data().map_err(GroupFailure::fatal)?;
+        let next = Self::create(
             self.storage.clone(),
             &self.dir,
             first_seq,
@@ -185,7 +170,6 @@ impl SegmentWriter {
             self.policy,
         )?;
         tracing::info!(closed = %self.path.display(), opened = %next.path.display(), "journal segment rotated");
-        next.closed_unsynced = closed_unsynced;
         *self = next;
         Ok(())
     }
