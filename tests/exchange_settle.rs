@@ -10,13 +10,13 @@ mod common;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::in_process::{self, NewOrder, act};
+use common::stalling_disk::StallingDisk;
 use stampede::config::Config;
 use stampede::engine::{Engine, SkuView};
-use stampede::journal::storage::{FsStorage, SegmentFile, Storage};
 use stampede::order::{Action, Payment};
 use stampede::shard::{ActionOutcome, Clock, OrderOutcome, SkuUpdate};
 
@@ -26,57 +26,6 @@ const EXCHANGE_SKU: &str = "EX-B";
 /// Longer than a patient send lasts (1000 tries 1 ms apart: 1 to 2 s with the timer's
 /// rounding), so a full mailbox outlasts it.
 const SLOW_SYNC: Duration = Duration::from_millis(4000);
-
-struct SlowDisk {
-    slow: Arc<AtomicBool>,
-}
-
-struct SlowFile {
-    file: Arc<dyn SegmentFile>,
-    slow: Arc<AtomicBool>,
-}
-
-impl SegmentFile for SlowFile {
-    fn write_all_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-        self.file.write_all_at(bytes, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        if self.slow.load(Ordering::Relaxed) {
-            std::thread::sleep(SLOW_SYNC);
-        }
-        self.file.sync_data()
-    }
-    fn sync_all(&self) -> std::io::Result<()> {
-        self.file.sync_all()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.file.set_len(len)
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        self.file.size()
-    }
-}
-
-impl Storage for SlowDisk {
-    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn SegmentFile>> {
-        Ok(Arc::new(SlowFile {
-            file: FsStorage.create_new(path)?,
-            slow: self.slow.clone(),
-        }))
-    }
-    fn open_existing(&self, path: &Path) -> std::io::Result<Arc<dyn SegmentFile>> {
-        Ok(Arc::new(SlowFile {
-            file: FsStorage.open_existing(path)?,
-            slow: self.slow.clone(),
-        }))
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        FsStorage.sync_dir(dir)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        FsStorage.remove_file(path)
-    }
-}
 
 fn config(data_dir: &Path) -> Config {
     in_process::config(
@@ -107,8 +56,8 @@ fn figures(engine: &Engine) -> SkuView {
 async fn an_exchange_is_settled_even_when_the_other_shards_mailbox_stays_full() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let slow = Arc::new(AtomicBool::new(false));
-    let disk = Arc::new(SlowDisk { slow: slow.clone() });
+    let disk = Arc::new(StallingDisk::new(SLOW_SYNC));
+    let slow = disk.stalling.clone();
     let engine = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || Engine::start_with(&config, Clock::system(), disk))

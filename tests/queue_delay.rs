@@ -15,15 +15,15 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::in_process;
 use common::metric;
+use common::stalling_disk::StallingDisk;
 use stampede::config::Config;
 use stampede::engine::Engine;
 use stampede::http::{self, AppState};
-use stampede::journal::storage::{FsStorage, SegmentFile, Storage};
 use stampede::shard::{Clock, SkuUpdate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,58 +35,6 @@ const STALL: Duration = Duration::from_millis(60);
 const TARGET_MS: &str = "10";
 /// Orders a shard takes per turn in this test.
 const SHARD_BATCH: &str = "8";
-
-/// The real file system, with an fdatasync that sleeps while `stalling` is set.
-struct StallingDisk {
-    stalling: Arc<AtomicBool>,
-}
-
-struct StallingFile {
-    file: Arc<dyn SegmentFile>,
-    stalling: Arc<AtomicBool>,
-}
-
-impl SegmentFile for StallingFile {
-    fn write_all_at(&self, bytes: &[u8], offset: u64) -> std::io::Result<()> {
-        self.file.write_all_at(bytes, offset)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        if self.stalling.load(Ordering::Relaxed) {
-            std::thread::sleep(STALL);
-        }
-        self.file.sync_data()
-    }
-    fn sync_all(&self) -> std::io::Result<()> {
-        self.file.sync_all()
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.file.set_len(len)
-    }
-    fn size(&self) -> std::io::Result<u64> {
-        self.file.size()
-    }
-}
-
-impl Storage for StallingDisk {
-    fn create_new(&self, path: &Path) -> std::io::Result<Arc<dyn SegmentFile>> {
-        Ok(Arc::new(StallingFile {
-            file: FsStorage.create_new(path)?,
-            stalling: self.stalling.clone(),
-        }))
-    }
-    fn open_existing(&self, path: &Path) -> std::io::Result<Arc<dyn SegmentFile>> {
-        Ok(Arc::new(StallingFile {
-            file: FsStorage.open_existing(path)?,
-            stalling: self.stalling.clone(),
-        }))
-    }
-    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
-        FsStorage.sync_dir(dir)
-    }
-    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
-        FsStorage.remove_file(path)
-    }
-}
 
 fn config(data_dir: &Path) -> Config {
     in_process::config(
@@ -179,10 +127,8 @@ async fn hammer(addr: SocketAddr, tag: &str, clients: usize, until: Instant, cou
 async fn a_stalling_disk_sheds_new_orders_with_retry_after_takes_nothing_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let stalling = Arc::new(AtomicBool::new(false));
-    let disk = Arc::new(StallingDisk {
-        stalling: stalling.clone(),
-    });
+    let disk = Arc::new(StallingDisk::new(STALL));
+    let stalling = disk.stalling.clone();
     let engine = {
         let config = config.clone();
         tokio::task::spawn_blocking(move || Engine::start_with(&config, Clock::system(), disk))

@@ -20,6 +20,7 @@ pub mod in_process;
 pub mod order_table;
 pub mod power_cut;
 pub mod requests;
+pub mod stalling_disk;
 
 #[allow(unused_imports)] // each test binary uses some of them
 pub use requests::{Api, metric, metric_value, order, post_order_with};
