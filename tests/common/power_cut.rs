@@ -43,9 +43,6 @@ pub struct CutReport {
     pub torn_writes: u64,
     /// Directory changes undone (creations, renames, removals, folders).
     pub names_undone: u64,
-    /// The files that had writes or size changes after their last completed sync when the
-    /// power went: the only ones whose contents a cut may change.
-    pub unsynced_files: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -307,9 +304,6 @@ impl PowerCut {
                 } else {
                     unsynced.push(change.clone());
                 }
-            }
-            if !unsynced.is_empty() {
-                report.unsynced_files.push(path.clone());
             }
             let keep = rng.survivors(unsynced.len());
             let before = bytes.len() as u64;

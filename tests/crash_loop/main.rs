@@ -315,15 +315,15 @@ async fn power_cuts_with_fsync_interval_and_retention_lose_only_the_last_interva
     run(power_cut_settings("interval", true)).await;
 }
 
-/// With `fsync = "none"` a cut may take the current segment's unsynced tail, nothing synced
-/// (rotation syncs the closed segment).
+/// With `fsync = "none"` a cut may take the current segment's unsynced tail, nothing in a
+/// closed segment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn power_cuts_with_fsync_none_lose_only_unsynced_segments() {
+async fn power_cuts_with_fsync_none_lose_only_the_current_segment() {
     run(power_cut_settings("none", false)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn power_cuts_with_fsync_none_and_retention_lose_only_unsynced_segments() {
+async fn power_cuts_with_fsync_none_and_retention_lose_only_the_current_segment() {
     run(power_cut_settings("none", true)).await;
 }
 

@@ -4,17 +4,14 @@
 //!
 //! The rules for records a cut took (`Auditor::after_cut`):
 //! - under every policy: what survived a cut survives every later cut (it is durable), and a
-//!   cut takes nothing before the oldest segment that had unsynced writes when the power
-//!   went (from the power-cut trace; rotation syncs the closed segment, so that is the
-//!   newest);
+//!   cut takes nothing before the newest segment at the kill (rotation syncs the closed one);
 //! - `always`: the model is left as it is; the strict audit must hold (nothing acknowledged
 //!   may be lost);
 //! - `interval` and `none`: each acknowledged order, action (every answer that stood for the
 //!   record, replays included) and restock whose record lies beyond the surviving end was
 //!   acknowledged after the last restart and within the policy's window (`interval`: at most
 //!   `FSYNC_INTERVAL_MS` + `LOSS_SLACK` of engine time before the kill, a SIGSTOP pause not
-//!   counted; `none`: its seq is in a segment that had unsynced writes at the kill, the
-//!   current one); it then becomes
+//!   counted; `none`: its seq is in the segment that was current at the kill); it then becomes
 //!   uncertain, as if its answer had been lost (the order may or may not be journaled, at most
 //!   once; a restock's SKU may show any stock of this cycle or the one before), and the fold
 //!   and the clients' reads forget what lay beyond the surviving end.
@@ -37,29 +34,12 @@ pub(crate) struct AtKill {
     pub(crate) paused: Option<(Instant, Instant)>,
     /// The first seq of the newest segment file.
     pub(crate) newest_first: u64,
-    /// The first seq of the oldest segment that had unsynced writes when the power went
-    /// (`u64::MAX`: none): a cut can take nothing before it.
-    pub(crate) unsynced_from: u64,
     /// Every record after the last durable seq, by seq, as `GET /v1/journal` shows it.
     pub(crate) records: BTreeMap<u64, Value>,
 }
 
 impl AtKill {
     /// Engine time from `acked` to the kill: the SIGSTOP pause does not count.
-    /// Notes a cut's unsynced files: the journal segments among them bound what it took.
-    pub(crate) fn note_unsynced(&mut self, cut: &common::power_cut::CutReport) {
-        for path in &cut.unsynced_files {
-            let first = path
-                .file_name()
-                .and_then(|name| name.to_str())
-                .and_then(|name| name.strip_suffix(".seg"))
-                .and_then(|stem| stem.parse::<u64>().ok());
-            if let Some(first) = first {
-                self.unsynced_from = self.unsynced_from.min(first);
-            }
-        }
-    }
-
     pub(crate) fn age(&self, acked: Instant) -> Duration {
         let Some(at) = self.at else {
             return Duration::ZERO;
@@ -183,14 +163,13 @@ impl Auditor {
             self.losses.records += lost.len() as u64;
             self.losses.max_records = self.losses.max_records.max(lost.len() as u64);
         }
-        // A cut takes only what was not synced: nothing before the oldest segment that had
-        // unsynced writes (rotation syncs the closed segment, so that is the newest).
-        if !lost.is_empty() && survived + 1 < kill.unsynced_from {
+        // Rotation syncs the closed segment under every policy: only the current one's
+        // unsynced tail can go.
+        if !lost.is_empty() && survived + 1 < kill.newest_first {
             wrong.push(format!(
-                "a cut took seq {} on, before any segment with unsynced writes (the oldest \
-                 began at seq {}; the newest at seq {})",
+                "a cut took seq {} on, before the newest segment (from seq {}): rotation \
+                 syncs every closed segment",
                 survived + 1,
-                kill.unsynced_from,
                 kill.newest_first
             ));
         }
@@ -232,11 +211,11 @@ impl Auditor {
                      took it: fsync interval promises at most {FSYNC_INTERVAL_MS} ms (+ \
                      {LOSS_SLACK:?} slack)"
                 ))
-            } else if policy == "none" && seq < kill.unsynced_from {
+            } else if policy == "none" && seq < kill.newest_first {
                 Some(format!(
-                    "{what} (seq {seq}) was in a synced segment (the oldest with unsynced \
-                     writes began at seq {}) and a cut took it",
-                    kill.unsynced_from
+                    "{what} (seq {seq}) was in a closed segment (the newest began at seq {}) \
+                     and a cut took it",
+                    kill.newest_first
                 ))
             } else {
                 None

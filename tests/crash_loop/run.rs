@@ -455,10 +455,9 @@ pub(crate) async fn run(settings: Settings) {
             // may take.
             let journal = server.journal_dir();
             (at_kill.newest_first, at_kill.records) = journal_after(&journal, auditor.durable_end);
-            at_kill.unsynced_from = u64::MAX;
-            let report = cut.cut(&server.data_dir(), &mut cut_rng);
-            at_kill.note_unsynced(&report);
-            auditor.figures.note_cut(&report);
+            auditor
+                .figures
+                .note_cut(&cut.cut(&server.data_dir(), &mut cut_rng));
         }
         let mut engine_wrong = auditor.scan_log(&server);
         if settings.sabotage_after_kill == Some(cycle + 1) {
@@ -496,9 +495,9 @@ pub(crate) async fn run(settings: Settings) {
                 Landed::AfterReady => auditor.figures.recovery_kills_after_ready += 1,
             }
             if let Some(cut) = &mut power_cut {
-                let report = cut.cut(&server.data_dir(), &mut cut_rng);
-                at_kill.note_unsynced(&report);
-                auditor.figures.note_cut(&report);
+                auditor
+                    .figures
+                    .note_cut(&cut.cut(&server.data_dir(), &mut cut_rng));
             }
             engine_wrong.extend(auditor.scan_log(&server));
         }
