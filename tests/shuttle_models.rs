@@ -23,7 +23,7 @@
 //!     Not covered: the memory map and other processes reading the file; `init_slot`'s
 //!     `sku_len` publication; `Inventory::slot`'s `unsafe` pointer cast.
 //!
-//! (b) `src/shard/mod.rs`, `ShardWriter::run`, and `src/engine.rs`, `Engine::submit_order`
+//! (b) `src/shard/turn.rs`, `ShardWriter::run`, and `src/engine/orders.rs`, `Engine::submit_order`
 //!     / the patient send / `Engine::shutdown`: the bounded mailbox from many HTTP tasks to
 //!     one shard. Producers `try_send`; on `Full` the command comes back whole (the model
 //!     checks it is the same command) and is either shed (429) or retried (the patient

@@ -17,7 +17,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use stampede::http::orders::{ValidOrder, decode_order};
+use stampede::engine::NewOrder;
+use stampede::http::orders::decode_order;
 use stampede::http::reply::ErrorCode;
 use stampede::journal::record::{
     self, ArchivedRecord, Event, FRAME_ALIGN, FRAME_HEADER_BYTES, FrameBatch, FrameCheck,
@@ -317,7 +318,7 @@ fn check_address(address: &str) {
     }
 }
 
-fn check_valid_order(order: &ValidOrder) {
+fn check_valid_order(order: &NewOrder) {
     for (field, value, max) in [
         ("order_id", &order.order_id, limits::ORDER_ID_BYTES_MAX),
         ("user_id", &order.user_id, limits::ORDER_ID_BYTES_MAX),

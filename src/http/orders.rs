@@ -32,9 +32,6 @@ struct OrderBody {
     address: Option<Box<RawValue>>,
 }
 
-/// A decoded order that passed every check that needs no engine state.
-pub type ValidOrder = NewOrder;
-
 /// An integer literal too large for i64/u64, which serde_json hands over as a float: a
 /// well-formed integer out of range (422), not a wrong type (400).
 pub fn is_integer_beyond_64_bits(number: &serde_json::Number) -> bool {
@@ -97,7 +94,7 @@ fn validate_address_json(text: &str) -> Result<(), ApiError> {
 }
 
 /// Decodes and validates an order body (no engine state involved; unit-tested alone).
-pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
+pub fn decode_order(body: &[u8]) -> Result<NewOrder, ApiError> {
     require_json_object(body)?;
     let parsed: OrderBody = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
@@ -145,7 +142,7 @@ pub fn decode_order(body: &[u8]) -> Result<ValidOrder, ApiError> {
         None => None,
         Some(raw) => Some(decode_address(&raw)?),
     };
-    Ok(ValidOrder {
+    Ok(NewOrder {
         order_id,
         user_id,
         sku,
@@ -238,7 +235,7 @@ async fn decide_order(
 
 /// Maps the engine's outcome to the contract's answer. The reply needs the order's id and
 /// the error details its SKU and quantity, which the engine takes with the order.
-async fn decide_decoded(engine: &Engine, order: ValidOrder) -> Result<HttpResponse, ApiError> {
+async fn decide_decoded(engine: &Engine, order: NewOrder) -> Result<HttpResponse, ApiError> {
     let order_id = order.order_id.clone();
     let sku = order.sku.clone();
     let qty = order.qty;
