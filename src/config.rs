@@ -114,6 +114,95 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// `[cluster]`: several nodes sharing each SKU's stock through a Redis Cluster (see
+/// [`crate::cluster`]). Validated here; `enabled = false` ignores the rest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    pub node_id: String,
+    /// `id=host:port` entries: every node's id and the address of its HTTP API.
+    pub nodes: Vec<String>,
+    /// Seed addresses of the Redis Cluster.
+    pub redis: Vec<String>,
+    /// The most units taken from a SKU's global stock at once.
+    pub lease_units: u64,
+    /// The Redis Stream the journal is published to.
+    pub stream: String,
+    /// Seconds without a sale before a node's unsold share goes back to the global stock.
+    pub idle_return_s: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            node_id: String::new(),
+            nodes: Vec::new(),
+            redis: Vec::new(),
+            lease_units: 100,
+            stream: "{stampede}:journal".into(),
+            idle_return_s: 5,
+        }
+    }
+}
+
+/// One node of `cluster.nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterNode {
+    pub id: String,
+    /// `host:port` of its HTTP API, as configured.
+    pub address: String,
+}
+
+impl ClusterConfig {
+    /// `cluster.nodes` parsed (validated at load, so this cannot fail after it).
+    pub fn members(&self) -> Vec<ClusterNode> {
+        self.nodes
+            .iter()
+            .filter_map(|entry| parse_cluster_node(entry).ok())
+            .collect()
+    }
+}
+
+/// `id=host:port`, with a node id of 1..=32 bytes of `[A-Za-z0-9_-]`.
+pub fn parse_cluster_node(entry: &str) -> Result<ClusterNode, String> {
+    let Some((id, address)) = entry.trim().split_once('=') else {
+        return Err(format!("cluster.nodes entry {entry:?} is not id=host:port"));
+    };
+    validate_node_id(id)?;
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err(format!(
+            "cluster.nodes entry {entry:?}: {address:?} has no :port"
+        ));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!(
+            "cluster.nodes entry {entry:?}: {address:?} is not host:port"
+        ));
+    }
+    Ok(ClusterNode {
+        id: id.to_owned(),
+        address: address.to_owned(),
+    })
+}
+
+/// A node id: 1..=32 bytes of `[A-Za-z0-9_-]` (contract).
+pub fn validate_node_id(id: &str) -> Result<(), String> {
+    let valid = (1..=limits::NODE_ID_BYTES_MAX).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "node id {id:?} must be 1..={} bytes of [A-Za-z0-9_-]",
+            limits::NODE_ID_BYTES_MAX
+        ))
+    }
+}
+
 /// One SKU of the catalogue that the engine creates at start-up if the journal has no such
 /// SKU yet. Once a SKU exists, the journal (and so the admin API) owns it.
 #[derive(Debug, Clone, Deserialize)]
@@ -158,6 +247,8 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub catalogue: Vec<CatalogueSku>,
+    #[serde(default)]
+    pub cluster: ClusterConfig,
 }
 
 /// What the command line may override; `None` keeps the file's value.
@@ -278,6 +369,41 @@ const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
         &["shard", "batch_max"],
         EnvKind::Integer,
     ),
+    (
+        "STAMPEDE_CLUSTER_ENABLED",
+        &["cluster", "enabled"],
+        EnvKind::Boolean,
+    ),
+    (
+        "STAMPEDE_CLUSTER_NODE_ID",
+        &["cluster", "node_id"],
+        EnvKind::Text,
+    ),
+    (
+        "STAMPEDE_CLUSTER_NODES",
+        &["cluster", "nodes"],
+        EnvKind::List,
+    ),
+    (
+        "STAMPEDE_CLUSTER_REDIS",
+        &["cluster", "redis"],
+        EnvKind::List,
+    ),
+    (
+        "STAMPEDE_CLUSTER_LEASE_UNITS",
+        &["cluster", "lease_units"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_CLUSTER_STREAM",
+        &["cluster", "stream"],
+        EnvKind::Text,
+    ),
+    (
+        "STAMPEDE_CLUSTER_IDLE_RETURN_S",
+        &["cluster", "idle_return_s"],
+        EnvKind::Integer,
+    ),
 ];
 
 #[derive(Clone, Copy)]
@@ -285,6 +411,8 @@ enum EnvKind {
     Text,
     Integer,
     Boolean,
+    /// Comma-separated, each item trimmed, empty items dropped.
+    List,
 }
 
 impl Config {
@@ -320,6 +448,14 @@ impl Config {
             let Some(value) = env(name) else { continue };
             let value = match kind {
                 EnvKind::Text => toml::Value::String(value),
+                EnvKind::List => toml::Value::Array(
+                    value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|item| !item.is_empty())
+                        .map(|item| toml::Value::String(item.to_owned()))
+                        .collect(),
+                ),
                 EnvKind::Integer => match value.trim().parse::<i64>() {
                     Ok(number) => toml::Value::Integer(number),
                     Err(_) => {
@@ -378,6 +514,61 @@ impl Config {
         self.validate_http()?;
         self.validate_shard()?;
         self.validate_tokens()?;
+        self.validate_cluster()?;
+        Ok(())
+    }
+
+    /// The `[cluster]` table, when enabled: this node among well-formed, distinct members,
+    /// Redis seeds, a lease size within bounds.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        if !c.enabled {
+            return Ok(());
+        }
+        let fail = |msg: String| Err(ConfigError::Invalid(msg));
+        validate_node_id(&c.node_id)
+            .map_err(|e| ConfigError::Invalid(format!("cluster.node_id: {e}")))?;
+        if c.nodes.is_empty() || c.nodes.len() > limits::CLUSTER_NODES_MAX {
+            return fail(format!(
+                "cluster.nodes must list 1..={} nodes, got {}",
+                limits::CLUSTER_NODES_MAX,
+                c.nodes.len()
+            ));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for entry in &c.nodes {
+            let node = parse_cluster_node(entry).map_err(ConfigError::Invalid)?;
+            if !ids.insert(node.id.clone()) {
+                return fail(format!("cluster.nodes names node {:?} twice", node.id));
+            }
+        }
+        if !ids.contains(&c.node_id) {
+            return fail(format!(
+                "cluster.node_id {:?} is not one of cluster.nodes",
+                c.node_id
+            ));
+        }
+        if c.redis.is_empty() {
+            return fail(
+                "cluster.redis must name at least one host:port of the Redis Cluster".into(),
+            );
+        }
+        if !(1..=limits::LEASE_UNITS_MAX).contains(&c.lease_units) {
+            return fail(format!(
+                "cluster.lease_units must be 1..={}, got {}",
+                limits::LEASE_UNITS_MAX,
+                c.lease_units
+            ));
+        }
+        if c.stream.is_empty() || c.stream.len() > 128 {
+            return fail("cluster.stream must be 1..=128 bytes".into());
+        }
+        if !(1..=86_400).contains(&c.idle_return_s) {
+            return fail(format!(
+                "cluster.idle_return_s must be 1..=86400, got {}",
+                c.idle_return_s
+            ));
+        }
         Ok(())
     }
 

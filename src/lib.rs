@@ -85,6 +85,7 @@
 
 pub mod api_client;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod data_dir;
 pub mod durable;

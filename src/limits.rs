@@ -259,6 +259,44 @@ pub const RECONCILE_TRIES: u32 = 3;
 /// Largest expected-stock file read (a catalogue line is < 100 bytes).
 pub const RECONCILE_EXPECTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
+// Cluster mode (src/cluster).
+
+/// Longest node id (contract: 1..=32 bytes of `[A-Za-z0-9_-]`).
+pub const NODE_ID_BYTES_MAX: usize = 32;
+/// Most nodes in `cluster.nodes`: every node keeps a pooled connection to each other node and
+/// a share of every SKU, and rendezvous hashing scores every node per request.
+pub const CLUSTER_NODES_MAX: usize = 64;
+/// Largest `cluster.lease_units`: a node that dies strands at most this many units per SKU
+/// until it is reclaimed, so a block stays a small part of any real sale.
+pub const LEASE_UNITS_MAX: u64 = 1_000_000;
+/// How long a call to Redis may take (a grant with its `WAIT`, a stream append, a catalogue
+/// read) before the node treats Redis as unreachable for that call.
+pub const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `WAIT` gives a replica to confirm a grant; a grant no replica confirmed is not
+/// sold from (a failover could hand the same units out again).
+pub const REDIS_WAIT_REPLICA_MS: u64 = 1000;
+/// How long an order that found its node's share empty waits for a new block from the global
+/// stock before it is answered 503 with `Retry-After`.
+pub const SHARE_TOP_UP_WAIT: Duration = Duration::from_secs(3);
+/// How often a node reads the cluster's catalogue version (so a `PUT /v1/skus` on any node
+/// reaches every node within the contract's 2 s) and publishes its per-SKU figures.
+pub const CLUSTER_SYNC_INTERVAL: Duration = Duration::from_millis(250);
+/// A request forwarded to the node that owns its buyer (or asked of every node for an order
+/// this one does not hold): the most it may take before the answer is 503 with `Retry-After`.
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle keep-alive connections kept per peer node by the forwarder's pool.
+pub const FORWARD_IDLE_PER_NODE: usize = 64;
+/// Records published to the cluster's stream in one atomic script call (one Redis round trip
+/// and one `WAIT` per batch).
+pub const STREAM_BATCH_MAX: usize = 256;
+/// Approximate length at which the cluster's stream is trimmed (`XADD MAXLEN ~`): Redis keeps
+/// the stream in memory, so it is bounded; fulfilment workers that fall further behind than
+/// this read the rest from the node's own journal (`GET /v1/journal`).
+pub const STREAM_ENTRIES_MAX: u64 = 10_000_000;
+/// Backoff of the background Redis loops (grants, stream, catalogue) after a failure.
+pub const CLUSTER_RETRY_MIN: Duration = Duration::from_millis(100);
+pub const CLUSTER_RETRY_MAX: Duration = Duration::from_secs(2);
+
 // Tables that grow with traffic, and what bounds them:
 // - the order index holds one entry per *accepted* order (rejections leave nothing behind).
 //   An order takes at least one unit when accepted, and a unit comes back only through a

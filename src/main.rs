@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use stampede::api_client;
+use stampede::cluster;
 use stampede::config::{Config, Overrides};
 use stampede::engine::Engine;
 use stampede::http::{self, AppState};
@@ -98,6 +99,31 @@ enum Command {
         #[command(subcommand)]
         command: StockCommand,
     },
+    /// Cluster mode tools (the `[cluster]` table of the config, or STAMPEDE_CLUSTER_*).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print every SKU's global stock and pool, and each node's share and sales.
+    Status {
+        /// TOML file laid over the embedded config/default.toml (as for serve).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// On a stopped node's data dir: give every unsold unit of its shares back to the global
+    /// stock, journaled first so that a restart of the node cannot sell them.
+    Reclaim {
+        /// TOML file laid over the embedded config/default.toml (the node's own config).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The stopped node's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -183,6 +209,67 @@ fn main() -> ExitCode {
             url,
             data_dir,
         }),
+        Command::Cluster { command } => cluster_command(command),
+    }
+}
+
+/// `stampede cluster status|reclaim`: 0 done, 1 failed, 2 invalid configuration.
+fn cluster_command(command: ClusterCommand) -> ExitCode {
+    let (overrides, reclaim) = match command {
+        ClusterCommand::Status { config } => (
+            Overrides {
+                config_file: config,
+                ..Overrides::default()
+            },
+            false,
+        ),
+        ClusterCommand::Reclaim { config, data_dir } => (
+            Overrides {
+                config_file: config,
+                data_dir: Some(data_dir),
+                ..Overrides::default()
+            },
+            true,
+        ),
+    };
+    let config = match Config::load(&overrides) {
+        Ok(config) if config.cluster.enabled => config,
+        Ok(_) => {
+            eprintln!(
+                "stampede cluster: cluster mode is off (cluster.enabled / STAMPEDE_CLUSTER_ENABLED)"
+            );
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            eprintln!("stampede cluster: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("stampede cluster: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let result = runtime.block_on(async {
+        if reclaim {
+            cluster::cli::reclaim(&config, &mut out).await.map(drop)
+        } else {
+            cluster::cli::status(&config, &mut out).await
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("stampede cluster: {error:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -344,6 +431,14 @@ async fn serve(config: Config) -> ExitCode {
             std::process::exit(0);
         }
     };
+    if config.cluster.enabled {
+        let cluster = cluster::Cluster::start(engine.clone(), &config.cluster, state.stopping());
+        if let Err(error) = cluster.seed_catalogue(&config).await {
+            tracing::warn!(%error, "could not put the demo catalogue into the cluster; the nodes' own SKUs stand");
+        }
+        tracing::info!(node = %cluster.node_id(), nodes = config.cluster.nodes.len(), "cluster mode");
+        state.set_cluster(cluster);
+    }
     state.set_engine(engine.clone());
     tracing::info!(%address, "ready");
 
@@ -429,7 +524,10 @@ async fn start_engine(config: Arc<Config>) -> Result<Arc<Engine>, ExitCode> {
             return Err(ExitCode::FAILURE);
         }
     };
-    if let Err(error) = engine.seed_catalogue(&config).await {
+    // In cluster mode the demo catalogue goes to the cluster instead (see `serve`).
+    if !config.cluster.enabled
+        && let Err(error) = engine.seed_catalogue(&config).await
+    {
         eprintln!("stampede: {error}");
         return Err(ExitCode::from(3));
     }

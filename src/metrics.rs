@@ -128,6 +128,8 @@ pub enum OrderOutcomeLabel {
     /// Shed by admission control (`overloaded`: 503 from the queue-delay gate, 429 from the
     /// other gates), and why.
     Shed(ShedReason),
+    /// Cluster mode: sent to the node that owns the buyer, which counts its outcome.
+    Forwarded,
 }
 
 impl OrderOutcomeLabel {
@@ -137,6 +139,7 @@ impl OrderOutcomeLabel {
             Self::Replayed => "replayed",
             Self::Refused(code) => code.as_str(),
             Self::Shed(_) => ErrorCode::Overloaded.as_str(),
+            Self::Forwarded => "forwarded",
         }
     }
 }
@@ -148,6 +151,7 @@ pub struct HttpMetrics {
     orders: Vec<Option<IntCounter>>,
     orders_accepted: IntCounter,
     orders_replayed: IntCounter,
+    orders_forwarded: IntCounter,
     /// Indexed by `Action as usize`; `None` for the timer's records (not client actions).
     /// By [`ActionResult`], then [`Action`]; `None` for the timer's actions.
     actions: [Vec<Option<IntCounter>>; 3],
@@ -198,7 +202,9 @@ fn request_histograms(registry: &Registry) -> Vec<Histogram> {
 
 /// `stampede_orders_total`: by [`ErrorCode::index`] (the refusals), then accepted and
 /// replayed.
-fn order_counters(registry: &Registry) -> (Vec<Option<IntCounter>>, IntCounter, IntCounter) {
+type OrderCounters = (Vec<Option<IntCounter>>, IntCounter, IntCounter, IntCounter);
+
+fn order_counters(registry: &Registry) -> OrderCounters {
     let orders_vec = registered(
         registry,
         IntCounterVec::new(
@@ -221,7 +227,9 @@ fn order_counters(registry: &Registry) -> (Vec<Option<IntCounter>>, IntCounter, 
         .collect();
     let accepted = orders_vec.with_label_values(&["accepted"]);
     let replayed = orders_vec.with_label_values(&["replayed"]);
-    (refused, accepted, replayed)
+    // Cluster mode: orders sent on to the node that owns the buyer (which counts them).
+    let forwarded = orders_vec.with_label_values(&["forwarded"]);
+    (refused, accepted, replayed, forwarded)
 }
 
 /// `stampede_order_actions_total`: by [`ActionResult`], then [`Action`] (`None` for the
@@ -277,7 +285,8 @@ impl HttpMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = request_histograms(&registry);
-        let (orders, orders_accepted, orders_replayed) = order_counters(&registry);
+        let (orders, orders_accepted, orders_replayed, orders_forwarded) =
+            order_counters(&registry);
         let actions = action_counters(&registry);
         let shed = shed_counters(&registry);
         let connections = registered(
@@ -327,6 +336,7 @@ impl HttpMetrics {
             orders,
             orders_accepted,
             orders_replayed,
+            orders_forwarded,
             actions,
             shed,
             connections,
@@ -345,6 +355,7 @@ impl HttpMetrics {
         match outcome {
             OrderOutcomeLabel::Accepted => self.orders_accepted.inc(),
             OrderOutcomeLabel::Replayed => self.orders_replayed.inc(),
+            OrderOutcomeLabel::Forwarded => self.orders_forwarded.inc(),
             OrderOutcomeLabel::Refused(code) => {
                 debug_assert!(
                     ErrorCode::ORDER_REFUSALS.contains(&code),

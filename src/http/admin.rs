@@ -66,6 +66,20 @@ pub fn get_sku(engine: &Engine, sku: &str) -> HttpResponse {
 /// `GET /v1/skus?after=NAME&limit=N`: SKUs by name, a page at a time (default 1000, at most
 /// `limits::JOURNAL_PAGE_MAX`); `next_after` names the last one when more may follow.
 pub fn list_skus(engine: &Engine, query: Option<&str>) -> HttpResponse {
+    let (after, limit) = match parse_sku_page_query(query) {
+        Ok(page) => page,
+        Err(error) => return error.into_response(),
+    };
+    let page = engine.sku_page(&after, limit);
+    let next_after = (page.len() == limit).then(|| page.last().map(|view| view.sku.clone()));
+    reply::json(
+        StatusCode::OK,
+        &serde_json::json!({ "skus": page, "next_after": next_after.flatten() }),
+    )
+}
+
+/// `after` and `limit` of `GET /v1/skus` (default 1000, at most `JOURNAL_PAGE_MAX`).
+pub fn parse_sku_page_query(query: Option<&str>) -> Result<(String, usize), ApiError> {
     let mut after = "";
     let mut limit = 1000usize;
     for pair in query
@@ -79,19 +93,16 @@ pub fn list_skus(engine: &Engine, query: Option<&str>) -> HttpResponse {
             "limit" => match value.parse::<usize>() {
                 Ok(n) if n >= 1 => limit = n.min(limits::JOURNAL_PAGE_MAX),
                 _ => {
-                    return ApiError::new(ErrorCode::BadRequest, format!("bad limit {value:?}"))
-                        .into_response();
+                    return Err(ApiError::new(
+                        ErrorCode::BadRequest,
+                        format!("bad limit {value:?}"),
+                    ));
                 }
             },
             _ => {}
         }
     }
-    let page = engine.sku_page(after, limit);
-    let next_after = (page.len() == limit).then(|| page.last().map(|view| view.sku.clone()));
-    reply::json(
-        StatusCode::OK,
-        &serde_json::json!({ "skus": page, "next_after": next_after.flatten() }),
-    )
+    Ok((after.to_owned(), limit))
 }
 
 #[derive(Deserialize)]

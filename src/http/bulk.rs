@@ -321,7 +321,12 @@ impl LineReport {
 }
 
 /// Decodes the body, applies its valid lines, and answers 200 with the report.
-pub async fn load(engine: &Arc<Engine>, headers: &HeaderMap, body: &[u8]) -> HttpResponse {
+pub async fn load(
+    engine: &Arc<Engine>,
+    cluster: Option<&crate::cluster::Cluster>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> HttpResponse {
     if engine.journal().is_stopped() {
         return ApiError::new(
             ErrorCode::Unavailable,
@@ -358,10 +363,23 @@ pub async fn load(engine: &Arc<Engine>, headers: &HeaderMap, body: &[u8]) -> Htt
             (None, Ok(_)) => unreachable!("a decoded change names its sku"),
         }
     }
-    let results = if changes.is_empty() {
-        Vec::new()
-    } else {
-        engine.put_skus(changes).await
+    let results: Vec<Result<SkuView, ApiError>> = match cluster {
+        _ if changes.is_empty() => Vec::new(),
+        None => engine
+            .put_skus(changes)
+            .await
+            .into_iter()
+            .map(|result| result.map_err(admin::put_sku_error))
+            .collect(),
+        // The cluster's catalogue is changed one SKU at a time (each is one script on the
+        // SKU's own Redis slot).
+        Some(cluster) => {
+            let mut results = Vec::with_capacity(changes.len());
+            for (sku, update) in &changes {
+                results.push(super::cluster::put_global(cluster, sku, update).await);
+            }
+            results
+        }
     };
     for (report_index, result) in change_reports.into_iter().zip(results) {
         let report = &mut reports[report_index];
@@ -371,7 +389,6 @@ pub async fn load(engine: &Arc<Engine>, headers: &HeaderMap, body: &[u8]) -> Htt
                 report.sku_after = Some(view);
             }
             Err(error) => {
-                let error = admin::put_sku_error(error);
                 report.error = Some(error.code.as_str());
                 report.detail = Some(error.detail);
             }

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod admission;
 pub mod bulk;
+pub mod cluster;
 pub mod journal;
 pub mod lifecycle;
 pub mod orders;
@@ -42,6 +43,8 @@ use reply::{ApiError, ErrorCode};
 /// What every request handler shares. The engine appears once recovery is done.
 pub struct AppState {
     engine: OnceLock<Arc<Engine>>,
+    /// This node's part in a cluster, installed with the engine when `cluster.enabled`.
+    cluster: OnceLock<Arc<crate::cluster::Cluster>>,
     /// `None` when `metrics.enabled` is false: then nothing is counted.
     metrics: Option<HttpMetrics>,
     /// In-flight bound and rate limits for orders and actions.
@@ -60,6 +63,7 @@ impl AppState {
     pub fn new(body_bytes_max: usize, body_read_timeout: Duration) -> Self {
         Self {
             engine: OnceLock::new(),
+            cluster: OnceLock::new(),
             metrics: None,
             admission: Admission::unlimited(),
             draining: AtomicBool::new(false),
@@ -92,6 +96,23 @@ impl AppState {
 
     pub fn engine(&self) -> Option<&Arc<Engine>> {
         self.engine.get()
+    }
+
+    /// Installs cluster mode; call before [`AppState::set_engine`], so that no request is
+    /// ever decided as a single engine's.
+    pub fn set_cluster(&self, cluster: Arc<crate::cluster::Cluster>) {
+        if self.cluster.set(cluster).is_err() {
+            panic!("cluster installed twice");
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Turns true when draining starts (background loops stop on it).
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
     }
 
     pub fn start_draining(&self) {

@@ -10,6 +10,7 @@
 //! the same checks on the fast path): 422 invalid (`qty > max_per_order`), 409 sold_out,
 //! 409 purchase_limit, 201 accepted.
 
+use crate::cluster::Cluster;
 use crate::engine::{Engine, NewOrder};
 use crate::http::admission::{RateLimiter, RetryAfter};
 use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
@@ -157,9 +158,18 @@ struct OrderReply<'a> {
     order_id: &'a str,
     status: &'static str,
     seq: u64,
+    /// Cluster mode: the node whose journal holds the order (`seq` is its position there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
 }
 
-fn order_reply(order_id: &str, status: OrderStatus, seq: u64, replayed: bool) -> HttpResponse {
+fn order_reply(
+    order_id: &str,
+    status: OrderStatus,
+    seq: u64,
+    replayed: bool,
+    node: Option<&str>,
+) -> HttpResponse {
     let code = if replayed {
         hyper::StatusCode::OK
     } else {
@@ -171,6 +181,7 @@ fn order_reply(order_id: &str, status: OrderStatus, seq: u64, replayed: bool) ->
             order_id,
             status: status.as_str(),
             seq,
+            node,
         },
     );
     if replayed {
@@ -186,10 +197,11 @@ fn order_reply(order_id: &str, status: OrderStatus, seq: u64, replayed: bool) ->
 /// (the `outcome` label of `stampede_orders_total`).
 pub async fn create_order(
     engine: &Engine,
+    cluster: Option<&Cluster>,
     body: &[u8],
     per_user: Option<&RateLimiter>,
 ) -> (HttpResponse, OrderOutcomeLabel) {
-    match decide_order(engine, body, per_user).await {
+    match decide_order(engine, cluster, body, per_user).await {
         Ok(response) => {
             let outcome = if response.status() == hyper::StatusCode::CREATED {
                 OrderOutcomeLabel::Accepted
@@ -210,6 +222,7 @@ pub async fn create_order(
 
 async fn decide_order(
     engine: &Engine,
+    cluster: Option<&Cluster>,
     body: &[u8],
     per_user: Option<&RateLimiter>,
 ) -> Result<HttpResponse, (ApiError, Option<ShedReason>)> {
@@ -227,22 +240,35 @@ async fn decide_order(
         .retry_after(seconds);
         return Err((error, Some(ShedReason::UserRate)));
     }
-    decide_decoded(engine, order).await.map_err(|error| {
-        let shed = (error.code == ErrorCode::Overloaded).then_some(ShedReason::ShardQueueFull);
-        (error, shed)
-    })
+    decide_decoded(engine, cluster, order)
+        .await
+        .map_err(|error| {
+            let shed = (error.code == ErrorCode::Overloaded).then_some(ShedReason::ShardQueueFull);
+            (error, shed)
+        })
 }
 
 /// Maps the engine's outcome to the contract's answer. The reply needs the order's id and
 /// the error details its SKU and quantity, which the engine takes with the order.
-async fn decide_decoded(engine: &Engine, order: NewOrder) -> Result<HttpResponse, ApiError> {
+async fn decide_decoded(
+    engine: &Engine,
+    cluster: Option<&Cluster>,
+    order: NewOrder,
+) -> Result<HttpResponse, ApiError> {
     let order_id = order.order_id.clone();
     let sku = order.sku.clone();
     let qty = order.qty;
-    let outcome = engine.place_order(order).await;
+    let (outcome, node) = match cluster {
+        None => (engine.place_order(order).await, None),
+        Some(cluster) => (cluster.place_order(order).await, Some(cluster.node_id())),
+    };
     match outcome {
-        OrderOutcome::Accepted { seq, status } => Ok(order_reply(&order_id, status, seq, false)),
-        OrderOutcome::Replayed { seq, status } => Ok(order_reply(&order_id, status, seq, true)),
+        OrderOutcome::Accepted { seq, status } => {
+            Ok(order_reply(&order_id, status, seq, false, node))
+        }
+        OrderOutcome::Replayed { seq, status } => {
+            Ok(order_reply(&order_id, status, seq, true, node))
+        }
         OrderOutcome::SoldOut { available } => Err(ApiError::new(
             ErrorCode::SoldOut,
             format!("{sku} has {available} units left, {qty} asked"),

@@ -100,6 +100,12 @@ impl ApiError {
         self
     }
 
+    /// Replaces the human text (the code stays).
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = detail.into();
+        self
+    }
+
     /// Sets the `Retry-After` this answer carries (shed answers compute it from the backlog).
     pub fn retry_after(mut self, seconds: u32) -> Self {
         self.retry_after_s = Some(seconds);

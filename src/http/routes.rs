@@ -20,7 +20,7 @@ use hyper::{Method, Request, StatusCode};
 
 use super::admission::{self, RetryAfter};
 use super::reply::{self, ApiError, ErrorCode, HttpResponse};
-use super::{AppState, admin, bulk, journal, lifecycle, orders, read_body};
+use super::{AppState, admin, bulk, cluster, journal, lifecycle, orders, read_body};
 use crate::engine::Engine;
 use crate::limits::{self, JOURNAL_READERS_MAX};
 use crate::metrics::{ActionResult, OrderOutcomeLabel, Route, ShedReason};
@@ -151,13 +151,18 @@ async fn post_order(
         Ok(slot) => slot,
         Err((error, reason)) => return (error.into_response(), OrderOutcomeLabel::Shed(reason)),
     };
-    match read_body(&parts.headers, body, state).await {
-        Ok(body) => {
-            let per_user = state.admission.per_user.as_ref();
-            orders::create_order(engine, &body, per_user).await
-        }
-        Err(error) => refused(error),
+    let body = match read_body(&parts.headers, body, state).await {
+        Ok(body) => body,
+        Err(error) => return refused(error),
+    };
+    let cluster = state.cluster().map(|cluster| &**cluster);
+    if let Some(cluster) = cluster
+        && let Some(response) = cluster::forward_order(cluster, parts, &body).await
+    {
+        return (response, OrderOutcomeLabel::Forwarded);
     }
+    let per_user = state.admission.per_user.as_ref();
+    orders::create_order(engine, cluster, &body, per_user).await
 }
 
 /// The route table: each (path, method) a handler serves; anything else is 405 (a known
@@ -183,7 +188,13 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             response
         }
         (["v1", "orders", order_id], &Method::GET) => match state.engine() {
-            Some(engine) => lifecycle::get_order(engine, order_id).await,
+            Some(engine) => {
+                let local = lifecycle::get_order(engine, order_id).await;
+                match state.cluster() {
+                    Some(cluster) => cluster::ask_peers(cluster, &parts, Bytes::new(), local).await,
+                    None => local,
+                }
+            }
             None => recovering(),
         },
         (["v1", "orders", order_id, action], &Method::POST) => {
@@ -191,12 +202,14 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
         }
         // SKUs.
         (["v1", "skus:bulk"], &Method::POST) => post_skus_bulk(state, &parts, body).await,
-        (["v1", "skus"], &Method::GET) => {
-            with_engine(state, |engine| admin::list_skus(engine, parts.uri.query()))
-        }
-        (["v1", "skus", sku], &Method::GET) => {
-            with_engine(state, |engine| admin::get_sku(engine, sku))
-        }
+        (["v1", "skus"], &Method::GET) => match state.cluster() {
+            Some(cluster) => cluster::list_skus(cluster, parts.uri.query()).await,
+            None => with_engine(state, |engine| admin::list_skus(engine, parts.uri.query())),
+        },
+        (["v1", "skus", sku], &Method::GET) => match state.cluster() {
+            Some(cluster) => cluster::get_sku(cluster, sku).await,
+            None => with_engine(state, |engine| admin::get_sku(engine, sku)),
+        },
         (["v1", "skus", sku], &Method::PUT) => put_sku(state, &parts, body, sku).await,
         // The journal and consumer groups.
         (["v1", "journal"], &Method::GET) => get_journal(state, &parts).await,
@@ -308,7 +321,11 @@ async fn post_action(
         Ok(body) => body,
         Err(error) => return error.into_response(),
     };
-    let response = lifecycle::order_action(engine, order_id, action, &parts.headers, &body).await;
+    let mut response =
+        lifecycle::order_action(engine, order_id, action, &parts.headers, &body).await;
+    if let Some(cluster) = state.cluster() {
+        response = cluster::ask_peers(cluster, parts, body, response).await;
+    }
     if let Some(metrics) = &state.metrics {
         let result = if response.status() != StatusCode::OK {
             ActionResult::Refused
@@ -334,7 +351,10 @@ async fn post_skus_bulk(state: &AppState, parts: &Parts, body: Incoming) -> Http
         return error.into_response();
     }
     match bulk::read_body(&parts.headers, body, state).await {
-        Ok(body) => bulk::load(engine, &parts.headers, &body).await,
+        Ok(body) => {
+            let cluster = state.cluster().map(|cluster| &**cluster);
+            bulk::load(engine, cluster, &parts.headers, &body).await
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -349,7 +369,10 @@ async fn put_sku(state: &AppState, parts: &Parts, body: Incoming, sku: &str) -> 
         return error.into_response();
     }
     match read_body(&parts.headers, body, state).await {
-        Ok(body) => admin::put_sku(engine, sku, &body).await,
+        Ok(body) => match state.cluster() {
+            Some(cluster) => cluster::put_sku(cluster, sku, &body).await,
+            None => admin::put_sku(engine, sku, &body).await,
+        },
         Err(error) => error.into_response(),
     }
 }
