@@ -262,17 +262,19 @@ impl Shares {
                 }
             }
         };
-        if view.available > 0 && now.duration_since(idle_since) >= self.idle_return {
+        let selling = now.duration_since(idle_since) < self.idle_return;
+        if !selling && view.available > 0 {
             let back = self.give_back(&view.sku, 0).await?;
             if back > 0 {
                 tracing::info!(sku = %view.sku, units = back, "gave an idle share back to the global stock");
             }
-        } else if view.available < self.low_water() && committed > 0 {
-            // A SKU that sells: keep a block ahead. The pool is read when the hint is stale
-            // or empty, so units given back by other nodes are found within one round.
+        } else if view.available < self.low_water() {
+            // Keep the pool hint fresh for a SKU this node is short of, so that units given
+            // back by other nodes (or a top-up) are found within one round; and keep a block
+            // ahead of a SKU that sells.
             if let Some(global) = self.store.sku(&view.sku).await? {
                 state.pool_hint.store(global.pool, Ordering::Relaxed);
-                if global.pool > 0 {
+                if selling && committed > 0 && global.pool > 0 {
                     self.top_up(&view.sku, 1).await?;
                 }
             }
