@@ -19,6 +19,7 @@ use serde_json::Value;
 pub mod in_process;
 pub mod order_table;
 pub mod power_cut;
+pub mod redis_cluster;
 pub mod requests;
 pub mod stalling_disk;
 
