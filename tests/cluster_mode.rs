@@ -516,8 +516,14 @@ async fn a_killed_node_resumes_its_share_and_reclaim_returns_the_units_of_one_th
     let after = buy(&cluster, 200..300, &[0, 1, 2], 20).await;
     total += accepted(&after).len();
     assert_eq!(
-        total, stock,
-        "after the restart and more demand, exactly the stock is sold"
+        total,
+        stock,
+        "after the restart and more demand, exactly the stock is sold:\n{}\n{:?}",
+        String::from_utf8_lossy(&cluster.cli("n1", &["status"]).stdout),
+        after
+            .iter()
+            .map(|(node, status, body)| format!("{node} {status} {}", body["error"]))
+            .collect::<Vec<_>>()
     );
 
     // A second SKU: n2 holds a share, dies, and is reclaimed while down.
@@ -550,12 +556,16 @@ async fn a_killed_node_resumes_its_share_and_reclaim_returns_the_units_of_one_th
     );
     let text = String::from_utf8_lossy(&reclaimed.stdout);
     assert!(text.contains(other), "{text}");
+    // The other nodes learn that the pool has units again within one sync round.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let rest = cold_buy(&cluster, other, 100..200, &[0, 2]).await;
     sold_by(&rest, &mut counts);
     let total: usize = counts.values().sum();
     assert_eq!(
-        total, 20,
-        "exactly the stock, the reclaimed units sold by the others: {counts:?}"
+        total,
+        20,
+        "exactly the stock, the reclaimed units sold by the others: {counts:?}\nreclaim:\n{text}\nstatus:\n{}",
+        String::from_utf8_lossy(&cluster.cli("n1", &["status"]).stdout)
     );
     cluster.nodes[1].restart().await;
     let late = cold_buy(&cluster, other, 300..330, &[0, 1, 2]).await;

@@ -63,6 +63,8 @@ pub struct Shares {
     skus: DashMap<String, Arc<SkuState>>,
     /// The catalogue version last applied (`u64::MAX` before the first sync).
     catalogue_version: AtomicU64,
+    /// Whether every SKU's share was checked against Redis since this process started.
+    resynced: std::sync::atomic::AtomicBool,
 }
 
 impl Shares {
@@ -81,6 +83,7 @@ impl Shares {
             idle_return,
             skus: DashMap::new(),
             catalogue_version: AtomicU64::new(u64::MAX),
+            resynced: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -163,6 +166,27 @@ impl Shares {
             .is_some_and(|v| v.available >= need))
     }
 
+    /// Checks this node's share of a SKU against Redis's and brings them together when they
+    /// differ (a crash between the two steps of a change): at start-up, and whenever the
+    /// sync loop sees them differ. The check is a no-op change confirmed by a replica, so an
+    /// adopted share is one a failover cannot take back.
+    pub async fn resync(&self, sku: &str) -> Result<(), ShareError> {
+        let state = self.state(sku);
+        let _changing = state.changing.lock().await;
+        let Some(view) = self.engine.sku_view(sku) else {
+            return Ok(());
+        };
+        let answer = self
+            .store
+            .set_share(sku, &self.node, view.stock_total, view.stock_total)
+            .await?;
+        state.pool_hint.store(answer.pool, Ordering::Relaxed);
+        if !answer.matched {
+            self.reconcile(sku, view.stock_total, answer.share).await?;
+        }
+        Ok(())
+    }
+
     /// Brings the journal's share (`local`) and Redis's (`redis`) together after they were
     /// found to differ (see the module doc).
     async fn reconcile(&self, sku: &str, local: u64, redis: u64) -> Result<(), ShareError> {
@@ -228,6 +252,12 @@ impl Shares {
     /// One round of the background loop: the catalogue (when its version moved), then each
     /// SKU's figures, top-up and idle give-back.
     pub async fn tick(self: &Arc<Self>) -> Result<(), ShareError> {
+        if !self.resynced.load(Ordering::Relaxed) {
+            for view in self.engine.sku_views() {
+                self.resync(&view.sku).await?;
+            }
+            self.resynced.store(true, Ordering::Relaxed);
+        }
         let version = self.store.catalogue_version().await?;
         if version != self.catalogue_version.load(Ordering::Relaxed) {
             for name in self.store.sku_names().await? {
@@ -274,7 +304,14 @@ impl Shares {
             // ahead of a SKU that sells.
             if let Some(global) = self.store.sku(&view.sku).await? {
                 state.pool_hint.store(global.pool, Ordering::Relaxed);
-                if selling && committed > 0 && global.pool > 0 {
+                let redis_share = global
+                    .nodes
+                    .iter()
+                    .find(|n| n.node == self.node)
+                    .map_or(0, |n| n.share);
+                if redis_share != view.stock_total {
+                    self.resync(&view.sku).await?;
+                } else if selling && committed > 0 && global.pool > 0 {
                     self.top_up(&view.sku, 1).await?;
                 }
             }
