@@ -272,6 +272,10 @@ pub const LEASE_UNITS_MAX: u64 = 1_000_000;
 /// How long a call to Redis may take (a grant with its `WAIT`, a stream append, a catalogue
 /// read) before the node treats Redis as unreachable for that call.
 pub const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections to the Redis Cluster for calls confirmed by `WAIT` (grants, give-backs, SKU
+/// changes, stream appends): Redis blocks a connection for the whole `WAIT`, so this is how
+/// many such calls of one node can be in flight at once.
+pub const REDIS_CONFIRMED_CONNECTIONS: usize = 16;
 /// How long `WAIT` gives a replica to confirm a grant; a grant no replica confirmed is not
 /// sold from (a failover could hand the same units out again).
 pub const REDIS_WAIT_REPLICA_MS: u64 = 1000;

@@ -183,21 +183,41 @@ fn hash_tag(key: &str) -> Option<&str> {
 /// A connection to the Redis Cluster, made on first use and again after it broke. The
 /// client follows MOVED/ASK, refreshes its slot map after a failover and multiplexes every
 /// call of this node over one connection per master.
+///
+/// Calls confirmed by `WAIT` go over a pool of [`limits::REDIS_CONFIRMED_CONNECTIONS`]
+/// connections: Redis blocks a connection for the whole `WAIT`, so on one multiplexed
+/// connection every grant would queue behind the previous grant's replication.
 pub struct Store {
     seeds: Vec<String>,
-    connection: Mutex<Option<ClusterConnection>>,
+    /// `[0]` for plain calls, the rest for calls confirmed by `WAIT`, used in turn.
+    connections: Vec<Mutex<Option<ClusterConnection>>>,
+    next_confirmed: std::sync::atomic::AtomicUsize,
 }
 
 impl Store {
     pub fn new(seeds: &[String]) -> Self {
         Self {
             seeds: seeds.to_vec(),
-            connection: Mutex::new(None),
+            connections: (0..=limits::REDIS_CONFIRMED_CONNECTIONS)
+                .map(|_| Mutex::new(None))
+                .collect(),
+            next_confirmed: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
+    fn confirmed_slot(&self) -> usize {
+        let turn = self
+            .next_confirmed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        1 + turn % limits::REDIS_CONFIRMED_CONNECTIONS
+    }
+
     async fn connection(&self) -> Result<ClusterConnection, StoreError> {
-        if let Some(connection) = self.connection.lock().clone() {
+        self.connection_at(0).await
+    }
+
+    async fn connection_at(&self, slot: usize) -> Result<ClusterConnection, StoreError> {
+        if let Some(connection) = self.connections[slot].lock().clone() {
             return Ok(connection);
         }
         let urls: Vec<String> = self
@@ -211,14 +231,14 @@ impl Store {
             .retries(3)
             .build()?;
         let connection = timed(client.get_async_connection()).await?;
-        *self.connection.lock() = Some(connection.clone());
+        *self.connections[slot].lock() = Some(connection.clone());
         Ok(connection)
     }
 
-    /// Forgets the connection after an error that may mean it is dead; the next call makes a
+    /// Forgets a connection after an error that may mean it is dead; the next call makes a
     /// new one from the seeds.
-    fn reset(&self) {
-        *self.connection.lock() = None;
+    fn reset(&self, slot: usize) {
+        *self.connections[slot].lock() = None;
     }
 
     /// Runs `cmd` with the cluster's routing (by its key).
@@ -228,7 +248,7 @@ impl Store {
         if let Err(StoreError::Redis(error)) = &result
             && (error.is_io_error() || error.is_connection_dropped())
         {
-            self.reset();
+            self.reset(0);
         }
         result
     }
@@ -253,7 +273,8 @@ impl Store {
             .cmd("WAIT")
             .arg(1)
             .arg(limits::REDIS_WAIT_REPLICA_MS);
-        let mut connection = self.connection().await?;
+        let slot = self.confirmed_slot();
+        let mut connection = self.connection_at(slot).await?;
         let route = SingleNodeRoutingInfo::SpecificNode(Route::with_key(keys[0], SlotAddr::Master));
         let answered = timed(connection.route_pipeline(pipeline, 0, 2, route)).await;
         let mut values = match answered {
@@ -262,7 +283,7 @@ impl Store {
                 if let StoreError::Redis(error) = &error
                     && (error.is_io_error() || error.is_connection_dropped())
                 {
-                    self.reset();
+                    self.reset(slot);
                 }
                 return Err(error);
             }
