@@ -546,6 +546,13 @@ async fn a_killed_node_resumes_its_share_and_reclaim_returns_the_units_of_one_th
     sold_by(&early, &mut counts);
     let n2_sold = counts.get("n2").copied().unwrap_or(0);
     cluster.nodes[1].kill9();
+    // The bound on stock a dead node strands: at most one block unsold.
+    let status = String::from_utf8_lossy(&cluster.cli("n1", &["status"]).stdout).into_owned();
+    let stranded = node_figures(&status, other, "n2");
+    assert!(
+        stranded.0 - stranded.1 - stranded.2 <= cluster.lease_units,
+        "n2 holds {stranded:?} (share, reserved, sold) of {other}: more than a block unsold\n{status}"
+    );
     let reclaimed = cluster.cli(
         "n2",
         &[
@@ -588,6 +595,21 @@ async fn a_killed_node_resumes_its_share_and_reclaim_returns_the_units_of_one_th
         n2_sold,
         "n2 sold nothing more after its reclaim"
     );
+}
+
+/// `(share, reserved, sold)` of `node` for `sku` in `stampede cluster status` output.
+fn node_figures(status: &str, sku: &str, node: &str) -> (u64, u64, u64) {
+    let mut in_sku = false;
+    for line in status.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with(|c: char| !c.is_whitespace()) {
+            in_sku = fields.first() == Some(&sku);
+        } else if in_sku && fields.first() == Some(&node) {
+            let number = |i: usize| fields[i].parse::<u64>().unwrap_or(0);
+            return (number(1), number(3), number(4));
+        }
+    }
+    panic!("no line for {node} under {sku} in\n{status}");
 }
 
 /// Cash-on-delivery orders of `sku`, one buyer at a time, round-robin over `nodes`.

@@ -144,7 +144,9 @@ impl Shares {
             if view.available >= need && view.available >= self.low_water() {
                 return Ok(true);
             }
-            let want = self.lease_units.max(need);
+            // Up to a block available (or the order's need, if larger): never more, so a node
+            // that dies strands at most a block.
+            let want = self.lease_units.max(need) - view.available;
             let answer = self
                 .store
                 .grant(sku, &self.node, view.stock_total, want)
@@ -293,7 +295,11 @@ impl Shares {
             }
         };
         let selling = now.duration_since(idle_since) < self.idle_return;
-        if !selling && view.available > 0 {
+        if view.available > self.lease_units {
+            // Units that came back (cancellations, expiries) beyond a block go back to the
+            // global stock, where every node can sell them.
+            self.give_back(&view.sku, self.lease_units).await?;
+        } else if !selling && view.available > 0 {
             let back = self.give_back(&view.sku, 0).await?;
             if back > 0 {
                 tracing::info!(sku = %view.sku, units = back, "gave an idle share back to the global stock");
