@@ -670,3 +670,180 @@ async fn a_redis_master_killed_mid_sale_never_oversells() {
         "the sale goes on after the failover"
     );
 }
+
+/// A small seeded generator (xorshift64*), so a failing crash loop can be replayed.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// One buyer's order, retried with the same id (so idempotently) on the next node, as a load
+/// balancer would, while the answer says to come back or the node does not answer:
+/// `Some((node, seq))` once it is accepted, `None` when sold out or still unsure after the
+/// retries.
+async fn buy_with_retries(
+    apis: Vec<common::Api>,
+    first: usize,
+    id: String,
+    user: String,
+) -> Option<(String, u64)> {
+    for attempt in 0..10 {
+        let api = &apis[(first + attempt) % apis.len()];
+        let body = order(&id, &user, SKU, 1, "cod");
+        if let Ok(reply) = common::post_order_with(&api.client, &api.base_url, &body).await {
+            match reply.status.as_u16() {
+                200 | 201 => {
+                    let node = reply.json["node"].as_str().unwrap().to_owned();
+                    return Some((node, reply.json["seq"].as_u64().unwrap()));
+                }
+                409 => return None,
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    None
+}
+
+/// Crash loop: bursts of buyers while a node or a Redis master is SIGKILLed at a seeded
+/// moment, then everything is brought back and the sale is finished. The audit: never more
+/// than the stock accepted, every acceptance in its node's journal at its seq and once in the
+/// stream, and, with all back, exactly the stock sold. `STAMPEDE_CLUSTER_CRASH_ROUNDS` (default
+/// 4) and `STAMPEDE_CLUSTER_CRASH_SEED` make it longer or replay a run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_of_nodes_and_redis_masters_never_oversells_nor_loses_an_acceptance() {
+    if !require_redis() {
+        return;
+    }
+    let rounds: u64 = std::env::var("STAMPEDE_CLUSTER_CRASH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let seed: u64 = std::env::var("STAMPEDE_CLUSTER_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
+    eprintln!("crash loop: {rounds} rounds, seed {seed}");
+    let mut random = Seeded(seed | 1);
+    let mut cluster = Cluster::start(3).await;
+    let stock = 30 * rounds + 20;
+    cluster
+        .put_sku(0, json!({"stock": stock, "max_per_order": 1}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut accepted: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    let mut next_buyer = 0u64;
+    for round in 0..rounds {
+        let mut buyers = Vec::new();
+        for _ in 0..30 {
+            let first = random.below(3) as usize;
+            let apis: Vec<common::Api> = cluster.nodes.iter().map(Server::api).collect();
+            let id = format!("k{next_buyer}");
+            let user = format!("u{next_buyer}");
+            next_buyer += 1;
+            buyers.push(tokio::spawn(async move {
+                let answer = buy_with_retries(apis, first, id.clone(), user).await;
+                (id, answer)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(random.below(300))).await;
+        let victim = random.below(4);
+        if victim < 3 {
+            eprintln!("round {round}: SIGKILL node n{}", victim + 1);
+            cluster.nodes[victim as usize].kill9();
+            tokio::time::sleep(Duration::from_millis(random.below(500))).await;
+            cluster.nodes[victim as usize].restart().await;
+        } else {
+            let master = cluster.redis.masters()[random.below(3) as usize];
+            eprintln!("round {round}: SIGKILL redis master {master}");
+            cluster.redis.kill_master(master);
+            cluster.redis.wait_failover(master);
+            cluster.redis.restart(master);
+        }
+        for buyer in buyers {
+            let (id, answer) = buyer.await.unwrap();
+            if let Some(place) = answer {
+                assert!(accepted.insert(id.clone(), place).is_none(), "{id} twice");
+            }
+        }
+        assert!(
+            accepted.len() as u64 <= stock,
+            "round {round}: {} accepted of {stock}",
+            accepted.len()
+        );
+    }
+    // Everything is back: the rest of the stock sells, and no more.
+    for _ in 0..3 {
+        let answers = buy(
+            &cluster,
+            next_buyer as usize..next_buyer as usize + 60,
+            &[0, 1, 2],
+            20,
+        )
+        .await;
+        next_buyer += 60;
+        for body in crate::accepted(&answers) {
+            let place = (
+                body["node"].as_str().unwrap().to_owned(),
+                body["seq"].as_u64().unwrap(),
+            );
+            accepted.insert(body["order_id"].as_str().unwrap().to_owned(), place);
+        }
+        if accepted.len() as u64 == stock {
+            break;
+        }
+    }
+    assert_eq!(
+        accepted.len() as u64,
+        stock,
+        "with every node and master back, exactly the stock is sold"
+    );
+    for (id, (node, seq)) in &accepted {
+        let page = cluster
+            .node(node)
+            .get(&format!("/v1/journal?from={}&limit=1", seq - 1))
+            .await;
+        let record: Value =
+            serde_json::from_str(page.text.lines().next().unwrap_or("null")).unwrap();
+        assert_eq!(record["order_id"], id.as_str(), "{id} at {node}/{seq}");
+        assert_eq!(record["type"], "accepted");
+    }
+    let streamed = eventually(Duration::from_secs(10), async || {
+        let entries = cluster.stream();
+        let found: BTreeSet<(String, u64)> = entries
+            .iter()
+            .filter(|e| e.2 == "accepted" && e.4["sku"] == SKU)
+            .map(|e| (e.0.clone(), e.1))
+            .collect();
+        let pairs: Vec<(String, u64)> = entries.iter().map(|e| (e.0.clone(), e.1)).collect();
+        let distinct: BTreeSet<_> = pairs.iter().collect();
+        if distinct.len() != pairs.len() {
+            return Err("an entry is in the stream twice".to_owned());
+        }
+        if found.len() as u64 == stock {
+            Ok(found)
+        } else {
+            Err(format!("{} of {stock} in the stream", found.len()))
+        }
+    })
+    .await;
+    for place in accepted.values() {
+        assert!(streamed.contains(place), "{place:?} in the stream");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // (The final buyers paid in advance: their units are reserved.)
+    let sku = cluster.sku(0).await;
+    let taken = sku["sold"].as_u64().unwrap() + sku["reserved"].as_u64().unwrap();
+    assert_eq!(taken, stock, "{sku}");
+    assert_eq!(sku["available"], 0, "{sku}");
+}
