@@ -452,6 +452,9 @@ pub struct ScrapeGauges {
     pub payment_timers: IntGaugeVec,
     pub consumer_offset: IntGaugeVec,
     pub consumer_lag: IntGaugeVec,
+    /// 1 for the journal's fsync policy in force (load reports and dashboards say which
+    /// durability a figure was measured with).
+    pub fsync_policy: IntGaugeVec,
 }
 
 impl ScrapeGauges {
@@ -514,6 +517,11 @@ impl ScrapeGauges {
                 "stampede_consumer_lag_records",
                 "Durable records after a consumer group's committed offset.",
                 &["group"],
+            ),
+            fsync_policy: gauges(
+                "stampede_journal_fsync_policy",
+                "1 for the journal's fsync policy in force (always, interval, none).",
+                &["policy"],
             ),
         }
     }

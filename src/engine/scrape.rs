@@ -29,6 +29,12 @@ impl EngineMetrics {
         let registry = prometheus::Registry::new();
         let batch_sizes = crate::metrics::batch_size_histograms(&registry, shard_count);
         let gauges = crate::metrics::ScrapeGauges::register(&registry);
+        let policy = match journal.policy() {
+            crate::config::FsyncPolicy::Always => "always",
+            crate::config::FsyncPolicy::Interval => "interval",
+            crate::config::FsyncPolicy::None => "none",
+        };
+        gauges.fsync_policy.with_label_values(&[policy]).set(1);
         let fsync = crate::metrics::fsync_histogram();
         registry
             .register(Box::new(fsync.clone()))
