@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod orders;
 pub mod queue_delay;
 pub mod reply;
+pub mod review;
 mod routes;
 
 use std::convert::Infallible;
