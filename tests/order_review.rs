@@ -464,3 +464,66 @@ async fn an_order_nobody_reviews_is_rejected_at_the_timeout_also_after_a_restart
     );
     assert!(server.terminate().await.success());
 }
+
+/// `POST /v1/orders` with an `X-Forwarded-For` header.
+async fn post_forwarded(api: &Api, body: &Value, forwarded_for: &str) -> Reply {
+    let request = api
+        .client
+        .post(api.url("/v1/orders"))
+        .header("x-forwarded-for", forwarded_for)
+        .json(body);
+    api.send(request).await
+}
+
+/// Places `count` orders with the same forwarded-for address; the statuses answered.
+async fn burst(api: &Api, prefix: &str, forwarded_for: &str, count: usize) -> Vec<String> {
+    let mut statuses = Vec::new();
+    for n in 0..count {
+        let body = order(
+            &format!("{prefix}{n}"),
+            &format!("{prefix}{n}"),
+            "RV-6",
+            1,
+            "cod",
+        );
+        let reply = post_forwarded(api, &body, forwarded_for).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text);
+        statuses.push(reply.json["status"].as_str().unwrap().to_owned());
+    }
+    statuses
+}
+
+async fn forwarded_server(trusted: &str) -> Server {
+    let config = format!("[http]\ntrusted_proxies = [{trusted}]\n");
+    let server = Server::start(Opts {
+        config_toml: Some(config),
+        ..Opts::default()
+    })
+    .await;
+    let api = Api::of(&server);
+    api.put_sku_ok("RV-6", &json!({"stock": 100})).await;
+    let reply = put_rules(&api, &json!({"client_orders_per_min": 2})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    server
+}
+
+#[tokio::test]
+async fn a_forwarded_for_header_names_the_client_only_from_a_trusted_proxy() {
+    // Loopback is the trusted load balancer: each forwarded buyer is its own client.
+    let mut server = forwarded_server(r#""127.0.0.1", "::1""#).await;
+    let api = Api::of(&server);
+    assert_eq!(burst(&api, "a", "198.51.100.1", 2).await, ["confirmed"; 2]);
+    assert_eq!(burst(&api, "b", "198.51.100.2", 2).await, ["confirmed"; 2]);
+    // A client's own header in front of the chain does not make it someone else.
+    let spoofed = burst(&api, "c", "203.0.113.9, 198.51.100.1", 1).await;
+    assert_eq!(spoofed, ["held"]);
+    assert!(server.terminate().await.success());
+
+    // The same requests from a peer that is not a trusted proxy: the header is ignored, and
+    // every order is the one loopback client's.
+    let mut server = forwarded_server(r#""10.99.0.0/16""#).await;
+    let api = Api::of(&server);
+    assert_eq!(burst(&api, "a", "198.51.100.1", 2).await, ["confirmed"; 2]);
+    assert_eq!(burst(&api, "b", "198.51.100.2", 2).await, ["held"; 2]);
+    assert!(server.terminate().await.success());
+}
