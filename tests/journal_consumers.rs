@@ -516,7 +516,8 @@ fn summary(record: &stampede::journal::ArchivedRecord) -> Seen {
         ArchivedEvent::Held(held) => Seen::Accepted(held.order.order_id.as_str().to_owned()),
         ArchivedEvent::Action(_)
         | ArchivedEvent::KeyedAction(_)
-        | ArchivedEvent::ReviewRules(_) => Seen::Other(record.type_name().to_owned()),
+        | ArchivedEvent::ReviewRules(_)
+        | ArchivedEvent::Shipment(_) => Seen::Other(record.type_name().to_owned()),
     }
 }
 

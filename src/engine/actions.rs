@@ -56,6 +56,10 @@ impl Engine {
                 // has the flag.
                 restock: request.action == Action::Return && request.restock,
                 exchange_sku: request.exchange_sku.as_deref(),
+                shipment: request
+                    .shipment
+                    .as_ref()
+                    .map(|s| (s.carrier.as_str(), s.tracking_no.as_str())),
             }),
         });
         let keyed = idempotency.is_some();
@@ -72,6 +76,7 @@ impl Engine {
                     exchange_sku: request.exchange_sku,
                     idempotency,
                     exchange_sold_out: None,
+                    shipment: request.shipment.map(Box::new),
                 },
                 reply,
             },

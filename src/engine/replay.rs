@@ -51,9 +51,9 @@ impl Replayer<'_> {
                 );
                 Ok(())
             }
-            event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
-                self.action(seq, event, record.at_ms.to_native())
-            }
+            event @ (ArchivedEvent::Action(_)
+            | ArchivedEvent::KeyedAction(_)
+            | ArchivedEvent::Shipment(_)) => self.action(seq, event, record.at_ms.to_native()),
         }
     }
 
@@ -256,6 +256,7 @@ impl Replayer<'_> {
                     address: change.address.as_ref().map(|a| a.as_str()),
                     restock: change.restock,
                     exchange_sku: change.exchange_sku.as_ref().map(|s| s.as_str()),
+                    shipment: event.shipment(),
                 }),
                 status: moved.to,
             });

@@ -62,6 +62,21 @@ pub enum Event {
     Held(Box<HeldOrder>),
     /// The order-review rules were replaced (`type: "review_rules"`, `order_id: null`).
     ReviewRules(Box<ReviewRulesChanged>),
+    /// A `ship`, `reship` or `exchange` that named its parcel (`type`: the action's name,
+    /// with `carrier` and `tracking_no`), keyed or not. Boxed like `Action`.
+    Shipment(Box<ShipmentAction>),
+}
+
+/// An order action with the carrier and tracking number of the parcel it sent.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ShipmentAction {
+    pub action: OrderAction,
+    /// The `Idempotency-Key` header, when the client sent one.
+    pub idempotency_key: Option<String>,
+    /// 1..=64 bytes each, as given.
+    pub carrier: String,
+    pub tracking_no: String,
 }
 
 /// An order held for review and the names of the rules it matched.
@@ -101,7 +116,23 @@ impl ArchivedEvent {
         match self {
             Self::Action(action) => Some(action),
             Self::KeyedAction(keyed) => Some(&keyed.action),
+            Self::Shipment(shipment) => Some(&shipment.action),
             Self::Accepted(_) | Self::Sku(_) | Self::Held(_) | Self::ReviewRules(_) => None,
+        }
+    }
+
+    /// The carrier and tracking number of a `Shipment` record.
+    pub fn shipment(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Shipment(shipment) => {
+                Some((shipment.carrier.as_str(), shipment.tracking_no.as_str()))
+            }
+            Self::Accepted(_)
+            | Self::Sku(_)
+            | Self::Action(_)
+            | Self::KeyedAction(_)
+            | Self::Held(_)
+            | Self::ReviewRules(_) => None,
         }
     }
 
@@ -110,7 +141,11 @@ impl ArchivedEvent {
         match self {
             Self::Accepted(order) => Some(order),
             Self::Held(held) => Some(&held.order),
-            Self::Action(_) | Self::KeyedAction(_) | Self::Sku(_) | Self::ReviewRules(_) => None,
+            Self::Action(_)
+            | Self::KeyedAction(_)
+            | Self::Sku(_)
+            | Self::ReviewRules(_)
+            | Self::Shipment(_) => None,
         }
     }
 
@@ -118,6 +153,7 @@ impl ArchivedEvent {
     pub fn idempotency_key(&self) -> Option<&str> {
         match self {
             Self::KeyedAction(keyed) => Some(keyed.idempotency_key.as_str()),
+            Self::Shipment(shipment) => shipment.idempotency_key.as_ref().map(|k| k.as_str()),
             Self::Action(_)
             | Self::Accepted(_)
             | Self::Sku(_)
@@ -183,6 +219,7 @@ impl ArchivedRecord {
             ArchivedEvent::Sku(_) => "sku",
             ArchivedEvent::Action(action) => action.action.to_native().as_str(),
             ArchivedEvent::KeyedAction(keyed) => keyed.action.action.to_native().as_str(),
+            ArchivedEvent::Shipment(shipment) => shipment.action.action.to_native().as_str(),
         }
     }
 
@@ -220,6 +257,14 @@ impl ArchivedRecord {
             ArchivedEvent::ReviewRules(rules) => {
                 object.insert("order_id".into(), serde_json::Value::Null);
                 object.insert("rules".into(), rules_json(rules));
+            }
+            ArchivedEvent::Shipment(shipment) => {
+                action_json(&shipment.action, &mut object);
+                if let Some(key) = shipment.idempotency_key.as_ref() {
+                    object.insert("idempotency_key".into(), key.as_str().into());
+                }
+                object.insert("carrier".into(), shipment.carrier.as_str().into());
+                object.insert("tracking_no".into(), shipment.tracking_no.as_str().into());
             }
             ArchivedEvent::Sku(sku) => {
                 // Every record has `order_id` (contract); a stock change belongs to none.

@@ -72,7 +72,9 @@ impl JournalFold {
                 ArchivedEvent::Accepted(accepted) => self.folded.accepted(seq, accepted, false)?,
                 ArchivedEvent::Held(held) => self.folded.accepted(seq, &held.order, true)?,
                 ArchivedEvent::ReviewRules(_) => {}
-                event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
+                event @ (ArchivedEvent::Action(_)
+                | ArchivedEvent::KeyedAction(_)
+                | ArchivedEvent::Shipment(_)) => {
                     self.folded
                         .action(seq, event.order_action().expect("an action record"))?;
                 }

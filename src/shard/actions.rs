@@ -6,7 +6,7 @@ use tokio::sync::oneshot;
 use super::turn::{DeferredReply, FrameOwner, Undo};
 use super::{ActionOutcome, PaymentTimer, Settle, ShardAction, ShardWriter, TimerKind, shard_of};
 use crate::inventory::{KeyCheck, OrderState};
-use crate::journal::{Event, KeyedOrderAction, OrderAction, Record};
+use crate::journal::{Event, KeyedOrderAction, OrderAction, Record, ShipmentAction};
 use crate::limits;
 use crate::order::{Action, OrderStatus, StockEffect, transition};
 
@@ -25,12 +25,18 @@ fn action_event(request: ShardAction, state: &OrderState, to: OrderStatus) -> Ev
         restock: action == Action::Return && request.restock,
         exchange_sku: request.exchange_sku,
     };
-    match request.idempotency {
-        Some(idempotency) => Event::KeyedAction(Box::new(KeyedOrderAction {
+    match (request.shipment, request.idempotency) {
+        (Some(shipment), idempotency) => Event::Shipment(Box::new(ShipmentAction {
+            action: change,
+            idempotency_key: idempotency.map(|i| i.key),
+            carrier: shipment.carrier,
+            tracking_no: shipment.tracking_no,
+        })),
+        (None, Some(idempotency)) => Event::KeyedAction(Box::new(KeyedOrderAction {
             action: change,
             idempotency_key: idempotency.key,
         })),
-        None => Event::Action(Box::new(change)),
+        (None, None) => Event::Action(Box::new(change)),
     }
 }
 
@@ -85,6 +91,7 @@ impl ShardWriter {
                 exchange_sku: None,
                 idempotency: None,
                 exchange_sold_out: None,
+                shipment: None,
             };
             self.decide_action(request, None, next, now_ms);
             fired += 1;

@@ -86,7 +86,7 @@ mod turn;
 pub use crate::order::OrderOutcome;
 pub use commands::{
     ActionCommand, ActionKey, ActionOutcome, Command, OrderCommand, Settle, ShardAction,
-    ShardSnapshot, SkuBatchCommand, SkuBatchItem, SkuOutcome, SkuUpdate,
+    ShardSnapshot, Shipment, SkuBatchCommand, SkuBatchItem, SkuOutcome, SkuUpdate,
 };
 pub use sku::{new_sku_values, updated_sku_values};
 pub use stock::Stock;

@@ -130,6 +130,7 @@ pub fn action_request(id: &str, action: Action) -> ActionRequest {
         restock: false,
         exchange_sku: None,
         idempotency_key: None,
+        shipment: None,
     }
 }
 
