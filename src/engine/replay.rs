@@ -230,7 +230,12 @@ impl Replayer<'_> {
         }
         let writer = &mut writers[shard::shard_of(entry.slot_index, writers.len())];
         writer.replay_action(&entry, moved.stock);
-        let timer = writer.timer_after(action, moved.to, key, order_id, entry.slot_index, at_ms);
+        let armed = shard::Armed {
+            records: state.records + 1,
+            slot_index: entry.slot_index,
+            at_ms,
+        };
+        let timer = writer.timer_after(action, moved.to, key, order_id, armed);
         if let Some(timer) = timer {
             writer.timers.push(timer);
         }
@@ -345,6 +350,7 @@ impl Replayer<'_> {
                     order_id: timer.order_id.as_str().into(),
                     kind: TimerKind::from_u8(timer.kind)
                         .ok_or_else(|| format!("a timer of kind {}", timer.kind))?,
+                    epoch: timer.epoch,
                 });
         }
         if state.review_rules.is_some() {

@@ -40,6 +40,15 @@ fn action_event(request: ShardAction, state: &OrderState, to: OrderStatus) -> Ev
     }
 }
 
+/// Where and when an action that may start a timer happened ([`ShardWriter::timer_after`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Armed {
+    /// The order's record count with the action's record.
+    pub records: u32,
+    pub slot_index: u32,
+    pub at_ms: u64,
+}
+
 impl ShardWriter {
     /// Journals the reminders and expiries that are due (at most one batch of them per turn;
     /// the rest fire on the next turn, which comes at once).
@@ -54,7 +63,9 @@ impl ShardWriter {
                 continue;
             };
             let state = entry.state();
-            if !timer.kind.applies_to(state.status) {
+            if !timer.kind.applies_to(state.status)
+                || (timer.epoch != 0 && timer.epoch != state.records)
+            {
                 continue;
             }
             if self.has_open_record(timer.key) {
@@ -156,14 +167,12 @@ impl ShardWriter {
         }
         debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
         let timer = timer.or_else(|| {
-            self.timer_after(
-                action,
-                moved.to,
-                key,
-                &request.order_id,
-                entry.slot_index,
+            let armed = Armed {
+                records: state.records + 1,
+                slot_index: entry.slot_index,
                 at_ms,
-            )
+            };
+            self.timer_after(action, moved.to, key, &request.order_id, armed)
         });
         let bind = request
             .idempotency
@@ -218,22 +227,30 @@ impl ShardWriter {
         to: OrderStatus,
         key: crate::inventory::OrderKey,
         order_id: &str,
-        slot_index: u32,
-        at_ms: u64,
+        armed: Armed,
     ) -> Option<PaymentTimer> {
         match (action, to) {
             (Action::Approve, OrderStatus::PendingPayment) => {
-                let timeout_s = self.stock.figures(slot_index).payment_timeout_s;
-                Some(PaymentTimer::for_order(key, order_id, at_ms, timeout_s))
+                let timeout_s = self.stock.figures(armed.slot_index).payment_timeout_s;
+                Some(PaymentTimer::for_order(
+                    key,
+                    order_id,
+                    armed.at_ms,
+                    timeout_s,
+                ))
             }
             (_, OrderStatus::Delivered) if self.deadlines.auto_complete_s > 0 => {
-                Some(PaymentTimer::one_shot(
+                let timer = PaymentTimer::one_shot(
                     TimerKind::AutoComplete,
                     key,
                     order_id,
-                    at_ms,
+                    armed.at_ms,
                     self.deadlines.auto_complete_s,
-                ))
+                );
+                Some(PaymentTimer {
+                    epoch: armed.records,
+                    ..timer
+                })
             }
             _ => None,
         }

@@ -84,6 +84,7 @@ pub mod timers;
 mod turn;
 
 pub use crate::order::OrderOutcome;
+pub use actions::Armed;
 pub use commands::{
     ActionCommand, ActionKey, ActionOutcome, Command, OrderCommand, Settle, ShardAction,
     ShardSnapshot, Shipment, SkuBatchCommand, SkuBatchItem, SkuOutcome, SkuUpdate,
