@@ -117,6 +117,8 @@ struct ModelOrder {
     user: usize,
     sku: usize,
     qty: u32,
+    /// Units the order holds: its `qty`, less one per restocked exchange.
+    units: u32,
     payment: Payment,
     status: OrderStatus,
     /// When the order's timer started: its acceptance (payment, review), its approval
@@ -143,7 +145,7 @@ type Request = (Action, bool, Option<usize>);
 fn request_of(action: Action, restock: bool, exchange_sku: usize) -> Request {
     (
         action,
-        action == Action::Return && restock,
+        matches!(action, Action::Return | Action::Exchange) && restock,
         (action == Action::Exchange).then_some(exchange_sku),
     )
 }
@@ -194,14 +196,14 @@ impl Model {
     fn give_back(&mut self, id: usize, from_reserved: bool) {
         let order = self.orders[&id].clone();
         let stock = &mut self.stock[order.sku];
-        let qty = u64::from(order.qty);
+        let qty = u64::from(order.units);
         if from_reserved {
             stock.reserved -= qty;
         } else {
             stock.sold -= qty;
         }
         stock.available += qty;
-        *self.bought.get_mut(&(order.user, order.sku)).unwrap() -= order.qty;
+        *self.bought.get_mut(&(order.user, order.sku)).unwrap() -= order.units;
     }
 
     fn place(
@@ -251,6 +253,7 @@ impl Model {
                 user,
                 sku,
                 qty,
+                units: qty,
                 payment,
                 status,
                 clock_ms: self.now_ms,
@@ -297,6 +300,15 @@ impl Model {
             return Expect::TooManyRecords;
         }
         self.apply(id, stock, exchange_sku);
+        // The contract: an exchange with `{"restock": true}` puts the unit the buyer sent back
+        // on sale again (one unit of the order's SKU, off the buyer's count).
+        if action == Action::Exchange && restock && order.units > 0 {
+            let stock = &mut self.stock[order.sku];
+            stock.sold -= 1;
+            stock.available += 1;
+            *self.bought.get_mut(&(order.user, order.sku)).unwrap() -= 1;
+            self.orders.get_mut(&id).unwrap().units -= 1;
+        }
         let now_ms = self.now_ms;
         let order = self.orders.get_mut(&id).unwrap();
         order.status = to;
@@ -320,8 +332,8 @@ impl Model {
             order_table::Stock::None => {}
             order_table::Stock::ReservedToSold => {
                 let stock = &mut self.stock[order.sku];
-                stock.reserved -= u64::from(order.qty);
-                stock.sold += u64::from(order.qty);
+                stock.reserved -= u64::from(order.units);
+                stock.sold += u64::from(order.units);
             }
             order_table::Stock::GiveBack { from_reserved } => self.give_back(id, from_reserved),
             order_table::Stock::TakeExchangeUnit => {

@@ -157,3 +157,52 @@ async fn a_delivered_order_completes_itself_after_the_timeout_also_across_a_rest
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
     assert!(server.terminate().await.success());
 }
+
+#[tokio::test]
+async fn a_restocked_exchange_puts_the_returned_unit_on_sale_once() {
+    let mut server = Server::start(Opts::default()).await;
+    let api = Api::of(&server);
+    api.put_sku_ok("EX-A", &json!({"stock": 10, "per_user_limit": 2}))
+        .await;
+    api.put_sku_ok("EX-B", &json!({"stock": 10})).await;
+    let figures = |view: Value| {
+        (
+            view["available"].as_u64().unwrap(),
+            view["reserved"].as_u64().unwrap(),
+            view["sold"].as_u64().unwrap(),
+        )
+    };
+    let sku = |name: &'static str| {
+        let api = api.clone();
+        async move { figures(api.get(&format!("/v1/skus/{name}")).await.json) }
+    };
+    api.place(&order("e1", "buyer", "EX-A", 2, "cod")).await;
+    for action in TO_WEIGHED.into_iter().chain(["ship"]) {
+        api.act("e1", action, None).await;
+    }
+    // Without restock the unit sent back stays sold, as before.
+    api.act("e1", "exchange", Some(&json!({"sku": "EX-B"})))
+        .await;
+    assert_eq!(sku("EX-A").await, (8, 0, 2));
+    // With restock it is on sale again, and off the buyer's purchase count.
+    let body = json!({"sku": "EX-B", "restock": true});
+    let view = api.act("e1", "exchange", Some(&body)).await;
+    let last = view["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["restock"], true, "{view}");
+    assert_eq!(sku("EX-A").await, (9, 0, 1));
+    assert_eq!(sku("EX-B").await, (8, 0, 2));
+    api.place(&order("e2", "buyer", "EX-A", 1, "cod")).await;
+    api.act("e2", "cancel", None).await;
+    // A restocked return then gives back the one unit the order still holds, not two.
+    api.act("e1", "deliver", None).await;
+    api.act("e1", "return", Some(&json!({"restock": true})))
+        .await;
+    assert_eq!(sku("EX-A").await, (10, 0, 0));
+    // The same after a restart: replay agrees.
+    server.kill9();
+    server.restart().await;
+    let api = Api::of(&server);
+    assert_eq!(figures(api.get("/v1/skus/EX-A").await.json), (10, 0, 0));
+    assert_eq!(figures(api.get("/v1/skus/EX-B").await.json), (8, 0, 2));
+    assert!(server.terminate().await.success());
+}

@@ -54,7 +54,7 @@ impl Engine {
                 address: request.address.as_deref(),
                 // As the record stores it (replay fingerprints the record): only `return`
                 // has the flag.
-                restock: request.action == Action::Return && request.restock,
+                restock: request.action.takes_restock() && request.restock,
                 exchange_sku: request.exchange_sku.as_deref(),
                 shipment: request
                     .shipment

@@ -230,6 +230,10 @@ impl Replayer<'_> {
         }
         let writer = &mut writers[shard::shard_of(entry.slot_index, writers.len())];
         writer.replay_action(&entry, moved.stock);
+        if action == Action::Exchange && change.restock && entry.qty > 0 {
+            writer.restock_exchanged(&entry);
+            orders.take_one_unit(key);
+        }
         let armed = shard::Armed {
             records: state.records + 1,
             slot_index: entry.slot_index,

@@ -136,7 +136,7 @@ pub fn decode_action(
         action,
         reason: parsed.reason,
         address,
-        restock: action == Action::Return && parsed.restock.unwrap_or(false),
+        restock: action.takes_restock() && parsed.restock.unwrap_or(false),
         exchange_sku,
         // The header's, set by the caller (it is checked after the body).
         idempotency_key: None,

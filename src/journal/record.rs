@@ -192,7 +192,8 @@ pub struct OrderAction {
     pub address: Option<String>,
     /// `modify` after `ship`: a redirect the carrier must act on.
     pub redirect: bool,
-    /// `return`: the goods are back on the shelf and the units available again.
+    /// `return`: the goods are back on the shelf and the units available again;
+    /// `exchange`: the one unit sent back is (the order keeps one unit fewer).
     pub restock: bool,
     /// `exchange`: the SKU one unit was taken from.
     pub exchange_sku: Option<String>,
@@ -340,7 +341,7 @@ fn action_json(
         object.insert("address".into(), json_object_text(address.as_str()));
         object.insert("redirect".into(), action.redirect.into());
     }
-    if action.action.to_native() == Action::Return {
+    if action.action.to_native().takes_restock() {
         object.insert("restock".into(), action.restock.into());
     }
     if let Some(sku) = action.exchange_sku.as_ref() {

@@ -144,6 +144,13 @@ impl Folded {
         })?;
         order.status = moved.to;
         let qty = u64::from(order.qty);
+        // A restocked exchange: the unit sent back is available again, the order holds one
+        // unit fewer (as the engine does).
+        let restock_one =
+            action == crate::order::Action::Exchange && change.restock && order.qty > 0;
+        if restock_one {
+            order.qty -= 1;
+        }
         let name = &self.names[order.sku as usize];
         let counts = self.view.get_mut(name).expect("numbered skus have counts");
         let underflow = || {
@@ -184,6 +191,10 @@ impl Folded {
                     .ok_or_else(|| damaged(seq, format!("exchange to unknown sku {exchanged}")))?
                     .sold += 1;
             }
+        }
+        if restock_one {
+            let counts = self.view.get_mut(name).expect("numbered skus have counts");
+            counts.sold = counts.sold.checked_sub(1).ok_or_else(underflow)?;
         }
         Ok(())
     }

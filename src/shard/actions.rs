@@ -22,7 +22,7 @@ fn action_event(request: ShardAction, state: &OrderState, to: OrderStatus) -> Ev
         reason: request.reason,
         redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
         address: request.address,
-        restock: action == Action::Return && request.restock,
+        restock: action.takes_restock() && request.restock,
         exchange_sku: request.exchange_sku,
     };
     match (request.shipment, request.idempotency) {
@@ -174,6 +174,8 @@ impl ShardWriter {
             };
             self.timer_after(action, moved.to, key, &request.order_id, armed)
         });
+        // An exchange with `{"restock": true}`: the unit the buyer sent back is on sale again.
+        let restock_one = action == Action::Exchange && request.restock && entry.qty > 0;
         let bind = request
             .idempotency
             .as_ref()
@@ -196,6 +198,10 @@ impl ShardWriter {
             entry,
             effect: moved.stock,
         });
+        if restock_one {
+            self.restock_exchanged(&entry);
+            self.undo.push(Undo::ExchangeRestock { entry });
+        }
         let frame_index = self.frame_owners.len();
         if let Some(reply) = reply {
             self.deferred.push(DeferredReply::Action {
@@ -216,7 +222,29 @@ impl ShardWriter {
             },
             timer,
             bind,
+            restock_one,
         });
+    }
+
+    /// An exchange's returned unit back on sale: one unit of the order's SKU from sold to
+    /// available and off the buyer's purchase count. The order then holds one unit fewer
+    /// (its entry's `qty`, at publish), so a later restocked `return` never gives it back
+    /// twice. Live and on replay.
+    pub fn restock_exchanged(&mut self, entry: &crate::inventory::OrderEntry) {
+        let one = StockEffect::GiveBack {
+            from_reserved: false,
+        };
+        self.stock.apply(entry.slot_index, 1, one);
+        self.purchases.subtract(entry.purchase_key, 1);
+    }
+
+    /// Undoes [`ShardWriter::restock_exchanged`] (the batch did not become durable).
+    pub(super) fn unrestock_exchanged(&mut self, entry: &crate::inventory::OrderEntry) {
+        let one = StockEffect::GiveBack {
+            from_reserved: false,
+        };
+        self.stock.revert(entry.slot_index, 1, one);
+        self.purchases.add(entry.purchase_key, 1);
     }
 
     /// The timer an action starts, live and on replay: an approval starts the payment clock
