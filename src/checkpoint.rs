@@ -9,19 +9,22 @@
 //! buyers' purchase counts are not stored: they are the sum of the quantities of the orders
 //! that have not given their units back, rebuilt from the entries at load. Version 2 adds
 //! the idempotency keys bound to order actions (order key, key hash, the action's seq, its
-//! fingerprint; see [`crate::inventory::idempotency`]).
+//! fingerprint; see [`crate::inventory::idempotency`]). Version 3 adds each timer's kind
+//! (payment, review, auto-completion: [`crate::shard::TimerKind`]) and the order-review
+//! rules in force (`None`: no `review_rules` record yet, the config's apply).
 //!
 //! Order keys are keyed SipHash values, so a checkpoint is only meaningful with the hash keys
 //! it was written with: those live in `<data_dir>/hash.keys`, created once per data dir.
 //!
 //! ```text
 //! <data_dir>/checkpoints/<seq:020>.ckpt
-//!   magic "STMPCKP2" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
+//!   magic "STMPCKP3" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
 //! ```
 //!
 //! A version-1 file (magic "STMPCKP1", no key table) still loads, with no keys: it was
 //! written by an engine that journaled no keyed action, so the records up to its seq bind
-//! none. Any other magic is not a checkpoint, and recovery skips it for an older one or the
+//! none. A version-2 file ("STMPCKP2") loads with every timer a payment timer and no review
+//! rules: its engine had no others. Any other magic is not a checkpoint, and recovery skips it for an older one or the
 //! journal.
 //!
 //! Written to a temporary name, fdatasynced, renamed, and the directory synced: a crash
@@ -40,7 +43,9 @@ use rkyv::util::AlignedVec;
 use crate::durable;
 use crate::inventory::{ActionFingerprint, BoundKey, IdempotencyKeyHash, OrderKey};
 
-const MAGIC: [u8; 8] = *b"STMPCKP2";
+const MAGIC: [u8; 8] = *b"STMPCKP3";
+/// The second format: [`CheckpointV2`].
+const MAGIC_V2: [u8; 8] = *b"STMPCKP2";
 /// The first format: [`CheckpointV1`].
 const MAGIC_V1: [u8; 8] = *b"STMPCKP1";
 const HEADER_BYTES: usize = 24;
@@ -68,13 +73,39 @@ pub struct OrderState {
     pub words: [u64; 4],
 }
 
-/// A payment timer of an order awaiting payment.
+/// A payment timer of an order awaiting payment (versions 1 and 2), read only.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TimerStateV2 {
+    pub key: u64,
+    pub due_ms: u64,
+    pub deadline_ms: u64,
+    pub order_id: String,
+}
+
+/// A timer of an order that waits: for payment, a reviewer, or the buyer's completion.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TimerState {
     pub key: u64,
     pub due_ms: u64,
     pub deadline_ms: u64,
     pub order_id: String,
+    /// [`crate::shard::TimerKind`] as its discriminant.
+    pub kind: u8,
+    /// [`crate::shard::PaymentTimer::epoch`].
+    pub epoch: u32,
+}
+
+impl From<TimerStateV2> for TimerState {
+    fn from(old: TimerStateV2) -> Self {
+        TimerState {
+            key: old.key,
+            due_ms: old.due_ms,
+            deadline_ms: old.deadline_ms,
+            order_id: old.order_id,
+            kind: 0,
+            epoch: 0,
+        }
+    }
 }
 
 /// An idempotency key bound to an order action ([`crate::inventory::BoundKey`]).
@@ -120,6 +151,19 @@ pub struct Checkpoint {
     pub orders: Vec<OrderState>,
     pub timers: Vec<TimerState>,
     pub idempotency_keys: Vec<KeyState>,
+    /// The order-review rules of the latest `review_rules` record up to `seq`, if any.
+    pub review_rules: Option<crate::journal::ReviewRulesChanged>,
+}
+
+/// The version-2 payload (before timer kinds and review rules), read only.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CheckpointV2 {
+    pub seq: u64,
+    pub created_ms: u64,
+    pub skus: Vec<SkuState>,
+    pub orders: Vec<OrderState>,
+    pub timers: Vec<TimerStateV2>,
+    pub idempotency_keys: Vec<KeyState>,
 }
 
 /// The version-1 payload (before idempotency keys), read only.
@@ -129,19 +173,33 @@ pub struct CheckpointV1 {
     pub created_ms: u64,
     pub skus: Vec<SkuState>,
     pub orders: Vec<OrderState>,
-    pub timers: Vec<TimerState>,
+    pub timers: Vec<TimerStateV2>,
+}
+
+impl From<CheckpointV2> for Checkpoint {
+    fn from(old: CheckpointV2) -> Self {
+        Checkpoint {
+            seq: old.seq,
+            created_ms: old.created_ms,
+            skus: old.skus,
+            orders: old.orders,
+            timers: old.timers.into_iter().map(TimerState::from).collect(),
+            idempotency_keys: old.idempotency_keys,
+            review_rules: None,
+        }
+    }
 }
 
 impl From<CheckpointV1> for Checkpoint {
     fn from(old: CheckpointV1) -> Self {
-        Checkpoint {
+        Checkpoint::from(CheckpointV2 {
             seq: old.seq,
             created_ms: old.created_ms,
             skus: old.skus,
             orders: old.orders,
             timers: old.timers,
             idempotency_keys: Vec::new(),
-        }
+        })
     }
 }
 
@@ -271,7 +329,7 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
     let mut header = [0u8; HEADER_BYTES];
     if file_len < HEADER_BYTES as u64
         || file.read_exact(&mut header).is_err()
-        || (header[..8] != MAGIC && header[..8] != MAGIC_V1)
+        || (header[..8] != MAGIC && header[..8] != MAGIC_V2 && header[..8] != MAGIC_V1)
     {
         return Err("not a checkpoint (bad magic or too short)".into());
     }
@@ -294,6 +352,11 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
         return rkyv::from_bytes::<CheckpointV1, rancor::Error>(&payload)
             .map(Checkpoint::from)
             .map_err(|e| format!("does not decode (version 1): {e}"));
+    }
+    if header[..8] == MAGIC_V2 {
+        return rkyv::from_bytes::<CheckpointV2, rancor::Error>(&payload)
+            .map(Checkpoint::from)
+            .map_err(|e| format!("does not decode (version 2): {e}"));
     }
     rkyv::from_bytes::<Checkpoint, rancor::Error>(&payload)
         .map_err(|e| format!("does not decode: {e}"))
@@ -341,6 +404,8 @@ mod tests {
                 due_ms: 5,
                 deadline_ms: 9,
                 order_id: "o1".into(),
+                kind: 0,
+                epoch: 0,
             }],
             idempotency_keys: vec![KeyState {
                 order: 42,
@@ -349,6 +414,7 @@ mod tests {
                 fingerprint: 11,
                 status: 2,
             }],
+            review_rules: None,
         }
     }
 
@@ -361,7 +427,16 @@ mod tests {
             created_ms: current.created_ms,
             skus: current.skus.clone(),
             orders: current.orders.clone(),
-            timers: current.timers.clone(),
+            timers: current
+                .timers
+                .iter()
+                .map(|timer| TimerStateV2 {
+                    key: timer.key,
+                    due_ms: timer.due_ms,
+                    deadline_ms: timer.deadline_ms,
+                    order_id: timer.order_id.clone(),
+                })
+                .collect(),
         };
         // Laid out as the first format's `write` did.
         let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();

@@ -6,6 +6,11 @@
 #   prealloc  as `always`, with journal.preallocate = true (synced zeros ahead of the writer)
 #   soldout   the engine, every order for a sold-out SKU (the fast path)
 #   nometrics as `none`, with metrics.enabled = false (what counting on the path costs)
+#   addr      as `none`, each order with its own shipping address (order review off)
+#   review    as `addr`, with every order-review rule on (PUT /v1/review/rules after start:
+#             address_buyers_max 3, client_orders_per_min 60000, qty_at_least 5, 24 review
+#             users, 24 deny users); wrk is one client, so past 60000 orders in a minute the
+#             burst rule holds every order (still 201, one more field in its record)
 # Each scenario runs ROUNDS times, interleaved, and the medians are reported with the
 # server's CPU time per request (utime+stime from /proc/PID/stat), which is steadier than
 # req/s on a shared machine.
@@ -46,7 +51,7 @@ start_server() { # scenario -> sets SERVER_PID
     bare)
       ./target/release/examples/bare_server "127.0.0.1:$PORT" >/dev/null & SERVER_PID=$!
       sleep 0.3 ;;
-    none|always|prealloc|soldout|nometrics|base-*)
+    none|always|prealloc|soldout|nometrics|addr|review|base-*)
       local kind=${1#base-} bin=./target/release/stampede
       if [ "$kind" != "$1" ]; then
         [ -x "$BASE_BIN" ] || { echo "scenario $1 needs BASE_BIN (a stampede binary)" >&2; exit 1; }
@@ -56,22 +61,36 @@ start_server() { # scenario -> sets SERVER_PID
       [ "$kind" = soldout ] && fsync=always
       [ "$kind" = prealloc ] && fsync=always && preallocate=true
       [ "$kind" = nometrics ] && fsync=none && metrics=false
+      [ "$kind" = addr ] || [ "$kind" = review ] && fsync=none
       rm -rf "$work/data"
       STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_JOURNAL_PREALLOCATE=$preallocate \
-        STAMPEDE_METRICS_ENABLED=$metrics STAMPEDE_LOG=warn \
+        STAMPEDE_METRICS_ENABLED=$metrics STAMPEDE_LOG=warn STAMPEDE_ADMIN_TOKEN=bench-admin-token \
         "$bin" serve \
         --config benches/http/bench.toml --listen "127.0.0.1:$PORT" --data-dir "$work/data" \
         >/dev/null 2>"$work/server.err" & SERVER_PID=$!
-      wait_ready readyz ;;
+      wait_ready readyz
+      if [ "$kind" = review ]; then put_review_rules; fi
+      ;;
   esac
+}
+
+put_review_rules() {
+  local users deny
+  users=$(python3 -c 'import json; print(json.dumps([f"review-{n}" for n in range(24)]))')
+  deny=$(python3 -c 'import json; print(json.dumps([f"deny-{n}" for n in range(24)]))')
+  curl -sf -X PUT -H "Authorization: Bearer bench-admin-token" \
+    -d "{\"address_buyers_max\":3,\"client_orders_per_min\":60000,\"qty_at_least\":5,\"review_users\":$users,\"deny_users\":$deny}" \
+    "http://127.0.0.1:$PORT/v1/review/rules" >/dev/null || { echo "review rules not set" >&2; exit 1; }
 }
 
 run_one() { # scenario round
   local scenario=$1 round=$2 sku=BENCH
   [ "${scenario#base-}" = soldout ] && sku=GONE
+  local address=
+  case "${scenario#base-}" in addr|review) address=1 ;; esac
   start_server "$scenario"
   local before; before=$(ticks "$SERVER_PID")
-  SKU=$sku RUN_ID="r$round$scenario" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
+  ADDRESS=$address SKU=$sku RUN_ID="r$round$scenario" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
     -s benches/http/orders.lua "http://127.0.0.1:$PORT" >"$work/$scenario.$round.txt"
   local after; after=$(ticks "$SERVER_PID")
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
@@ -123,6 +142,9 @@ for s in med:
 if {"none", "always", "prealloc"} <= med.keys():
     n, a, p = med["none"][0], med["always"][0], med["prealloc"][0]
     print(f"\nalways / none throughput: {a/n:.2f}   prealloc / none: {p/n:.2f}")
+if {"addr", "review"} <= med.keys():
+    off, on = med["addr"], med["review"]
+    print(f"review rules on / off: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}")
 if {"none", "nometrics"} <= med.keys():
     on, off = med["none"], med["nometrics"]
     print(f"metrics on / off: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}")

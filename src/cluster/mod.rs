@@ -134,15 +134,19 @@ impl Cluster {
     }
 
     /// Decides a new order of a buyer this node owns (see the module doc, step 3).
-    pub async fn place_order(&self, order: NewOrder) -> OrderOutcome {
+    pub async fn place_order(
+        &self,
+        order: NewOrder,
+        client: Option<std::net::IpAddr>,
+    ) -> OrderOutcome {
         let sku = order.sku.clone();
         let qty = u64::from(order.qty);
         let mut asked_for_units = false;
         let mut looked_up_sku = false;
         loop {
-            let outcome = self.engine.place_order(order.clone()).await;
+            let outcome = self.engine.place_order_from(order.clone(), client).await;
             match outcome {
-                OrderOutcome::Accepted { .. } => {
+                OrderOutcome::Accepted { .. } | OrderOutcome::Held { .. } => {
                     self.shares.after_sale(&sku);
                     return outcome;
                 }

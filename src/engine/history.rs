@@ -26,6 +26,13 @@ pub struct OrderView {
     /// The latest address: the last `modify`'s, or the one given with the order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<serde_json::Value>,
+    /// The latest parcel: `{"carrier", "tracking_no", "at"}` of the newest `ship`, `reship`
+    /// or `exchange` that named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipment: Option<serde_json::Value>,
+    /// The review rules that held the order (order review), if any held it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<Vec<String>>,
     /// Every record of the order, oldest first: `{"event","seq","at",...}`.
     pub history: Vec<serde_json::Value>,
     /// False when retention deleted the segments holding the order's first records: the
@@ -43,9 +50,47 @@ struct HistoryWalk {
     latest_address: Option<serde_json::Value>,
     /// The status the newest record kept left (`None`: the order's current one).
     status: Option<crate::order::OrderStatus>,
+    /// The newest kept record's parcel (`ship`, `reship`, `exchange` with a carrier).
+    shipment: Option<serde_json::Value>,
 }
 
 impl HistoryWalk {
+    /// The acceptance record (held for review when `review` is set): the view's fixed
+    /// fields, and the end of the walk.
+    fn accepted(
+        &mut self,
+        object: &mut serde_json::Map<String, serde_json::Value>,
+        order: &journal::record::ArchivedOrderAccepted,
+        review: Option<Vec<String>>,
+    ) {
+        for field in ["user_id", "sku", "qty", "payment", "address"] {
+            object.remove(field);
+        }
+        let payment = order.payment.to_native();
+        let initial = payment.first_status(review.is_some());
+        object.insert("status".into(), initial.as_str().into());
+        if self.latest_address.is_none() {
+            self.latest_address = order
+                .address
+                .as_ref()
+                .map(|a| journal::record::json_object_text(a.as_str()));
+        }
+        self.status.get_or_insert(initial);
+        self.view = Some(OrderView {
+            order_id: order.order_id.to_string(),
+            user_id: Some(order.user_id.to_string()),
+            sku: order.sku.to_string(),
+            qty: order.qty.to_native(),
+            payment: Some(payment.as_str()),
+            status: initial.as_str(),
+            address: None,
+            shipment: None,
+            review,
+            history: Vec::new(),
+            history_complete: true,
+        });
+    }
+
     /// Takes one record of the chain; returns the seq of the one before it (`None` at the
     /// acceptance), or what makes the chain broken.
     fn visit(&mut self, seq: u64, record: &ArchivedRecord) -> Result<Option<u64>, &'static str> {
@@ -57,33 +102,17 @@ impl HistoryWalk {
         object.remove("order_id");
         let prev_seq = match &record.event {
             ArchivedEvent::Accepted(order) => {
-                for field in ["user_id", "sku", "qty", "payment", "address"] {
-                    object.remove(field);
-                }
-                let payment = order.payment.to_native();
-                let initial = payment.initial_status();
-                object.insert("status".into(), initial.as_str().into());
-                if self.latest_address.is_none() {
-                    self.latest_address = order
-                        .address
-                        .as_ref()
-                        .map(|a| journal::record::json_object_text(a.as_str()));
-                }
-                self.status.get_or_insert(initial);
-                self.view = Some(OrderView {
-                    order_id: order.order_id.to_string(),
-                    user_id: Some(order.user_id.to_string()),
-                    sku: order.sku.to_string(),
-                    qty: order.qty.to_native(),
-                    payment: Some(payment.as_str()),
-                    status: initial.as_str(),
-                    address: None,
-                    history: Vec::new(),
-                    history_complete: true,
-                });
+                self.accepted(object, order, None);
                 None
             }
-            event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
+            ArchivedEvent::Held(held) => {
+                let review = held.review.iter().map(|r| r.to_string()).collect();
+                self.accepted(object, &held.order, Some(review));
+                None
+            }
+            event @ (ArchivedEvent::Action(_)
+            | ArchivedEvent::KeyedAction(_)
+            | ArchivedEvent::Shipment(_)) => {
                 let action = event.order_action().expect("an action record");
                 object.remove("prev_seq");
                 if kept {
@@ -91,10 +120,20 @@ impl HistoryWalk {
                         self.latest_address = object.get("address").cloned();
                     }
                     self.status.get_or_insert(action.status.to_native());
+                    if self.shipment.is_none()
+                        && let Some((carrier, tracking_no)) = event.shipment()
+                    {
+                        self.shipment = Some(serde_json::json!({
+                            "carrier": carrier,
+                            "tracking_no": tracking_no,
+                            "at": object.get("at").cloned().unwrap_or_default(),
+                        }));
+                    }
                 }
                 Some(action.prev_seq.to_native())
             }
             ArchivedEvent::Sku(_) => return Err("a stock change"),
+            ArchivedEvent::ReviewRules(_) => return Err("a review rule change"),
         };
         if kept {
             self.history.push(item);
@@ -126,6 +165,7 @@ impl Engine {
             view: None,
             latest_address: None,
             status: None,
+            shipment: None,
         };
         let mut seq = state.last_seq;
         let mut first_retained = self.first_retained_seq()?;
@@ -150,6 +190,8 @@ impl Engine {
                     payment: None,
                     status: state.status.as_str(),
                     address: None,
+                    shipment: None,
+                    review: None,
                     history: Vec::new(),
                     history_complete: false,
                 });
@@ -196,6 +238,7 @@ impl Engine {
         walk.history.reverse();
         view.history = walk.history;
         view.address = walk.latest_address;
+        view.shipment = walk.shipment;
         if let Some(status) = walk.status {
             view.status = status.as_str();
         }

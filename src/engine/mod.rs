@@ -10,6 +10,7 @@
 //! | `catalogue.rs` | SKU slots, stock views, single and bulk SKU changes |
 //! | `actions.rs` | actions on orders; the exchange's hold and settle across shards |
 //! | `history.rs` | an order's history read back from the journal |
+//! | `review.rs` | order review: the rule book, journaled rule changes, the held orders' page |
 //! | `retention.rs` | checkpoints and the deletion of segments no one needs |
 //! | `signals.rs` | mailbox depth and wait, drain rate, `Retry-After` for admission |
 //! | `scrape.rs` | the engine's side of `GET /metrics` |
@@ -50,6 +51,7 @@ mod history;
 mod orders;
 mod replay;
 mod retention;
+mod review;
 mod scrape;
 mod signals;
 mod start;
@@ -57,6 +59,7 @@ mod start;
 pub use history::OrderView;
 pub use orders::{NewOrder, Route};
 use retention::Backoff;
+pub use review::{ReviewPage, ReviewRulesError};
 use scrape::EngineMetrics;
 use signals::DrainRate;
 
@@ -159,6 +162,8 @@ pub struct ActionRequest {
     pub exchange_sku: Option<String>,
     /// The `Idempotency-Key` header (validated), if the client sent one.
     pub idempotency_key: Option<String>,
+    /// `ship`, `reship`, `exchange`: the parcel's carrier and tracking number.
+    pub shipment: Option<crate::shard::Shipment>,
 }
 
 /// Why an action could not be decided by the order's shard.
@@ -243,6 +248,8 @@ pub struct Engine {
     consumer_token: String,
     /// Serialises SKU creation (slot allocation) and updates; never held on the order path.
     sku_admin: tokio::sync::Mutex<()>,
+    /// Order review: the rules in force and their tables ([`review`]).
+    review: review::ReviewState,
     _lock: File,
 }
 

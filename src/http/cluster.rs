@@ -42,7 +42,12 @@ fn unreachable_peer(error: &ForwardError) -> HttpResponse {
 /// `POST /v1/orders` on a node that does not own the buyer: the owner's answer. `None`
 /// when this node decides (it owns the buyer, or the body does not decode: the local
 /// decoder gives the same 400/422 as any node would).
-pub async fn forward_order(cluster: &Cluster, parts: &Parts, body: &Bytes) -> Option<HttpResponse> {
+pub async fn forward_order(
+    cluster: &Cluster,
+    parts: &Parts,
+    body: &Bytes,
+    client: std::net::IpAddr,
+) -> Option<HttpResponse> {
     let order = super::orders::decode_order(body).ok()?;
     let owner = cluster.membership().owner_of(&order.user_id);
     if owner.id == cluster.node_id() {
@@ -70,13 +75,31 @@ pub async fn forward_order(cluster: &Cluster, parts: &Parts, body: &Bytes) -> Op
     Some(
         match cluster
             .forwarder()
-            .forward(owner, &parts.method, path, &parts.headers, body.clone())
+            .forward(
+                owner,
+                &parts.method,
+                path,
+                &client_headers(parts, client),
+                body.clone(),
+            )
             .await
         {
             Ok(response) => response,
             Err(error) => unreachable_peer(&error),
         },
     )
+}
+
+/// The request's headers with the buyer's address (as this node resolved it, trusted proxies
+/// applied) as the only forwarded-for: the owner's order review sees the buyer, not this
+/// node, when it lists the nodes in `http.trusted_proxies`.
+fn client_headers(parts: &Parts, client: std::net::IpAddr) -> hyper::HeaderMap {
+    let mut headers = parts.headers.clone();
+    headers.remove("forwarded");
+    if let Ok(value) = hyper::header::HeaderValue::from_str(&client.to_string()) {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers
 }
 
 /// An order request this node answered 404 (`local`): asked of every other node at once;

@@ -7,11 +7,13 @@ pub mod admin;
 pub mod admission;
 pub mod bulk;
 pub mod cluster;
+pub mod forwarded;
 pub mod journal;
 pub mod lifecycle;
 pub mod orders;
 pub mod queue_delay;
 pub mod reply;
+pub mod review;
 mod routes;
 
 use std::convert::Infallible;
@@ -57,6 +59,8 @@ pub struct AppState {
     followers: Arc<Semaphore>,
     /// Turns true when draining starts: followers end their streams.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// `http.trusted_proxies`: whose forwarded-for headers name the client.
+    trusted_proxies: forwarded::TrustedProxies,
 }
 
 impl AppState {
@@ -72,7 +76,19 @@ impl AppState {
             journal_readers: Semaphore::new(JOURNAL_READERS_MAX),
             followers: Arc::new(Semaphore::new(limits::FOLLOWERS_MAX)),
             stopping: tokio::sync::watch::Sender::new(false),
+            trusted_proxies: forwarded::TrustedProxies::default(),
         }
+    }
+
+    /// Honours `X-Forwarded-For` / `Forwarded` from these proxies (validated config
+    /// entries; one that does not parse is skipped).
+    pub fn with_trusted_proxies(mut self, entries: &[String]) -> Self {
+        let nets = entries
+            .iter()
+            .filter_map(|entry| forwarded::TrustedNet::parse(entry).ok())
+            .collect();
+        self.trusted_proxies = forwarded::TrustedProxies::new(nets);
+        self
     }
 
     /// Applies the configured admission control (the default: in-flight bound only).

@@ -158,6 +158,9 @@ struct OrderReply<'a> {
     order_id: &'a str,
     status: &'static str,
     seq: u64,
+    /// The review rules that held the order (order review); absent when none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review: Option<Vec<&'static str>>,
     /// Cluster mode: the node whose journal holds the order (`seq` is its position there).
     #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<&'a str>,
@@ -168,6 +171,17 @@ fn order_reply(
     status: OrderStatus,
     seq: u64,
     replayed: bool,
+    node: Option<&str>,
+) -> HttpResponse {
+    order_reply_held(order_id, status, seq, replayed, None, node)
+}
+
+fn order_reply_held(
+    order_id: &str,
+    status: OrderStatus,
+    seq: u64,
+    replayed: bool,
+    review: Option<Vec<&'static str>>,
     node: Option<&str>,
 ) -> HttpResponse {
     let code = if replayed {
@@ -181,6 +195,7 @@ fn order_reply(
             order_id,
             status: status.as_str(),
             seq,
+            review,
             node,
         },
     );
@@ -200,8 +215,9 @@ pub async fn create_order(
     cluster: Option<&Cluster>,
     body: &[u8],
     per_user: Option<&RateLimiter>,
+    client: Option<std::net::IpAddr>,
 ) -> (HttpResponse, OrderOutcomeLabel) {
-    match decide_order(engine, cluster, body, per_user).await {
+    match decide_order(engine, cluster, body, per_user, client).await {
         Ok(response) => {
             let outcome = if response.status() == hyper::StatusCode::CREATED {
                 OrderOutcomeLabel::Accepted
@@ -225,6 +241,7 @@ async fn decide_order(
     cluster: Option<&Cluster>,
     body: &[u8],
     per_user: Option<&RateLimiter>,
+    client: Option<std::net::IpAddr>,
 ) -> Result<HttpResponse, (ApiError, Option<ShedReason>)> {
     let order = decode_order(body).map_err(|error| (error, None))?;
     if let Some(limiter) = per_user
@@ -240,7 +257,7 @@ async fn decide_order(
         .retry_after(seconds);
         return Err((error, Some(ShedReason::UserRate)));
     }
-    decide_decoded(engine, cluster, order)
+    decide_decoded(engine, cluster, order, client)
         .await
         .map_err(|error| {
             let shed = (error.code == ErrorCode::Overloaded).then_some(ShedReason::ShardQueueFull);
@@ -254,15 +271,31 @@ async fn decide_decoded(
     engine: &Engine,
     cluster: Option<&Cluster>,
     order: NewOrder,
+    client: Option<std::net::IpAddr>,
 ) -> Result<HttpResponse, ApiError> {
     let order_id = order.order_id.clone();
     let sku = order.sku.clone();
     let qty = order.qty;
     let (outcome, node) = match cluster {
-        None => (engine.place_order(order).await, None),
-        Some(cluster) => (cluster.place_order(order).await, Some(cluster.node_id())),
+        None => (engine.place_order_from(order, client).await, None),
+        Some(cluster) => (
+            cluster.place_order(order, client).await,
+            Some(cluster.node_id()),
+        ),
     };
     match outcome {
+        OrderOutcome::Held { seq, review } => Ok(order_reply_held(
+            &order_id,
+            OrderStatus::Held,
+            seq,
+            false,
+            Some(review.names()),
+            node,
+        )),
+        OrderOutcome::Denied => Err(ApiError::new(
+            ErrorCode::Denied,
+            "this buyer may not order in this sale; nothing was taken",
+        )),
         OrderOutcome::Accepted { seq, status } => {
             Ok(order_reply(&order_id, status, seq, false, node))
         }

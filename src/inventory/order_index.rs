@@ -305,6 +305,15 @@ impl OrderIndex {
         entry.set_state(state);
     }
 
+    /// One unit fewer for the order (a restocked exchange gave one back); never below 0.
+    pub fn take_one_unit(&self, key: OrderKey) {
+        let mut entry = self
+            .entries
+            .get_mut(&key.0)
+            .expect("unit change of a known order");
+        entry.qty = entry.qty.saturating_sub(1);
+    }
+
     /// Inserts an entry from a checkpoint (start-up, before any shard runs).
     pub fn restore(&self, key: OrderKey, entry: OrderEntry) -> bool {
         self.entries.insert(key.0, entry).is_none()
@@ -317,6 +326,26 @@ impl OrderIndex {
             .filter(|item| item.value().accepted_seq() != 0)
             .map(|item| (OrderKey(*item.key()), *item.value()))
             .collect()
+    }
+
+    /// The accepted seqs and keys of the durable orders held for review with an accepted
+    /// seq above `after_seq`, oldest first, at most `limit` (and whether more are left). A
+    /// scan of the whole index, reading one entry at a time: for `GET /v1/reviews`, an
+    /// operator's page, never the order path.
+    pub fn held_after(&self, after_seq: u64, limit: usize) -> (Vec<(u64, OrderKey)>, bool) {
+        let mut held: Vec<(u64, OrderKey)> = self
+            .entries
+            .iter()
+            .filter(|item| {
+                let entry = item.value();
+                entry.accepted_seq() > after_seq && entry.state().status.is_held()
+            })
+            .map(|item| (item.value().accepted_seq(), OrderKey(*item.key())))
+            .collect();
+        held.sort_unstable_by_key(|(seq, _)| *seq);
+        let more = held.len() > limit;
+        held.truncate(limit);
+        (held, more)
     }
 
     /// True if the key is known (durable or pending).

@@ -31,6 +31,13 @@ pub enum OrderOutcome {
     Overloaded { retry_after_s: u32 },
     /// Nothing was taken: the journal cannot be written, or the engine is stopping.
     Unavailable { reason: String },
+    /// Stock taken and the order journaled, held for review by the rules named in `review`.
+    Held {
+        seq: u64,
+        review: super::review::ReviewFlags,
+    },
+    /// The buyer is on the review deny list: 403 `denied`, nothing taken.
+    Denied,
 }
 
 /// The rules that need only the SKU's figures: `max_per_order`, then stock.

@@ -69,8 +69,12 @@ impl JournalFold {
                     self.folded
                         .sku(change.sku.as_str(), change.stock_total.to_native());
                 }
-                ArchivedEvent::Accepted(accepted) => self.folded.accepted(seq, accepted)?,
-                event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
+                ArchivedEvent::Accepted(accepted) => self.folded.accepted(seq, accepted, false)?,
+                ArchivedEvent::Held(held) => self.folded.accepted(seq, &held.order, true)?,
+                ArchivedEvent::ReviewRules(_) => {}
+                event @ (ArchivedEvent::Action(_)
+                | ArchivedEvent::KeyedAction(_)
+                | ArchivedEvent::Shipment(_)) => {
                     self.folded
                         .action(seq, event.order_action().expect("an action record"))?;
                 }
@@ -90,11 +94,13 @@ impl Folded {
         self.view.entry(name.to_owned()).or_default().stock_total = stock_total;
     }
 
-    /// An `accepted` record: its `qty` reserved (prepaid, escrow) or sold (cod).
+    /// An `accepted` record: its `qty` reserved (prepaid, escrow, or held for review) or sold
+    /// (cod).
     fn accepted(
         &mut self,
         seq: u64,
         accepted: &ArchivedOrderAccepted,
+        held: bool,
     ) -> Result<(), ReconcileError> {
         let name = accepted.sku.as_str();
         let sku = *self
@@ -102,7 +108,7 @@ impl Folded {
             .get(name)
             .ok_or_else(|| damaged(seq, format!("an order for unknown sku {name}")))?;
         let qty = accepted.qty.to_native();
-        let status = accepted.payment.to_native().initial_status();
+        let status = accepted.payment.to_native().first_status(held);
         let counts = self.view.get_mut(name).expect("numbered skus have counts");
         if status.holds_reserved() {
             counts.reserved += u64::from(qty);
@@ -138,6 +144,13 @@ impl Folded {
         })?;
         order.status = moved.to;
         let qty = u64::from(order.qty);
+        // A restocked exchange: the unit sent back is available again, the order holds one
+        // unit fewer (as the engine does).
+        let restock_one =
+            action == crate::order::Action::Exchange && change.restock && order.qty > 0;
+        if restock_one {
+            order.qty -= 1;
+        }
         let name = &self.names[order.sku as usize];
         let counts = self.view.get_mut(name).expect("numbered skus have counts");
         let underflow = || {
@@ -178,6 +191,10 @@ impl Folded {
                     .ok_or_else(|| damaged(seq, format!("exchange to unknown sku {exchanged}")))?
                     .sold += 1;
             }
+        }
+        if restock_one {
+            let counts = self.view.get_mut(name).expect("numbered skus have counts");
+            counts.sold = counts.sold.checked_sub(1).ok_or_else(underflow)?;
         }
         Ok(())
     }

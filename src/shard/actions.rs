@@ -4,9 +4,9 @@
 use tokio::sync::oneshot;
 
 use super::turn::{DeferredReply, FrameOwner, Undo};
-use super::{ActionOutcome, PaymentTimer, Settle, ShardAction, ShardWriter, shard_of};
+use super::{ActionOutcome, PaymentTimer, Settle, ShardAction, ShardWriter, TimerKind, shard_of};
 use crate::inventory::{KeyCheck, OrderState};
-use crate::journal::{Event, KeyedOrderAction, OrderAction, Record};
+use crate::journal::{Event, KeyedOrderAction, OrderAction, Record, ShipmentAction};
 use crate::limits;
 use crate::order::{Action, OrderStatus, StockEffect, transition};
 
@@ -22,16 +22,31 @@ fn action_event(request: ShardAction, state: &OrderState, to: OrderStatus) -> Ev
         reason: request.reason,
         redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
         address: request.address,
-        restock: action == Action::Return && request.restock,
+        restock: action.takes_restock() && request.restock,
         exchange_sku: request.exchange_sku,
     };
-    match request.idempotency {
-        Some(idempotency) => Event::KeyedAction(Box::new(KeyedOrderAction {
+    match (request.shipment, request.idempotency) {
+        (Some(shipment), idempotency) => Event::Shipment(Box::new(ShipmentAction {
+            action: change,
+            idempotency_key: idempotency.map(|i| i.key),
+            carrier: shipment.carrier,
+            tracking_no: shipment.tracking_no,
+        })),
+        (None, Some(idempotency)) => Event::KeyedAction(Box::new(KeyedOrderAction {
             action: change,
             idempotency_key: idempotency.key,
         })),
-        None => Event::Action(Box::new(change)),
+        (None, None) => Event::Action(Box::new(change)),
     }
+}
+
+/// Where and when an action that may start a timer happened ([`ShardWriter::timer_after`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Armed {
+    /// The order's record count with the action's record.
+    pub records: u32,
+    pub slot_index: u32,
+    pub at_ms: u64,
 }
 
 impl ShardWriter {
@@ -48,7 +63,9 @@ impl ShardWriter {
                 continue;
             };
             let state = entry.state();
-            if state.status != OrderStatus::PendingPayment {
+            if !timer.kind.applies_to(state.status)
+                || (timer.epoch != 0 && timer.epoch != state.records)
+            {
                 continue;
             }
             if self.has_open_record(timer.key) {
@@ -57,15 +74,17 @@ impl ShardWriter {
                 later.push(timer);
                 continue;
             }
-            let action = if now_ms >= timer.deadline_ms {
-                Action::Expire
-            } else if !state.reminded {
-                Action::PaymentReminder
-            } else {
-                // Reminded before a restart: wait for the deadline.
-                timer.due_ms = timer.deadline_ms;
-                self.timers.push(timer);
-                continue;
+            let (action, reason) = match timer.kind {
+                TimerKind::Payment if now_ms >= timer.deadline_ms => (Action::Expire, None),
+                TimerKind::Payment if !state.reminded => (Action::PaymentReminder, None),
+                TimerKind::Payment => {
+                    // Reminded before a restart: wait for the deadline.
+                    timer.due_ms = timer.deadline_ms;
+                    self.timers.push(timer);
+                    continue;
+                }
+                TimerKind::Review => (Action::Reject, Some("review_timeout".to_owned())),
+                TimerKind::AutoComplete => (Action::Complete, Some("auto".to_owned())),
             };
             let key = timer.key;
             let order_id = timer.order_id.to_string();
@@ -77,12 +96,13 @@ impl ShardWriter {
                 order_id,
                 key,
                 action,
-                reason: None,
+                reason,
                 address: None,
                 restock: false,
                 exchange_sku: None,
                 idempotency: None,
                 exchange_sold_out: None,
+                shipment: None,
             };
             self.decide_action(request, None, next, now_ms);
             fired += 1;
@@ -146,6 +166,16 @@ impl ShardWriter {
             );
         }
         debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
+        let timer = timer.or_else(|| {
+            let armed = Armed {
+                records: state.records + 1,
+                slot_index: entry.slot_index,
+                at_ms,
+            };
+            self.timer_after(action, moved.to, key, &request.order_id, armed)
+        });
+        // An exchange with `{"restock": true}`: the unit the buyer sent back is on sale again.
+        let restock_one = action == Action::Exchange && request.restock && entry.qty > 0;
         let bind = request
             .idempotency
             .as_ref()
@@ -168,6 +198,10 @@ impl ShardWriter {
             entry,
             effect: moved.stock,
         });
+        if restock_one {
+            self.restock_exchanged(&entry);
+            self.undo.push(Undo::ExchangeRestock { entry });
+        }
         let frame_index = self.frame_owners.len();
         if let Some(reply) = reply {
             self.deferred.push(DeferredReply::Action {
@@ -188,7 +222,66 @@ impl ShardWriter {
             },
             timer,
             bind,
+            restock_one,
         });
+    }
+
+    /// An exchange's returned unit back on sale: one unit of the order's SKU from sold to
+    /// available and off the buyer's purchase count. The order then holds one unit fewer
+    /// (its entry's `qty`, at publish), so a later restocked `return` never gives it back
+    /// twice. Live and on replay.
+    pub fn restock_exchanged(&mut self, entry: &crate::inventory::OrderEntry) {
+        let one = StockEffect::GiveBack {
+            from_reserved: false,
+        };
+        self.stock.apply(entry.slot_index, 1, one);
+        self.purchases.subtract(entry.purchase_key, 1);
+    }
+
+    /// Undoes [`ShardWriter::restock_exchanged`] (the batch did not become durable).
+    pub(super) fn unrestock_exchanged(&mut self, entry: &crate::inventory::OrderEntry) {
+        let one = StockEffect::GiveBack {
+            from_reserved: false,
+        };
+        self.stock.revert(entry.slot_index, 1, one);
+        self.purchases.add(entry.purchase_key, 1);
+    }
+
+    /// The timer an action starts, live and on replay: an approval starts the payment clock
+    /// of a prepaid or escrow order, a delivery the auto-completion's (when it is on).
+    pub fn timer_after(
+        &self,
+        action: Action,
+        to: OrderStatus,
+        key: crate::inventory::OrderKey,
+        order_id: &str,
+        armed: Armed,
+    ) -> Option<PaymentTimer> {
+        match (action, to) {
+            (Action::Approve, OrderStatus::PendingPayment) => {
+                let timeout_s = self.stock.figures(armed.slot_index).payment_timeout_s;
+                Some(PaymentTimer::for_order(
+                    key,
+                    order_id,
+                    armed.at_ms,
+                    timeout_s,
+                ))
+            }
+            (_, OrderStatus::Delivered) if self.deadlines.auto_complete_s > 0 => {
+                let timer = PaymentTimer::one_shot(
+                    TimerKind::AutoComplete,
+                    key,
+                    order_id,
+                    armed.at_ms,
+                    self.deadlines.auto_complete_s,
+                );
+                Some(PaymentTimer {
+                    epoch: armed.records,
+                    ..timer
+                })
+            }
+            _ => None,
+        }
     }
 
     /// The answer to an action that is a retry, if it is one. With a key, the key alone
