@@ -9,19 +9,20 @@
 //! buyers' purchase counts are not stored: they are the sum of the quantities of the orders
 //! that have not given their units back, rebuilt from the entries at load. Version 2 adds
 //! the idempotency keys bound to order actions (order key, key hash, the action's seq, its
-//! fingerprint; see [`crate::inventory::idempotency`]).
+//! fingerprint; see [`crate::inventory::idempotency`]). Version 3 adds the slots of the SKUs
+//! whose new orders an operator paused.
 //!
 //! Order keys are keyed SipHash values, so a checkpoint is only meaningful with the hash keys
 //! it was written with: those live in `<data_dir>/hash.keys`, created once per data dir.
 //!
 //! ```text
 //! <data_dir>/checkpoints/<seq:020>.ckpt
-//!   magic "STMPCKP2" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
+//!   magic "STMPCKP3" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
 //! ```
 //!
 //! A version-1 file (magic "STMPCKP1", no key table) still loads, with no keys: it was
 //! written by an engine that journaled no keyed action, so the records up to its seq bind
-//! none. Any other magic is not a checkpoint, and recovery skips it for an older one or the
+//! none. A version-2 file ("STMPCKP2") loads with no paused SKU, for the same reason. Any other magic is not a checkpoint, and recovery skips it for an older one or the
 //! journal.
 //!
 //! Written to a temporary name, fdatasynced, renamed, and the directory synced: a crash
@@ -40,7 +41,9 @@ use rkyv::util::AlignedVec;
 use crate::durable;
 use crate::inventory::{ActionFingerprint, BoundKey, IdempotencyKeyHash, OrderKey};
 
-const MAGIC: [u8; 8] = *b"STMPCKP2";
+const MAGIC: [u8; 8] = *b"STMPCKP3";
+/// The second format: [`CheckpointV2`].
+const MAGIC_V2: [u8; 8] = *b"STMPCKP2";
 /// The first format: [`CheckpointV1`].
 const MAGIC_V1: [u8; 8] = *b"STMPCKP1";
 const HEADER_BYTES: usize = 24;
@@ -120,6 +123,33 @@ pub struct Checkpoint {
     pub orders: Vec<OrderState>,
     pub timers: Vec<TimerState>,
     pub idempotency_keys: Vec<KeyState>,
+    /// The slots of the SKUs whose new orders are paused.
+    pub paused_slots: Vec<u32>,
+}
+
+/// The version-2 payload (before pauses), read only.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CheckpointV2 {
+    pub seq: u64,
+    pub created_ms: u64,
+    pub skus: Vec<SkuState>,
+    pub orders: Vec<OrderState>,
+    pub timers: Vec<TimerState>,
+    pub idempotency_keys: Vec<KeyState>,
+}
+
+impl From<CheckpointV2> for Checkpoint {
+    fn from(old: CheckpointV2) -> Self {
+        Checkpoint {
+            seq: old.seq,
+            created_ms: old.created_ms,
+            skus: old.skus,
+            orders: old.orders,
+            timers: old.timers,
+            idempotency_keys: old.idempotency_keys,
+            paused_slots: Vec::new(),
+        }
+    }
 }
 
 /// The version-1 payload (before idempotency keys), read only.
@@ -141,6 +171,7 @@ impl From<CheckpointV1> for Checkpoint {
             orders: old.orders,
             timers: old.timers,
             idempotency_keys: Vec::new(),
+            paused_slots: Vec::new(),
         }
     }
 }
@@ -271,7 +302,7 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
     let mut header = [0u8; HEADER_BYTES];
     if file_len < HEADER_BYTES as u64
         || file.read_exact(&mut header).is_err()
-        || (header[..8] != MAGIC && header[..8] != MAGIC_V1)
+        || (header[..8] != MAGIC && header[..8] != MAGIC_V2 && header[..8] != MAGIC_V1)
     {
         return Err("not a checkpoint (bad magic or too short)".into());
     }
@@ -289,6 +320,11 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
     file.read_exact(&mut payload).map_err(|e| e.to_string())?;
     if crc32c::crc32c(&payload) != crc {
         return Err("checksum does not match".into());
+    }
+    if header[..8] == MAGIC_V2 {
+        return rkyv::from_bytes::<CheckpointV2, rancor::Error>(&payload)
+            .map(Checkpoint::from)
+            .map_err(|e| format!("does not decode (version 2): {e}"));
     }
     if header[..8] == MAGIC_V1 {
         return rkyv::from_bytes::<CheckpointV1, rancor::Error>(&payload)
@@ -349,7 +385,38 @@ mod tests {
                 fingerprint: 11,
                 status: 2,
             }],
+            paused_slots: vec![3],
         }
+    }
+
+    #[test]
+    fn a_second_format_checkpoint_loads_with_no_paused_sku() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = sample(10);
+        let old = CheckpointV2 {
+            seq: current.seq,
+            created_ms: current.created_ms,
+            skus: current.skus.clone(),
+            orders: current.orders.clone(),
+            timers: current.timers.clone(),
+            idempotency_keys: current.idempotency_keys.clone(),
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"STMPCKP2");
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&payload);
+        fs::write(dir.path().join(file_name(10)), bytes).unwrap();
+        let loaded = load_latest(dir.path()).unwrap().unwrap().1;
+        assert_eq!(
+            loaded,
+            Checkpoint {
+                paused_slots: Vec::new(),
+                ..current
+            }
+        );
     }
 
     #[test]
@@ -377,6 +444,7 @@ mod tests {
             loaded,
             Checkpoint {
                 idempotency_keys: Vec::new(),
+                paused_slots: Vec::new(),
                 ..current
             }
         );

@@ -31,12 +31,14 @@ pub enum ErrorCode {
     RequestTimeout,
     /// Journal records asked for were deleted by retention (410).
     Gone,
+    /// New orders for the SKU are paused by an operator (409).
+    Paused,
 }
 
 impl ErrorCode {
     /// The codes `POST /v1/orders` can refuse with (its row of the contract's table, plus
     /// the body timeout): the only ones `stampede_orders_total` exports.
-    pub const ORDER_REFUSALS: [ErrorCode; 10] = [
+    pub const ORDER_REFUSALS: [ErrorCode; 11] = [
         Self::BadRequest,
         Self::Invalid,
         Self::TooLarge,
@@ -47,10 +49,11 @@ impl ErrorCode {
         Self::Overloaded,
         Self::Unavailable,
         Self::RequestTimeout,
+        Self::Paused,
     ];
 
     /// Every code, for per-code metrics.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         Self::BadRequest,
         Self::Invalid,
         Self::TooLarge,
@@ -69,6 +72,7 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::RequestTimeout,
         Self::Gone,
+        Self::Paused,
     ];
 
     /// The code's position in [`ErrorCode::ALL`].
@@ -96,6 +100,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::Gone => "gone",
+            Self::Paused => "paused",
         }
     }
 
@@ -107,9 +112,11 @@ impl ErrorCode {
             Self::UnknownSku | Self::UnknownOrder | Self::UnknownGroup | Self::NotFound => {
                 StatusCode::NOT_FOUND
             }
-            Self::SoldOut | Self::PurchaseLimit | Self::StockConflict | Self::InvalidTransition => {
-                StatusCode::CONFLICT
-            }
+            Self::SoldOut
+            | Self::PurchaseLimit
+            | Self::StockConflict
+            | Self::InvalidTransition
+            | Self::Paused => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

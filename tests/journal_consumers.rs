@@ -513,7 +513,7 @@ fn summary(record: &stampede::journal::ArchivedRecord) -> Seen {
     match &record.event {
         ArchivedEvent::Sku(sku) => Seen::Sku(sku.sku.as_str().to_owned()),
         ArchivedEvent::Accepted(order) => Seen::Accepted(order.order_id.as_str().to_owned()),
-        ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_) => {
+        ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_) | ArchivedEvent::SkuPause(_) => {
             Seen::Other(record.type_name().to_owned())
         }
     }

@@ -381,6 +381,7 @@ impl Harness {
             OrderOutcome::PurchaseLimit { .. } => Expect::PurchaseLimit,
             other @ (OrderOutcome::Unavailable { .. }
             | OrderOutcome::UnknownSku
+            | OrderOutcome::Paused
             | OrderOutcome::Overloaded { .. }) => panic!("the shard answered {other:?}"),
         }
     }

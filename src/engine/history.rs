@@ -95,6 +95,7 @@ impl HistoryWalk {
                 Some(action.prev_seq.to_native())
             }
             ArchivedEvent::Sku(_) => return Err("a stock change"),
+            ArchivedEvent::SkuPause(_) => return Err("a pause of a sku"),
         };
         if kept {
             self.history.push(item);

@@ -48,6 +48,7 @@ mod actions;
 mod catalogue;
 mod history;
 mod orders;
+mod pause;
 mod replay;
 mod retention;
 mod scrape;
@@ -56,6 +57,7 @@ mod start;
 
 pub use history::OrderView;
 pub use orders::{NewOrder, Route};
+pub use pause::PauseError;
 use retention::Backoff;
 use scrape::EngineMetrics;
 use signals::DrainRate;
@@ -128,6 +130,8 @@ pub struct SkuView {
     pub per_user_limit: u32,
     pub max_per_order: u32,
     pub payment_timeout_s: u32,
+    /// New orders refused with 409 `paused` (`POST /v1/skus/{sku}/pause`).
+    pub paused: bool,
 }
 
 impl SkuView {
@@ -141,6 +145,15 @@ impl SkuView {
             per_user_limit: values.per_user_limit,
             max_per_order: values.max_per_order,
             payment_timeout_s: values.payment_timeout_s,
+            paused: false,
+        }
+    }
+
+    /// The view of a slot as it is now, its pause flag included.
+    fn of_slot(sku: &str, slot: &crate::inventory::Slot) -> Self {
+        Self {
+            paused: slot.paused(),
+            ..Self::new(sku, slot.read())
         }
     }
 }

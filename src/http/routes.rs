@@ -198,6 +198,9 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             with_engine(state, |engine| admin::get_sku(engine, sku))
         }
         (["v1", "skus", sku], &Method::PUT) => put_sku(state, &parts, body, sku).await,
+        (["v1", "skus", sku, verb @ ("pause" | "resume")], &Method::POST) => {
+            pause_sku(state, &parts, sku, *verb == "pause").await
+        }
         // The journal and consumer groups.
         (["v1", "journal"], &Method::GET) => get_journal(state, &parts).await,
         (["v1", "consumers", group, "offset"], &Method::GET) => match state.engine() {
@@ -354,6 +357,18 @@ async fn put_sku(state: &AppState, parts: &Parts, body: Incoming, sku: &str) -> 
     }
 }
 
+/// `POST /v1/skus/{sku}/pause` and `/resume`: the engine, then the admin token (no body).
+async fn pause_sku(state: &AppState, parts: &Parts, sku: &str, paused: bool) -> HttpResponse {
+    let engine = match admitting_engine(state) {
+        Ok(engine) => engine,
+        Err(error) => return error.into_response(),
+    };
+    if let Err(error) = admin::authorize(engine, &parts.headers) {
+        return error.into_response();
+    }
+    admin::pause_sku(engine, sku, paused).await
+}
+
 // ---- the journal and consumer groups ------------------------------------------------------
 
 /// `GET /v1/journal`: a page (bounded by the concurrent readers) or, with `follow=true`, a
@@ -463,6 +478,7 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
         ["healthz" | "readyz" | "metrics"] => "GET",
         ["v1", "orders"] | ["v1", "skus:bulk"] | ["v1", "orders", _, _] => "POST",
         ["v1", "orders", _] | ["v1", "skus"] | ["v1", "journal"] => "GET",
+        ["v1", "skus", _, "pause" | "resume"] => "POST",
         ["v1", "skus", _] | ["v1", "consumers", _, "offset"] => "GET, PUT",
         ["v1", "consumers", _] => "DELETE",
         _ => return None,

@@ -56,6 +56,19 @@ pub enum Event {
     /// [`Event::Action`]). A variant of its own, boxed like `Action`, so that records
     /// journaled before keys existed (and every unkeyed action since) keep their bytes.
     KeyedAction(Box<KeyedOrderAction>),
+    /// An operator paused or resumed new orders for a SKU (`type`: `pause` or `resume`).
+    /// Boxed like `Action`, so the archived `Event` keeps its size.
+    SkuPause(Box<SkuPaused>),
+}
+
+/// New orders for a SKU stopped (`paused`) or taken again.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct SkuPaused {
+    pub sku: String,
+    /// The SKU's slot in the inventory map (as in its `sku` records).
+    pub slot_index: u32,
+    pub paused: bool,
 }
 
 /// An order action and the client's idempotency key for it.
@@ -73,7 +86,7 @@ impl ArchivedEvent {
         match self {
             Self::Action(action) => Some(action),
             Self::KeyedAction(keyed) => Some(&keyed.action),
-            Self::Accepted(_) | Self::Sku(_) => None,
+            Self::Accepted(_) | Self::Sku(_) | Self::SkuPause(_) => None,
         }
     }
 
@@ -81,7 +94,7 @@ impl ArchivedEvent {
     pub fn idempotency_key(&self) -> Option<&str> {
         match self {
             Self::KeyedAction(keyed) => Some(keyed.idempotency_key.as_str()),
-            Self::Action(_) | Self::Accepted(_) | Self::Sku(_) => None,
+            Self::Action(_) | Self::Accepted(_) | Self::Sku(_) | Self::SkuPause(_) => None,
         }
     }
 }
@@ -141,6 +154,8 @@ impl ArchivedRecord {
             ArchivedEvent::Sku(_) => "sku",
             ArchivedEvent::Action(action) => action.action.to_native().as_str(),
             ArchivedEvent::KeyedAction(keyed) => keyed.action.action.to_native().as_str(),
+            ArchivedEvent::SkuPause(pause) if pause.paused => "pause",
+            ArchivedEvent::SkuPause(_) => "resume",
         }
     }
 
@@ -188,6 +203,11 @@ impl ArchivedRecord {
                     "payment_timeout_s".into(),
                     sku.payment_timeout_s.to_native().into(),
                 );
+            }
+            ArchivedEvent::SkuPause(pause) => {
+                object.insert("order_id".into(), serde_json::Value::Null);
+                object.insert("sku".into(), pause.sku.as_str().into());
+                object.insert("paused".into(), pause.paused.into());
             }
             ArchivedEvent::Action(action) => action_json(action, &mut object),
             ArchivedEvent::KeyedAction(keyed) => {

@@ -69,6 +69,8 @@ impl JournalFold {
                     self.folded
                         .sku(change.sku.as_str(), change.stock_total.to_native());
                 }
+                // A pause moves no unit.
+                ArchivedEvent::SkuPause(_) => {}
                 ArchivedEvent::Accepted(accepted) => self.folded.accepted(seq, accepted)?,
                 event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
                     self.folded
