@@ -46,6 +46,7 @@ use parking_lot::Mutex;
 
 mod actions;
 mod catalogue;
+mod console;
 mod history;
 mod orders;
 mod pause;
@@ -55,6 +56,7 @@ mod scrape;
 mod signals;
 mod start;
 
+pub use console::EngineFigures;
 pub use history::OrderView;
 pub use orders::{NewOrder, Route};
 pub use pause::PauseError;

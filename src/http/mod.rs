@@ -6,6 +6,8 @@
 pub mod admin;
 pub mod admission;
 pub mod bulk;
+pub mod console;
+pub mod events;
 pub mod journal;
 pub mod lifecycle;
 pub mod orders;
@@ -54,6 +56,8 @@ pub struct AppState {
     followers: Arc<Semaphore>,
     /// Turns true when draining starts: followers end their streams.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// The event console's snapshots (`GET /v1/events`).
+    pub events: events::EventHub,
 }
 
 impl AppState {
@@ -68,6 +72,7 @@ impl AppState {
             journal_readers: Semaphore::new(JOURNAL_READERS_MAX),
             followers: Arc::new(Semaphore::new(limits::FOLLOWERS_MAX)),
             stopping: tokio::sync::watch::Sender::new(false),
+            events: events::EventHub::new(),
         }
     }
 

@@ -20,7 +20,7 @@ use hyper::{Method, Request, StatusCode};
 
 use super::admission::{self, RetryAfter};
 use super::reply::{self, ApiError, ErrorCode, HttpResponse};
-use super::{AppState, admin, bulk, journal, lifecycle, orders, read_body};
+use super::{AppState, admin, bulk, console, events, journal, lifecycle, orders, read_body};
 use crate::engine::Engine;
 use crate::limits::{self, JOURNAL_READERS_MAX};
 use crate::metrics::{ActionResult, OrderOutcomeLabel, Route, ShedReason};
@@ -42,7 +42,7 @@ fn route_label(segments: &[&str], method: &Method) -> Route {
 }
 
 pub(super) async fn route(
-    state: &AppState,
+    state: &Arc<AppState>,
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> HttpResponse {
@@ -162,7 +162,7 @@ async fn post_order(
 
 /// The route table: each (path, method) a handler serves; anything else is 405 (a known
 /// path, with `Allow`) or 404.
-async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) -> HttpResponse {
+async fn dispatch(state: &Arc<AppState>, request: Request<Incoming>, peer: IpAddr) -> HttpResponse {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let method = &parts.method;
@@ -174,6 +174,9 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
         }
         (["readyz"], &Method::GET) => readyz(state),
+        // The event console.
+        (["console"], &Method::GET) => console::page(),
+        (["v1", "events"], &Method::GET) => get_events(state, &parts),
         // Orders.
         (["v1", "orders"], &Method::POST) => {
             let (response, outcome) = post_order(state, &parts, body, peer).await;
@@ -265,6 +268,21 @@ fn readyz(state: &AppState) -> HttpResponse {
             &serde_json::json!({"status": reason}),
         ),
     }
+}
+
+/// `GET /v1/events`: the console's snapshots, with the admin token.
+fn get_events(state: &Arc<AppState>, parts: &Parts) -> HttpResponse {
+    let Some(engine) = state.engine() else {
+        return recovering();
+    };
+    if state.draining.load(Ordering::Acquire) {
+        return ApiError::new(ErrorCode::Unavailable, "draining; send to another instance")
+            .into_response();
+    }
+    if let Err(error) = admin::authorize(engine, &parts.headers) {
+        return error.into_response();
+    }
+    events::subscribe(state)
 }
 
 // ---- orders -------------------------------------------------------------------------------
@@ -475,7 +493,7 @@ fn not_routed(segments: &[&str], method: &Method, path: &str) -> HttpResponse {
 /// serves. Kept beside the dispatch table above, which it mirrors.
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
-        ["healthz" | "readyz" | "metrics"] => "GET",
+        ["healthz" | "readyz" | "metrics" | "console"] | ["v1", "events"] => "GET",
         ["v1", "orders"] | ["v1", "skus:bulk"] | ["v1", "orders", _, _] => "POST",
         ["v1", "orders", _] | ["v1", "skus"] | ["v1", "journal"] => "GET",
         ["v1", "skus", _, "pause" | "resume"] => "POST",
