@@ -113,6 +113,8 @@ pub fn subscribe(state: &Arc<AppState>) -> HttpResponse {
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
                 _ = stopping.changed() => continue,
+                // The page went away: let go of the broadcast at once, not at the next send.
+                () = chunks.closed() => break,
             };
             if chunks.send(snapshot).await.is_err() {
                 break;
@@ -321,6 +323,31 @@ fn quantiles_ms(older: &(Vec<(f64, u64)>, u64), newer: &(Vec<(f64, u64)>, u64)) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_snapshot_task_runs_only_while_a_stream_is_open() {
+        let state = Arc::new(AppState::new(1024, Duration::from_secs(1)));
+        assert!(!state.events.is_running(), "nobody watches: no task");
+        let stream = subscribe(&state);
+        assert!(state.events.is_running());
+        let second = subscribe(&state);
+        drop(stream);
+        tokio::time::sleep(Duration::from_millis(3 * limits::EVENT_INTERVAL_MS)).await;
+        assert!(state.events.is_running(), "one stream is still open");
+        drop(second);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while state.events.is_running() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            !state.events.is_running(),
+            "the last stream closed: the task ended"
+        );
+        // A new stream starts it again.
+        let again = subscribe(&state);
+        assert!(state.events.is_running());
+        drop(again);
+    }
 
     #[test]
     fn quantiles_come_from_the_samples_between_the_two_histograms_only() {
