@@ -221,6 +221,7 @@ impl Running {
                                     None,
                                 ),
                                 purchase_key: keys.purchase_key(&user_id, SKU),
+                                review: Default::default(),
                                 order: OrderAccepted {
                                     order_id,
                                     user_id,

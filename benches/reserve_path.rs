@@ -357,6 +357,7 @@ fn decide(c: &mut Criterion, group_name: &str) {
                             key,
                             fingerprint,
                             purchase_key,
+                            review: Default::default(),
                             reply,
                         }
                     })

@@ -9,20 +9,24 @@
 //! buyers' purchase counts are not stored: they are the sum of the quantities of the orders
 //! that have not given their units back, rebuilt from the entries at load. Version 2 adds
 //! the idempotency keys bound to order actions (order key, key hash, the action's seq, its
-//! fingerprint; see [`crate::inventory::idempotency`]). Version 3 adds the slots of the SKUs
-//! whose new orders an operator paused.
+//! fingerprint; see [`crate::inventory::idempotency`]). Version 3 adds each timer's kind
+//! (payment, review, auto-completion: [`crate::shard::TimerKind`]) and the order-review
+//! rules in force (`None`: no `review_rules` record yet, the config's apply). Version 4 adds
+//! the slots of the SKUs whose new orders an operator paused.
 //!
 //! Order keys are keyed SipHash values, so a checkpoint is only meaningful with the hash keys
 //! it was written with: those live in `<data_dir>/hash.keys`, created once per data dir.
 //!
 //! ```text
 //! <data_dir>/checkpoints/<seq:020>.ckpt
-//!   magic "STMPCKP3" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
+//!   magic "STMPCKP4" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
 //! ```
 //!
 //! A version-1 file (magic "STMPCKP1", no key table) still loads, with no keys: it was
 //! written by an engine that journaled no keyed action, so the records up to its seq bind
-//! none. A version-2 file ("STMPCKP2") loads with no paused SKU, for the same reason. Any other magic is not a checkpoint, and recovery skips it for an older one or the
+//! none. A version-2 file ("STMPCKP2") loads with every timer a payment timer and no review
+//! rules: its engine had no others. A version-3 file ("STMPCKP3") loads with no paused SKU,
+//! for the same reason. Any other magic is not a checkpoint, and recovery skips it for an older one or the
 //! journal.
 //!
 //! Written to a temporary name, fdatasynced, renamed, and the directory synced: a crash
@@ -41,7 +45,9 @@ use rkyv::util::AlignedVec;
 use crate::durable;
 use crate::inventory::{ActionFingerprint, BoundKey, IdempotencyKeyHash, OrderKey};
 
-const MAGIC: [u8; 8] = *b"STMPCKP3";
+const MAGIC: [u8; 8] = *b"STMPCKP4";
+/// The third format: [`CheckpointV3`].
+const MAGIC_V3: [u8; 8] = *b"STMPCKP3";
 /// The second format: [`CheckpointV2`].
 const MAGIC_V2: [u8; 8] = *b"STMPCKP2";
 /// The first format: [`CheckpointV1`].
@@ -71,13 +77,36 @@ pub struct OrderState {
     pub words: [u64; 4],
 }
 
-/// A payment timer of an order awaiting payment.
+/// A payment timer of an order awaiting payment (versions 1 and 2), read only.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TimerStateV2 {
+    pub key: u64,
+    pub due_ms: u64,
+    pub deadline_ms: u64,
+    pub order_id: String,
+}
+
+/// A timer of an order that waits: for payment, a reviewer, or the buyer's completion.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct TimerState {
     pub key: u64,
     pub due_ms: u64,
     pub deadline_ms: u64,
     pub order_id: String,
+    /// [`crate::shard::TimerKind`] as its discriminant.
+    pub kind: u8,
+}
+
+impl From<TimerStateV2> for TimerState {
+    fn from(old: TimerStateV2) -> Self {
+        TimerState {
+            key: old.key,
+            due_ms: old.due_ms,
+            deadline_ms: old.deadline_ms,
+            order_id: old.order_id,
+            kind: 0,
+        }
+    }
 }
 
 /// An idempotency key bound to an order action ([`crate::inventory::BoundKey`]).
@@ -123,23 +152,26 @@ pub struct Checkpoint {
     pub orders: Vec<OrderState>,
     pub timers: Vec<TimerState>,
     pub idempotency_keys: Vec<KeyState>,
+    /// The order-review rules of the latest `review_rules` record up to `seq`, if any.
+    pub review_rules: Option<crate::journal::ReviewRulesChanged>,
     /// The slots of the SKUs whose new orders are paused.
     pub paused_slots: Vec<u32>,
 }
 
-/// The version-2 payload (before pauses), read only.
+/// The version-3 payload (before pauses), read only.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct CheckpointV2 {
+pub struct CheckpointV3 {
     pub seq: u64,
     pub created_ms: u64,
     pub skus: Vec<SkuState>,
     pub orders: Vec<OrderState>,
     pub timers: Vec<TimerState>,
     pub idempotency_keys: Vec<KeyState>,
+    pub review_rules: Option<crate::journal::ReviewRulesChanged>,
 }
 
-impl From<CheckpointV2> for Checkpoint {
-    fn from(old: CheckpointV2) -> Self {
+impl From<CheckpointV3> for Checkpoint {
+    fn from(old: CheckpointV3) -> Self {
         Checkpoint {
             seq: old.seq,
             created_ms: old.created_ms,
@@ -147,9 +179,21 @@ impl From<CheckpointV2> for Checkpoint {
             orders: old.orders,
             timers: old.timers,
             idempotency_keys: old.idempotency_keys,
+            review_rules: old.review_rules,
             paused_slots: Vec::new(),
         }
     }
+}
+
+/// The version-2 payload (before timer kinds and review rules), read only.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CheckpointV2 {
+    pub seq: u64,
+    pub created_ms: u64,
+    pub skus: Vec<SkuState>,
+    pub orders: Vec<OrderState>,
+    pub timers: Vec<TimerStateV2>,
+    pub idempotency_keys: Vec<KeyState>,
 }
 
 /// The version-1 payload (before idempotency keys), read only.
@@ -159,20 +203,34 @@ pub struct CheckpointV1 {
     pub created_ms: u64,
     pub skus: Vec<SkuState>,
     pub orders: Vec<OrderState>,
-    pub timers: Vec<TimerState>,
+    pub timers: Vec<TimerStateV2>,
+}
+
+impl From<CheckpointV2> for Checkpoint {
+    fn from(old: CheckpointV2) -> Self {
+        Checkpoint {
+            seq: old.seq,
+            created_ms: old.created_ms,
+            skus: old.skus,
+            orders: old.orders,
+            timers: old.timers.into_iter().map(TimerState::from).collect(),
+            idempotency_keys: old.idempotency_keys,
+            review_rules: None,
+            paused_slots: Vec::new(),
+        }
+    }
 }
 
 impl From<CheckpointV1> for Checkpoint {
     fn from(old: CheckpointV1) -> Self {
-        Checkpoint {
+        Checkpoint::from(CheckpointV2 {
             seq: old.seq,
             created_ms: old.created_ms,
             skus: old.skus,
             orders: old.orders,
             timers: old.timers,
             idempotency_keys: Vec::new(),
-            paused_slots: Vec::new(),
-        }
+        })
     }
 }
 
@@ -302,7 +360,8 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
     let mut header = [0u8; HEADER_BYTES];
     if file_len < HEADER_BYTES as u64
         || file.read_exact(&mut header).is_err()
-        || (header[..8] != MAGIC && header[..8] != MAGIC_V2 && header[..8] != MAGIC_V1)
+        || ![MAGIC, MAGIC_V3, MAGIC_V2, MAGIC_V1]
+            .contains(&header[..8].try_into().expect("8 bytes"))
     {
         return Err("not a checkpoint (bad magic or too short)".into());
     }
@@ -321,15 +380,20 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
     if crc32c::crc32c(&payload) != crc {
         return Err("checksum does not match".into());
     }
-    if header[..8] == MAGIC_V2 {
-        return rkyv::from_bytes::<CheckpointV2, rancor::Error>(&payload)
-            .map(Checkpoint::from)
-            .map_err(|e| format!("does not decode (version 2): {e}"));
-    }
     if header[..8] == MAGIC_V1 {
         return rkyv::from_bytes::<CheckpointV1, rancor::Error>(&payload)
             .map(Checkpoint::from)
             .map_err(|e| format!("does not decode (version 1): {e}"));
+    }
+    if header[..8] == MAGIC_V3 {
+        return rkyv::from_bytes::<CheckpointV3, rancor::Error>(&payload)
+            .map(Checkpoint::from)
+            .map_err(|e| format!("does not decode (version 3): {e}"));
+    }
+    if header[..8] == MAGIC_V2 {
+        return rkyv::from_bytes::<CheckpointV2, rancor::Error>(&payload)
+            .map(Checkpoint::from)
+            .map_err(|e| format!("does not decode (version 2): {e}"));
     }
     rkyv::from_bytes::<Checkpoint, rancor::Error>(&payload)
         .map_err(|e| format!("does not decode: {e}"))
@@ -377,6 +441,7 @@ mod tests {
                 due_ms: 5,
                 deadline_ms: 9,
                 order_id: "o1".into(),
+                kind: 0,
             }],
             idempotency_keys: vec![KeyState {
                 order: 42,
@@ -385,25 +450,27 @@ mod tests {
                 fingerprint: 11,
                 status: 2,
             }],
+            review_rules: None,
             paused_slots: vec![3],
         }
     }
 
     #[test]
-    fn a_second_format_checkpoint_loads_with_no_paused_sku() {
+    fn a_third_format_checkpoint_loads_with_no_paused_sku() {
         let dir = tempfile::tempdir().unwrap();
         let current = sample(10);
-        let old = CheckpointV2 {
+        let old = CheckpointV3 {
             seq: current.seq,
             created_ms: current.created_ms,
             skus: current.skus.clone(),
             orders: current.orders.clone(),
             timers: current.timers.clone(),
             idempotency_keys: current.idempotency_keys.clone(),
+            review_rules: current.review_rules.clone(),
         };
         let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(b"STMPCKP2");
+        bytes.extend_from_slice(b"STMPCKP3");
         bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
         bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
         bytes.extend_from_slice(&[0; 4]);
@@ -428,7 +495,16 @@ mod tests {
             created_ms: current.created_ms,
             skus: current.skus.clone(),
             orders: current.orders.clone(),
-            timers: current.timers.clone(),
+            timers: current
+                .timers
+                .iter()
+                .map(|timer| TimerStateV2 {
+                    key: timer.key,
+                    due_ms: timer.due_ms,
+                    deadline_ms: timer.deadline_ms,
+                    order_id: timer.order_id.clone(),
+                })
+                .collect(),
         };
         // Laid out as the first format's `write` did.
         let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();

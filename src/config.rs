@@ -136,6 +136,44 @@ pub fn default_payment_timeout_s() -> u32 {
     900
 }
 
+/// The `[review]` table: the order-review rules an engine starts with (a journaled `PUT
+/// /v1/review/rules` replaces them, also across restarts) and the review timeout.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReviewConfig {
+    /// Hold an order whose address already has this many other buyers (0: off).
+    pub address_buyers_max: u32,
+    /// Hold a client's orders past this many in the last minute (0: off).
+    pub client_orders_per_min: u32,
+    /// Hold an order of at least this many units (0: off).
+    pub qty_at_least: u32,
+    pub review_users: Vec<String>,
+    /// Refused outright with 403 `denied`.
+    pub deny_users: Vec<String>,
+    /// Seconds a held order waits for a reviewer before the engine rejects it (0: forever).
+    pub timeout_s: u32,
+}
+
+impl ReviewConfig {
+    pub fn rules(&self) -> crate::journal::ReviewRulesChanged {
+        crate::journal::ReviewRulesChanged {
+            address_buyers_max: self.address_buyers_max,
+            client_orders_per_min: self.client_orders_per_min,
+            qty_at_least: self.qty_at_least,
+            review_users: self.review_users.clone(),
+            deny_users: self.deny_users.clone(),
+        }
+    }
+}
+
+/// The `[orders]` table.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrdersConfig {
+    /// Seconds after `deliver` that the engine completes an order the buyer did not (0: off).
+    pub auto_complete_s: u32,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -156,6 +194,10 @@ pub struct Config {
     pub admission: AdmissionConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    #[serde(default)]
+    pub review: ReviewConfig,
+    #[serde(default)]
+    pub orders: OrdersConfig,
     #[serde(default)]
     pub catalogue: Vec<CatalogueSku>,
 }
@@ -274,6 +316,16 @@ const ENV_OVERRIDES: &[(&str, &[&str], EnvKind)] = &[
         EnvKind::Integer,
     ),
     (
+        "STAMPEDE_REVIEW_TIMEOUT_S",
+        &["review", "timeout_s"],
+        EnvKind::Integer,
+    ),
+    (
+        "STAMPEDE_ORDERS_AUTO_COMPLETE_S",
+        &["orders", "auto_complete_s"],
+        EnvKind::Integer,
+    ),
+    (
         "STAMPEDE_SHARD_BATCH_MAX",
         &["shard", "batch_max"],
         EnvKind::Integer,
@@ -378,6 +430,26 @@ impl Config {
         self.validate_http()?;
         self.validate_shard()?;
         self.validate_tokens()?;
+        self.validate_review()?;
+        Ok(())
+    }
+
+    /// The `[review]` and `[orders]` tables: each rule and list within its bound.
+    fn validate_review(&self) -> Result<(), ConfigError> {
+        crate::order::review::validate_rules(&self.review.rules())
+            .map_err(|reason| ConfigError::Invalid(format!("review: {reason}")))?;
+        if self.review.timeout_s > limits::REVIEW_TIMEOUT_S_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "review.timeout_s must be at most {}",
+                limits::REVIEW_TIMEOUT_S_MAX
+            )));
+        }
+        if self.orders.auto_complete_s > limits::AUTO_COMPLETE_S_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "orders.auto_complete_s must be at most {}",
+                limits::AUTO_COMPLETE_S_MAX
+            )));
+        }
         Ok(())
     }
 

@@ -31,6 +31,8 @@ pub enum ErrorCode {
     RequestTimeout,
     /// Journal records asked for were deleted by retention (410).
     Gone,
+    /// The buyer is on the order-review deny list (403).
+    Denied,
     /// New orders for the SKU are paused by an operator (409).
     Paused,
 }
@@ -38,7 +40,7 @@ pub enum ErrorCode {
 impl ErrorCode {
     /// The codes `POST /v1/orders` can refuse with (its row of the contract's table, plus
     /// the body timeout): the only ones `stampede_orders_total` exports.
-    pub const ORDER_REFUSALS: [ErrorCode; 11] = [
+    pub const ORDER_REFUSALS: [ErrorCode; 12] = [
         Self::BadRequest,
         Self::Invalid,
         Self::TooLarge,
@@ -49,11 +51,12 @@ impl ErrorCode {
         Self::Overloaded,
         Self::Unavailable,
         Self::RequestTimeout,
+        Self::Denied,
         Self::Paused,
     ];
 
     /// Every code, for per-code metrics.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::BadRequest,
         Self::Invalid,
         Self::TooLarge,
@@ -72,6 +75,7 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::RequestTimeout,
         Self::Gone,
+        Self::Denied,
         Self::Paused,
     ];
 
@@ -100,6 +104,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::RequestTimeout => "request_timeout",
             Self::Gone => "gone",
+            Self::Denied => "denied",
             Self::Paused => "paused",
         }
     }
@@ -123,6 +128,7 @@ impl ErrorCode {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Gone => StatusCode::GONE,
+            Self::Denied => StatusCode::FORBIDDEN,
         }
     }
 }

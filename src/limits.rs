@@ -201,6 +201,38 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 64;
 /// Highest journal sequence number the order index can store (40 bits: a trillion records).
 pub const SEQ_MAX: u64 = (1 << 40) - 1;
 
+// Order review (`[review]`, `PUT /v1/review/rules`; see `order::review` for each rule's
+// full-table behaviour).
+
+/// Distinct normalised addresses the `address_shared` rule tracks: one hash and at most
+/// `REVIEW_ADDRESS_BUYERS_MAX` buyer hashes each (~200 bytes at worst, ~200 MiB for the
+/// whole table). Past it an order with a new address is held (fails closed): a ring that
+/// floods the table with addresses must not slip through.
+pub const REVIEW_ADDRESSES_MAX: usize = 1 << 20;
+/// Highest `address_buyers_max`: the buyer list per address holds that many hashes, and a
+/// household is a handful of buyers, not hundreds.
+pub const REVIEW_ADDRESS_BUYERS_MAX: u32 = 16;
+/// Clients (peer or forwarded addresses) the `client_burst` rule tracks: 128 bytes each
+/// (60 one-second counters), ~32 MiB in all. Idle clients are swept when it is full; past it
+/// a new client is not tracked (fails open: a sale has many honest clients).
+pub const REVIEW_CLIENTS_MAX: usize = 1 << 18;
+/// Highest `client_orders_per_min`: the per-second counters are u16.
+pub const REVIEW_CLIENT_ORDERS_PER_MIN_MAX: u32 = 60_000;
+/// Users on each of `review_users` and `deny_users`. The rule set is one journal record
+/// (at most `RECORD_PAYLOAD_BYTES_MAX`), and both lists at their maximum of maximal ids fit it.
+pub const REVIEW_USERS_MAX: usize = 24;
+/// Held orders one `GET /v1/reviews` page returns at most (default 100), like a journal page.
+pub const REVIEW_PAGE_MAX: usize = 1000;
+/// Longest `review.timeout_s`: a held order's units are reserved until a reviewer acts, so
+/// the wait is bounded like a payment timeout.
+pub const REVIEW_TIMEOUT_S_MAX: u32 = PAYMENT_TIMEOUT_S_MAX;
+/// Longest `orders.auto_complete_s`.
+pub const AUTO_COMPLETE_S_MAX: u32 = 90 * 24 * 3600;
+/// Bytes of a shipment's `carrier` and `tracking_no` each (contract: 1..=64).
+pub const SHIPMENT_FIELD_BYTES_MAX: usize = 64;
+/// Trusted proxy addresses (`http.trusted_proxies`): the load balancers of one site.
+pub const TRUSTED_PROXIES_MAX: usize = 64;
+
 // HTTP: connections, request heads, journal readers, readiness.
 
 /// A group write (with its fsync) running this long means the disk is not keeping up or has
@@ -296,6 +328,9 @@ pub const RECONCILE_EXPECTED_BYTES_MAX: u64 = 256 * 1024 * 1024;
 //   carry no key.
 
 const _: () = assert!(LIFE_RECORDS_RESERVED < RECORDS_PER_ORDER_MAX);
+// The review rule set is one record: both user lists of maximal ids, with rkyv's pointers.
+const _: () =
+    assert!(2 * REVIEW_USERS_MAX * (ORDER_ID_BYTES_MAX + 16) + 256 <= RECORD_PAYLOAD_BYTES_MAX);
 const _: () = assert!(BODY_BYTES_DEFAULT <= BODY_BYTES_MAX);
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(PREALLOCATE_CHUNK_BYTES <= PREALLOCATE_AHEAD_BYTES);

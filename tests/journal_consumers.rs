@@ -513,9 +513,11 @@ fn summary(record: &stampede::journal::ArchivedRecord) -> Seen {
     match &record.event {
         ArchivedEvent::Sku(sku) => Seen::Sku(sku.sku.as_str().to_owned()),
         ArchivedEvent::Accepted(order) => Seen::Accepted(order.order_id.as_str().to_owned()),
-        ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_) | ArchivedEvent::SkuPause(_) => {
-            Seen::Other(record.type_name().to_owned())
-        }
+        ArchivedEvent::Held(held) => Seen::Accepted(held.order.order_id.as_str().to_owned()),
+        ArchivedEvent::Action(_)
+        | ArchivedEvent::KeyedAction(_)
+        | ArchivedEvent::ReviewRules(_)
+        | ArchivedEvent::SkuPause(_) => Seen::Other(record.type_name().to_owned()),
     }
 }
 

@@ -381,6 +381,8 @@ impl Harness {
             OrderOutcome::PurchaseLimit { .. } => Expect::PurchaseLimit,
             other @ (OrderOutcome::Unavailable { .. }
             | OrderOutcome::UnknownSku
+            | OrderOutcome::Held { .. }
+            | OrderOutcome::Denied
             | OrderOutcome::Paused
             | OrderOutcome::Overloaded { .. }) => panic!("the shard answered {other:?}"),
         }

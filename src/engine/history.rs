@@ -26,6 +26,9 @@ pub struct OrderView {
     /// The latest address: the last `modify`'s, or the one given with the order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<serde_json::Value>,
+    /// The review rules that held the order (order review), if any held it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<Vec<String>>,
     /// Every record of the order, oldest first: `{"event","seq","at",...}`.
     pub history: Vec<serde_json::Value>,
     /// False when retention deleted the segments holding the order's first records: the
@@ -46,6 +49,41 @@ struct HistoryWalk {
 }
 
 impl HistoryWalk {
+    /// The acceptance record (held for review when `review` is set): the view's fixed
+    /// fields, and the end of the walk.
+    fn accepted(
+        &mut self,
+        object: &mut serde_json::Map<String, serde_json::Value>,
+        order: &journal::record::ArchivedOrderAccepted,
+        review: Option<Vec<String>>,
+    ) {
+        for field in ["user_id", "sku", "qty", "payment", "address"] {
+            object.remove(field);
+        }
+        let payment = order.payment.to_native();
+        let initial = payment.first_status(review.is_some());
+        object.insert("status".into(), initial.as_str().into());
+        if self.latest_address.is_none() {
+            self.latest_address = order
+                .address
+                .as_ref()
+                .map(|a| journal::record::json_object_text(a.as_str()));
+        }
+        self.status.get_or_insert(initial);
+        self.view = Some(OrderView {
+            order_id: order.order_id.to_string(),
+            user_id: Some(order.user_id.to_string()),
+            sku: order.sku.to_string(),
+            qty: order.qty.to_native(),
+            payment: Some(payment.as_str()),
+            status: initial.as_str(),
+            address: None,
+            review,
+            history: Vec::new(),
+            history_complete: true,
+        });
+    }
+
     /// Takes one record of the chain; returns the seq of the one before it (`None` at the
     /// acceptance), or what makes the chain broken.
     fn visit(&mut self, seq: u64, record: &ArchivedRecord) -> Result<Option<u64>, &'static str> {
@@ -57,30 +95,12 @@ impl HistoryWalk {
         object.remove("order_id");
         let prev_seq = match &record.event {
             ArchivedEvent::Accepted(order) => {
-                for field in ["user_id", "sku", "qty", "payment", "address"] {
-                    object.remove(field);
-                }
-                let payment = order.payment.to_native();
-                let initial = payment.initial_status();
-                object.insert("status".into(), initial.as_str().into());
-                if self.latest_address.is_none() {
-                    self.latest_address = order
-                        .address
-                        .as_ref()
-                        .map(|a| journal::record::json_object_text(a.as_str()));
-                }
-                self.status.get_or_insert(initial);
-                self.view = Some(OrderView {
-                    order_id: order.order_id.to_string(),
-                    user_id: Some(order.user_id.to_string()),
-                    sku: order.sku.to_string(),
-                    qty: order.qty.to_native(),
-                    payment: Some(payment.as_str()),
-                    status: initial.as_str(),
-                    address: None,
-                    history: Vec::new(),
-                    history_complete: true,
-                });
+                self.accepted(object, order, None);
+                None
+            }
+            ArchivedEvent::Held(held) => {
+                let review = held.review.iter().map(|r| r.to_string()).collect();
+                self.accepted(object, &held.order, Some(review));
                 None
             }
             event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
@@ -95,6 +115,7 @@ impl HistoryWalk {
                 Some(action.prev_seq.to_native())
             }
             ArchivedEvent::Sku(_) => return Err("a stock change"),
+            ArchivedEvent::ReviewRules(_) => return Err("a review rule change"),
             ArchivedEvent::SkuPause(_) => return Err("a pause of a sku"),
         };
         if kept {
@@ -151,6 +172,7 @@ impl Engine {
                     payment: None,
                     status: state.status.as_str(),
                     address: None,
+                    review: None,
                     history: Vec::new(),
                     history_complete: false,
                 });

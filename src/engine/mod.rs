@@ -10,6 +10,7 @@
 //! | `catalogue.rs` | SKU slots, stock views, single and bulk SKU changes |
 //! | `actions.rs` | actions on orders; the exchange's hold and settle across shards |
 //! | `history.rs` | an order's history read back from the journal |
+//! | `review.rs` | order review: the rule book, journaled rule changes, the held orders' page |
 //! | `retention.rs` | checkpoints and the deletion of segments no one needs |
 //! | `signals.rs` | mailbox depth and wait, drain rate, `Retry-After` for admission |
 //! | `scrape.rs` | the engine's side of `GET /metrics` |
@@ -52,6 +53,7 @@ mod orders;
 mod pause;
 mod replay;
 mod retention;
+mod review;
 mod scrape;
 mod signals;
 mod start;
@@ -61,6 +63,7 @@ pub use history::OrderView;
 pub use orders::{NewOrder, Route};
 pub use pause::PauseError;
 use retention::Backoff;
+pub use review::{ReviewPage, ReviewRulesError};
 use scrape::EngineMetrics;
 use signals::DrainRate;
 
@@ -258,6 +261,8 @@ pub struct Engine {
     consumer_token: String,
     /// Serialises SKU creation (slot allocation) and updates; never held on the order path.
     sku_admin: tokio::sync::Mutex<()>,
+    /// Order review: the rules in force and their tables ([`review`]).
+    review: review::ReviewState,
     _lock: File,
 }
 

@@ -12,11 +12,14 @@
 //! 3. a journal stopped for lack of room refuses new orders (`Unavailable`);
 //! 4. **sold-out fast path**: what the stock rules refuse is refused here, unless the order
 //!    may be a retry of one that got in (the shard answers that one);
-//! 5. [`Engine::route`] names the shard that owns the SKU, and the order goes to its bounded
+//! 5. order review ([`crate::order::review`], when a rule is on): a denied buyer is refused
+//!    (`Denied`), a flagged order goes on marked to be held;
+//! 6. [`Engine::route`] names the shard that owns the SKU, and the order goes to its bounded
 //!    mailbox (full: `Overloaded` with a `Retry-After` from the drain rate);
-//! 6. the shard decides it ([`crate::shard::ShardWriter::decide`]) and answers once the
+//! 7. the shard decides it ([`crate::shard::ShardWriter::decide`]) and answers once the
 //!    journal holds it as durably as the fsync policy promises.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
@@ -41,8 +44,14 @@ pub enum Route {
 }
 
 impl Engine {
-    /// Decides a new order (see the module doc for the road it takes).
+    /// Decides a new order (see the module doc for the road it takes), with no client
+    /// address (the review rule on client bursts does not see it).
     pub async fn place_order(&self, order: NewOrder) -> OrderOutcome {
+        self.place_order_from(order, None).await
+    }
+
+    /// [`Engine::place_order`] for an order from `client` (the HTTP layer's buyer address).
+    pub async fn place_order_from(&self, order: NewOrder, client: Option<IpAddr>) -> OrderOutcome {
         let Some(slot_index) = self.slot_of(&order.sku) else {
             return OrderOutcome::UnknownSku;
         };
@@ -83,6 +92,12 @@ impl Engine {
                 return refusal;
             }
         }
+        // Order review, once the order is known to be new and stock is left.
+        let Ok(review) =
+            self.review_order(&order.user_id, order.qty, order.address.as_deref(), client)
+        else {
+            return OrderOutcome::Denied;
+        };
         let purchase_key = keys.purchase_key(&order.user_id, &order.sku);
         let (reply, outcome) = oneshot::channel();
         let command = OrderCommand {
@@ -91,6 +106,7 @@ impl Engine {
             key,
             fingerprint,
             purchase_key,
+            review,
             reply,
         };
         match self.submit_order(command) {
@@ -124,7 +140,15 @@ impl Engine {
         match self.orders.lookup(key, fingerprint) {
             DedupCheck::New => Ok(false),
             DedupCheck::Retry { seq: None } => Ok(true),
-            DedupCheck::Retry { seq: Some(seq) } => Err(OrderOutcome::Replayed { seq, status }),
+            DedupCheck::Retry { seq: Some(seq) } => {
+                // An order review still holds answers `held`, as its first answer did.
+                let held = self
+                    .orders
+                    .get(key)
+                    .is_some_and(|entry| entry.state().status.is_held());
+                let status = if held { OrderStatus::Held } else { status };
+                Err(OrderOutcome::Replayed { seq, status })
+            }
             DedupCheck::Conflict => Err(OrderOutcome::IdempotencyConflict),
         }
     }

@@ -16,8 +16,8 @@ use crate::inventory::{
 use crate::journal::ArchivedRecord;
 use crate::journal::record::ArchivedEvent;
 use crate::journal::record::{ArchivedOrderAccepted, ArchivedSkuChanged, ArchivedSkuPaused};
-use crate::order::{Action, StockEffect, transition};
-use crate::shard::{self, PaymentTimer, ShardWriter, SkuUpdate};
+use crate::order::{Action, Payment, StockEffect, transition};
+use crate::shard::{self, PaymentTimer, ShardWriter, SkuUpdate, TimerKind};
 
 /// The state recovery rebuilds, borrowed for the replay: the one replayer of the journal's
 /// records ([`Replayer::record`]) and of a checkpoint ([`Replayer::checkpoint`]).
@@ -29,6 +29,8 @@ pub(super) struct Replayer<'a> {
     /// The next slot to hand out: one past the highest slot claimed so far.
     pub next_slot: u32,
     pub writers: &'a mut [ShardWriter],
+    /// The order-review rules of the latest `review_rules` record (or checkpoint), if any.
+    pub review_rules: Option<crate::journal::ReviewRulesChanged>,
 }
 
 impl Replayer<'_> {
@@ -36,9 +38,21 @@ impl Replayer<'_> {
     pub fn record(&mut self, seq: u64, record: &ArchivedRecord) -> Result<(), String> {
         match &record.event {
             ArchivedEvent::Sku(change) => self.sku(change),
-            ArchivedEvent::Accepted(order) => self.accepted(seq, order, record.at_ms.to_native()),
+            ArchivedEvent::Accepted(order) => {
+                self.accepted(seq, order, record.at_ms.to_native(), false)
+            }
+            ArchivedEvent::Held(held) => {
+                self.accepted(seq, &held.order, record.at_ms.to_native(), true)
+            }
+            ArchivedEvent::ReviewRules(rules) => {
+                self.review_rules = Some(
+                    rkyv::deserialize::<_, rkyv::rancor::Error>(&**rules)
+                        .map_err(|error| format!("review rules do not decode: {error}"))?,
+                );
+                Ok(())
+            }
             event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
-                self.action(seq, event)
+                self.action(seq, event, record.at_ms.to_native())
             }
             ArchivedEvent::SkuPause(pause) => self.pause(pause),
         }
@@ -104,6 +118,7 @@ impl Replayer<'_> {
         seq: u64,
         order: &ArchivedOrderAccepted,
         at_ms: u64,
+        held: bool,
     ) -> Result<(), String> {
         let (inventory, keys) = (self.inventory, self.keys);
         let sku = order.sku.as_str();
@@ -117,7 +132,7 @@ impl Replayer<'_> {
         let key = keys.order_key(order.order_id.as_str());
         let fingerprint = keys.content_fingerprint(user_id, sku, qty, payment, address);
         let purchase_key = keys.purchase_key(user_id, sku);
-        let status = payment.initial_status();
+        let status = payment.first_status(held);
         let accepted = AcceptedOrder {
             seq,
             status,
@@ -142,17 +157,24 @@ impl Replayer<'_> {
                 slot_values.available
             ));
         }
-        let timer = status.holds_reserved().then(|| {
-            PaymentTimer::for_order(
-                key,
-                order.order_id.as_str(),
-                at_ms,
-                slot_values.payment_timeout_s,
-            )
-        });
         let shards = self.writers.len();
         let writer = &mut self.writers[shard::shard_of(slot_index, shards)];
-        writer.replay_accepted(slot_index, qty, payment, purchase_key, timer);
+        let order_id = order.order_id.as_str();
+        let review_timeout_s = writer.deadlines.review_timeout_s;
+        // As live (`src/shard/orders.rs`): a held order's units are reserved, its timer is
+        // the review's.
+        let (stock_payment, timer) = if held {
+            let timer = (review_timeout_s > 0).then(|| {
+                PaymentTimer::one_shot(TimerKind::Review, key, order_id, at_ms, review_timeout_s)
+            });
+            (Payment::Prepaid, timer)
+        } else {
+            let timer = status.holds_reserved().then(|| {
+                PaymentTimer::for_order(key, order_id, at_ms, slot_values.payment_timeout_s)
+            });
+            (payment, timer)
+        };
+        writer.replay_accepted(slot_index, qty, stock_payment, purchase_key, timer);
         Ok(())
     }
 }
@@ -175,7 +197,7 @@ pub(super) fn records_missing(resumes_at: u64, checkpoint_seq: u64) -> String {
 /// Replays one order action (keyed or not): checks it against the state machine, applies its
 /// stock effect and the order's new state, and binds its idempotency key, if it has one.
 impl Replayer<'_> {
-    fn action(&mut self, seq: u64, event: &ArchivedEvent) -> Result<(), String> {
+    fn action(&mut self, seq: u64, event: &ArchivedEvent, at_ms: u64) -> Result<(), String> {
         let (orders, keys, catalog) = (self.orders, self.keys, self.catalog);
         let writers = &mut *self.writers;
         let change = event.order_action().expect("an action record");
@@ -224,6 +246,10 @@ impl Replayer<'_> {
         }
         let writer = &mut writers[shard::shard_of(entry.slot_index, writers.len())];
         writer.replay_action(&entry, moved.stock);
+        let timer = writer.timer_after(action, moved.to, key, order_id, entry.slot_index, at_ms);
+        if let Some(timer) = timer {
+            writer.timers.push(timer);
+        }
         orders.set_state(
             key,
             OrderState {
@@ -338,7 +364,12 @@ impl Replayer<'_> {
                     deadline_ms: timer.deadline_ms,
                     key,
                     order_id: timer.order_id.as_str().into(),
+                    kind: TimerKind::from_u8(timer.kind)
+                        .ok_or_else(|| format!("a timer of kind {}", timer.kind))?,
                 });
+        }
+        if state.review_rules.is_some() {
+            self.review_rules = state.review_rules.clone();
         }
         Ok(())
     }

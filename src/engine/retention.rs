@@ -119,15 +119,16 @@ impl Engine {
         let timers: Vec<checkpoint::TimerState> = timers
             .into_iter()
             .filter(|timer| {
-                self.orders.get(timer.key).is_some_and(|entry| {
-                    entry.state().status == crate::order::OrderStatus::PendingPayment
-                })
+                self.orders
+                    .get(timer.key)
+                    .is_some_and(|entry| timer.kind.applies_to(entry.state().status))
             })
             .map(|timer| checkpoint::TimerState {
                 key: timer.key.0,
                 due_ms: timer.due_ms,
                 deadline_ms: timer.deadline_ms,
                 order_id: timer.order_id.to_string(),
+                kind: timer.kind as u8,
             })
             .collect();
         drop(resume);
@@ -145,6 +146,7 @@ impl Engine {
             orders,
             timers,
             idempotency_keys: bound_keys.iter().map(checkpoint::KeyState::of).collect(),
+            review_rules: self.review_rules_journaled(),
             paused_slots: self.paused_slots(),
         };
         let path = checkpoint::write_if_room(&checkpoint::checkpoints_dir(&self.data_dir), &state)?;
@@ -190,7 +192,7 @@ impl Engine {
     /// One retention pass: the closed segments at the head of the journal that are older than
     /// `retain`, wholly below every consumer group's offset and covered by a checkpoint (one
     /// is taken if needed) are deleted. Never the last segment, never one a group or recovery
-    /// still needs. Returns the number of segments deleted.
+    /// still needs, never one holding the acceptance of an order held for review. Returns the number of segments deleted.
     pub fn retention_pass(&self, retain: Duration) -> io::Result<usize> {
         let segments = journal::list_segments(&self.journal_dir)?;
         let group_floor = self
@@ -200,6 +202,13 @@ impl Engine {
             .map(|(_, seq)| seq)
             .min()
             .unwrap_or(u64::MAX);
+        // An order held for review keeps its acceptance record (the reviewers' page names
+        // it from there): the oldest held order is a floor like a consumer group's offset.
+        let held_floor = match self.orders.held_after(0, 1).0.first() {
+            Some((accepted_seq, _)) => accepted_seq - 1,
+            None => u64::MAX,
+        };
+        let group_floor = group_floor.min(held_floor);
         let now = std::time::SystemTime::now();
         let mut deletable = Vec::new();
         for pair in segments.windows(2) {

@@ -52,6 +52,8 @@ struct Recovered {
     checkpoint_seq: u64,
     catalog: DashMap<String, u32>,
     next_slot: u32,
+    /// The journaled order-review rules, if a `review_rules` record (or checkpoint) has them.
+    review_rules: Option<crate::journal::ReviewRulesChanged>,
 }
 
 /// The running shards: their mailboxes, control lanes and threads, and the counters the
@@ -164,6 +166,10 @@ impl Engine {
                 limits::EXCHANGES_IN_FLIGHT_MAX as u32,
             ),
             data_dir: data_dir.clone(),
+            review: super::review::ReviewState::new(
+                config.review.rules(),
+                recovered.review_rules.clone(),
+            ),
             _lock: lock,
         });
         spawn_retention(&engine, config)?;
@@ -253,6 +259,10 @@ fn build_writers(
                 config.shard.batch_max,
             );
             writer.purchases = PurchaseCounts::with_capacity(config.inventory.orders_expected);
+            writer.deadlines = crate::shard::Deadlines {
+                review_timeout_s: config.review.timeout_s,
+                auto_complete_s: config.orders.auto_complete_s,
+            };
             writer
         })
         .collect()
@@ -275,6 +285,7 @@ fn recover(
         catalog: &catalog,
         next_slot: 0,
         writers,
+        review_rules: None,
     };
     let checkpoints_dir = checkpoint::checkpoints_dir(data_dir);
     let loaded = checkpoint::load_latest(&checkpoints_dir).map_err(dir_err(&checkpoints_dir))?;
@@ -306,6 +317,7 @@ fn recover(
         replayer.record(seq, record)
     })?;
     let next_slot = replayer.next_slot;
+    let review_rules = replayer.review_rules.take();
     for writer in writers.iter_mut() {
         writer.drop_stale_timers();
     }
@@ -333,6 +345,7 @@ fn recover(
         checkpoint_seq,
         catalog,
         next_slot,
+        review_rules,
     })
 }
 

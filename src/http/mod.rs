@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod orders;
 pub mod queue_delay;
 pub mod reply;
+pub mod review;
 mod routes;
 
 use std::convert::Infallible;

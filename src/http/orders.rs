@@ -157,9 +157,22 @@ struct OrderReply<'a> {
     order_id: &'a str,
     status: &'static str,
     seq: u64,
+    /// The review rules that held the order (order review); absent when none did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review: Option<Vec<&'static str>>,
 }
 
 fn order_reply(order_id: &str, status: OrderStatus, seq: u64, replayed: bool) -> HttpResponse {
+    order_reply_held(order_id, status, seq, replayed, None)
+}
+
+fn order_reply_held(
+    order_id: &str,
+    status: OrderStatus,
+    seq: u64,
+    replayed: bool,
+    review: Option<Vec<&'static str>>,
+) -> HttpResponse {
     let code = if replayed {
         hyper::StatusCode::OK
     } else {
@@ -171,6 +184,7 @@ fn order_reply(order_id: &str, status: OrderStatus, seq: u64, replayed: bool) ->
             order_id,
             status: status.as_str(),
             seq,
+            review,
         },
     );
     if replayed {
@@ -188,8 +202,9 @@ pub async fn create_order(
     engine: &Engine,
     body: &[u8],
     per_user: Option<&RateLimiter>,
+    client: Option<std::net::IpAddr>,
 ) -> (HttpResponse, OrderOutcomeLabel) {
-    match decide_order(engine, body, per_user).await {
+    match decide_order(engine, body, per_user, client).await {
         Ok(response) => {
             let outcome = if response.status() == hyper::StatusCode::CREATED {
                 OrderOutcomeLabel::Accepted
@@ -212,6 +227,7 @@ async fn decide_order(
     engine: &Engine,
     body: &[u8],
     per_user: Option<&RateLimiter>,
+    client: Option<std::net::IpAddr>,
 ) -> Result<HttpResponse, (ApiError, Option<ShedReason>)> {
     let order = decode_order(body).map_err(|error| (error, None))?;
     if let Some(limiter) = per_user
@@ -227,20 +243,37 @@ async fn decide_order(
         .retry_after(seconds);
         return Err((error, Some(ShedReason::UserRate)));
     }
-    decide_decoded(engine, order).await.map_err(|error| {
-        let shed = (error.code == ErrorCode::Overloaded).then_some(ShedReason::ShardQueueFull);
-        (error, shed)
-    })
+    decide_decoded(engine, order, client)
+        .await
+        .map_err(|error| {
+            let shed = (error.code == ErrorCode::Overloaded).then_some(ShedReason::ShardQueueFull);
+            (error, shed)
+        })
 }
 
 /// Maps the engine's outcome to the contract's answer. The reply needs the order's id and
 /// the error details its SKU and quantity, which the engine takes with the order.
-async fn decide_decoded(engine: &Engine, order: NewOrder) -> Result<HttpResponse, ApiError> {
+async fn decide_decoded(
+    engine: &Engine,
+    order: NewOrder,
+    client: Option<std::net::IpAddr>,
+) -> Result<HttpResponse, ApiError> {
     let order_id = order.order_id.clone();
     let sku = order.sku.clone();
     let qty = order.qty;
-    let outcome = engine.place_order(order).await;
+    let outcome = engine.place_order_from(order, client).await;
     match outcome {
+        OrderOutcome::Held { seq, review } => Ok(order_reply_held(
+            &order_id,
+            OrderStatus::Held,
+            seq,
+            false,
+            Some(review.names()),
+        )),
+        OrderOutcome::Denied => Err(ApiError::new(
+            ErrorCode::Denied,
+            "this buyer may not order in this sale; nothing was taken",
+        )),
         OrderOutcome::Accepted { seq, status } => Ok(order_reply(&order_id, status, seq, false)),
         OrderOutcome::Replayed { seq, status } => Ok(order_reply(&order_id, status, seq, true)),
         OrderOutcome::SoldOut { available } => Err(ApiError::new(

@@ -20,7 +20,9 @@ use hyper::{Method, Request, StatusCode};
 
 use super::admission::{self, RetryAfter};
 use super::reply::{self, ApiError, ErrorCode, HttpResponse};
-use super::{AppState, admin, bulk, console, events, journal, lifecycle, orders, read_body};
+use super::{
+    AppState, admin, bulk, console, events, journal, lifecycle, orders, read_body, review,
+};
 use crate::engine::Engine;
 use crate::limits::{self, JOURNAL_READERS_MAX};
 use crate::metrics::{ActionResult, OrderOutcomeLabel, Route, ShedReason};
@@ -35,6 +37,7 @@ fn route_label(segments: &[&str], method: &Method) -> Route {
         (["v1", "skus", ..] | ["v1", "skus:bulk"], _) => Route::Skus,
         (["v1", "journal"], _) => Route::Journal,
         (["v1", "consumers", ..], _) => Route::Consumers,
+        (["v1", "reviews"] | ["v1", "review", ..], _) => Route::Other,
         (["healthz" | "readyz"], _) => Route::Health,
         (["metrics"], _) => Route::Metrics,
         _ => Route::Other,
@@ -154,7 +157,7 @@ async fn post_order(
     match read_body(&parts.headers, body, state).await {
         Ok(body) => {
             let per_user = state.admission.per_user.as_ref();
-            orders::create_order(engine, &body, per_user).await
+            orders::create_order(engine, &body, per_user, Some(peer)).await
         }
         Err(error) => refused(error),
     }
@@ -214,7 +217,54 @@ async fn dispatch(state: &Arc<AppState>, request: Request<Incoming>, peer: IpAdd
             put_offset(state, &parts, body, group).await
         }
         (["v1", "consumers", group], &Method::DELETE) => delete_group(state, &parts, group).await,
+        // Order review.
+        (["v1", "reviews"], &Method::GET) => {
+            let query = parts.uri.query();
+            with_admin(state, &parts, |engine| review::list_held(engine, query)).await
+        }
+        (["v1", "review", "rules"], &Method::GET) => {
+            with_admin(
+                state,
+                &parts,
+                |engine| async move { review::get_rules(engine) },
+            )
+            .await
+        }
+        (["v1", "review", "rules"], &Method::PUT) => put_review_rules(state, &parts, body).await,
         (segments, _) => not_routed(segments, method, path),
+    }
+}
+
+// ---- order review -------------------------------------------------------------------------
+
+/// Runs an admin read (`GET /v1/reviews`, `GET /v1/review/rules`) once the engine is up and
+/// the admin token checks.
+async fn with_admin<'a, F, Fut>(state: &'a AppState, parts: &Parts, handler: F) -> HttpResponse
+where
+    F: FnOnce(&'a Arc<Engine>) -> Fut,
+    Fut: std::future::Future<Output = HttpResponse>,
+{
+    let Some(engine) = state.engine() else {
+        return recovering();
+    };
+    if let Err(error) = admin::authorize(engine, &parts.headers) {
+        return error.into_response();
+    }
+    handler(engine).await
+}
+
+/// `PUT /v1/review/rules`: the engine, the admin token, then the body.
+async fn put_review_rules(state: &AppState, parts: &Parts, body: Incoming) -> HttpResponse {
+    let engine = match admitting_engine(state) {
+        Ok(engine) => engine,
+        Err(error) => return error.into_response(),
+    };
+    if let Err(error) = admin::authorize(engine, &parts.headers) {
+        return error.into_response();
+    }
+    match read_body(&parts.headers, body, state).await {
+        Ok(body) => review::put_rules(engine, &body).await,
+        Err(error) => error.into_response(),
     }
 }
 
@@ -316,6 +366,12 @@ async fn post_action(
         Ok(engine) => engine,
         Err(error) => return error.into_response(),
     };
+    // Approve and reject are a reviewer's (order review): the admin token first.
+    if action.needs_admin()
+        && let Err(error) = admin::authorize(engine, &parts.headers)
+    {
+        return error.into_response();
+    }
     let _in_flight = match admit(state, engine, peer, Work::Action) {
         Ok(slot) => slot,
         Err((error, reason)) => {
@@ -495,7 +551,8 @@ fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
         ["healthz" | "readyz" | "metrics" | "console"] | ["v1", "events"] => "GET",
         ["v1", "orders"] | ["v1", "skus:bulk"] | ["v1", "orders", _, _] => "POST",
-        ["v1", "orders", _] | ["v1", "skus"] | ["v1", "journal"] => "GET",
+        ["v1", "orders", _] | ["v1", "skus"] | ["v1", "journal"] | ["v1", "reviews"] => "GET",
+        ["v1", "review", "rules"] => "GET, PUT",
         ["v1", "skus", _, "pause" | "resume"] => "POST",
         ["v1", "skus", _] | ["v1", "consumers", _, "offset"] => "GET, PUT",
         ["v1", "consumers", _] => "DELETE",

@@ -319,6 +319,26 @@ impl OrderIndex {
             .collect()
     }
 
+    /// The accepted seqs and keys of the durable orders held for review with an accepted
+    /// seq above `after_seq`, oldest first, at most `limit` (and whether more are left). A
+    /// scan of the whole index, reading one entry at a time: for `GET /v1/reviews`, an
+    /// operator's page, never the order path.
+    pub fn held_after(&self, after_seq: u64, limit: usize) -> (Vec<(u64, OrderKey)>, bool) {
+        let mut held: Vec<(u64, OrderKey)> = self
+            .entries
+            .iter()
+            .filter(|item| {
+                let entry = item.value();
+                entry.accepted_seq() > after_seq && entry.state().status.is_held()
+            })
+            .map(|item| (item.value().accepted_seq(), OrderKey(*item.key())))
+            .collect();
+        held.sort_unstable_by_key(|(seq, _)| *seq);
+        let more = held.len() > limit;
+        held.truncate(limit);
+        (held, more)
+    }
+
     /// True if the key is known (durable or pending).
     pub fn contains(&self, key: OrderKey) -> bool {
         self.entries.contains_key(&key.0)

@@ -45,8 +45,8 @@ pub use consumers::ConsumerOffsets;
 pub use index::SeqIndex;
 pub use reader::{JournalReader, ReadError, ReadLimit};
 pub use record::{
-    ArchivedRecord, Event, FrameBatch, KeyedOrderAction, OrderAccepted, OrderAction, Record,
-    SkuChanged, SkuPaused,
+    ArchivedRecord, Event, FrameBatch, HeldOrder, KeyedOrderAction, OrderAccepted, OrderAction,
+    Record, ReviewRulesChanged, SkuChanged, SkuPaused,
 };
 pub use recovery::{JournalTail, RecoveryError, RecoveryReport, recover};
 pub use segment::{list_segments, parse_segment_file_name, segment_file_name};

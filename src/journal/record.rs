@@ -56,9 +56,37 @@ pub enum Event {
     /// [`Event::Action`]). A variant of its own, boxed like `Action`, so that records
     /// journaled before keys existed (and every unkeyed action since) keep their bytes.
     KeyedAction(Box<KeyedOrderAction>),
+    /// A new order that a review rule held (`type: "accepted"`, `status: "held"`, with the
+    /// rules it matched in `review`): it took its units as reserved, and waits for an
+    /// operator. Boxed like `Action`.
+    Held(Box<HeldOrder>),
+    /// The order-review rules were replaced (`type: "review_rules"`, `order_id: null`).
+    ReviewRules(Box<ReviewRulesChanged>),
     /// An operator paused or resumed new orders for a SKU (`type`: `pause` or `resume`).
     /// Boxed like `Action`, so the archived `Event` keeps its size.
     SkuPause(Box<SkuPaused>),
+}
+
+/// An order held for review and the names of the rules it matched.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct HeldOrder {
+    pub order: OrderAccepted,
+    /// Rule names as the contract spells them (`address_shared`, `client_burst`, ...).
+    pub review: Vec<String>,
+}
+
+/// The whole set of order-review rules after a `PUT /v1/review/rules` (each 0: off).
+#[derive(
+    Debug, Clone, PartialEq, Eq, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+#[rkyv(derive(Debug))]
+pub struct ReviewRulesChanged {
+    pub address_buyers_max: u32,
+    pub client_orders_per_min: u32,
+    pub qty_at_least: u32,
+    pub review_users: Vec<String>,
+    pub deny_users: Vec<String>,
 }
 
 /// New orders for a SKU stopped (`paused`) or taken again.
@@ -86,7 +114,24 @@ impl ArchivedEvent {
         match self {
             Self::Action(action) => Some(action),
             Self::KeyedAction(keyed) => Some(&keyed.action),
-            Self::Accepted(_) | Self::Sku(_) | Self::SkuPause(_) => None,
+            Self::Accepted(_)
+            | Self::Sku(_)
+            | Self::Held(_)
+            | Self::ReviewRules(_)
+            | Self::SkuPause(_) => None,
+        }
+    }
+
+    /// The new order of an `Accepted` or `Held` record.
+    pub fn accepted_order(&self) -> Option<&ArchivedOrderAccepted> {
+        match self {
+            Self::Accepted(order) => Some(order),
+            Self::Held(held) => Some(&held.order),
+            Self::Action(_)
+            | Self::KeyedAction(_)
+            | Self::Sku(_)
+            | Self::ReviewRules(_)
+            | Self::SkuPause(_) => None,
         }
     }
 
@@ -94,7 +139,12 @@ impl ArchivedEvent {
     pub fn idempotency_key(&self) -> Option<&str> {
         match self {
             Self::KeyedAction(keyed) => Some(keyed.idempotency_key.as_str()),
-            Self::Action(_) | Self::Accepted(_) | Self::Sku(_) | Self::SkuPause(_) => None,
+            Self::Action(_)
+            | Self::Accepted(_)
+            | Self::Sku(_)
+            | Self::Held(_)
+            | Self::ReviewRules(_)
+            | Self::SkuPause(_) => None,
         }
     }
 }
@@ -150,7 +200,8 @@ impl ArchivedRecord {
     /// The contract's `type` of this record.
     pub fn type_name(&self) -> &'static str {
         match &self.event {
-            ArchivedEvent::Accepted(_) => "accepted",
+            ArchivedEvent::Accepted(_) | ArchivedEvent::Held(_) => "accepted",
+            ArchivedEvent::ReviewRules(_) => "review_rules",
             ArchivedEvent::Sku(_) => "sku",
             ArchivedEvent::Action(action) => action.action.to_native().as_str(),
             ArchivedEvent::KeyedAction(keyed) => keyed.action.action.to_native().as_str(),
@@ -179,15 +230,20 @@ impl ArchivedRecord {
         object.insert("at_ms".into(), at_ms.into());
         object.insert("type".into(), self.type_name().into());
         match &self.event {
-            ArchivedEvent::Accepted(order) => {
-                object.insert("order_id".into(), order.order_id.as_str().into());
-                object.insert("user_id".into(), order.user_id.as_str().into());
-                object.insert("sku".into(), order.sku.as_str().into());
-                object.insert("qty".into(), order.qty.to_native().into());
-                object.insert("payment".into(), order.payment.to_native().as_str().into());
-                if let Some(address) = order.address.as_ref() {
-                    object.insert("address".into(), json_object_text(address.as_str()));
-                }
+            ArchivedEvent::Accepted(order) => accepted_json(order, &mut object),
+            ArchivedEvent::Held(held) => {
+                accepted_json(&held.order, &mut object);
+                object.insert("status".into(), "held".into());
+                let review: Vec<serde_json::Value> = held
+                    .review
+                    .iter()
+                    .map(|rule| rule.as_str().into())
+                    .collect();
+                object.insert("review".into(), review.into());
+            }
+            ArchivedEvent::ReviewRules(rules) => {
+                object.insert("order_id".into(), serde_json::Value::Null);
+                object.insert("rules".into(), rules_json(rules));
             }
             ArchivedEvent::Sku(sku) => {
                 // Every record has `order_id` (contract); a stock change belongs to none.
@@ -220,6 +276,37 @@ impl ArchivedRecord {
         }
         serde_json::Value::Object(object)
     }
+}
+
+/// The fields of a new order's NDJSON object (after `seq`, `at`, `at_ms`, `type`).
+fn accepted_json(
+    order: &ArchivedOrderAccepted,
+    object: &mut serde_json::Map<String, serde_json::Value>,
+) {
+    object.insert("order_id".into(), order.order_id.as_str().into());
+    object.insert("user_id".into(), order.user_id.as_str().into());
+    object.insert("sku".into(), order.sku.as_str().into());
+    object.insert("qty".into(), order.qty.to_native().into());
+    object.insert("payment".into(), order.payment.to_native().as_str().into());
+    if let Some(address) = order.address.as_ref() {
+        object.insert("address".into(), json_object_text(address.as_str()));
+    }
+}
+
+/// The review rules as the contract's body of `GET /v1/review/rules`.
+pub fn rules_json(rules: &ArchivedReviewRulesChanged) -> serde_json::Value {
+    let users = |list: &rkyv::vec::ArchivedVec<rkyv::string::ArchivedString>| {
+        list.iter()
+            .map(|user| serde_json::Value::from(user.as_str()))
+            .collect::<Vec<_>>()
+    };
+    serde_json::json!({
+        "address_buyers_max": rules.address_buyers_max.to_native(),
+        "client_orders_per_min": rules.client_orders_per_min.to_native(),
+        "qty_at_least": rules.qty_at_least.to_native(),
+        "review_users": users(&rules.review_users),
+        "deny_users": users(&rules.deny_users),
+    })
 }
 
 /// The fields of an order action's NDJSON object (after `seq`, `at`, `at_ms`, `type`).

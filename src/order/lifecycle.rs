@@ -44,10 +44,19 @@ pub enum OrderStatus {
     Refunded = 13,
     Returned = 14,
     Expired = 15,
+    /// Held for review (order review): units reserved, no payment clock; `approve` leads
+    /// to `pending_payment` (prepaid, escrow).
+    Held = 16,
+    /// Held for review, cash on delivery: `approve` leads to `confirmed`. Reported as
+    /// `held` like [`OrderStatus::Held`]; a state of its own because the order index keeps
+    /// no payment type and the approval's target depends on it.
+    HeldCod = 17,
+    /// Refused by a reviewer or the review timeout; units returned.
+    Rejected = 18,
 }
 
 impl OrderStatus {
-    pub const ALL: [OrderStatus; 16] = [
+    pub const ALL: [OrderStatus; 19] = [
         Self::PendingPayment,
         Self::Confirmed,
         Self::Paid,
@@ -64,6 +73,9 @@ impl OrderStatus {
         Self::Refunded,
         Self::Returned,
         Self::Expired,
+        Self::Held,
+        Self::HeldCod,
+        Self::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -84,7 +96,14 @@ impl OrderStatus {
             Self::Refunded => "refunded",
             Self::Returned => "returned",
             Self::Expired => "expired",
+            Self::Held | Self::HeldCod => "held",
+            Self::Rejected => "rejected",
         }
+    }
+
+    /// True while the order waits for a reviewer (`held`).
+    pub fn is_held(self) -> bool {
+        matches!(self, Self::Held | Self::HeldCod)
     }
 
     pub fn from_u8(value: u8) -> Option<Self> {
@@ -95,7 +114,7 @@ impl OrderStatus {
     /// payment, `sold` from then on (given back or not, the order no longer holds any once
     /// it is in a state that gave them back; callers never ask then).
     pub fn holds_reserved(self) -> bool {
-        self == Self::PendingPayment
+        matches!(self, Self::PendingPayment | Self::Held | Self::HeldCod)
     }
 }
 
@@ -118,6 +137,9 @@ impl ArchivedOrderStatus {
             Self::Refunded => OrderStatus::Refunded,
             Self::Returned => OrderStatus::Returned,
             Self::Expired => OrderStatus::Expired,
+            Self::Held => OrderStatus::Held,
+            Self::HeldCod => OrderStatus::HeldCod,
+            Self::Rejected => OrderStatus::Rejected,
         }
     }
 }
@@ -151,10 +173,14 @@ pub enum Action {
     PaymentReminder = 16,
     /// Timer: the payment timeout has passed (journal type `expired`).
     Expire = 17,
+    /// A reviewer lets a held order go on (admin).
+    Approve = 18,
+    /// A reviewer, or the review timeout (reason `review_timeout`), refuses a held order.
+    Reject = 19,
 }
 
 impl Action {
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 20] = [
         Self::Pay,
         Self::Cancel,
         Self::Modify,
@@ -173,6 +199,8 @@ impl Action {
         Self::Exchange,
         Self::PaymentReminder,
         Self::Expire,
+        Self::Approve,
+        Self::Reject,
     ];
 
     /// The name in the URL and the journal's `type`.
@@ -196,7 +224,14 @@ impl Action {
             Self::Exchange => "exchange",
             Self::PaymentReminder => "payment_reminder",
             Self::Expire => "expired",
+            Self::Approve => "approve",
+            Self::Reject => "reject",
         }
+    }
+
+    /// The review actions, which only an operator (the admin token) may take.
+    pub fn needs_admin(self) -> bool {
+        matches!(self, Self::Approve | Self::Reject)
     }
 
     /// An action a client may ask for by name; the timer's records are not among them.
@@ -245,6 +280,8 @@ impl ArchivedAction {
             Self::Exchange => Action::Exchange,
             Self::PaymentReminder => Action::PaymentReminder,
             Self::Expire => Action::Expire,
+            Self::Approve => Action::Approve,
+            Self::Reject => Action::Reject,
         }
     }
 }
@@ -299,29 +336,33 @@ pub fn transition(status: OrderStatus, action: Action, restock: bool) -> Option<
                 stock: StockEffect::ReservedToSold,
             }),
             Confirmed | Paid | Verified | Printed | Picked | Checked | Packed | Weighed
-            | Shipped | Delivered | Completed | Cancelled | Refunded | Returned | Expired => None,
+            | Shipped | Delivered | Completed | Cancelled | Refunded | Returned | Expired
+            | Held | HeldCod | Rejected => None,
         },
         Action::Cancel => match status {
             PendingPayment | Confirmed | Paid => give_back(Cancelled),
             Verified | Printed | Picked | Checked | Packed | Weighed | Shipped | Delivered
-            | Completed | Cancelled | Refunded | Returned | Expired => None,
+            | Completed | Cancelled | Refunded | Returned | Expired | Held | HeldCod | Rejected => {
+                None
+            }
         },
         Action::Modify => match status {
             PendingPayment | Confirmed | Paid | Verified | Printed | Picked | Checked | Packed
-            | Weighed | Shipped => to(status),
-            Delivered | Completed | Cancelled | Refunded | Returned | Expired => None,
+            | Weighed | Shipped | Held | HeldCod => to(status),
+            Delivered | Completed | Cancelled | Refunded | Returned | Expired | Rejected => None,
         },
         Action::Refund => match status {
             Confirmed | Paid | Verified | Printed | Picked | Checked | Packed | Weighed => {
                 give_back(Refunded)
             }
             PendingPayment | Shipped | Delivered | Completed | Cancelled | Refunded | Returned
-            | Expired => None,
+            | Expired | Held | HeldCod | Rejected => None,
         },
         Action::Verify => match status {
             Confirmed | Paid => to(Verified),
             PendingPayment | Verified | Printed | Picked | Checked | Packed | Weighed | Shipped
-            | Delivered | Completed | Cancelled | Refunded | Returned | Expired => None,
+            | Delivered | Completed | Cancelled | Refunded | Returned | Expired | Held
+            | HeldCod | Rejected => None,
         },
         Action::Print => stage(Verified, Printed),
         Action::Pick => stage(Printed, Picked),
@@ -335,7 +376,8 @@ pub fn transition(status: OrderStatus, action: Action, restock: bool) -> Option<
             Shipped | Delivered if restock => give_back(Returned),
             Shipped | Delivered => to(Returned),
             PendingPayment | Confirmed | Paid | Verified | Printed | Picked | Checked | Packed
-            | Weighed | Completed | Cancelled | Refunded | Returned | Expired => None,
+            | Weighed | Completed | Cancelled | Refunded | Returned | Expired | Held | HeldCod
+            | Rejected => None,
         },
         Action::Reship | Action::Exchange => match status {
             Shipped | Delivered | Completed => Some(Transition {
@@ -347,17 +389,37 @@ pub fn transition(status: OrderStatus, action: Action, restock: bool) -> Option<
                 },
             }),
             PendingPayment | Confirmed | Paid | Verified | Printed | Picked | Checked | Packed
-            | Weighed | Cancelled | Refunded | Returned | Expired => None,
+            | Weighed | Cancelled | Refunded | Returned | Expired | Held | HeldCod | Rejected => {
+                None
+            }
         },
         Action::PaymentReminder => match status {
             PendingPayment => to(PendingPayment),
             Confirmed | Paid | Verified | Printed | Picked | Checked | Packed | Weighed
-            | Shipped | Delivered | Completed | Cancelled | Refunded | Returned | Expired => None,
+            | Shipped | Delivered | Completed | Cancelled | Refunded | Returned | Expired
+            | Held | HeldCod | Rejected => None,
         },
         Action::Expire => match status {
             PendingPayment => give_back(Expired),
             Confirmed | Paid | Verified | Printed | Picked | Checked | Packed | Weighed
-            | Shipped | Delivered | Completed | Cancelled | Refunded | Returned | Expired => None,
+            | Shipped | Delivered | Completed | Cancelled | Refunded | Returned | Expired
+            | Held | HeldCod | Rejected => None,
+        },
+        Action::Approve => match status {
+            Held => to(PendingPayment),
+            HeldCod => Some(Transition {
+                to: Confirmed,
+                stock: StockEffect::ReservedToSold,
+            }),
+            PendingPayment | Confirmed | Paid | Verified | Printed | Picked | Checked | Packed
+            | Weighed | Shipped | Delivered | Completed | Cancelled | Refunded | Returned
+            | Expired | Rejected => None,
+        },
+        Action::Reject => match status {
+            Held | HeldCod => give_back(Rejected),
+            PendingPayment | Confirmed | Paid | Verified | Printed | Picked | Checked | Packed
+            | Weighed | Shipped | Delivered | Completed | Cancelled | Refunded | Returned
+            | Expired | Rejected => None,
         },
     }
 }
@@ -388,6 +450,8 @@ mod tests {
                     Packed,
                     Weighed,
                     Shipped,
+                    Held,
+                    HeldCod,
                 ],
                 None,
             ),
@@ -405,6 +469,8 @@ mod tests {
             Action::Reship | Action::Exchange => (&[Shipped, Delivered, Completed], Some(Shipped)),
             Action::PaymentReminder => (&[PendingPayment], None),
             Action::Expire => (&[PendingPayment], Some(Expired)),
+            Action::Approve => (&[Held, HeldCod], None),
+            Action::Reject => (&[Held, HeldCod], Some(Rejected)),
         }
     }
 
@@ -417,11 +483,12 @@ mod tests {
                     let result = transition(status, action, restock);
                     if allowed.contains(&status) {
                         let moved = result.unwrap_or_else(|| panic!("{action:?} from {status:?}"));
-                        assert_eq!(
-                            moved.to,
-                            target.unwrap_or(status),
-                            "{action:?} from {status:?}"
-                        );
+                        let expected = match (action, status) {
+                            (Action::Approve, Held) => PendingPayment,
+                            (Action::Approve, _) => Confirmed,
+                            _ => target.unwrap_or(status),
+                        };
+                        assert_eq!(moved.to, expected, "{action:?} from {status:?}");
                     } else {
                         assert!(
                             result.is_none(),
@@ -441,16 +508,17 @@ mod tests {
                     let Some(moved) = transition(status, action, restock) else {
                         continue;
                     };
-                    let gives_back =
-                        matches!(action, Action::Cancel | Action::Refund | Action::Expire)
-                            || (action == Action::Return && restock);
+                    let gives_back = matches!(
+                        action,
+                        Action::Cancel | Action::Refund | Action::Expire | Action::Reject
+                    ) || (action == Action::Return && restock);
                     assert_eq!(
                         matches!(moved.stock, StockEffect::GiveBack { .. }),
                         gives_back,
                         "{action:?} from {status:?} restock={restock}"
                     );
                     if let StockEffect::GiveBack { from_reserved } = moved.stock {
-                        assert_eq!(from_reserved, status == PendingPayment);
+                        assert_eq!(from_reserved, status.holds_reserved());
                     }
                     assert_eq!(
                         moved.stock == StockEffect::TakeExchangeUnit,
@@ -458,7 +526,7 @@ mod tests {
                     );
                     assert_eq!(
                         moved.stock == StockEffect::ReservedToSold,
-                        action == Action::Pay
+                        action == Action::Pay || (action == Action::Approve && status == HeldCod)
                     );
                 }
             }
@@ -504,7 +572,7 @@ mod tests {
         for status in OrderStatus::ALL {
             assert_eq!(OrderStatus::from_u8(status as u8), Some(status));
         }
-        assert_eq!(OrderStatus::from_u8(16), None);
+        assert_eq!(OrderStatus::from_u8(19), None);
         assert_eq!(Action::parse_client("expired"), None);
         assert_eq!(Action::parse_client("teleport"), None);
     }

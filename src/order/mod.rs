@@ -7,6 +7,7 @@
 use crate::limits;
 
 pub mod lifecycle;
+pub mod review;
 pub mod rules;
 
 pub use lifecycle::{Action, OrderStatus, StockEffect, Transition, transition};
@@ -51,6 +52,24 @@ impl Payment {
         match self {
             Self::Prepaid | Self::Escrow => OrderStatus::PendingPayment,
             Self::Cod => OrderStatus::Confirmed,
+        }
+    }
+
+    /// The state of a new order that review holds: `approve` leads from it to
+    /// [`Payment::initial_status`].
+    pub fn held_status(self) -> OrderStatus {
+        match self {
+            Self::Prepaid | Self::Escrow => OrderStatus::Held,
+            Self::Cod => OrderStatus::HeldCod,
+        }
+    }
+
+    /// The first state of a new order, held for review or not.
+    pub fn first_status(self, held: bool) -> OrderStatus {
+        if held {
+            self.held_status()
+        } else {
+            self.initial_status()
         }
     }
 }

@@ -33,6 +33,13 @@ pub enum OrderOutcome {
     Overloaded { retry_after_s: u32 },
     /// Nothing was taken: the journal cannot be written, or the engine is stopping.
     Unavailable { reason: String },
+    /// Stock taken and the order journaled, held for review by the rules named in `review`.
+    Held {
+        seq: u64,
+        review: super::review::ReviewFlags,
+    },
+    /// The buyer is on the review deny list: 403 `denied`, nothing taken.
+    Denied,
 }
 
 /// A paused SKU takes no new order (retries of accepted ones are answered before this, and

@@ -69,9 +69,11 @@ impl JournalFold {
                     self.folded
                         .sku(change.sku.as_str(), change.stock_total.to_native());
                 }
+                ArchivedEvent::Accepted(accepted) => self.folded.accepted(seq, accepted, false)?,
+                ArchivedEvent::Held(held) => self.folded.accepted(seq, &held.order, true)?,
+                ArchivedEvent::ReviewRules(_) => {}
                 // A pause moves no unit.
                 ArchivedEvent::SkuPause(_) => {}
-                ArchivedEvent::Accepted(accepted) => self.folded.accepted(seq, accepted)?,
                 event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
                     self.folded
                         .action(seq, event.order_action().expect("an action record"))?;
@@ -92,11 +94,13 @@ impl Folded {
         self.view.entry(name.to_owned()).or_default().stock_total = stock_total;
     }
 
-    /// An `accepted` record: its `qty` reserved (prepaid, escrow) or sold (cod).
+    /// An `accepted` record: its `qty` reserved (prepaid, escrow, or held for review) or sold
+    /// (cod).
     fn accepted(
         &mut self,
         seq: u64,
         accepted: &ArchivedOrderAccepted,
+        held: bool,
     ) -> Result<(), ReconcileError> {
         let name = accepted.sku.as_str();
         let sku = *self
@@ -104,7 +108,7 @@ impl Folded {
             .get(name)
             .ok_or_else(|| damaged(seq, format!("an order for unknown sku {name}")))?;
         let qty = accepted.qty.to_native();
-        let status = accepted.payment.to_native().initial_status();
+        let status = accepted.payment.to_native().first_status(held);
         let counts = self.view.get_mut(name).expect("numbered skus have counts");
         if status.holds_reserved() {
             counts.reserved += u64::from(qty);

@@ -4,7 +4,7 @@
 use tokio::sync::oneshot;
 
 use super::turn::{DeferredReply, FrameOwner, Undo};
-use super::{ActionOutcome, PaymentTimer, Settle, ShardAction, ShardWriter, shard_of};
+use super::{ActionOutcome, PaymentTimer, Settle, ShardAction, ShardWriter, TimerKind, shard_of};
 use crate::inventory::{KeyCheck, OrderState};
 use crate::journal::{Event, KeyedOrderAction, OrderAction, Record};
 use crate::limits;
@@ -48,7 +48,7 @@ impl ShardWriter {
                 continue;
             };
             let state = entry.state();
-            if state.status != OrderStatus::PendingPayment {
+            if !timer.kind.applies_to(state.status) {
                 continue;
             }
             if self.has_open_record(timer.key) {
@@ -57,15 +57,17 @@ impl ShardWriter {
                 later.push(timer);
                 continue;
             }
-            let action = if now_ms >= timer.deadline_ms {
-                Action::Expire
-            } else if !state.reminded {
-                Action::PaymentReminder
-            } else {
-                // Reminded before a restart: wait for the deadline.
-                timer.due_ms = timer.deadline_ms;
-                self.timers.push(timer);
-                continue;
+            let (action, reason) = match timer.kind {
+                TimerKind::Payment if now_ms >= timer.deadline_ms => (Action::Expire, None),
+                TimerKind::Payment if !state.reminded => (Action::PaymentReminder, None),
+                TimerKind::Payment => {
+                    // Reminded before a restart: wait for the deadline.
+                    timer.due_ms = timer.deadline_ms;
+                    self.timers.push(timer);
+                    continue;
+                }
+                TimerKind::Review => (Action::Reject, Some("review_timeout".to_owned())),
+                TimerKind::AutoComplete => (Action::Complete, Some("auto".to_owned())),
             };
             let key = timer.key;
             let order_id = timer.order_id.to_string();
@@ -77,7 +79,7 @@ impl ShardWriter {
                 order_id,
                 key,
                 action,
-                reason: None,
+                reason,
                 address: None,
                 restock: false,
                 exchange_sku: None,
@@ -146,6 +148,16 @@ impl ShardWriter {
             );
         }
         debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
+        let timer = timer.or_else(|| {
+            self.timer_after(
+                action,
+                moved.to,
+                key,
+                &request.order_id,
+                entry.slot_index,
+                at_ms,
+            )
+        });
         let bind = request
             .idempotency
             .as_ref()
@@ -189,6 +201,35 @@ impl ShardWriter {
             timer,
             bind,
         });
+    }
+
+    /// The timer an action starts, live and on replay: an approval starts the payment clock
+    /// of a prepaid or escrow order, a delivery the auto-completion's (when it is on).
+    pub fn timer_after(
+        &self,
+        action: Action,
+        to: OrderStatus,
+        key: crate::inventory::OrderKey,
+        order_id: &str,
+        slot_index: u32,
+        at_ms: u64,
+    ) -> Option<PaymentTimer> {
+        match (action, to) {
+            (Action::Approve, OrderStatus::PendingPayment) => {
+                let timeout_s = self.stock.figures(slot_index).payment_timeout_s;
+                Some(PaymentTimer::for_order(key, order_id, at_ms, timeout_s))
+            }
+            (_, OrderStatus::Delivered) if self.deadlines.auto_complete_s > 0 => {
+                Some(PaymentTimer::one_shot(
+                    TimerKind::AutoComplete,
+                    key,
+                    order_id,
+                    at_ms,
+                    self.deadlines.auto_complete_s,
+                ))
+            }
+            _ => None,
+        }
     }
 
     /// The answer to an action that is a retry, if it is one. With a key, the key alone

@@ -19,6 +19,8 @@ pub struct OrderCommand {
     pub key: OrderKey,
     pub fingerprint: ContentFingerprint,
     pub purchase_key: PurchaseKey,
+    /// The review rules that hold the order (empty: it is not held).
+    pub review: crate::order::review::ReviewFlags,
     pub reply: oneshot::Sender<OrderOutcome>,
 }
 

@@ -94,7 +94,7 @@ pub use commands::{
 };
 pub use sku::{new_sku_values, updated_sku_values};
 pub use stock::Stock;
-pub use timers::{Clock, PaymentTimer, TimerHeap};
+pub use timers::{Clock, PaymentTimer, TimerHeap, TimerKind};
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -105,7 +105,7 @@ use crate::inventory::{
     IdempotencyKeys, Inventory, OrderEntry, OrderIndex, PurchaseCounts, PurchaseKey,
 };
 use crate::journal::{FrameBatch, Journal};
-use crate::order::{OrderStatus, Payment, StockEffect};
+use crate::order::{Payment, StockEffect};
 use turn::{DeferredReply, FrameOwner, Undo};
 
 /// Which shard owns a slot.
@@ -145,6 +145,16 @@ pub struct ShardWriter {
     /// Commands per turn, and timers held, when metrics are on.
     pub batch_size: Option<prometheus::Histogram>,
     pub timers_held: Option<prometheus::IntGauge>,
+    /// `review.timeout_s` and `orders.auto_complete_s` (0: no such timer).
+    pub deadlines: Deadlines,
+}
+
+/// The engine-wide deadlines of the one-shot timers ([`timers::TimerKind`]), in seconds; 0
+/// turns the timer off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deadlines {
+    pub review_timeout_s: u32,
+    pub auto_complete_s: u32,
 }
 
 impl ShardWriter {
@@ -177,6 +187,7 @@ impl ShardWriter {
             mailbox_wait_max_us: Arc::default(),
             batch_size: None,
             timers_held: None,
+            deadlines: Deadlines::default(),
         }
     }
 
@@ -220,7 +231,7 @@ impl ShardWriter {
         self.timers.retain(|timer| {
             orders
                 .get(timer.key)
-                .is_some_and(|entry| entry.state().status == OrderStatus::PendingPayment)
+                .is_some_and(|entry| timer.kind.applies_to(entry.state().status))
         });
     }
 

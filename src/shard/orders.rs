@@ -2,10 +2,10 @@
 //! ([`crate::order::rules`]) against the slot's stock and the buyer's purchases.
 
 use super::turn::{DeferredReply, FrameOwner, Undo};
-use super::{OrderCommand, OrderOutcome, PaymentTimer, ShardWriter};
+use super::{OrderCommand, OrderOutcome, PaymentTimer, ShardWriter, TimerKind};
 use crate::inventory::{AcceptedOrder, DedupCheck};
-use crate::journal::{Event, Record};
-use crate::order::rules;
+use crate::journal::{Event, HeldOrder, Record};
+use crate::order::{Payment, rules};
 
 impl ShardWriter {
     /// Decides one order (step 2 of the module doc).
@@ -16,9 +16,11 @@ impl ShardWriter {
             key,
             fingerprint,
             purchase_key,
+            review,
             reply,
         } = command;
-        let status = order.payment.initial_status();
+        let held = !review.is_empty();
+        let status = order.payment.first_status(held);
         match self.orders.check_or_insert(key, fingerprint) {
             DedupCheck::New => {}
             DedupCheck::Conflict => {
@@ -62,15 +64,38 @@ impl ShardWriter {
             let _ = reply.send(rejection);
             return;
         }
-        let payment = order.payment;
-        // Only an order that waits for payment needs its id again (for the timer's records).
-        let timer = status.holds_reserved().then(|| {
-            PaymentTimer::for_order(key, &order.order_id, at_ms, values.payment_timeout_s)
-        });
-        let record = Record {
-            at_ms,
-            event: Event::Accepted(order),
+        // A held order's units are reserved whatever its payment (cash on delivery too): its
+        // stock moves as a prepaid order's until a reviewer approves it.
+        let payment = if held {
+            Payment::Prepaid
+        } else {
+            order.payment
         };
+        // Only an order that waits (for payment, or a reviewer) needs its id again, for the
+        // timer's records; the payment clock of a held order starts at its approval.
+        let review_timeout_s = self.deadlines.review_timeout_s;
+        let timer = if held {
+            (review_timeout_s > 0).then(|| {
+                PaymentTimer::one_shot(
+                    TimerKind::Review,
+                    key,
+                    &order.order_id,
+                    at_ms,
+                    review_timeout_s,
+                )
+            })
+        } else {
+            status.holds_reserved().then(|| {
+                PaymentTimer::for_order(key, &order.order_id, at_ms, values.payment_timeout_s)
+            })
+        };
+        let event = if held {
+            let review = review.names().into_iter().map(String::from).collect();
+            Event::Held(Box::new(HeldOrder { order, review }))
+        } else {
+            Event::Accepted(order)
+        };
+        let record = Record { at_ms, event };
         if let Err(error) = self.frames.push(&record) {
             // Validation bounds every field, so this is a bug; refuse the order, keep going.
             tracing::error!(%error, "cannot encode an accepted order");
@@ -93,6 +118,7 @@ impl ShardWriter {
             reply,
             frame_index: self.frame_owners.len(),
             status,
+            review,
         });
         self.frame_owners.push(FrameOwner::Accepted {
             key,

@@ -73,7 +73,41 @@ impl Clock {
     }
 }
 
-/// One order's payment timer.
+/// What a timer does when it comes up, and the state its order must be in for it to do
+/// anything (any other state: the timer is stale and dropped). The discriminants are stored
+/// in checkpoints: append, never renumber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum TimerKind {
+    /// `pending_payment`: the reminder at half time, `expired` at the deadline.
+    #[default]
+    Payment = 0,
+    /// `held`: `reject` with reason `review_timeout` at the deadline (order review).
+    Review = 1,
+    /// `delivered`: `complete` with reason `auto` at the deadline.
+    AutoComplete = 2,
+}
+
+impl TimerKind {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        [Self::Payment, Self::Review, Self::AutoComplete]
+            .get(usize::from(value))
+            .copied()
+    }
+
+    /// True when an order in `status` is what this kind of timer waits on.
+    pub fn applies_to(self, status: crate::order::OrderStatus) -> bool {
+        use crate::order::OrderStatus;
+        match self {
+            Self::Payment => status == OrderStatus::PendingPayment,
+            Self::Review => status.is_held(),
+            Self::AutoComplete => status == OrderStatus::Delivered,
+        }
+    }
+}
+
+/// One order's timer: its payment deadline, or (by `kind`) its review or auto-completion
+/// deadline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentTimer {
     /// When the timer fires next: the reminder's time, then the deadline.
@@ -83,6 +117,7 @@ pub struct PaymentTimer {
     pub key: OrderKey,
     /// The journal records of the reminder and the expiry name the order.
     pub order_id: Box<str>,
+    pub kind: TimerKind,
 }
 
 impl PaymentTimer {
@@ -94,6 +129,25 @@ impl PaymentTimer {
             deadline_ms: accepted_ms.saturating_add(timeout_ms),
             key,
             order_id: order_id.into(),
+            kind: TimerKind::Payment,
+        }
+    }
+
+    /// A one-shot timer of `kind` (review, auto-completion), due `after_s` after `from_ms`.
+    pub fn one_shot(
+        kind: TimerKind,
+        key: OrderKey,
+        order_id: &str,
+        from_ms: u64,
+        after_s: u32,
+    ) -> Self {
+        let deadline_ms = from_ms.saturating_add(u64::from(after_s) * 1000);
+        Self {
+            due_ms: deadline_ms,
+            deadline_ms,
+            key,
+            order_id: order_id.into(),
+            kind,
         }
     }
 }

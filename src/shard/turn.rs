@@ -57,6 +57,8 @@ pub(super) enum DeferredReply {
         reply: oneshot::Sender<OrderOutcome>,
         frame_index: usize,
         status: OrderStatus,
+        /// The review rules that held the order (empty: not held).
+        review: crate::order::review::ReviewFlags,
     },
     /// A retry of an order accepted earlier in this same batch.
     Replayed {
@@ -323,9 +325,15 @@ impl ShardWriter {
                     reply,
                     frame_index,
                     status,
+                    review,
                 } => {
                     let seq = first_seq + frame_index as u64;
-                    let _ = reply.send(OrderOutcome::Accepted { seq, status });
+                    let outcome = if review.is_empty() {
+                        OrderOutcome::Accepted { seq, status }
+                    } else {
+                        OrderOutcome::Held { seq, review }
+                    };
+                    let _ = reply.send(outcome);
                 }
                 DeferredReply::Replayed {
                     reply,

@@ -82,6 +82,7 @@ pub fn order_command(
             None,
         ),
         purchase_key: keys.purchase_key(order.user, order.sku),
+        review: Default::default(),
         order: OrderAccepted {
             order_id: order.id.into(),
             user_id: order.user.into(),
