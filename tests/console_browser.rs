@@ -332,3 +332,96 @@ fn screenshot_of_a_running_console() {
         .expect("a screenshot");
     std::fs::write(out, png).expect("the screenshot is written");
 }
+
+/// The review queue: held orders listed with their rules; one approved and one rejected
+/// from their rows, two approved together with the bulk buttons; each decision is a journal
+/// record and a refused unit is back on sale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_approves_and_rejects_held_orders_from_the_review_queue() {
+    let Some(console) = Console::launch() else {
+        return;
+    };
+    let server = Server::start(Opts::default()).await;
+    server.create_sku("REV-1", 30, 0, 5).await;
+    let rules = server
+        .send(
+            server
+                .client()
+                .put(server.url("/v1/review/rules"))
+                .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+                .json(&serde_json::json!({"qty_at_least": 3})),
+        )
+        .await;
+    assert_eq!(rules.status, StatusCode::OK, "{}", rules.text);
+    for id in ["rev-a", "rev-b", "rev-c", "rev-d"] {
+        let held = server
+            .place(&order(id, &format!("user-{id}"), "REV-1", 3, "prepaid"))
+            .await;
+        assert_eq!(held["status"], "held", "{held}");
+    }
+    console.open(&server.url("/console"));
+    console.log_in(ADMIN_TOKEN);
+    console.wait_until(
+        "four held orders",
+        "document.getElementById('held-count').textContent === '4'",
+    );
+    let row = |id: &str| format!("document.querySelector('tr[data-order-id=\"{id}\"]')");
+    assert!(
+        console
+            .eval(&format!("{}.textContent", row("rev-a")))
+            .as_str()
+            .unwrap()
+            .contains("large_qty"),
+        "the row names the rule"
+    );
+
+    // One approved and one rejected from their rows, each after its dialog.
+    for (id, button) in [("rev-a", "approve"), ("rev-b", "reject")] {
+        console.eval(&format!(
+            "{}.querySelector('button.{button}').click()",
+            row(id)
+        ));
+        console.wait_until(
+            "the confirmation dialog",
+            "document.getElementById('confirm').open",
+        );
+        console.eval("document.getElementById('confirm-ok').click()");
+        console.wait_until(&format!("{id} leaving the queue"), &format!("!{}", row(id)));
+    }
+    assert_eq!(server.order("rev-a").await["status"], "pending_payment");
+    assert_eq!(server.order("rev-b").await["status"], "rejected");
+    let journal = server.journal().await;
+    let decided = |id: &str, kind: &str| {
+        journal
+            .iter()
+            .any(|record| record["order_id"] == id && record["type"] == kind)
+    };
+    assert!(decided("rev-a", "approve"), "the approval is journaled");
+    assert!(decided("rev-b", "reject"), "the rejection is journaled");
+    assert_eq!(
+        server.sku("REV-1").await["available"],
+        30 - 3 * 3,
+        "rev-b's units are back"
+    );
+
+    // Two at once: select both rows, approve the selection.
+    console.wait_until(
+        "two held orders",
+        "document.getElementById('held-count').textContent === '2'",
+    );
+    console.eval("document.querySelectorAll('#reviews input.pick').forEach((box) => box.click())");
+    console.eval("document.getElementById('approve-selected').click()");
+    console.wait_until(
+        "the confirmation dialog",
+        "document.getElementById('confirm').open",
+    );
+    assert!(console.text("#confirm-text").contains("2 held orders"));
+    console.eval("document.getElementById('confirm-ok').click()");
+    console.wait_until(
+        "an empty queue",
+        "document.getElementById('held-count').textContent === '0'",
+    );
+    for id in ["rev-c", "rev-d"] {
+        assert_eq!(server.order(id).await["status"], "pending_payment", "{id}");
+    }
+}
