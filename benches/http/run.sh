@@ -6,6 +6,9 @@
 #   prealloc  as `always`, with journal.preallocate = true (synced zeros ahead of the writer)
 #   soldout   the engine, every order for a sold-out SKU (the fast path)
 #   nometrics as `none`, with metrics.enabled = false (what counting on the path costs)
+#   console   as `none`, with one event console open: its event stream (GET /v1/events) and
+#             its review-queue poll (GET /v1/reviews every CONSOLE_REVIEW_POLL_S, default 5 s as the page;
+#             0: no poll), the requests the page makes
 # Each scenario runs ROUNDS times, interleaved, and the medians are reported with the
 # server's CPU time per request (utime+stime from /proc/PID/stat), which is steadier than
 # req/s on a shared machine.
@@ -46,7 +49,7 @@ start_server() { # scenario -> sets SERVER_PID
     bare)
       ./target/release/examples/bare_server "127.0.0.1:$PORT" >/dev/null & SERVER_PID=$!
       sleep 0.3 ;;
-    none|always|prealloc|soldout|nometrics|base-*)
+    none|always|prealloc|soldout|nometrics|console|base-*)
       local kind=${1#base-} bin=./target/release/stampede
       if [ "$kind" != "$1" ]; then
         [ -x "$BASE_BIN" ] || { echo "scenario $1 needs BASE_BIN (a stampede binary)" >&2; exit 1; }
@@ -56,6 +59,7 @@ start_server() { # scenario -> sets SERVER_PID
       [ "$kind" = soldout ] && fsync=always
       [ "$kind" = prealloc ] && fsync=always && preallocate=true
       [ "$kind" = nometrics ] && fsync=none && metrics=false
+      [ "$kind" = console ] && fsync=none
       rm -rf "$work/data"
       STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_JOURNAL_PREALLOCATE=$preallocate \
         STAMPEDE_METRICS_ENABLED=$metrics STAMPEDE_LOG=warn \
@@ -66,14 +70,34 @@ start_server() { # scenario -> sets SERVER_PID
   esac
 }
 
+start_console() { # the requests one open event console makes -> sets CONSOLE_PIDS
+  local auth="Authorization: Bearer $(cat "$work/data/admin.token")"
+  curl -sN -H "$auth" "http://127.0.0.1:$PORT/v1/events" >"$work/events.txt" & CONSOLE_PIDS=$!
+  local poll=${CONSOLE_REVIEW_POLL_S:-5}
+  if [ "$poll" != 0 ]; then
+    ( while sleep "$poll"; do
+        curl -s -H "$auth" "http://127.0.0.1:$PORT/v1/reviews?limit=100" >/dev/null
+      done ) &
+    CONSOLE_PIDS="$CONSOLE_PIDS $!"
+  fi
+  sleep 1
+}
+
 run_one() { # scenario round
   local scenario=$1 round=$2 sku=BENCH
   [ "${scenario#base-}" = soldout ] && sku=GONE
   start_server "$scenario"
+  CONSOLE_PIDS=""
+  [ "${scenario#base-}" = console ] && start_console
   local before; before=$(ticks "$SERVER_PID")
   SKU=$sku RUN_ID="r$round$scenario" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
     -s benches/http/orders.lua "http://127.0.0.1:$PORT" >"$work/$scenario.$round.txt"
   local after; after=$(ticks "$SERVER_PID")
+  if [ -n "$CONSOLE_PIDS" ]; then
+    # shellcheck disable=SC2086 # one pid per word
+    kill $CONSOLE_PIDS 2>/dev/null || true
+    echo "  console: $(grep -c '^data: ' "$work/events.txt") snapshots received" >&2
+  fi
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
   local out="$work/$scenario.$round.txt"
   local requests rps p50 p99 non2xx
@@ -123,6 +147,9 @@ for s in med:
 if {"none", "always", "prealloc"} <= med.keys():
     n, a, p = med["none"][0], med["always"][0], med["prealloc"][0]
     print(f"\nalways / none throughput: {a/n:.2f}   prealloc / none: {p/n:.2f}")
+if {"none", "console"} <= med.keys():
+    on, off = med["console"], med["none"]
+    print(f"console open / none: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}, p99 {on[2]/off[2]:.2f}x")
 if {"none", "nometrics"} <= med.keys():
     on, off = med["none"], med["nometrics"]
     print(f"metrics on / off: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}")
