@@ -40,6 +40,11 @@ fn chromium_path() -> PathBuf {
 impl Console {
     /// Launches the browser; `None` (with a message) when there is none and none is required.
     fn launch() -> Option<Console> {
+        Console::launch_sized((1400, 1000))
+    }
+
+    /// [`Console::launch`] with a window of `size` pixels (width, height).
+    fn launch_sized(size: (u32, u32)) -> Option<Console> {
         let path = chromium_path();
         if !path.exists() {
             assert!(
@@ -70,7 +75,7 @@ impl Console {
             .path(Some(path))
             .headless(true)
             .sandbox(false)
-            .window_size(Some((1400, 1000)))
+            .window_size(Some(size))
             .user_data_dir(Some(profile.path().to_path_buf()))
             .args(args)
             .idle_browser_timeout(Duration::from_secs(120))
@@ -309,7 +314,7 @@ fn screenshot_of_a_running_console() {
     ) else {
         panic!("set STAMPEDE_CONSOLE_URL, STAMPEDE_CONSOLE_TOKEN and STAMPEDE_CONSOLE_SHOT");
     };
-    let console = Console::launch().expect("a browser");
+    let console = Console::launch_sized((1400, 1640)).expect("a browser");
     console.open(url.to_str().unwrap());
     console.log_in(token.to_str().unwrap());
     console.wait_until(
