@@ -261,6 +261,7 @@ impl Running {
                     restock: false,
                     exchange_sku: None,
                     idempotency_key: None,
+                    shipment: None,
                 })
                 .collect(),
             IN_FLIGHT,

@@ -5,11 +5,14 @@
 //! What it does: it reads the journal as consumer group `--group` (default `picking`), after
 //! the group's committed offset. An order is *ready* for the warehouse when it is paid (a
 //! `pay` record) or confirmed at acceptance (an `accepted` record with payment `cod`); a
-//! `cancel`, `refund` or `expired` record takes it out of the wave it is waiting in. Ready
+//! `cancel`, `refund`, `expired` or `reject` record takes it out of the wave it is waiting in
+//! (an order held by order review is ready only once approved: a cod order at its `approve`
+//! record, a prepaid one at its payment). Ready
 //! orders form waves of `--wave-size` orders (default 20), or fewer once the first has waited
 //! `--wave-ms` (default 2000). For each wave it writes, into `--out`, a pick list grouped by
-//! SKU and a packing slip per order, as printable HTML with a plain-text twin, and then moves
-//! each order through `verify`, `print`, `pick`, `check`, `pack`, `weigh`, `ship`.
+//! SKU and a packing slip per order (with its carrier and tracking number), as printable HTML
+//! with a plain-text twin, and then moves each order through `verify`, `print`, `pick`,
+//! `check`, `pack`, `weigh`, `ship` (which names the parcel printed on the slip).
 //!
 //! Run it beside an engine:
 //!
@@ -104,6 +107,9 @@ struct Args {
     /// engine's `<data-dir>/consumer.token`.
     #[arg(long)]
     token_file: Option<PathBuf>,
+    /// The carrier named on packing slips and sent with `ship` (1..=64 bytes).
+    #[arg(long, default_value = "stampede-post")]
+    carrier: String,
 }
 
 // ---- HTTP: hyper's HTTP/1 client over a tokio TcpStream ----------------------------------
@@ -295,6 +301,9 @@ struct Record {
     kind: String,
     order_id: Option<String>,
     payment: Option<String>,
+    /// `held` on the acceptance of an order that order review holds; after an action, the
+    /// state it left (`confirmed` after approving a cash-on-delivery order).
+    status: Option<String>,
 }
 
 /// The open wave: ready orders by the seq of their ready record, and the position read.
@@ -324,8 +333,16 @@ impl Waiting {
         };
         match record.kind.as_str() {
             "pay" => self.add(record.seq, id),
-            "accepted" if record.payment.as_deref() == Some("cod") => self.add(record.seq, id),
-            "cancel" | "refund" | "expired" => {
+            // A held order is the reviewers' until approved: a cod order is ready at its
+            // approval (a prepaid one at its payment, as always).
+            "accepted"
+                if record.payment.as_deref() == Some("cod")
+                    && record.status.as_deref() != Some("held") =>
+            {
+                self.add(record.seq, id)
+            }
+            "approve" if record.status.as_deref() == Some("confirmed") => self.add(record.seq, id),
+            "cancel" | "refund" | "expired" | "reject" => {
                 if let Some(seq) = self.seq_of.remove(&id) {
                     self.by_seq.remove(&seq);
                     info!(order_id = %id, record = %record.kind, "no longer ready: left its wave");
@@ -386,6 +403,29 @@ struct Order {
     status: String,
     #[serde(default)]
     address: Option<Value>,
+    /// The latest parcel (`{"carrier", "tracking_no", "at"}`), once shipped.
+    #[serde(default)]
+    shipment: Option<Value>,
+    #[serde(default)]
+    history: Vec<Value>,
+}
+
+impl Order {
+    /// The parcel this order goes out in: the one already journaled (a rerun after `ship`),
+    /// else `--carrier` and a tracking number made from the acceptance's seq, so that a
+    /// rerun of the wave prints and sends the same one.
+    fn parcel(&self, carrier: &str) -> (String, String) {
+        if let Some(shipment) = &self.shipment {
+            let field = |name: &str| shipment[name].as_str().unwrap_or_default().to_owned();
+            return (field("carrier"), field("tracking_no"));
+        }
+        let accepted_seq = self
+            .history
+            .first()
+            .and_then(|record| record["seq"].as_u64())
+            .unwrap_or_default();
+        (carrier.to_owned(), format!("SP{accepted_seq:012}"))
+    }
 }
 
 /// Where an order stands: the index in [`STAGES`] of its next stage (7: shipped or later),
@@ -400,7 +440,7 @@ fn next_stage(status: &str) -> anyhow::Result<Option<usize>> {
         "packed" => 5,
         "weighed" => 6,
         "shipped" | "delivered" | "completed" | "returned" => 7,
-        "cancelled" | "refunded" | "expired" => return Ok(None),
+        "cancelled" | "refunded" | "expired" | "rejected" => return Ok(None),
         other => bail!("an order in state {other:?} is not ready for the warehouse"),
     }))
 }
@@ -479,7 +519,7 @@ impl Worker {
         }
         let documents: Vec<&Order> = items.iter().map(|item| &item.order).collect();
         if !documents.is_empty() {
-            write_documents(&self.args.out, first, &documents)?;
+            write_documents(&self.args.out, first, &documents, &self.args.carrier)?;
         }
         let reason = json!({ "reason": format!("wave {first}") });
         for (stage, action) in STAGES.iter().enumerate() {
@@ -489,7 +529,14 @@ impl Worker {
             {
                 let id = item.order.order_id.clone();
                 let path = format!("/v1/orders/{id}/{action}");
-                let reply = self.api.call(Method::POST, &path, Some(&reason)).await?;
+                let mut body = reason.clone();
+                if *action == "ship" {
+                    // The parcel printed on the slip goes into the journal with the ship.
+                    let (carrier, tracking_no) = item.order.parcel(&self.args.carrier);
+                    body["carrier"] = carrier.into();
+                    body["tracking_no"] = tracking_no.into();
+                }
+                let reply = self.api.call(Method::POST, &path, Some(&body)).await?;
                 let status = match reply.status {
                     StatusCode::OK => reply.json()["status"]
                         .as_str()
@@ -619,7 +666,7 @@ fn html_page(title: &str, body: &str) -> String {
 
 /// A wave's pick list (by SKU, then order) and a packing slip per order, HTML and text. The
 /// text has no timestamp: a rerun of the wave writes the same bytes.
-fn write_documents(out: &Path, wave: u64, orders: &[&Order]) -> anyhow::Result<()> {
+fn write_documents(out: &Path, wave: u64, orders: &[&Order], carrier: &str) -> anyhow::Result<()> {
     let mut by_sku: BTreeMap<&str, Vec<&Order>> = BTreeMap::new();
     for order in orders {
         by_sku.entry(&order.sku).or_default().push(order);
@@ -674,6 +721,9 @@ fn write_documents(out: &Path, wave: u64, orders: &[&Order]) -> anyhow::Result<(
             Some(Value::Null) | None => {}
             Some(other) => fields.push(("address", other.to_string())),
         }
+        let (carrier, tracking_no) = order.parcel(carrier);
+        fields.push(("carrier", carrier));
+        fields.push(("tracking", tracking_no));
         let mut text = format!("PACKING SLIP  wave {wave}\n");
         let mut rows = String::new();
         for (label, value) in &fields {

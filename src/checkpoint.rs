@@ -95,6 +95,8 @@ pub struct TimerState {
     pub order_id: String,
     /// [`crate::shard::TimerKind`] as its discriminant.
     pub kind: u8,
+    /// [`crate::shard::PaymentTimer::epoch`].
+    pub epoch: u32,
 }
 
 impl From<TimerStateV2> for TimerState {
@@ -105,6 +107,7 @@ impl From<TimerStateV2> for TimerState {
             deadline_ms: old.deadline_ms,
             order_id: old.order_id,
             kind: 0,
+            epoch: 0,
         }
     }
 }
@@ -442,6 +445,7 @@ mod tests {
                 deadline_ms: 9,
                 order_id: "o1".into(),
                 kind: 0,
+                epoch: 0,
             }],
             idempotency_keys: vec![KeyState {
                 order: 42,

@@ -55,6 +55,10 @@ pub struct JournalConfig {
 pub struct HttpConfig {
     pub body_bytes_max: usize,
     pub body_read_timeout_ms: u64,
+    /// Load balancers whose `X-Forwarded-For` / `Forwarded` name the client (addresses or
+    /// CIDR networks); from any other peer the headers are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -434,8 +438,20 @@ impl Config {
         Ok(())
     }
 
-    /// The `[review]` and `[orders]` tables: each rule and list within its bound.
+    /// The `[review]` and `[orders]` tables (each rule and list within its bound) and
+    /// `http.trusted_proxies`.
     fn validate_review(&self) -> Result<(), ConfigError> {
+        if self.http.trusted_proxies.len() > limits::TRUSTED_PROXIES_MAX {
+            return Err(ConfigError::Invalid(format!(
+                "http.trusted_proxies holds at most {} entries",
+                limits::TRUSTED_PROXIES_MAX
+            )));
+        }
+        for entry in &self.http.trusted_proxies {
+            crate::http::forwarded::TrustedNet::parse(entry).map_err(|reason| {
+                ConfigError::Invalid(format!("http.trusted_proxies: {reason}"))
+            })?;
+        }
         crate::order::review::validate_rules(&self.review.rules())
             .map_err(|reason| ConfigError::Invalid(format!("review: {reason}")))?;
         if self.review.timeout_s > limits::REVIEW_TIMEOUT_S_MAX {

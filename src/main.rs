@@ -322,6 +322,7 @@ async fn serve(config: Config) -> ExitCode {
             std::time::Duration::from_millis(config.http.body_read_timeout_ms),
         )
         .with_admission(&config.admission)
+        .with_trusted_proxies(&config.http.trusted_proxies)
         .with_metrics(config.metrics.enabled),
     );
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();

@@ -457,11 +457,38 @@ async fn once_ships_ready_orders_and_prints_their_documents() {
     server
         .place(&order("x-unpaid", "ux", "PICK-B", 1, "prepaid"))
         .await;
+    // Order review: a held cod order is ready once approved, never while held or rejected.
+    let api = server.api();
+    let admin = |request: reqwest::RequestBuilder| request.bearer_auth(&api.admin_token);
+    let rules = admin(api.client.put(api.url("/v1/review/rules")))
+        .json(&json!({"review_users": ["held-user"]}));
+    assert_eq!(api.send(rules).await.status, StatusCode::OK);
+    for id in ["h-approved", "h-held", "h-rejected"] {
+        let reply = server
+            .place(&order(id, "held-user", "PICK-A", 1, "cod"))
+            .await;
+        assert_eq!(reply["status"], "held");
+    }
+    for (id, action) in [("h-approved", "approve"), ("h-rejected", "reject")] {
+        let path = format!("/v1/orders/{id}/{action}");
+        let reply = api.send(admin(api.client.post(api.url(&path)))).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    }
+    ready.insert(
+        "h-approved".into(),
+        Ready {
+            user: "held-user".into(),
+            sku: "PICK-A".into(),
+            qty: 1,
+        },
+    );
     let untouched = [
         ("x-cancel", "cancelled"),
         ("x-codcancel", "cancelled"),
         ("x-refund", "refunded"),
         ("x-unpaid", "pending_payment"),
+        ("h-held", "held"),
+        ("h-rejected", "rejected"),
     ];
 
     let out = tempfile::tempdir().expect("out dir");
@@ -475,7 +502,7 @@ async fn once_ships_ready_orders_and_prints_their_documents() {
 
     assert_shipped_once(&server, &ready, &untouched).await;
     assert_documents(out.path(), &ready);
-    // 29 ready orders in waves of 20: two pick lists, totals per SKU as ordered.
+    // 30 ready orders in waves of 20: two pick lists, totals per SKU as ordered.
     let picks = pick_lists(out.path());
     let files: HashSet<&String> = picks.values().map(|(_, _, file)| file).collect();
     assert_eq!(files.len(), 2, "{files:?}");
@@ -495,6 +522,12 @@ async fn once_ships_ready_orders_and_prints_their_documents() {
         slip.contains("city: Bergen") && !slip.contains("Oslo"),
         "{slip}"
     );
+    // The parcel on the slip is the one journaled with the order's ship.
+    let shipment = server.order("w-addr").await["shipment"].clone();
+    assert_eq!(shipment["carrier"], "stampede-post", "{shipment}");
+    let tracking = shipment["tracking_no"].as_str().expect("a tracking number");
+    assert!(slip.contains(&format!("tracking  {tracking}")), "{slip}");
+    assert!(slip.contains("carrier   stampede-post"), "{slip}");
 
     let end = last_seq(&server).await;
     assert_eq!(group_offset(&server, "picking").await, Some(end));

@@ -12,6 +12,11 @@
 //! And after every restart (from the journal alone, or from a checkpoint and the records
 //! after it) the replayed state equals the live state before it.
 //!
+//! Order review is in the model: some orders are placed held (as a review rule would hold
+//! them), `approve` and `reject` are among the actions, the review timeout rejects what
+//! nobody reviewed, an approval starts the payment clock, and a delivered order completes
+//! itself after the auto-completion timeout.
+//!
 //! The model decides transitions with the contract's table in `tests/common/order_table.rs`
 //! (written from the contract, not from the engine's `transition`); everything else, stock,
 //! limits, timers and idempotency, it computes by itself. More cases: `PROPTEST_CASES=500 cargo test --test lifecycle_model`.
@@ -36,6 +41,9 @@ const STOCK: [u64; 3] = [3, 2, 4];
 const PER_USER_LIMIT: u32 = 2;
 const MAX_PER_ORDER: u32 = 2;
 const TIMEOUT_S: u32 = 60;
+/// `review.timeout_s` and `orders.auto_complete_s` of the harness's engine.
+const REVIEW_TIMEOUT_S: u64 = 90;
+const AUTO_COMPLETE_S: u64 = 100;
 const ORDER_IDS: usize = 10;
 const USERS: usize = 3;
 const START_MS: u64 = 1_800_000_000_000;
@@ -50,6 +58,8 @@ enum Op {
         sku: usize,
         qty: u32,
         payment: Payment,
+        /// Held for review at acceptance.
+        held: bool,
     },
     Act {
         order: usize,
@@ -79,10 +89,12 @@ fn op() -> impl Strategy<Value = Op> {
         .into_iter()
         .filter(|a| a.is_client_action())
         .chain([Action::Pay, Action::Cancel, Action::Refund, Action::Return].repeat(2))
+        .chain([Action::Approve, Action::Reject, Action::Approve])
         .collect();
     prop_oneof![
-        4 => (0..ORDER_IDS, 0..USERS, 0..SKUS.len(), 1..=MAX_PER_ORDER + 1, payment)
-            .prop_map(|(order, user, sku, qty, payment)| Op::Place { order, user, sku, qty, payment }),
+        4 => (0..ORDER_IDS, 0..USERS, 0..SKUS.len(), 1..=MAX_PER_ORDER + 1, payment,
+              proptest::bool::weighted(0.3))
+            .prop_map(|(order, user, sku, qty, payment, held)| Op::Place { order, user, sku, qty, payment, held }),
         6 => (0..ORDER_IDS, proptest::sample::select(client_actions), any::<bool>(), 0..SKUS.len(),
               proptest::option::of(0..KEYS))
             .prop_map(|(order, action, restock, exchange_sku, key)| Op::Act { order, action, restock, exchange_sku, key }),
@@ -105,9 +117,13 @@ struct ModelOrder {
     user: usize,
     sku: usize,
     qty: u32,
+    /// Units the order holds: its `qty`, less one per restocked exchange.
+    units: u32,
     payment: Payment,
     status: OrderStatus,
-    accepted_ms: u64,
+    /// When the order's timer started: its acceptance (payment, review), its approval
+    /// (payment), its latest delivery (auto-completion).
+    clock_ms: u64,
     last_action: Option<Action>,
     records: u32,
 }
@@ -129,7 +145,7 @@ type Request = (Action, bool, Option<usize>);
 fn request_of(action: Action, restock: bool, exchange_sku: usize) -> Request {
     (
         action,
-        action == Action::Return && restock,
+        matches!(action, Action::Return | Action::Exchange) && restock,
         (action == Action::Exchange).then_some(exchange_sku),
     )
 }
@@ -137,6 +153,7 @@ fn request_of(action: Action, restock: bool, exchange_sku: usize) -> Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Expect {
     Accepted,
+    Held,
     Replayed,
     Conflict,
     QtyOverMax,
@@ -151,36 +168,53 @@ enum Expect {
     TooManyRecords,
 }
 
-/// The contract's move for `action` from `status` ([`order_table::next`]), in the engine's
-/// types (named as the API names them).
+/// The contract's move for `action` from `status` ([`order_table::next_reviewed`]), in the
+/// engine's types (named as the API names them; `held` is the engine's held state for the
+/// order's payment).
 fn table_move(
     status: OrderStatus,
     action: Action,
     restock: bool,
+    payment: Payment,
 ) -> Option<(OrderStatus, order_table::Stock)> {
-    let moved = order_table::next(status.as_str(), action.as_str(), restock)?;
-    let to = OrderStatus::ALL
+    let moved =
+        order_table::next_reviewed(status.as_str(), action.as_str(), restock, payment.as_str())?;
+    Some((status_named(moved.to, payment), moved.stock))
+}
+
+fn status_named(name: &str, payment: Payment) -> OrderStatus {
+    if name == "held" {
+        return payment.held_status();
+    }
+    OrderStatus::ALL
         .into_iter()
-        .find(|state| state.as_str() == moved.to)
-        .unwrap_or_else(|| panic!("the engine has no state {:?}", moved.to));
-    Some((to, moved.stock))
+        .find(|state| state.as_str() == name)
+        .unwrap_or_else(|| panic!("the engine has no state {name:?}"))
 }
 
 impl Model {
     fn give_back(&mut self, id: usize, from_reserved: bool) {
         let order = self.orders[&id].clone();
         let stock = &mut self.stock[order.sku];
-        let qty = u64::from(order.qty);
+        let qty = u64::from(order.units);
         if from_reserved {
             stock.reserved -= qty;
         } else {
             stock.sold -= qty;
         }
         stock.available += qty;
-        *self.bought.get_mut(&(order.user, order.sku)).unwrap() -= order.qty;
+        *self.bought.get_mut(&(order.user, order.sku)).unwrap() -= order.units;
     }
 
-    fn place(&mut self, id: usize, user: usize, sku: usize, qty: u32, payment: Payment) -> Expect {
+    fn place(
+        &mut self,
+        id: usize,
+        user: usize,
+        sku: usize,
+        qty: u32,
+        payment: Payment,
+        held: bool,
+    ) -> Expect {
         if let Some(existing) = self.orders.get(&id) {
             let same = (existing.user, existing.sku, existing.qty, existing.payment)
                 == (user, sku, qty, payment);
@@ -200,10 +234,14 @@ impl Model {
         if bought + qty > PER_USER_LIMIT {
             return Expect::PurchaseLimit;
         }
-        let status = payment.initial_status();
+        let status = if held {
+            status_named("held", payment)
+        } else {
+            payment.initial_status()
+        };
         let stock = &mut self.stock[sku];
         stock.available -= u64::from(qty);
-        if status == OrderStatus::PendingPayment {
+        if held || status == OrderStatus::PendingPayment {
             stock.reserved += u64::from(qty);
         } else {
             stock.sold += u64::from(qty);
@@ -215,14 +253,15 @@ impl Model {
                 user,
                 sku,
                 qty,
+                units: qty,
                 payment,
                 status,
-                accepted_ms: self.now_ms,
+                clock_ms: self.now_ms,
                 last_action: None,
                 records: 1,
             },
         );
-        Expect::Accepted
+        if held { Expect::Held } else { Expect::Accepted }
     }
 
     fn act(
@@ -247,7 +286,7 @@ impl Model {
         } else if !action.repeats() && order.last_action == Some(action) {
             return Expect::ActionReplayed(None);
         }
-        let Some((to, stock)) = table_move(order.status, action, restock) else {
+        let Some((to, stock)) = table_move(order.status, action, restock, order.payment) else {
             return Expect::Refused;
         };
         if action == Action::Exchange && self.stock[exchange_sku].available < 1 {
@@ -261,10 +300,24 @@ impl Model {
             return Expect::TooManyRecords;
         }
         self.apply(id, stock, exchange_sku);
+        // The contract: an exchange with `{"restock": true}` puts the unit the buyer sent back
+        // on sale again (one unit of the order's SKU, off the buyer's count).
+        if action == Action::Exchange && restock && order.units > 0 {
+            let stock = &mut self.stock[order.sku];
+            stock.sold -= 1;
+            stock.available += 1;
+            *self.bought.get_mut(&(order.user, order.sku)).unwrap() -= 1;
+            self.orders.get_mut(&id).unwrap().units -= 1;
+        }
+        let now_ms = self.now_ms;
         let order = self.orders.get_mut(&id).unwrap();
         order.status = to;
         order.last_action = Some(action);
         order.records += 1;
+        // An approval starts the payment clock; a delivery the auto-completion's.
+        if matches!(to, OrderStatus::PendingPayment | OrderStatus::Delivered) {
+            order.clock_ms = now_ms;
+        }
         if let Some(key) = key {
             self.keys
                 .insert((id, key), (request_of(action, restock, exchange_sku), to));
@@ -279,8 +332,8 @@ impl Model {
             order_table::Stock::None => {}
             order_table::Stock::ReservedToSold => {
                 let stock = &mut self.stock[order.sku];
-                stock.reserved -= u64::from(order.qty);
-                stock.sold += u64::from(order.qty);
+                stock.reserved -= u64::from(order.units);
+                stock.sold += u64::from(order.units);
             }
             order_table::Stock::GiveBack { from_reserved } => self.give_back(id, from_reserved),
             order_table::Stock::TakeExchangeUnit => {
@@ -291,26 +344,33 @@ impl Model {
         }
     }
 
-    /// Moves time on and expires what the payment timers expire (the reminder changes no
-    /// state the model compares).
+    /// Moves time on and runs what the timers run: the payment timer expires an unpaid
+    /// order (the reminder changes no state the model compares), the review timeout rejects
+    /// a held one, auto-completion completes a delivered one.
     fn advance(&mut self, seconds: u64) {
         self.now_ms += seconds * 1000;
-        let due: Vec<usize> = self
+        let now_ms = self.now_ms;
+        let due: Vec<(usize, Action)> = self
             .orders
             .iter()
-            .filter(|(_, order)| {
-                order.status == OrderStatus::PendingPayment
-                    && self.now_ms >= order.accepted_ms + u64::from(TIMEOUT_S) * 1000
+            .filter_map(|(id, order)| {
+                let (timeout_s, action) = match order.status {
+                    OrderStatus::PendingPayment => (u64::from(TIMEOUT_S), Action::Expire),
+                    OrderStatus::Held | OrderStatus::HeldCod => (REVIEW_TIMEOUT_S, Action::Reject),
+                    OrderStatus::Delivered => (AUTO_COMPLETE_S, Action::Complete),
+                    _ => return None,
+                };
+                (now_ms >= order.clock_ms + timeout_s * 1000).then_some((*id, action))
             })
-            .map(|(id, _)| *id)
             .collect();
-        for id in due {
-            let (to, stock) = table_move(self.orders[&id].status, Action::Expire, false)
-                .expect("the table expires an unpaid order");
+        for (id, action) in due {
+            let order = &self.orders[&id];
+            let (to, stock) = table_move(order.status, action, false, order.payment)
+                .expect("the table allows what the timer does");
             self.apply(id, stock, 0);
             let order = self.orders.get_mut(&id).unwrap();
             order.status = to;
-            order.last_action = Some(Action::Expire);
+            order.last_action = Some(action);
         }
     }
 }
@@ -326,7 +386,15 @@ impl Harness {
     fn new(data_dir: &Path) -> Self {
         let config = in_process::config(
             data_dir,
-            &[("STAMPEDE_JOURNAL_FSYNC", "none"), ("STAMPEDE_SHARDS", "2")],
+            &[
+                ("STAMPEDE_JOURNAL_FSYNC", "none"),
+                ("STAMPEDE_SHARDS", "2"),
+                ("STAMPEDE_REVIEW_TIMEOUT_S", &REVIEW_TIMEOUT_S.to_string()),
+                (
+                    "STAMPEDE_ORDERS_AUTO_COMPLETE_S",
+                    &AUTO_COMPLETE_S.to_string(),
+                ),
+            ],
         );
         let runtime = in_process::runtime(1);
         let mut harness = Self {
@@ -368,12 +436,26 @@ impl Harness {
         self.start();
     }
 
-    fn place(&self, id: usize, user: usize, sku: usize, qty: u32, payment: Payment) -> Expect {
+    fn place(&self, op: &Op) -> Expect {
+        let Op::Place {
+            order: id,
+            user,
+            sku,
+            qty,
+            payment,
+            held,
+        } = *op
+        else {
+            unreachable!("a place op")
+        };
         let engine = self.engine().clone();
         let (id, user) = (format!("o{id}"), format!("u{user}"));
-        let order = NewOrder::new(&id, &user, SKUS[sku], payment).qty(qty);
+        let order = NewOrder::new(&id, &user, SKUS[sku], payment)
+            .qty(qty)
+            .held(held);
         match self.runtime.block_on(in_process::place(&engine, order)) {
             OrderOutcome::Accepted { .. } => Expect::Accepted,
+            OrderOutcome::Held { .. } => Expect::Held,
             OrderOutcome::Replayed { .. } => Expect::Replayed,
             OrderOutcome::IdempotencyConflict => Expect::Conflict,
             OrderOutcome::QtyOverMax { .. } => Expect::QtyOverMax,
@@ -381,7 +463,6 @@ impl Harness {
             OrderOutcome::PurchaseLimit { .. } => Expect::PurchaseLimit,
             other @ (OrderOutcome::Unavailable { .. }
             | OrderOutcome::UnknownSku
-            | OrderOutcome::Held { .. }
             | OrderOutcome::Denied
             | OrderOutcome::Paused
             | OrderOutcome::Overloaded { .. }) => panic!("the shard answered {other:?}"),
@@ -494,9 +575,10 @@ fn run(ops: &[Op]) -> Result<(), TestCaseError> {
                 sku,
                 qty,
                 payment,
+                held,
             } => {
-                let expected = model.place(*order, *user, *sku, *qty, *payment);
-                let got = harness.place(*order, *user, *sku, *qty, *payment);
+                let expected = model.place(*order, *user, *sku, *qty, *payment, *held);
+                let got = harness.place(op);
                 prop_assert_eq!(got, expected, "step {}: {:?}", step, op);
             }
             Op::Act {
@@ -558,6 +640,71 @@ proptest! {
     }
 }
 
+fn act(order: usize, action: Action) -> Op {
+    Op::Act {
+        order,
+        action,
+        restock: false,
+        exchange_sku: 0,
+        key: None,
+    }
+}
+
+/// Order review by hand: held orders of each payment, approved, rejected, timed out across a
+/// checkpoint and a restart, the payment clock from the approval, auto-completion.
+#[test]
+fn a_known_review_sequence_matches_the_model() {
+    let place = |order, payment, held| Op::Place {
+        order,
+        user: order % USERS,
+        sku: 0,
+        qty: 1,
+        payment,
+        held,
+    };
+    let ops = vec![
+        place(0, Payment::Cod, true),
+        place(1, Payment::Prepaid, true),
+        place(2, Payment::Escrow, true),
+        act(0, Action::Pay),
+        act(0, Action::Cancel),
+        act(0, Action::Approve),
+        act(0, Action::Approve),
+        act(2, Action::Reject),
+        act(2, Action::Approve),
+        Op::Advance { seconds: 45 },
+        act(1, Action::Approve),
+        Op::Checkpoint,
+        Op::Advance { seconds: 40 },
+        Op::Restart,
+        // Order 1's payment clock started at its approval: not expired yet.
+        Op::Advance { seconds: 10 },
+        place(3, Payment::Prepaid, true),
+        Op::Advance { seconds: 45 },
+        Op::Restart,
+        Op::Advance { seconds: 45 },
+        act(3, Action::Approve),
+        place(4, Payment::Cod, false),
+    ]
+    .into_iter()
+    .chain(
+        [
+            "verify", "print", "pick", "check", "pack", "weigh", "ship", "deliver",
+        ]
+        .map(|name| act(4, Action::parse_client(name).unwrap())),
+    )
+    .chain([
+        Op::Checkpoint,
+        Op::Advance { seconds: 45 },
+        Op::Restart,
+        Op::Advance { seconds: 45 },
+        Op::Advance { seconds: 45 },
+        act(4, Action::Complete),
+    ])
+    .collect::<Vec<_>>();
+    run(&ops).unwrap();
+}
+
 /// One hand-written sequence through every money path, as a readable example of the model.
 #[test]
 fn a_known_sequence_matches_the_model() {
@@ -568,6 +715,7 @@ fn a_known_sequence_matches_the_model() {
             sku: 0,
             qty: 2,
             payment: Payment::Prepaid,
+            held: false,
         },
         Op::Place {
             order: 1,
@@ -575,6 +723,7 @@ fn a_known_sequence_matches_the_model() {
             sku: 0,
             qty: 1,
             payment: Payment::Cod,
+            held: false,
         },
         Op::Place {
             order: 2,
@@ -582,6 +731,7 @@ fn a_known_sequence_matches_the_model() {
             sku: 0,
             qty: 1,
             payment: Payment::Escrow,
+            held: false,
         },
         Op::Act {
             order: 2,
@@ -614,6 +764,7 @@ fn a_known_sequence_matches_the_model() {
             sku: 0,
             qty: 1,
             payment: Payment::Cod,
+            held: false,
         },
         Op::Place {
             order: 3,
@@ -621,6 +772,7 @@ fn a_known_sequence_matches_the_model() {
             sku: 0,
             qty: 1,
             payment: Payment::Cod,
+            held: false,
         },
         Op::Act {
             order: 3,

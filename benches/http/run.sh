@@ -6,6 +6,11 @@
 #   prealloc  as `always`, with journal.preallocate = true (synced zeros ahead of the writer)
 #   soldout   the engine, every order for a sold-out SKU (the fast path)
 #   nometrics as `none`, with metrics.enabled = false (what counting on the path costs)
+#   addr      as `none`, each order with its own shipping address (order review off)
+#   review    as `addr`, with every order-review rule on (PUT /v1/review/rules after start:
+#             address_buyers_max 3, client_orders_per_min 60000, qty_at_least 5, 24 review
+#             users, 24 deny users); wrk is one client, so past 60000 orders in a minute the
+#             burst rule holds every order (still 201, one more field in its record)
 #   console   as `none`, with one event console open: its event stream (GET /v1/events) and
 #             its review-queue poll (GET /v1/reviews every CONSOLE_REVIEW_POLL_S, default 5 s as the page;
 #             0: no poll), the requests the page makes
@@ -49,7 +54,7 @@ start_server() { # scenario -> sets SERVER_PID
     bare)
       ./target/release/examples/bare_server "127.0.0.1:$PORT" >/dev/null & SERVER_PID=$!
       sleep 0.3 ;;
-    none|always|prealloc|soldout|nometrics|console|base-*)
+    none|always|prealloc|soldout|nometrics|addr|review|console|base-*)
       local kind=${1#base-} bin=./target/release/stampede
       if [ "$kind" != "$1" ]; then
         [ -x "$BASE_BIN" ] || { echo "scenario $1 needs BASE_BIN (a stampede binary)" >&2; exit 1; }
@@ -59,19 +64,31 @@ start_server() { # scenario -> sets SERVER_PID
       [ "$kind" = soldout ] && fsync=always
       [ "$kind" = prealloc ] && fsync=always && preallocate=true
       [ "$kind" = nometrics ] && fsync=none && metrics=false
+      [ "$kind" = addr ] || [ "$kind" = review ] && fsync=none
       [ "$kind" = console ] && fsync=none
       rm -rf "$work/data"
       STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_JOURNAL_PREALLOCATE=$preallocate \
-        STAMPEDE_METRICS_ENABLED=$metrics STAMPEDE_LOG=warn \
+        STAMPEDE_METRICS_ENABLED=$metrics STAMPEDE_LOG=warn STAMPEDE_ADMIN_TOKEN=bench-admin-token \
         "$bin" serve \
         --config benches/http/bench.toml --listen "127.0.0.1:$PORT" --data-dir "$work/data" \
         >/dev/null 2>"$work/server.err" & SERVER_PID=$!
-      wait_ready readyz ;;
+      wait_ready readyz
+      if [ "$kind" = review ]; then put_review_rules; fi
+      ;;
   esac
 }
 
+put_review_rules() {
+  local users deny
+  users=$(python3 -c 'import json; print(json.dumps([f"review-{n}" for n in range(24)]))')
+  deny=$(python3 -c 'import json; print(json.dumps([f"deny-{n}" for n in range(24)]))')
+  curl -sf -X PUT -H "Authorization: Bearer bench-admin-token" \
+    -d "{\"address_buyers_max\":3,\"client_orders_per_min\":60000,\"qty_at_least\":5,\"review_users\":$users,\"deny_users\":$deny}" \
+    "http://127.0.0.1:$PORT/v1/review/rules" >/dev/null || { echo "review rules not set" >&2; exit 1; }
+}
+
 start_console() { # the requests one open event console makes -> sets CONSOLE_PIDS
-  local auth="Authorization: Bearer $(cat "$work/data/admin.token")"
+  local auth="Authorization: Bearer bench-admin-token"
   curl -sN -H "$auth" "http://127.0.0.1:$PORT/v1/events" >"$work/events.txt" & CONSOLE_PIDS=$!
   local poll=${CONSOLE_REVIEW_POLL_S:-5}
   if [ "$poll" != 0 ]; then
@@ -86,11 +103,13 @@ start_console() { # the requests one open event console makes -> sets CONSOLE_PI
 run_one() { # scenario round
   local scenario=$1 round=$2 sku=BENCH
   [ "${scenario#base-}" = soldout ] && sku=GONE
+  local address=
+  case "${scenario#base-}" in addr|review) address=1 ;; esac
   start_server "$scenario"
   CONSOLE_PIDS=""
   [ "${scenario#base-}" = console ] && start_console
   local before; before=$(ticks "$SERVER_PID")
-  SKU=$sku RUN_ID="r$round$scenario" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
+  ADDRESS=$address SKU=$sku RUN_ID="r$round$scenario" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
     -s benches/http/orders.lua "http://127.0.0.1:$PORT" >"$work/$scenario.$round.txt"
   local after; after=$(ticks "$SERVER_PID")
   if [ -n "$CONSOLE_PIDS" ]; then
@@ -147,6 +166,9 @@ for s in med:
 if {"none", "always", "prealloc"} <= med.keys():
     n, a, p = med["none"][0], med["always"][0], med["prealloc"][0]
     print(f"\nalways / none throughput: {a/n:.2f}   prealloc / none: {p/n:.2f}")
+if {"addr", "review"} <= med.keys():
+    off, on = med["addr"], med["review"]
+    print(f"review rules on / off: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}")
 if {"none", "console"} <= med.keys():
     on, off = med["console"], med["none"]
     print(f"console open / none: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}, p99 {on[2]/off[2]:.2f}x")

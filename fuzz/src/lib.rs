@@ -405,7 +405,16 @@ pub fn decode_action_checked(action: Action, body: &[u8]) {
                 (Some(_), other) => panic!("{other:?} kept an exchange sku"),
                 (None, _) => {}
             }
-            assert!(!request.restock || action == Action::Return);
+            assert!(!request.restock || action.takes_restock());
+            if let Some(shipment) = &request.shipment {
+                assert!(matches!(
+                    action,
+                    Action::Ship | Action::Reship | Action::Exchange
+                ));
+                for field in [&shipment.carrier, &shipment.tracking_no] {
+                    assert!((1..=limits::SHIPMENT_FIELD_BYTES_MAX).contains(&field.len()));
+                }
+            }
         }
         Err(error) => assert!(
             matches!(error.code, ErrorCode::BadRequest | ErrorCode::Invalid),

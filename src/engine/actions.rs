@@ -54,8 +54,12 @@ impl Engine {
                 address: request.address.as_deref(),
                 // As the record stores it (replay fingerprints the record): only `return`
                 // has the flag.
-                restock: request.action == Action::Return && request.restock,
+                restock: request.action.takes_restock() && request.restock,
                 exchange_sku: request.exchange_sku.as_deref(),
+                shipment: request
+                    .shipment
+                    .as_ref()
+                    .map(|s| (s.carrier.as_str(), s.tracking_no.as_str())),
             }),
         });
         let keyed = idempotency.is_some();
@@ -72,6 +76,7 @@ impl Engine {
                     exchange_sku: request.exchange_sku,
                     idempotency,
                     exchange_sold_out: None,
+                    shipment: request.shipment.map(Box::new),
                 },
                 reply,
             },

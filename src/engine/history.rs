@@ -26,6 +26,10 @@ pub struct OrderView {
     /// The latest address: the last `modify`'s, or the one given with the order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<serde_json::Value>,
+    /// The latest parcel: `{"carrier", "tracking_no", "at"}` of the newest `ship`, `reship`
+    /// or `exchange` that named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shipment: Option<serde_json::Value>,
     /// The review rules that held the order (order review), if any held it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub review: Option<Vec<String>>,
@@ -46,6 +50,8 @@ struct HistoryWalk {
     latest_address: Option<serde_json::Value>,
     /// The status the newest record kept left (`None`: the order's current one).
     status: Option<crate::order::OrderStatus>,
+    /// The newest kept record's parcel (`ship`, `reship`, `exchange` with a carrier).
+    shipment: Option<serde_json::Value>,
 }
 
 impl HistoryWalk {
@@ -78,6 +84,7 @@ impl HistoryWalk {
             payment: Some(payment.as_str()),
             status: initial.as_str(),
             address: None,
+            shipment: None,
             review,
             history: Vec::new(),
             history_complete: true,
@@ -103,7 +110,9 @@ impl HistoryWalk {
                 self.accepted(object, &held.order, Some(review));
                 None
             }
-            event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
+            event @ (ArchivedEvent::Action(_)
+            | ArchivedEvent::KeyedAction(_)
+            | ArchivedEvent::Shipment(_)) => {
                 let action = event.order_action().expect("an action record");
                 object.remove("prev_seq");
                 if kept {
@@ -111,6 +120,15 @@ impl HistoryWalk {
                         self.latest_address = object.get("address").cloned();
                     }
                     self.status.get_or_insert(action.status.to_native());
+                    if self.shipment.is_none()
+                        && let Some((carrier, tracking_no)) = event.shipment()
+                    {
+                        self.shipment = Some(serde_json::json!({
+                            "carrier": carrier,
+                            "tracking_no": tracking_no,
+                            "at": object.get("at").cloned().unwrap_or_default(),
+                        }));
+                    }
                 }
                 Some(action.prev_seq.to_native())
             }
@@ -148,6 +166,7 @@ impl Engine {
             view: None,
             latest_address: None,
             status: None,
+            shipment: None,
         };
         let mut seq = state.last_seq;
         let mut first_retained = self.first_retained_seq()?;
@@ -172,6 +191,7 @@ impl Engine {
                     payment: None,
                     status: state.status.as_str(),
                     address: None,
+                    shipment: None,
                     review: None,
                     history: Vec::new(),
                     history_complete: false,
@@ -219,6 +239,7 @@ impl Engine {
         walk.history.reverse();
         view.history = walk.history;
         view.address = walk.latest_address;
+        view.shipment = walk.shipment;
         if let Some(status) = walk.status {
             view.status = status.as_str();
         }

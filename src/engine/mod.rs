@@ -177,6 +177,8 @@ pub struct ActionRequest {
     pub exchange_sku: Option<String>,
     /// The `Idempotency-Key` header (validated), if the client sent one.
     pub idempotency_key: Option<String>,
+    /// `ship`, `reship`, `exchange`: the parcel's carrier and tracking number.
+    pub shipment: Option<crate::shard::Shipment>,
 }
 
 /// Why an action could not be decided by the order's shard.

@@ -51,9 +51,9 @@ impl Replayer<'_> {
                 );
                 Ok(())
             }
-            event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
-                self.action(seq, event, record.at_ms.to_native())
-            }
+            event @ (ArchivedEvent::Action(_)
+            | ArchivedEvent::KeyedAction(_)
+            | ArchivedEvent::Shipment(_)) => self.action(seq, event, record.at_ms.to_native()),
             ArchivedEvent::SkuPause(pause) => self.pause(pause),
         }
     }
@@ -246,7 +246,16 @@ impl Replayer<'_> {
         }
         let writer = &mut writers[shard::shard_of(entry.slot_index, writers.len())];
         writer.replay_action(&entry, moved.stock);
-        let timer = writer.timer_after(action, moved.to, key, order_id, entry.slot_index, at_ms);
+        if action == Action::Exchange && change.restock && entry.qty > 0 {
+            writer.restock_exchanged(&entry);
+            orders.take_one_unit(key);
+        }
+        let armed = shard::Armed {
+            records: state.records + 1,
+            slot_index: entry.slot_index,
+            at_ms,
+        };
+        let timer = writer.timer_after(action, moved.to, key, order_id, armed);
         if let Some(timer) = timer {
             writer.timers.push(timer);
         }
@@ -272,6 +281,7 @@ impl Replayer<'_> {
                     address: change.address.as_ref().map(|a| a.as_str()),
                     restock: change.restock,
                     exchange_sku: change.exchange_sku.as_ref().map(|s| s.as_str()),
+                    shipment: event.shipment(),
                 }),
                 status: moved.to,
             });
@@ -366,6 +376,7 @@ impl Replayer<'_> {
                     order_id: timer.order_id.as_str().into(),
                     kind: TimerKind::from_u8(timer.kind)
                         .ok_or_else(|| format!("a timer of kind {}", timer.kind))?,
+                    epoch: timer.epoch,
                 });
         }
         if state.review_rules.is_some() {

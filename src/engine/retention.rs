@@ -129,6 +129,7 @@ impl Engine {
                 deadline_ms: timer.deadline_ms,
                 order_id: timer.order_id.to_string(),
                 kind: timer.kind as u8,
+                epoch: timer.epoch,
             })
             .collect();
         drop(resume);

@@ -4,7 +4,8 @@
 //!
 //! Error precedence, first match wins: 404 `not_found` (no such action), 413 `too_large`,
 //! 400 `bad_request` (body not a JSON object, wrong types), 422 `invalid` (reason too long,
-//! `modify` without an address, `exchange` without a valid sku), 404 `unknown_order`,
+//! `modify` without an address, `exchange` without a valid sku, a parcel's `carrier` or
+//! `tracking_no` alone or out of 1..=64 bytes), 404 `unknown_order`,
 //! 404 `unknown_sku` (exchange), 409 `invalid_transition`, 409 `sold_out` (exchange), then
 //! 200. A bad `Idempotency-Key` header is a 422 `invalid` of the body's rank, after the body's
 //! own, and 422 `idempotency_conflict` (the key bound to another action or body) comes
@@ -36,6 +37,45 @@ struct ActionBody {
     address: Option<Box<RawValue>>,
     restock: Option<bool>,
     sku: Option<String>,
+    carrier: Option<String>,
+    tracking_no: Option<String>,
+}
+
+/// The parcel of a `ship`, `reship` or `exchange`: both fields or neither, 1..=64 bytes of
+/// printable text each. Other actions ignore them, as unknown fields are ignored.
+fn decode_shipment(
+    action: Action,
+    carrier: Option<String>,
+    tracking_no: Option<String>,
+) -> Result<Option<crate::shard::Shipment>, ApiError> {
+    if !matches!(action, Action::Ship | Action::Reship | Action::Exchange) {
+        return Ok(None);
+    }
+    let invalid = |detail: String| ApiError::new(ErrorCode::Invalid, detail);
+    let (carrier, tracking_no) = match (carrier, tracking_no) {
+        (None, None) => return Ok(None),
+        (Some(carrier), Some(tracking_no)) => (carrier, tracking_no),
+        (_, _) => {
+            return Err(invalid(
+                "carrier and tracking_no go together: give both or neither".into(),
+            ));
+        }
+    };
+    for (field, value) in [("carrier", &carrier), ("tracking_no", &tracking_no)] {
+        if value.is_empty()
+            || value.len() > limits::SHIPMENT_FIELD_BYTES_MAX
+            || value.chars().any(char::is_control)
+        {
+            return Err(invalid(format!(
+                "{field} must be 1..={} bytes of printable text",
+                limits::SHIPMENT_FIELD_BYTES_MAX
+            )));
+        }
+    }
+    Ok(Some(crate::shard::Shipment {
+        carrier,
+        tracking_no,
+    }))
 }
 
 /// Decodes an action's optional body (no engine state; unit-tested alone).
@@ -50,6 +90,8 @@ pub fn decode_action(
             address: None,
             restock: None,
             sku: None,
+            carrier: None,
+            tracking_no: None,
         }
     } else {
         require_json_object(body)?;
@@ -88,15 +130,17 @@ pub fn decode_action(
         }
         (_, _) => None,
     };
+    let shipment = decode_shipment(action, parsed.carrier, parsed.tracking_no)?;
     Ok(ActionRequest {
         order_id: order_id.to_owned(),
         action,
         reason: parsed.reason,
         address,
-        restock: action == Action::Return && parsed.restock.unwrap_or(false),
+        restock: action.takes_restock() && parsed.restock.unwrap_or(false),
         exchange_sku,
         // The header's, set by the caller (it is checked after the body).
         idempotency_key: None,
+        shipment,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod admission;
 pub mod bulk;
 pub mod console;
 pub mod events;
+pub mod forwarded;
 pub mod journal;
 pub mod lifecycle;
 pub mod orders;
@@ -57,6 +58,8 @@ pub struct AppState {
     followers: Arc<Semaphore>,
     /// Turns true when draining starts: followers end their streams.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// `http.trusted_proxies`: whose forwarded-for headers name the client.
+    trusted_proxies: forwarded::TrustedProxies,
     /// The event console's snapshots (`GET /v1/events`).
     pub events: events::EventHub,
 }
@@ -73,8 +76,20 @@ impl AppState {
             journal_readers: Semaphore::new(JOURNAL_READERS_MAX),
             followers: Arc::new(Semaphore::new(limits::FOLLOWERS_MAX)),
             stopping: tokio::sync::watch::Sender::new(false),
+            trusted_proxies: forwarded::TrustedProxies::default(),
             events: events::EventHub::new(),
         }
+    }
+
+    /// Honours `X-Forwarded-For` / `Forwarded` from these proxies (validated config
+    /// entries; one that does not parse is skipped).
+    pub fn with_trusted_proxies(mut self, entries: &[String]) -> Self {
+        let nets = entries
+            .iter()
+            .filter_map(|entry| forwarded::TrustedNet::parse(entry).ok())
+            .collect();
+        self.trusted_proxies = forwarded::TrustedProxies::new(nets);
+        self
     }
 
     /// Applies the configured admission control (the default: in-flight bound only).

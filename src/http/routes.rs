@@ -49,6 +49,8 @@ pub(super) async fn route(
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> HttpResponse {
+    // From here on `peer` is the client: the forwarded one when a trusted proxy sent it.
+    let peer = state.trusted_proxies.client(peer, request.headers());
     let Some(metrics) = &state.metrics else {
         return dispatch(state, request, peer).await;
     };

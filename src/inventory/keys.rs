@@ -48,6 +48,8 @@ pub struct ActionContent<'a> {
     pub address: Option<&'a str>,
     pub restock: bool,
     pub exchange_sku: Option<&'a str>,
+    /// `ship`, `reship`, `exchange`: the parcel's carrier and tracking number.
+    pub shipment: Option<(&'a str, &'a str)>,
 }
 
 /// The per-process hash keys.
@@ -117,6 +119,14 @@ impl KeyHasher {
             }
         }
         hasher.write_u8(u8::from(content.restock));
+        // Only a parcel adds bytes: every fingerprint made before parcels existed (bound in
+        // checkpoints) stays the same.
+        if let Some((carrier, tracking_no)) = content.shipment {
+            for text in [carrier, tracking_no] {
+                hasher.write_u32(text.len() as u32);
+                hasher.write(text.as_bytes());
+            }
+        }
         ActionFingerprint(hasher.finish())
     }
 

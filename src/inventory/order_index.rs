@@ -305,6 +305,15 @@ impl OrderIndex {
         entry.set_state(state);
     }
 
+    /// One unit fewer for the order (a restocked exchange gave one back); never below 0.
+    pub fn take_one_unit(&self, key: OrderKey) {
+        let mut entry = self
+            .entries
+            .get_mut(&key.0)
+            .expect("unit change of a known order");
+        entry.qty = entry.qty.saturating_sub(1);
+    }
+
     /// Inserts an entry from a checkpoint (start-up, before any shard runs).
     pub fn restore(&self, key: OrderKey, entry: OrderEntry) -> bool {
         self.entries.insert(key.0, entry).is_none()

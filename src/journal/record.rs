@@ -62,9 +62,24 @@ pub enum Event {
     Held(Box<HeldOrder>),
     /// The order-review rules were replaced (`type: "review_rules"`, `order_id: null`).
     ReviewRules(Box<ReviewRulesChanged>),
+    /// A `ship`, `reship` or `exchange` that named its parcel (`type`: the action's name,
+    /// with `carrier` and `tracking_no`), keyed or not. Boxed like `Action`.
+    Shipment(Box<ShipmentAction>),
     /// An operator paused or resumed new orders for a SKU (`type`: `pause` or `resume`).
     /// Boxed like `Action`, so the archived `Event` keeps its size.
     SkuPause(Box<SkuPaused>),
+}
+
+/// An order action with the carrier and tracking number of the parcel it sent.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct ShipmentAction {
+    pub action: OrderAction,
+    /// The `Idempotency-Key` header, when the client sent one.
+    pub idempotency_key: Option<String>,
+    /// 1..=64 bytes each, as given.
+    pub carrier: String,
+    pub tracking_no: String,
 }
 
 /// An order held for review and the names of the rules it matched.
@@ -114,8 +129,25 @@ impl ArchivedEvent {
         match self {
             Self::Action(action) => Some(action),
             Self::KeyedAction(keyed) => Some(&keyed.action),
+            Self::Shipment(shipment) => Some(&shipment.action),
             Self::Accepted(_)
             | Self::Sku(_)
+            | Self::Held(_)
+            | Self::ReviewRules(_)
+            | Self::SkuPause(_) => None,
+        }
+    }
+
+    /// The carrier and tracking number of a `Shipment` record.
+    pub fn shipment(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Shipment(shipment) => {
+                Some((shipment.carrier.as_str(), shipment.tracking_no.as_str()))
+            }
+            Self::Accepted(_)
+            | Self::Sku(_)
+            | Self::Action(_)
+            | Self::KeyedAction(_)
             | Self::Held(_)
             | Self::ReviewRules(_)
             | Self::SkuPause(_) => None,
@@ -131,6 +163,7 @@ impl ArchivedEvent {
             | Self::KeyedAction(_)
             | Self::Sku(_)
             | Self::ReviewRules(_)
+            | Self::Shipment(_)
             | Self::SkuPause(_) => None,
         }
     }
@@ -139,6 +172,7 @@ impl ArchivedEvent {
     pub fn idempotency_key(&self) -> Option<&str> {
         match self {
             Self::KeyedAction(keyed) => Some(keyed.idempotency_key.as_str()),
+            Self::Shipment(shipment) => shipment.idempotency_key.as_ref().map(|k| k.as_str()),
             Self::Action(_)
             | Self::Accepted(_)
             | Self::Sku(_)
@@ -178,7 +212,8 @@ pub struct OrderAction {
     pub address: Option<String>,
     /// `modify` after `ship`: a redirect the carrier must act on.
     pub redirect: bool,
-    /// `return`: the goods are back on the shelf and the units available again.
+    /// `return`: the goods are back on the shelf and the units available again;
+    /// `exchange`: the one unit sent back is (the order keeps one unit fewer).
     pub restock: bool,
     /// `exchange`: the SKU one unit was taken from.
     pub exchange_sku: Option<String>,
@@ -205,6 +240,7 @@ impl ArchivedRecord {
             ArchivedEvent::Sku(_) => "sku",
             ArchivedEvent::Action(action) => action.action.to_native().as_str(),
             ArchivedEvent::KeyedAction(keyed) => keyed.action.action.to_native().as_str(),
+            ArchivedEvent::Shipment(shipment) => shipment.action.action.to_native().as_str(),
             ArchivedEvent::SkuPause(pause) if pause.paused => "pause",
             ArchivedEvent::SkuPause(_) => "resume",
         }
@@ -244,6 +280,14 @@ impl ArchivedRecord {
             ArchivedEvent::ReviewRules(rules) => {
                 object.insert("order_id".into(), serde_json::Value::Null);
                 object.insert("rules".into(), rules_json(rules));
+            }
+            ArchivedEvent::Shipment(shipment) => {
+                action_json(&shipment.action, &mut object);
+                if let Some(key) = shipment.idempotency_key.as_ref() {
+                    object.insert("idempotency_key".into(), key.as_str().into());
+                }
+                object.insert("carrier".into(), shipment.carrier.as_str().into());
+                object.insert("tracking_no".into(), shipment.tracking_no.as_str().into());
             }
             ArchivedEvent::Sku(sku) => {
                 // Every record has `order_id` (contract); a stock change belongs to none.
@@ -324,7 +368,7 @@ fn action_json(
         object.insert("address".into(), json_object_text(address.as_str()));
         object.insert("redirect".into(), action.redirect.into());
     }
-    if action.action.to_native() == Action::Return {
+    if action.action.to_native().takes_restock() {
         object.insert("restock".into(), action.restock.into());
     }
     if let Some(sku) = action.exchange_sku.as_ref() {

@@ -229,6 +229,12 @@ impl Action {
         }
     }
 
+    /// True for the actions whose `{"restock": true}` puts goods back on sale: `return` (the
+    /// order's units) and `exchange` (the one unit the buyer sent back).
+    pub fn takes_restock(self) -> bool {
+        matches!(self, Self::Return | Self::Exchange)
+    }
+
     /// The review actions, which only an operator (the admin token) may take.
     pub fn needs_admin(self) -> bool {
         matches!(self, Self::Approve | Self::Reject)

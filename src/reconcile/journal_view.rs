@@ -74,7 +74,9 @@ impl JournalFold {
                 ArchivedEvent::ReviewRules(_) => {}
                 // A pause moves no unit.
                 ArchivedEvent::SkuPause(_) => {}
-                event @ (ArchivedEvent::Action(_) | ArchivedEvent::KeyedAction(_)) => {
+                event @ (ArchivedEvent::Action(_)
+                | ArchivedEvent::KeyedAction(_)
+                | ArchivedEvent::Shipment(_)) => {
                     self.folded
                         .action(seq, event.order_action().expect("an action record"))?;
                 }
@@ -144,6 +146,13 @@ impl Folded {
         })?;
         order.status = moved.to;
         let qty = u64::from(order.qty);
+        // A restocked exchange: the unit sent back is available again, the order holds one
+        // unit fewer (as the engine does).
+        let restock_one =
+            action == crate::order::Action::Exchange && change.restock && order.qty > 0;
+        if restock_one {
+            order.qty -= 1;
+        }
         let name = &self.names[order.sku as usize];
         let counts = self.view.get_mut(name).expect("numbered skus have counts");
         let underflow = || {
@@ -184,6 +193,10 @@ impl Folded {
                     .ok_or_else(|| damaged(seq, format!("exchange to unknown sku {exchanged}")))?
                     .sold += 1;
             }
+        }
+        if restock_one {
+            let counts = self.view.get_mut(name).expect("numbered skus have counts");
+            counts.sold = counts.sold.checked_sub(1).ok_or_else(underflow)?;
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use tokio::sync::oneshot;
 use super::turn::{DeferredReply, FrameOwner, Undo};
 use super::{ActionOutcome, PaymentTimer, Settle, ShardAction, ShardWriter, TimerKind, shard_of};
 use crate::inventory::{KeyCheck, OrderState};
-use crate::journal::{Event, KeyedOrderAction, OrderAction, Record};
+use crate::journal::{Event, KeyedOrderAction, OrderAction, Record, ShipmentAction};
 use crate::limits;
 use crate::order::{Action, OrderStatus, StockEffect, transition};
 
@@ -22,16 +22,31 @@ fn action_event(request: ShardAction, state: &OrderState, to: OrderStatus) -> Ev
         reason: request.reason,
         redirect: action == Action::Modify && state.status == OrderStatus::Shipped,
         address: request.address,
-        restock: action == Action::Return && request.restock,
+        restock: action.takes_restock() && request.restock,
         exchange_sku: request.exchange_sku,
     };
-    match request.idempotency {
-        Some(idempotency) => Event::KeyedAction(Box::new(KeyedOrderAction {
+    match (request.shipment, request.idempotency) {
+        (Some(shipment), idempotency) => Event::Shipment(Box::new(ShipmentAction {
+            action: change,
+            idempotency_key: idempotency.map(|i| i.key),
+            carrier: shipment.carrier,
+            tracking_no: shipment.tracking_no,
+        })),
+        (None, Some(idempotency)) => Event::KeyedAction(Box::new(KeyedOrderAction {
             action: change,
             idempotency_key: idempotency.key,
         })),
-        None => Event::Action(Box::new(change)),
+        (None, None) => Event::Action(Box::new(change)),
     }
+}
+
+/// Where and when an action that may start a timer happened ([`ShardWriter::timer_after`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Armed {
+    /// The order's record count with the action's record.
+    pub records: u32,
+    pub slot_index: u32,
+    pub at_ms: u64,
 }
 
 impl ShardWriter {
@@ -48,7 +63,9 @@ impl ShardWriter {
                 continue;
             };
             let state = entry.state();
-            if !timer.kind.applies_to(state.status) {
+            if !timer.kind.applies_to(state.status)
+                || (timer.epoch != 0 && timer.epoch != state.records)
+            {
                 continue;
             }
             if self.has_open_record(timer.key) {
@@ -85,6 +102,7 @@ impl ShardWriter {
                 exchange_sku: None,
                 idempotency: None,
                 exchange_sold_out: None,
+                shipment: None,
             };
             self.decide_action(request, None, next, now_ms);
             fired += 1;
@@ -149,15 +167,15 @@ impl ShardWriter {
         }
         debug_assert!(state.records < limits::RECORDS_PER_ORDER_MAX);
         let timer = timer.or_else(|| {
-            self.timer_after(
-                action,
-                moved.to,
-                key,
-                &request.order_id,
-                entry.slot_index,
+            let armed = Armed {
+                records: state.records + 1,
+                slot_index: entry.slot_index,
                 at_ms,
-            )
+            };
+            self.timer_after(action, moved.to, key, &request.order_id, armed)
         });
+        // An exchange with `{"restock": true}`: the unit the buyer sent back is on sale again.
+        let restock_one = action == Action::Exchange && request.restock && entry.qty > 0;
         let bind = request
             .idempotency
             .as_ref()
@@ -180,6 +198,10 @@ impl ShardWriter {
             entry,
             effect: moved.stock,
         });
+        if restock_one {
+            self.restock_exchanged(&entry);
+            self.undo.push(Undo::ExchangeRestock { entry });
+        }
         let frame_index = self.frame_owners.len();
         if let Some(reply) = reply {
             self.deferred.push(DeferredReply::Action {
@@ -200,7 +222,29 @@ impl ShardWriter {
             },
             timer,
             bind,
+            restock_one,
         });
+    }
+
+    /// An exchange's returned unit back on sale: one unit of the order's SKU from sold to
+    /// available and off the buyer's purchase count. The order then holds one unit fewer
+    /// (its entry's `qty`, at publish), so a later restocked `return` never gives it back
+    /// twice. Live and on replay.
+    pub fn restock_exchanged(&mut self, entry: &crate::inventory::OrderEntry) {
+        let one = StockEffect::GiveBack {
+            from_reserved: false,
+        };
+        self.stock.apply(entry.slot_index, 1, one);
+        self.purchases.subtract(entry.purchase_key, 1);
+    }
+
+    /// Undoes [`ShardWriter::restock_exchanged`] (the batch did not become durable).
+    pub(super) fn unrestock_exchanged(&mut self, entry: &crate::inventory::OrderEntry) {
+        let one = StockEffect::GiveBack {
+            from_reserved: false,
+        };
+        self.stock.revert(entry.slot_index, 1, one);
+        self.purchases.add(entry.purchase_key, 1);
     }
 
     /// The timer an action starts, live and on replay: an approval starts the payment clock
@@ -211,22 +255,30 @@ impl ShardWriter {
         to: OrderStatus,
         key: crate::inventory::OrderKey,
         order_id: &str,
-        slot_index: u32,
-        at_ms: u64,
+        armed: Armed,
     ) -> Option<PaymentTimer> {
         match (action, to) {
             (Action::Approve, OrderStatus::PendingPayment) => {
-                let timeout_s = self.stock.figures(slot_index).payment_timeout_s;
-                Some(PaymentTimer::for_order(key, order_id, at_ms, timeout_s))
+                let timeout_s = self.stock.figures(armed.slot_index).payment_timeout_s;
+                Some(PaymentTimer::for_order(
+                    key,
+                    order_id,
+                    armed.at_ms,
+                    timeout_s,
+                ))
             }
             (_, OrderStatus::Delivered) if self.deadlines.auto_complete_s > 0 => {
-                Some(PaymentTimer::one_shot(
+                let timer = PaymentTimer::one_shot(
                     TimerKind::AutoComplete,
                     key,
                     order_id,
-                    at_ms,
+                    armed.at_ms,
                     self.deadlines.auto_complete_s,
-                ))
+                );
+                Some(PaymentTimer {
+                    epoch: armed.records,
+                    ..timer
+                })
             }
             _ => None,
         }

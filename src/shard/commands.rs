@@ -103,6 +103,16 @@ pub struct ShardAction {
     /// `exchange` with a key whose unit could not be held (`Some(available)`): sent anyway,
     /// so that a retry is still answered from its key; new work is answered sold out.
     pub exchange_sold_out: Option<u64>,
+    /// `ship`, `reship`, `exchange`: the parcel, journaled with the action. Boxed: most
+    /// actions carry none, and every mailbox slot is as large as the largest command.
+    pub shipment: Option<Box<Shipment>>,
+}
+
+/// A parcel's carrier and tracking number (1..=64 bytes each, validated by HTTP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipment {
+    pub carrier: String,
+    pub tracking_no: String,
 }
 
 /// An action's `Idempotency-Key` with its hashes (computed by the HTTP task).

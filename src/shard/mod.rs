@@ -88,9 +88,10 @@ pub mod timers;
 mod turn;
 
 pub use crate::order::OrderOutcome;
+pub use actions::Armed;
 pub use commands::{
     ActionCommand, ActionKey, ActionOutcome, Command, OrderCommand, PauseCommand, Settle,
-    ShardAction, ShardSnapshot, SkuBatchCommand, SkuBatchItem, SkuOutcome, SkuUpdate,
+    ShardAction, ShardSnapshot, Shipment, SkuBatchCommand, SkuBatchItem, SkuOutcome, SkuUpdate,
 };
 pub use sku::{new_sku_values, updated_sku_values};
 pub use stock::Stock;

@@ -118,6 +118,10 @@ pub struct PaymentTimer {
     /// The journal records of the reminder and the expiry name the order.
     pub order_id: Box<str>,
     pub kind: TimerKind,
+    /// An auto-completion's: the order's record count once its `deliver` was journaled. A
+    /// reship and a second delivery arm a new timer; the first one, finding more records,
+    /// is stale and does nothing. 0 for the other kinds (their states are entered once).
+    pub epoch: u32,
 }
 
 impl PaymentTimer {
@@ -130,6 +134,7 @@ impl PaymentTimer {
             key,
             order_id: order_id.into(),
             kind: TimerKind::Payment,
+            epoch: 0,
         }
     }
 
@@ -148,6 +153,7 @@ impl PaymentTimer {
             key,
             order_id: order_id.into(),
             kind,
+            epoch: 0,
         }
     }
 }

@@ -29,6 +29,8 @@ pub(super) enum Undo {
         entry: OrderEntry,
         effect: StockEffect,
     },
+    /// The returned unit of a restocked exchange.
+    ExchangeRestock { entry: OrderEntry },
 }
 
 /// What a frame of the open batch is, to publish once it is durable.
@@ -47,6 +49,8 @@ pub(super) enum FrameOwner {
         timer: Option<PaymentTimer>,
         /// The idempotency key to bind to the record's seq once it is durable.
         bind: Option<(IdempotencyKeyHash, ActionFingerprint)>,
+        /// A restocked exchange: the order holds one unit fewer once it is durable.
+        restock_one: bool,
     },
 }
 
@@ -269,9 +273,13 @@ impl ShardWriter {
                     mut state,
                     timer,
                     bind,
+                    restock_one,
                 } => {
                     state.last_seq = seq;
                     self.orders.set_state(key, state);
+                    if restock_one {
+                        self.orders.take_one_unit(key);
+                    }
                     if let Some((hash, fingerprint)) = bind {
                         self.keys.bind(BoundKey {
                             order: key,
@@ -373,6 +381,7 @@ impl ShardWriter {
                     self.orders.remove_pending(key);
                 }
                 Undo::Action { entry, effect } => self.revert_effect(&entry, effect),
+                Undo::ExchangeRestock { entry } => self.unrestock_exchanged(&entry),
             }
         }
         self.undo = undo;

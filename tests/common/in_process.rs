@@ -44,6 +44,8 @@ pub struct NewOrder<'a> {
     pub sku: &'a str,
     pub qty: u32,
     pub payment: Payment,
+    /// Held for review, as if a review rule (`review_user`) had matched it.
+    pub held: bool,
 }
 
 impl<'a> NewOrder<'a> {
@@ -55,11 +57,16 @@ impl<'a> NewOrder<'a> {
             sku,
             qty: 1,
             payment,
+            held: false,
         }
     }
 
     pub fn qty(self, qty: u32) -> Self {
         Self { qty, ..self }
+    }
+
+    pub fn held(self, held: bool) -> Self {
+        Self { held, ..self }
     }
 }
 
@@ -82,7 +89,11 @@ pub fn order_command(
             None,
         ),
         purchase_key: keys.purchase_key(order.user, order.sku),
-        review: Default::default(),
+        review: if order.held {
+            stampede::order::review::ReviewFlags::REVIEW_USER
+        } else {
+            Default::default()
+        },
         order: OrderAccepted {
             order_id: order.id.into(),
             user_id: order.user.into(),
@@ -130,6 +141,7 @@ pub fn action_request(id: &str, action: Action) -> ActionRequest {
         restock: false,
         exchange_sku: None,
         idempotency_key: None,
+        shipment: None,
     }
 }
 

@@ -234,3 +234,41 @@ pub fn is_final(state: &str) -> bool {
         .chain(&TIMER_ACTIONS)
         .all(|action| !allowed(state, action))
 }
+
+/// Order review's states (the contract's "Order review" section), apart from [`STATES`]:
+/// an order is `held` at acceptance when a review rule matches it, and `rejected` when a
+/// reviewer (or the review timeout) refuses it.
+pub const REVIEW_STATES: [&str; 2] = ["held", "rejected"];
+
+/// Order review's actions (admin only), apart from [`CLIENT_ACTIONS`].
+pub const REVIEW_ACTIONS: [&str; 2] = ["approve", "reject"];
+
+/// [`next`] for every state and action, order review's included. A held order's units are
+/// reserved whatever its payment; `approve` leads to `pending_payment` (prepaid, escrow: the
+/// units stay reserved) or `confirmed` (cod: they are sold), so it needs the `payment`.
+/// `reject` gives the units back; `modify` is allowed while held ("any state before
+/// deliver"); nothing else moves a held or rejected order.
+pub fn next_reviewed(state: &str, action: &str, restock: bool, payment: &str) -> Option<Move> {
+    match (state, action) {
+        ("held", "approve") if payment == "cod" => Some(Move {
+            to: "confirmed",
+            stock: Stock::ReservedToSold,
+        }),
+        ("held", "approve") => Some(Move {
+            to: "pending_payment",
+            stock: Stock::None,
+        }),
+        ("held", "reject") => Some(Move {
+            to: "rejected",
+            stock: Stock::GiveBack {
+                from_reserved: true,
+            },
+        }),
+        ("held", "modify") => Some(Move {
+            to: "held",
+            stock: Stock::None,
+        }),
+        ("held" | "rejected", _) | (_, "approve" | "reject") => None,
+        _ => next(state, action, restock),
+    }
+}
