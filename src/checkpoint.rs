@@ -11,20 +11,22 @@
 //! the idempotency keys bound to order actions (order key, key hash, the action's seq, its
 //! fingerprint; see [`crate::inventory::idempotency`]). Version 3 adds each timer's kind
 //! (payment, review, auto-completion: [`crate::shard::TimerKind`]) and the order-review
-//! rules in force (`None`: no `review_rules` record yet, the config's apply).
+//! rules in force (`None`: no `review_rules` record yet, the config's apply). Version 4 adds
+//! the slots of the SKUs whose new orders an operator paused.
 //!
 //! Order keys are keyed SipHash values, so a checkpoint is only meaningful with the hash keys
 //! it was written with: those live in `<data_dir>/hash.keys`, created once per data dir.
 //!
 //! ```text
 //! <data_dir>/checkpoints/<seq:020>.ckpt
-//!   magic "STMPCKP3" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
+//!   magic "STMPCKP4" | payload_len u64 LE | crc32c u32 LE | 4 zero bytes | rkyv payload
 //! ```
 //!
 //! A version-1 file (magic "STMPCKP1", no key table) still loads, with no keys: it was
 //! written by an engine that journaled no keyed action, so the records up to its seq bind
 //! none. A version-2 file ("STMPCKP2") loads with every timer a payment timer and no review
-//! rules: its engine had no others. Any other magic is not a checkpoint, and recovery skips it for an older one or the
+//! rules: its engine had no others. A version-3 file ("STMPCKP3") loads with no paused SKU,
+//! for the same reason. Any other magic is not a checkpoint, and recovery skips it for an older one or the
 //! journal.
 //!
 //! Written to a temporary name, fdatasynced, renamed, and the directory synced: a crash
@@ -43,7 +45,9 @@ use rkyv::util::AlignedVec;
 use crate::durable;
 use crate::inventory::{ActionFingerprint, BoundKey, IdempotencyKeyHash, OrderKey};
 
-const MAGIC: [u8; 8] = *b"STMPCKP3";
+const MAGIC: [u8; 8] = *b"STMPCKP4";
+/// The third format: [`CheckpointV3`].
+const MAGIC_V3: [u8; 8] = *b"STMPCKP3";
 /// The second format: [`CheckpointV2`].
 const MAGIC_V2: [u8; 8] = *b"STMPCKP2";
 /// The first format: [`CheckpointV1`].
@@ -153,6 +157,35 @@ pub struct Checkpoint {
     pub idempotency_keys: Vec<KeyState>,
     /// The order-review rules of the latest `review_rules` record up to `seq`, if any.
     pub review_rules: Option<crate::journal::ReviewRulesChanged>,
+    /// The slots of the SKUs whose new orders are paused.
+    pub paused_slots: Vec<u32>,
+}
+
+/// The version-3 payload (before pauses), read only.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct CheckpointV3 {
+    pub seq: u64,
+    pub created_ms: u64,
+    pub skus: Vec<SkuState>,
+    pub orders: Vec<OrderState>,
+    pub timers: Vec<TimerState>,
+    pub idempotency_keys: Vec<KeyState>,
+    pub review_rules: Option<crate::journal::ReviewRulesChanged>,
+}
+
+impl From<CheckpointV3> for Checkpoint {
+    fn from(old: CheckpointV3) -> Self {
+        Checkpoint {
+            seq: old.seq,
+            created_ms: old.created_ms,
+            skus: old.skus,
+            orders: old.orders,
+            timers: old.timers,
+            idempotency_keys: old.idempotency_keys,
+            review_rules: old.review_rules,
+            paused_slots: Vec::new(),
+        }
+    }
 }
 
 /// The version-2 payload (before timer kinds and review rules), read only.
@@ -186,6 +219,7 @@ impl From<CheckpointV2> for Checkpoint {
             timers: old.timers.into_iter().map(TimerState::from).collect(),
             idempotency_keys: old.idempotency_keys,
             review_rules: None,
+            paused_slots: Vec::new(),
         }
     }
 }
@@ -329,7 +363,8 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
     let mut header = [0u8; HEADER_BYTES];
     if file_len < HEADER_BYTES as u64
         || file.read_exact(&mut header).is_err()
-        || (header[..8] != MAGIC && header[..8] != MAGIC_V2 && header[..8] != MAGIC_V1)
+        || ![MAGIC, MAGIC_V3, MAGIC_V2, MAGIC_V1]
+            .contains(&header[..8].try_into().expect("8 bytes"))
     {
         return Err("not a checkpoint (bad magic or too short)".into());
     }
@@ -352,6 +387,11 @@ pub fn read(path: &Path) -> Result<Checkpoint, String> {
         return rkyv::from_bytes::<CheckpointV1, rancor::Error>(&payload)
             .map(Checkpoint::from)
             .map_err(|e| format!("does not decode (version 1): {e}"));
+    }
+    if header[..8] == MAGIC_V3 {
+        return rkyv::from_bytes::<CheckpointV3, rancor::Error>(&payload)
+            .map(Checkpoint::from)
+            .map_err(|e| format!("does not decode (version 3): {e}"));
     }
     if header[..8] == MAGIC_V2 {
         return rkyv::from_bytes::<CheckpointV2, rancor::Error>(&payload)
@@ -415,7 +455,39 @@ mod tests {
                 status: 2,
             }],
             review_rules: None,
+            paused_slots: vec![3],
         }
+    }
+
+    #[test]
+    fn a_third_format_checkpoint_loads_with_no_paused_sku() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = sample(10);
+        let old = CheckpointV3 {
+            seq: current.seq,
+            created_ms: current.created_ms,
+            skus: current.skus.clone(),
+            orders: current.orders.clone(),
+            timers: current.timers.clone(),
+            idempotency_keys: current.idempotency_keys.clone(),
+            review_rules: current.review_rules.clone(),
+        };
+        let payload = rkyv::to_bytes::<rancor::Error>(&old).unwrap();
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"STMPCKP3");
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        bytes.extend_from_slice(&payload);
+        fs::write(dir.path().join(file_name(10)), bytes).unwrap();
+        let loaded = load_latest(dir.path()).unwrap().unwrap().1;
+        assert_eq!(
+            loaded,
+            Checkpoint {
+                paused_slots: Vec::new(),
+                ..current
+            }
+        );
     }
 
     #[test]
@@ -452,6 +524,7 @@ mod tests {
             loaded,
             Checkpoint {
                 idempotency_keys: Vec::new(),
+                paused_slots: Vec::new(),
                 ..current
             }
         );

@@ -33,12 +33,14 @@ pub enum ErrorCode {
     Gone,
     /// The buyer is on the order-review deny list (403).
     Denied,
+    /// New orders for the SKU are paused by an operator (409).
+    Paused,
 }
 
 impl ErrorCode {
     /// The codes `POST /v1/orders` can refuse with (its row of the contract's table, plus
     /// the body timeout): the only ones `stampede_orders_total` exports.
-    pub const ORDER_REFUSALS: [ErrorCode; 11] = [
+    pub const ORDER_REFUSALS: [ErrorCode; 12] = [
         Self::BadRequest,
         Self::Invalid,
         Self::TooLarge,
@@ -50,10 +52,11 @@ impl ErrorCode {
         Self::Unavailable,
         Self::RequestTimeout,
         Self::Denied,
+        Self::Paused,
     ];
 
     /// Every code, for per-code metrics.
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::BadRequest,
         Self::Invalid,
         Self::TooLarge,
@@ -73,6 +76,7 @@ impl ErrorCode {
         Self::RequestTimeout,
         Self::Gone,
         Self::Denied,
+        Self::Paused,
     ];
 
     /// The code's position in [`ErrorCode::ALL`].
@@ -101,6 +105,7 @@ impl ErrorCode {
             Self::RequestTimeout => "request_timeout",
             Self::Gone => "gone",
             Self::Denied => "denied",
+            Self::Paused => "paused",
         }
     }
 
@@ -112,9 +117,11 @@ impl ErrorCode {
             Self::UnknownSku | Self::UnknownOrder | Self::UnknownGroup | Self::NotFound => {
                 StatusCode::NOT_FOUND
             }
-            Self::SoldOut | Self::PurchaseLimit | Self::StockConflict | Self::InvalidTransition => {
-                StatusCode::CONFLICT
-            }
+            Self::SoldOut
+            | Self::PurchaseLimit
+            | Self::StockConflict
+            | Self::InvalidTransition
+            | Self::Paused => StatusCode::CONFLICT,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Overloaded => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,

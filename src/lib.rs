@@ -15,7 +15,7 @@
 //! | [`limits`]    | every capacity, size and timeout, each with its reason |
 //! | [`error_code`] | the contract's error codes and their statuses |
 //! | [`metrics`]   | `GET /metrics`: what is counted on the way (and its labels) and what is read at scrape |
-//! | [`http`]      | the accept loop, admission, the route table, body cap, decoding, status codes |
+//! | [`http`]      | the accept loop, admission, the route table, body cap, decoding, status codes; the event console (`/console`, `/v1/events`) |
 //! | [`order`]     | identifier rules, payment types, the state machine, the sale's rules and outcomes |
 //! | [`engine`]    | the handle HTTP talks to: the one decision for a new order, routing, start-up, replay, catalogue, actions, history, checkpoints |
 //! | [`shard`]     | the single writers: the turn loop, order, action and SKU decisions, the stock seam, timers |

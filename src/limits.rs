@@ -141,6 +141,20 @@ pub const FOLLOW_QUEUE_CHUNKS: usize = 4;
 pub const FOLLOW_CHUNK_BYTES: usize = 64 * 1024;
 pub const FOLLOW_KEEPALIVE_S: u64 = 10;
 
+/// `GET /v1/events` (the event console): streams open at once (each is an operator's page;
+/// a handful per sale), the snapshot interval (the contract asks for at least one event a
+/// second), the snapshots one stream may have queued (a slower page skips to the newest
+/// rather than hold older ones), the SKUs one snapshot carries (the fastest sellers: a
+/// snapshot of 65k SKUs twice a second would cost more than the page is worth), the
+/// held orders it lists, and the ticks its latency and rate windows span (5 s).
+pub const EVENT_STREAMS_MAX: usize = 16;
+pub const EVENT_INTERVAL_MS: u64 = 500;
+pub const EVENT_QUEUE_SNAPSHOTS: usize = 4;
+pub const EVENT_SKUS_MAX: usize = 100;
+pub const EVENT_HELD_MAX: usize = 100;
+pub const EVENT_WINDOW_TICKS: usize = 10;
+const _: () = assert!(EVENT_INTERVAL_MS <= 1000);
+
 /// `admission.queue_delay_target_ms` ceiling: past 10 s of queueing a load balancer or a
 /// buyer has long given up, so a larger target means the gate is off by mistake (use 0).
 pub const QUEUE_DELAY_TARGET_MS_MAX: u64 = 10_000;

@@ -383,6 +383,63 @@ impl HttpMetrics {
     pub fn count_shed(&self, reason: ShedReason) {
         self.shed[reason as usize].inc();
     }
+
+    /// `POST /v1/orders` answers since start, grouped as the event console shows them.
+    pub fn order_counts(&self) -> OrderCounts {
+        let refused = |code: ErrorCode| self.orders[code.index()].as_ref().map_or(0, |c| c.get());
+        let mut counts = OrderCounts {
+            created: self.orders_accepted.get(),
+            replayed: self.orders_replayed.get(),
+            sold_out: refused(ErrorCode::SoldOut),
+            purchase_limit: refused(ErrorCode::PurchaseLimit),
+            paused: refused(ErrorCode::Paused),
+            shed: refused(ErrorCode::Overloaded),
+            errors: 0,
+        };
+        for code in ErrorCode::ORDER_REFUSALS {
+            if !matches!(
+                code,
+                ErrorCode::SoldOut
+                    | ErrorCode::PurchaseLimit
+                    | ErrorCode::Paused
+                    | ErrorCode::Overloaded
+            ) {
+                counts.errors += refused(code);
+            }
+        }
+        counts
+    }
+
+    /// The latency histogram of one route (the event console reads its buckets).
+    pub fn request_histogram(&self, route: Route) -> &Histogram {
+        &self.requests[route as usize]
+    }
+}
+
+/// `POST /v1/orders` answers by outcome, as the event console groups them: every refusal
+/// other than sold out, the purchase limit, a pause and shedding is an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OrderCounts {
+    pub created: u64,
+    pub replayed: u64,
+    pub sold_out: u64,
+    pub purchase_limit: u64,
+    pub paused: u64,
+    pub shed: u64,
+    pub errors: u64,
+}
+
+/// A histogram's buckets as (upper bound in seconds, cumulative count), and its sample count.
+pub fn histogram_buckets(histogram: &Histogram) -> (Vec<(f64, u64)>, u64) {
+    use prometheus::core::Metric;
+    let metric = histogram.metric();
+    let proto = metric.get_histogram();
+    let buckets = proto
+        .get_bucket()
+        .iter()
+        .map(|bucket| (bucket.upper_bound(), bucket.cumulative_count()))
+        .collect();
+    (buckets, proto.get_sample_count())
 }
 
 /// How an action request was answered, for `stampede_order_actions_total{result}`.

@@ -205,3 +205,46 @@ fn idempotency_keys_survive_a_restart_from_a_checkpoint() {
     });
     engine.shutdown().unwrap();
 }
+
+/// A pause taken before a checkpoint comes back from it (its record is not replayed), a
+/// resume after it from the journal; a paused SKU refuses new orders after the restart.
+#[test]
+fn a_pause_before_a_checkpoint_and_a_resume_after_it_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir.path().join("data"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (engine, _) = Engine::start_with_clock(&config, Clock::system()).unwrap();
+    runtime.block_on(async {
+        for sku in ["CK-A", "CK-B"] {
+            let update = SkuUpdate {
+                stock: Some(10),
+                ..SkuUpdate::default()
+            };
+            engine.put_sku(sku, update).await.unwrap();
+            assert!(engine.pause_sku(sku, true).await.unwrap().paused);
+        }
+    });
+    let checkpoint_seq = engine.checkpoint().expect("checkpoint written");
+    runtime.block_on(async {
+        assert!(!engine.pause_sku("CK-B", false).await.unwrap().paused);
+    });
+    engine.shutdown().unwrap();
+    drop(engine);
+
+    let (engine, report) = Engine::start_with_clock(&config, Clock::system()).unwrap();
+    assert_eq!(report.checkpoint_seq, Some(checkpoint_seq));
+    assert!(engine.sku_paused("CK-A"), "the checkpoint's pause is kept");
+    assert!(!engine.sku_paused("CK-B"), "the journal's resume is kept");
+    runtime.block_on(async {
+        let refused =
+            in_process::place(&engine, NewOrder::new("p-1", "u", "CK-A", Payment::Cod)).await;
+        assert_eq!(refused, stampede::order::OrderOutcome::Paused);
+        assert_eq!(
+            engine.sku_view("CK-A").unwrap().available,
+            10,
+            "nothing taken"
+        );
+        place(&engine, "p-2", "CK-B", Payment::Cod).await;
+    });
+    engine.shutdown().unwrap();
+}

@@ -238,6 +238,7 @@ fn a_checkpoint_that_fails_for_lack_of_room_leaves_no_temporary_file() {
         timers: Vec::new(),
         idempotency_keys: Vec::new(),
         review_rules: None,
+        paused_slots: Vec::new(),
     };
     let error = checkpoint::write(&dir, &big).expect_err("a checkpoint larger than the disk");
     assert!(

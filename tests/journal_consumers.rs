@@ -517,7 +517,8 @@ fn summary(record: &stampede::journal::ArchivedRecord) -> Seen {
         ArchivedEvent::Action(_)
         | ArchivedEvent::KeyedAction(_)
         | ArchivedEvent::ReviewRules(_)
-        | ArchivedEvent::Shipment(_) => Seen::Other(record.type_name().to_owned()),
+        | ArchivedEvent::Shipment(_)
+        | ArchivedEvent::SkuPause(_) => Seen::Other(record.type_name().to_owned()),
     }
 }
 

@@ -464,6 +464,7 @@ impl Harness {
             other @ (OrderOutcome::Unavailable { .. }
             | OrderOutcome::UnknownSku
             | OrderOutcome::Denied
+            | OrderOutcome::Paused
             | OrderOutcome::Overloaded { .. }) => panic!("the shard answered {other:?}"),
         }
     }

@@ -11,6 +11,9 @@
 #             address_buyers_max 3, client_orders_per_min 60000, qty_at_least 5, 24 review
 #             users, 24 deny users); wrk is one client, so past 60000 orders in a minute the
 #             burst rule holds every order (still 201, one more field in its record)
+#   console   as `none`, with one event console open: its event stream (GET /v1/events) and
+#             its review-queue poll (GET /v1/reviews every CONSOLE_REVIEW_POLL_S, default 5 s as the page;
+#             0: no poll), the requests the page makes
 # Each scenario runs ROUNDS times, interleaved, and the medians are reported with the
 # server's CPU time per request (utime+stime from /proc/PID/stat), which is steadier than
 # req/s on a shared machine.
@@ -51,7 +54,7 @@ start_server() { # scenario -> sets SERVER_PID
     bare)
       ./target/release/examples/bare_server "127.0.0.1:$PORT" >/dev/null & SERVER_PID=$!
       sleep 0.3 ;;
-    none|always|prealloc|soldout|nometrics|addr|review|base-*)
+    none|always|prealloc|soldout|nometrics|addr|review|console|base-*)
       local kind=${1#base-} bin=./target/release/stampede
       if [ "$kind" != "$1" ]; then
         [ -x "$BASE_BIN" ] || { echo "scenario $1 needs BASE_BIN (a stampede binary)" >&2; exit 1; }
@@ -62,6 +65,7 @@ start_server() { # scenario -> sets SERVER_PID
       [ "$kind" = prealloc ] && fsync=always && preallocate=true
       [ "$kind" = nometrics ] && fsync=none && metrics=false
       [ "$kind" = addr ] || [ "$kind" = review ] && fsync=none
+      [ "$kind" = console ] && fsync=none
       rm -rf "$work/data"
       STAMPEDE_JOURNAL_FSYNC=$fsync STAMPEDE_JOURNAL_PREALLOCATE=$preallocate \
         STAMPEDE_METRICS_ENABLED=$metrics STAMPEDE_LOG=warn STAMPEDE_ADMIN_TOKEN=bench-admin-token \
@@ -83,16 +87,36 @@ put_review_rules() {
     "http://127.0.0.1:$PORT/v1/review/rules" >/dev/null || { echo "review rules not set" >&2; exit 1; }
 }
 
+start_console() { # the requests one open event console makes -> sets CONSOLE_PIDS
+  local auth="Authorization: Bearer bench-admin-token"
+  curl -sN -H "$auth" "http://127.0.0.1:$PORT/v1/events" >"$work/events.txt" & CONSOLE_PIDS=$!
+  local poll=${CONSOLE_REVIEW_POLL_S:-5}
+  if [ "$poll" != 0 ]; then
+    ( while sleep "$poll"; do
+        curl -s -H "$auth" "http://127.0.0.1:$PORT/v1/reviews?limit=100" >/dev/null
+      done ) &
+    CONSOLE_PIDS="$CONSOLE_PIDS $!"
+  fi
+  sleep 1
+}
+
 run_one() { # scenario round
   local scenario=$1 round=$2 sku=BENCH
   [ "${scenario#base-}" = soldout ] && sku=GONE
   local address=
   case "${scenario#base-}" in addr|review) address=1 ;; esac
   start_server "$scenario"
+  CONSOLE_PIDS=""
+  [ "${scenario#base-}" = console ] && start_console
   local before; before=$(ticks "$SERVER_PID")
   ADDRESS=$address SKU=$sku RUN_ID="r$round$scenario" wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency \
     -s benches/http/orders.lua "http://127.0.0.1:$PORT" >"$work/$scenario.$round.txt"
   local after; after=$(ticks "$SERVER_PID")
+  if [ -n "$CONSOLE_PIDS" ]; then
+    # shellcheck disable=SC2086 # one pid per word
+    kill $CONSOLE_PIDS 2>/dev/null || true
+    echo "  console: $(grep -c '^data: ' "$work/events.txt") snapshots received" >&2
+  fi
   kill "$SERVER_PID"; wait "$SERVER_PID" 2>/dev/null || true
   local out="$work/$scenario.$round.txt"
   local requests rps p50 p99 non2xx
@@ -145,6 +169,9 @@ if {"none", "always", "prealloc"} <= med.keys():
 if {"addr", "review"} <= med.keys():
     off, on = med["addr"], med["review"]
     print(f"review rules on / off: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}")
+if {"none", "console"} <= med.keys():
+    on, off = med["console"], med["none"]
+    print(f"console open / none: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}, p99 {on[2]/off[2]:.2f}x")
 if {"none", "nometrics"} <= med.keys():
     on, off = med["none"], med["nometrics"]
     print(f"metrics on / off: throughput {on[0]/off[0]:.3f}, cpu per request {on[3]/off[3]:.3f}")

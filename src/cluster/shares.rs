@@ -364,6 +364,7 @@ impl Shares {
     }
 
     fn combine(&self, sku: &str, global: &GlobalSku) -> SkuView {
+        let mine = self.engine.sku_view(sku);
         let mut view = SkuView {
             sku: sku.to_owned(),
             stock_total: global.total,
@@ -373,8 +374,10 @@ impl Shares {
             per_user_limit: global.per_user_limit,
             max_per_order: global.max_per_order,
             payment_timeout_s: global.payment_timeout_s,
+            // Pausing is a node's own (journaled there); a pause sent to any node is passed
+            // to every node (see `http::cluster`), so this node's flag is the cluster's.
+            paused: mine.as_ref().is_some_and(|v| v.paused),
         };
-        let mine = self.engine.sku_view(sku);
         for node in &global.nodes {
             let figures = if node.node == self.node {
                 mine.as_ref().map(|v| (v.available, v.reserved, v.sold))

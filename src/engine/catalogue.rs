@@ -23,7 +23,7 @@ impl Engine {
 
     pub fn sku_view(&self, sku: &str) -> Option<SkuView> {
         let slot_index = self.slot_of(sku)?;
-        Some(SkuView::new(sku, self.inventory.slot(slot_index).read()))
+        Some(SkuView::of_slot(sku, self.inventory.slot(slot_index)))
     }
 
     /// Every SKU with its current stock, sorted by name.
@@ -43,7 +43,7 @@ impl Engine {
         names
             .into_iter()
             .take(limit)
-            .map(|(name, slot)| SkuView::new(&name, self.inventory.slot(slot).read()))
+            .map(|(name, slot)| SkuView::of_slot(&name, self.inventory.slot(slot)))
             .collect()
     }
 
@@ -59,9 +59,11 @@ impl Engine {
     ) -> Result<SkuView, PutSkuError> {
         let mut results = self.put_skus(vec![(sku.to_owned(), update)]).await;
         debug_assert_eq!(results.len(), 1);
+        let paused = self.sku_paused(sku);
         results
             .pop()
             .unwrap_or_else(|| Err(PutSkuError::Unavailable("no answer".into())))
+            .map(|view| SkuView { paused, ..view })
     }
 
     /// Creates or updates many SKUs at once (`POST /v1/skus:bulk`), one result per item in

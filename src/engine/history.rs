@@ -134,6 +134,7 @@ impl HistoryWalk {
             }
             ArchivedEvent::Sku(_) => return Err("a stock change"),
             ArchivedEvent::ReviewRules(_) => return Err("a review rule change"),
+            ArchivedEvent::SkuPause(_) => return Err("a pause of a sku"),
         };
         if kept {
             self.history.push(item);

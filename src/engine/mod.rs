@@ -47,8 +47,10 @@ use parking_lot::Mutex;
 
 mod actions;
 mod catalogue;
+mod console;
 mod history;
 mod orders;
+mod pause;
 mod replay;
 mod retention;
 mod review;
@@ -56,8 +58,10 @@ mod scrape;
 mod signals;
 mod start;
 
+pub use console::EngineFigures;
 pub use history::OrderView;
 pub use orders::{NewOrder, Route};
+pub use pause::PauseError;
 use retention::Backoff;
 pub use review::{ReviewPage, ReviewRulesError};
 use scrape::EngineMetrics;
@@ -131,6 +135,8 @@ pub struct SkuView {
     pub per_user_limit: u32,
     pub max_per_order: u32,
     pub payment_timeout_s: u32,
+    /// New orders refused with 409 `paused` (`POST /v1/skus/{sku}/pause`).
+    pub paused: bool,
 }
 
 impl SkuView {
@@ -144,6 +150,15 @@ impl SkuView {
             per_user_limit: values.per_user_limit,
             max_per_order: values.max_per_order,
             payment_timeout_s: values.payment_timeout_s,
+            paused: false,
+        }
+    }
+
+    /// The view of a slot as it is now, its pause flag included.
+    fn of_slot(sku: &str, slot: &crate::inventory::Slot) -> Self {
+        Self {
+            paused: slot.paused(),
+            ..Self::new(sku, slot.read())
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::inventory::{
 };
 use crate::journal::ArchivedRecord;
 use crate::journal::record::ArchivedEvent;
-use crate::journal::record::{ArchivedOrderAccepted, ArchivedSkuChanged};
+use crate::journal::record::{ArchivedOrderAccepted, ArchivedSkuChanged, ArchivedSkuPaused};
 use crate::order::{Action, Payment, StockEffect, transition};
 use crate::shard::{self, PaymentTimer, ShardWriter, SkuUpdate, TimerKind};
 
@@ -54,6 +54,22 @@ impl Replayer<'_> {
             event @ (ArchivedEvent::Action(_)
             | ArchivedEvent::KeyedAction(_)
             | ArchivedEvent::Shipment(_)) => self.action(seq, event, record.at_ms.to_native()),
+            ArchivedEvent::SkuPause(pause) => self.pause(pause),
+        }
+    }
+
+    /// A pause or resume: the SKU's slot flag, as the shard set it once the record was durable.
+    fn pause(&mut self, pause: &ArchivedSkuPaused) -> Result<(), String> {
+        let name = pause.sku.as_str();
+        let slot_index = pause.slot_index.to_native();
+        match self.catalog.get(name).map(|entry| *entry) {
+            Some(existing) if existing == slot_index => {
+                self.inventory.slot(slot_index).set_paused(pause.paused);
+                Ok(())
+            }
+            _ => Err(format!(
+                "pause of sku {name} on slot {slot_index}, which is not its slot"
+            )),
         }
     }
 
@@ -305,6 +321,12 @@ impl Replayer<'_> {
             inventory.init_slot(sku.slot_index, &sku.name, values);
             catalog.insert(sku.name.clone(), sku.slot_index);
             *next_slot = (*next_slot).max(sku.slot_index + 1);
+        }
+        for &slot_index in &state.paused_slots {
+            if slot_index >= *next_slot || inventory.slot(slot_index).sku_name().is_none() {
+                return Err(format!("slot {slot_index} is paused but holds no sku"));
+            }
+            inventory.slot(slot_index).set_paused(true);
         }
         let shard_count = writers.len();
         for order in &state.orders {

@@ -148,10 +148,22 @@ impl Engine {
             timers,
             idempotency_keys: bound_keys.iter().map(checkpoint::KeyState::of).collect(),
             review_rules: self.review_rules_journaled(),
+            paused_slots: self.paused_slots(),
         };
         let path = checkpoint::write_if_room(&checkpoint::checkpoints_dir(&self.data_dir), &state)?;
         tracing::info!(path = %path.display(), seq, orders = state.orders.len(), "checkpoint written");
         Ok(seq)
+    }
+
+    /// The slots of the SKUs whose new orders are paused (the shards are stopped for the
+    /// checkpoint, so no flag changes meanwhile).
+    fn paused_slots(&self) -> Vec<u32> {
+        (0..self.inventory.slots_max())
+            .filter(|&slot_index| {
+                let slot = self.inventory.slot(slot_index);
+                slot.sku_name().is_some() && slot.paused()
+            })
+            .collect()
     }
 
     /// Every SKU's slot as a checkpoint keeps it (the shards are paused).

@@ -8,7 +8,7 @@ use hyper::StatusCode;
 use hyper::header::{AUTHORIZATION, HeaderMap};
 use serde::Deserialize;
 
-use crate::engine::{Engine, PutSkuError};
+use crate::engine::{Engine, PauseError, PutSkuError};
 use crate::http::reply::{self, ApiError, ErrorCode, HttpResponse};
 use crate::limits;
 use crate::order;
@@ -187,6 +187,23 @@ pub async fn put_sku(engine: &Arc<Engine>, sku: &str, body: &[u8]) -> HttpRespon
     match engine.put_sku(sku, update).await {
         Ok(view) => reply::json(StatusCode::OK, &view),
         Err(error) => put_sku_error(error).into_response(),
+    }
+}
+
+/// `POST /v1/skus/{sku}/pause` (`paused`) or `/resume`: 200 with the SKU once journaled.
+pub async fn pause_sku(engine: &Arc<Engine>, sku: &str, paused: bool) -> HttpResponse {
+    match engine.pause_sku(sku, paused).await {
+        Ok(view) => reply::json(StatusCode::OK, &view),
+        Err(PauseError::UnknownSku) => {
+            ApiError::new(ErrorCode::UnknownSku, format!("no sku {sku:?}")).into_response()
+        }
+        Err(PauseError::Overloaded) => {
+            ApiError::new(ErrorCode::Overloaded, "shard queue is full; retry shortly")
+                .into_response()
+        }
+        Err(PauseError::Unavailable(reason)) => {
+            ApiError::new(ErrorCode::Unavailable, reason).into_response()
+        }
     }
 }
 

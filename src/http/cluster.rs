@@ -9,6 +9,9 @@
 //!   404 and change nothing).
 //! - `PUT/GET /v1/skus/{sku}`, `GET /v1/skus`, `POST /v1/skus:bulk`: the global stock.
 //!
+//! - `POST /v1/skus/{sku}/pause|resume` and `PUT /v1/review/rules`: a node's own journaled
+//!   settings, applied here and then sent to every other node, so any node may take them.
+//!
 //! A request that another node sent ([`forward::FORWARDED_BY`]) is always answered here and
 //! never forwarded again, so no request travels more than one hop.
 
@@ -132,6 +135,50 @@ pub async fn ask_peers(
         Some(error) => unreachable_peer(&error),
         None => local,
     }
+}
+
+/// A setting each node journals for itself (a SKU's pause, the review rules), applied here
+/// with `local` as the answer: sent on to every other node when it succeeded here. 503 naming
+/// the nodes that did not take it (the change is idempotent: the operator repeats it).
+pub async fn broadcast(
+    cluster: &Cluster,
+    parts: &Parts,
+    body: Bytes,
+    local: HttpResponse,
+) -> HttpResponse {
+    if is_forwarded(parts) || local.status() != StatusCode::OK {
+        return local;
+    }
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let peers: Vec<_> = cluster.membership().peers().collect();
+    let sends = peers.iter().map(|peer| {
+        cluster
+            .forwarder()
+            .forward(peer, &parts.method, path, &parts.headers, body.clone())
+    });
+    let mut missing = Vec::new();
+    for (peer, answer) in peers
+        .iter()
+        .zip(futures_util::future::join_all(sends).await)
+    {
+        match answer {
+            Ok(response) if response.status() == StatusCode::OK => {}
+            Ok(response) => missing.push(format!("{} ({})", peer.id, response.status())),
+            Err(error) => missing.push(format!("{} ({})", peer.id, error.reason)),
+        }
+    }
+    if missing.is_empty() {
+        return local;
+    }
+    ApiError::new(
+        ErrorCode::Unavailable,
+        format!(
+            "applied on {} but not on {}: repeat the request (it is idempotent)",
+            cluster.node_id(),
+            missing.join(", ")
+        ),
+    )
+    .into_response()
 }
 
 fn global_update(update: &SkuUpdate) -> GlobalSkuUpdate {

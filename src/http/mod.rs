@@ -7,6 +7,8 @@ pub mod admin;
 pub mod admission;
 pub mod bulk;
 pub mod cluster;
+pub mod console;
+pub mod events;
 pub mod forwarded;
 pub mod journal;
 pub mod lifecycle;
@@ -61,6 +63,8 @@ pub struct AppState {
     stopping: tokio::sync::watch::Sender<bool>,
     /// `http.trusted_proxies`: whose forwarded-for headers name the client.
     trusted_proxies: forwarded::TrustedProxies,
+    /// The event console's snapshots (`GET /v1/events`).
+    pub events: events::EventHub,
 }
 
 impl AppState {
@@ -77,6 +81,7 @@ impl AppState {
             followers: Arc::new(Semaphore::new(limits::FOLLOWERS_MAX)),
             stopping: tokio::sync::watch::Sender::new(false),
             trusted_proxies: forwarded::TrustedProxies::default(),
+            events: events::EventHub::new(),
         }
     }
 

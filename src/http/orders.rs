@@ -306,6 +306,10 @@ async fn decide_decoded(
             ErrorCode::SoldOut,
             format!("{sku} has {available} units left, {qty} asked"),
         )),
+        OrderOutcome::Paused => Err(ApiError::new(
+            ErrorCode::Paused,
+            format!("new orders for {sku} are paused by an operator; nothing was taken"),
+        )),
         OrderOutcome::PurchaseLimit { limit, bought } => Err(ApiError::new(
             ErrorCode::PurchaseLimit,
             format!("per_user_limit is {limit}; this user has {bought} and asked for {qty} more"),

@@ -20,7 +20,9 @@ use hyper::{Method, Request, StatusCode};
 
 use super::admission::{self, RetryAfter};
 use super::reply::{self, ApiError, ErrorCode, HttpResponse};
-use super::{AppState, admin, bulk, cluster, journal, lifecycle, orders, read_body, review};
+use super::{
+    AppState, admin, bulk, cluster, console, events, journal, lifecycle, orders, read_body, review,
+};
 use crate::engine::Engine;
 use crate::limits::{self, JOURNAL_READERS_MAX};
 use crate::metrics::{ActionResult, OrderOutcomeLabel, Route, ShedReason};
@@ -43,7 +45,7 @@ fn route_label(segments: &[&str], method: &Method) -> Route {
 }
 
 pub(super) async fn route(
-    state: &AppState,
+    state: &Arc<AppState>,
     request: Request<Incoming>,
     peer: IpAddr,
 ) -> HttpResponse {
@@ -170,7 +172,7 @@ async fn post_order(
 
 /// The route table: each (path, method) a handler serves; anything else is 405 (a known
 /// path, with `Allow`) or 404.
-async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) -> HttpResponse {
+async fn dispatch(state: &Arc<AppState>, request: Request<Incoming>, peer: IpAddr) -> HttpResponse {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path();
     let method = &parts.method;
@@ -182,6 +184,9 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             reply::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
         }
         (["readyz"], &Method::GET) => readyz(state),
+        // The event console.
+        (["console"], &Method::GET) => console::page(),
+        (["v1", "events"], &Method::GET) => get_events(state, &parts),
         // Orders.
         (["v1", "orders"], &Method::POST) => {
             let (response, outcome) = post_order(state, &parts, body, peer).await;
@@ -214,6 +219,9 @@ async fn dispatch(state: &AppState, request: Request<Incoming>, peer: IpAddr) ->
             None => with_engine(state, |engine| admin::get_sku(engine, sku)),
         },
         (["v1", "skus", sku], &Method::PUT) => put_sku(state, &parts, body, sku).await,
+        (["v1", "skus", sku, verb @ ("pause" | "resume")], &Method::POST) => {
+            pause_sku(state, &parts, sku, *verb == "pause").await
+        }
         // The journal and consumer groups.
         (["v1", "journal"], &Method::GET) => get_journal(state, &parts).await,
         (["v1", "consumers", group, "offset"], &Method::GET) => match state.engine() {
@@ -270,7 +278,13 @@ async fn put_review_rules(state: &AppState, parts: &Parts, body: Incoming) -> Ht
         return error.into_response();
     }
     match read_body(&parts.headers, body, state).await {
-        Ok(body) => review::put_rules(engine, &body).await,
+        Ok(body) => {
+            let local = review::put_rules(engine, &body).await;
+            match state.cluster() {
+                Some(cluster) => cluster::broadcast(cluster, parts, body, local).await,
+                None => local,
+            }
+        }
         Err(error) => error.into_response(),
     }
 }
@@ -325,6 +339,21 @@ fn readyz(state: &AppState) -> HttpResponse {
             &serde_json::json!({"status": reason}),
         ),
     }
+}
+
+/// `GET /v1/events`: the console's snapshots, with the admin token.
+fn get_events(state: &Arc<AppState>, parts: &Parts) -> HttpResponse {
+    let Some(engine) = state.engine() else {
+        return recovering();
+    };
+    if state.draining.load(Ordering::Acquire) {
+        return ApiError::new(ErrorCode::Unavailable, "draining; send to another instance")
+            .into_response();
+    }
+    if let Err(error) = admin::authorize(engine, &parts.headers) {
+        return error.into_response();
+    }
+    events::subscribe(state)
 }
 
 // ---- orders -------------------------------------------------------------------------------
@@ -430,6 +459,22 @@ async fn put_sku(state: &AppState, parts: &Parts, body: Incoming, sku: &str) -> 
             None => admin::put_sku(engine, sku, &body).await,
         },
         Err(error) => error.into_response(),
+    }
+}
+
+/// `POST /v1/skus/{sku}/pause` and `/resume`: the engine, then the admin token (no body).
+async fn pause_sku(state: &AppState, parts: &Parts, sku: &str, paused: bool) -> HttpResponse {
+    let engine = match admitting_engine(state) {
+        Ok(engine) => engine,
+        Err(error) => return error.into_response(),
+    };
+    if let Err(error) = admin::authorize(engine, &parts.headers) {
+        return error.into_response();
+    }
+    let local = admin::pause_sku(engine, sku, paused).await;
+    match state.cluster() {
+        Some(cluster) => cluster::broadcast(cluster, parts, Bytes::new(), local).await,
+        None => local,
     }
 }
 
@@ -539,10 +584,11 @@ fn not_routed(segments: &[&str], method: &Method, path: &str) -> HttpResponse {
 /// serves. Kept beside the dispatch table above, which it mirrors.
 fn allowed_methods(segments: &[&str]) -> Option<&'static str> {
     Some(match segments {
-        ["healthz" | "readyz" | "metrics"] => "GET",
+        ["healthz" | "readyz" | "metrics" | "console"] | ["v1", "events"] => "GET",
         ["v1", "orders"] | ["v1", "skus:bulk"] | ["v1", "orders", _, _] => "POST",
         ["v1", "orders", _] | ["v1", "skus"] | ["v1", "journal"] | ["v1", "reviews"] => "GET",
         ["v1", "review", "rules"] => "GET, PUT",
+        ["v1", "skus", _, "pause" | "resume"] => "POST",
         ["v1", "skus", _] | ["v1", "consumers", _, "offset"] => "GET, PUT",
         ["v1", "consumers", _] => "DELETE",
         _ => return None,

@@ -9,6 +9,8 @@
 //!     stock_total, available, reserved, sold              u64
 //!     per_user_limit, max_per_order, payment_timeout_s, sku_len   u32
 //!     sku [u8; 32]           the name, zero padded; sku_len == 0 marks a free slot
+//!     paused u32             1 while an operator has paused new orders (outside the seqlock:
+//!                            one flag, read on its own)
 //!     padding to 128 bytes   (two cache lines: neighbouring shards never share a line)
 //! ```
 //!
@@ -46,7 +48,9 @@ pub struct Slot {
     payment_timeout_s: AtomicU32,
     sku_len: AtomicU32,
     sku: [AtomicU64; 4],
-    _padding: [u64; 5],
+    paused: AtomicU32,
+    _padding_u32: u32,
+    _padding: [u64; 4],
 }
 
 const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_BYTES);
@@ -156,6 +160,17 @@ impl Slot {
     /// The SKU's `max_per_order`, for the fast path (a single field needs no seqlock).
     pub fn max_per_order(&self) -> u32 {
         self.max_per_order.load(Ordering::Acquire)
+    }
+
+    /// Whether new orders for this SKU are paused (one atomic load).
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire) != 0
+    }
+
+    /// Pauses or resumes new orders. Only the owning shard (once the record is durable) and
+    /// recovery call this.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(u32::from(paused), Ordering::Release);
     }
 
     /// Updates the slot. Only the owning shard (the single writer) may call this; the new

@@ -46,7 +46,7 @@ pub use index::SeqIndex;
 pub use reader::{JournalReader, ReadError, ReadLimit};
 pub use record::{
     ArchivedRecord, Event, FrameBatch, HeldOrder, KeyedOrderAction, OrderAccepted, OrderAction,
-    Record, ReviewRulesChanged, ShipmentAction, SkuChanged,
+    Record, ReviewRulesChanged, ShipmentAction, SkuChanged, SkuPaused,
 };
 pub use recovery::{JournalTail, RecoveryError, RecoveryReport, recover};
 pub use segment::{list_segments, parse_segment_file_name, segment_file_name};

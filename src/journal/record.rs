@@ -65,6 +65,9 @@ pub enum Event {
     /// A `ship`, `reship` or `exchange` that named its parcel (`type`: the action's name,
     /// with `carrier` and `tracking_no`), keyed or not. Boxed like `Action`.
     Shipment(Box<ShipmentAction>),
+    /// An operator paused or resumed new orders for a SKU (`type`: `pause` or `resume`).
+    /// Boxed like `Action`, so the archived `Event` keeps its size.
+    SkuPause(Box<SkuPaused>),
 }
 
 /// An order action with the carrier and tracking number of the parcel it sent.
@@ -101,6 +104,16 @@ pub struct ReviewRulesChanged {
     pub deny_users: Vec<String>,
 }
 
+/// New orders for a SKU stopped (`paused`) or taken again.
+#[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug))]
+pub struct SkuPaused {
+    pub sku: String,
+    /// The SKU's slot in the inventory map (as in its `sku` records).
+    pub slot_index: u32,
+    pub paused: bool,
+}
+
 /// An order action and the client's idempotency key for it.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 #[rkyv(derive(Debug))]
@@ -117,7 +130,11 @@ impl ArchivedEvent {
             Self::Action(action) => Some(action),
             Self::KeyedAction(keyed) => Some(&keyed.action),
             Self::Shipment(shipment) => Some(&shipment.action),
-            Self::Accepted(_) | Self::Sku(_) | Self::Held(_) | Self::ReviewRules(_) => None,
+            Self::Accepted(_)
+            | Self::Sku(_)
+            | Self::Held(_)
+            | Self::ReviewRules(_)
+            | Self::SkuPause(_) => None,
         }
     }
 
@@ -132,7 +149,8 @@ impl ArchivedEvent {
             | Self::Action(_)
             | Self::KeyedAction(_)
             | Self::Held(_)
-            | Self::ReviewRules(_) => None,
+            | Self::ReviewRules(_)
+            | Self::SkuPause(_) => None,
         }
     }
 
@@ -145,7 +163,8 @@ impl ArchivedEvent {
             | Self::KeyedAction(_)
             | Self::Sku(_)
             | Self::ReviewRules(_)
-            | Self::Shipment(_) => None,
+            | Self::Shipment(_)
+            | Self::SkuPause(_) => None,
         }
     }
 
@@ -158,7 +177,8 @@ impl ArchivedEvent {
             | Self::Accepted(_)
             | Self::Sku(_)
             | Self::Held(_)
-            | Self::ReviewRules(_) => None,
+            | Self::ReviewRules(_)
+            | Self::SkuPause(_) => None,
         }
     }
 }
@@ -221,6 +241,8 @@ impl ArchivedRecord {
             ArchivedEvent::Action(action) => action.action.to_native().as_str(),
             ArchivedEvent::KeyedAction(keyed) => keyed.action.action.to_native().as_str(),
             ArchivedEvent::Shipment(shipment) => shipment.action.action.to_native().as_str(),
+            ArchivedEvent::SkuPause(pause) if pause.paused => "pause",
+            ArchivedEvent::SkuPause(_) => "resume",
         }
     }
 
@@ -281,6 +303,11 @@ impl ArchivedRecord {
                     "payment_timeout_s".into(),
                     sku.payment_timeout_s.to_native().into(),
                 );
+            }
+            ArchivedEvent::SkuPause(pause) => {
+                object.insert("order_id".into(), serde_json::Value::Null);
+                object.insert("sku".into(), pause.sku.as_str().into());
+                object.insert("paused".into(), pause.paused.into());
             }
             ArchivedEvent::Action(action) => action_json(action, &mut object),
             ArchivedEvent::KeyedAction(keyed) => {

@@ -3,9 +3,9 @@
 //! shard would refuse (a stampede on a sold-out item never queues). Changing a rule of the
 //! sale means changing this file alone.
 //!
-//! Precedence, first match wins: `max_per_order`, then stock, then the buyer's
-//! `per_user_limit`. The fast path checks only the first two (it has no purchase counts);
-//! the shard checks all three.
+//! Precedence, first match wins: a paused SKU, then `max_per_order`, then stock, then the
+//! buyer's `per_user_limit`. The fast path checks only `max_per_order` and stock (it has no
+//! purchase counts); the shard checks all four.
 
 use super::OrderStatus;
 
@@ -19,6 +19,8 @@ pub enum OrderOutcome {
     Replayed { seq: u64, status: OrderStatus },
     /// No stock left for that quantity.
     SoldOut { available: u64 },
+    /// An operator paused new orders for the SKU (`POST /v1/skus/{sku}/pause`).
+    Paused,
     /// The buyer would pass the SKU's `per_user_limit`.
     PurchaseLimit { limit: u32, bought: u32 },
     /// The id is taken by an order with other content.
@@ -38,6 +40,15 @@ pub enum OrderOutcome {
     },
     /// The buyer is on the review deny list: 403 `denied`, nothing taken.
     Denied,
+}
+
+/// A paused SKU takes no new order (retries of accepted ones are answered before this, and
+/// actions on existing orders go on).
+pub fn check_open(paused: bool) -> Result<(), OrderOutcome> {
+    if paused {
+        return Err(OrderOutcome::Paused);
+    }
+    Ok(())
 }
 
 /// The rules that need only the SKU's figures: `max_per_order`, then stock.
@@ -85,6 +96,8 @@ mod tests {
             Err(OrderOutcome::SoldOut { available: 1 })
         );
         assert_eq!(check_stock(2, 2, 2), Ok(()));
+        assert_eq!(check_open(true), Err(OrderOutcome::Paused));
+        assert_eq!(check_open(false), Ok(()));
         assert_eq!(
             check_purchase_limit(2, 1, 2),
             Err(OrderOutcome::PurchaseLimit {

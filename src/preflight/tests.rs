@@ -237,6 +237,7 @@ fn no_segment_is_created_beside_orphaned_checkpoints() {
             timers: Vec::new(),
             idempotency_keys: Vec::new(),
             review_rules: None,
+            paused_slots: Vec::new(),
         },
     )
     .unwrap();

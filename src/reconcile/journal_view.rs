@@ -72,6 +72,8 @@ impl JournalFold {
                 ArchivedEvent::Accepted(accepted) => self.folded.accepted(seq, accepted, false)?,
                 ArchivedEvent::Held(held) => self.folded.accepted(seq, &held.order, true)?,
                 ArchivedEvent::ReviewRules(_) => {}
+                // A pause moves no unit.
+                ArchivedEvent::SkuPause(_) => {}
                 event @ (ArchivedEvent::Action(_)
                 | ArchivedEvent::KeyedAction(_)
                 | ArchivedEvent::Shipment(_)) => {

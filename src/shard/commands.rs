@@ -68,6 +68,15 @@ pub struct SkuBatchCommand {
     pub reply: oneshot::Sender<Vec<SkuOutcome>>,
 }
 
+/// Pause (or resume) new orders for one SKU: journaled alone (one record, one commit), the
+/// slot's flag set once durable, answered with the record's seq and the slot's figures.
+pub struct PauseCommand {
+    pub sku: String,
+    pub slot_index: u32,
+    pub paused: bool,
+    pub reply: oneshot::Sender<SkuOutcome>,
+}
+
 /// An action on an accepted order, on its way to the shard that owns the order's SKU.
 #[derive(Debug)]
 pub struct ActionCommand {
@@ -162,6 +171,8 @@ pub enum Command {
     /// SKU changes for this shard (a bulk load's, or a single `PUT`'s as a batch of one),
     /// journaled together (one fsync).
     SkuBatch(SkuBatchCommand),
+    /// Finish the open batch, then pause or resume new orders for a SKU (journaled).
+    Pause(PauseCommand),
     /// Finish the open batch, then move one unit of the slot from available to reserved for
     /// an exchange. Replies `Err(available)` when there is none.
     Hold {

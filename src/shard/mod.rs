@@ -57,7 +57,9 @@
 //! (slot name first, stock not below sold + reserved, later changes of a SKU seeing the
 //! earlier ones), journals the valid ones in one append and one commit of their own (one
 //! fsync for the lot), applies them in order only once durable, and answers each change; a
-//! refused change journals and applies nothing.
+//! refused change journals and applies nothing. A pause or resume of a SKU
+//! ([`Command::Pause`]) goes the same way with one record of its own; the slot's flag is
+//! set once it is durable, and [`ShardWriter::decide`] refuses new orders while it is set.
 //!
 //! The files, by concern:
 //!
@@ -72,12 +74,14 @@
 //!   idempotency keys, exchange holds and settles;
 //! - `sku.rs`: SKU changes: a new SKU's defaults, an update's checks, a
 //!   [`Command::SkuBatch`] in one commit;
+//! - `pause.rs`: [`Command::Pause`], an operator's pause or resume of one SKU;
 //! - `stock.rs`: [`Stock`], the seam every unit moves through;
 //! - `timers.rs`: [`TimerHeap`], [`PaymentTimer`], [`Clock`].
 
 mod actions;
 mod commands;
 mod orders;
+mod pause;
 mod sku;
 mod stock;
 pub mod timers;
@@ -86,8 +90,8 @@ mod turn;
 pub use crate::order::OrderOutcome;
 pub use actions::Armed;
 pub use commands::{
-    ActionCommand, ActionKey, ActionOutcome, Command, OrderCommand, Settle, ShardAction,
-    ShardSnapshot, Shipment, SkuBatchCommand, SkuBatchItem, SkuOutcome, SkuUpdate,
+    ActionCommand, ActionKey, ActionOutcome, Command, OrderCommand, PauseCommand, Settle,
+    ShardAction, ShardSnapshot, Shipment, SkuBatchCommand, SkuBatchItem, SkuOutcome, SkuUpdate,
 };
 pub use sku::{new_sku_values, updated_sku_values};
 pub use stock::Stock;

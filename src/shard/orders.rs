@@ -52,8 +52,10 @@ impl ShardWriter {
         }
         let values = self.stock.figures(slot_index);
         let qty = order.qty;
-        let verdict =
-            rules::check_stock(qty, values.max_per_order, values.available).and_then(|()| {
+        let paused = self.inventory.slot(slot_index).paused();
+        let verdict = rules::check_open(paused)
+            .and_then(|()| rules::check_stock(qty, values.max_per_order, values.available))
+            .and_then(|()| {
                 let bought = self.purchases.units(purchase_key);
                 rules::check_purchase_limit(qty, bought, values.per_user_limit)
             });

@@ -136,6 +136,10 @@ impl ShardWriter {
                         self.finish_batch();
                         self.apply_sku_batch(batch, at_ms);
                     }
+                    Command::Pause(pause) => {
+                        self.finish_batch();
+                        self.apply_pause(pause, at_ms);
+                    }
                     Command::Hold { slot_index, reply } => {
                         self.finish_batch();
                         let _ = reply.send(self.hold(slot_index));

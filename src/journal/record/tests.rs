@@ -296,3 +296,30 @@ proptest! {
         prop_assert_eq!(json["at_ms"].as_u64(), Some(at_ms));
     }
 }
+
+#[test]
+fn a_pause_record_is_a_pause_or_a_resume_of_its_sku_and_belongs_to_no_order() {
+    for (paused, type_name) in [(true, "pause"), (false, "resume")] {
+        let record = Record {
+            at_ms: 1_000,
+            event: Event::SkuPause(Box::new(SkuPaused {
+                sku: "SKU-9".into(),
+                slot_index: 4,
+                paused,
+            })),
+        };
+        let mut batch = FrameBatch::default();
+        batch.push(&record).unwrap();
+        let len = read_u32(batch.as_bytes(), 0) as usize;
+        let payload = aligned(&batch.as_bytes()[FRAME_HEADER_BYTES..]);
+        assert_eq!(decode_record(&payload[..len]).unwrap(), record);
+        let archived = access_record(&payload[..len]).expect("the record validates");
+        assert_eq!(archived.type_name(), type_name);
+        assert!(archived.event.order_action().is_none());
+        let json = archived.to_json(7);
+        assert_eq!(json["type"], type_name);
+        assert_eq!(json["sku"], "SKU-9");
+        assert_eq!(json["paused"], paused);
+        assert!(json["order_id"].is_null(), "{json}");
+    }
+}
