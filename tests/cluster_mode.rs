@@ -478,6 +478,44 @@ async fn three_nodes_sell_exactly_the_stock_once_each_and_publish_one_stream() {
         "acknowledged entries are not read again"
     );
 
+    // A pause sent to one node holds on every node; a resume sent to another lifts it.
+    let pause = cluster.nodes[1]
+        .send(
+            cluster.nodes[1]
+                .client()
+                .post(cluster.nodes[1].url("/v1/skus/LIMITED/pause"))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(pause.status, 200, "{}", pause.text);
+    for (index, node) in cluster.nodes.iter().enumerate() {
+        let refused = node
+            .api()
+            .post_order(&order(
+                &format!("p-{index}"),
+                &format!("pauser-{index}"),
+                "LIMITED",
+                1,
+                "cod",
+            ))
+            .await;
+        refused.assert_error(409, "paused");
+    }
+    let resume = cluster.nodes[2]
+        .send(
+            cluster.nodes[2]
+                .client()
+                .post(cluster.nodes[2].url("/v1/skus/LIMITED/resume"))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(resume.status, 200, "{}", resume.text);
+    let after_resume = cluster.nodes[0]
+        .api()
+        .post_order(&order("p-after", "pauser-after", "LIMITED", 1, "cod"))
+        .await;
+    assert_eq!(after_resume.status, 201, "{}", after_resume.text);
+
     // The operator's view agrees.
     let status = cluster.cli("n1", &["status"]);
     let text = String::from_utf8_lossy(&status.stdout);
