@@ -16,7 +16,7 @@
 //! | [`error_code`] | the contract's error codes and their statuses |
 //! | [`metrics`]   | `GET /metrics`: what is counted on the way (and its labels) and what is read at scrape |
 //! | [`http`]      | the accept loop, admission, the route table, body cap, decoding, status codes |
-//! | [`order`]     | identifier rules, payment types, the state machine, the sale's rules and outcomes |
+//! | [`order`]     | identifier rules, payment types, the state machine, the sale's rules and outcomes, order review's rules |
 //! | [`engine`]    | the handle HTTP talks to: the one decision for a new order, routing, start-up, replay, catalogue, actions, history, checkpoints |
 //! | [`shard`]     | the single writers: the turn loop, order, action and SKU decisions, the stock seam, timers |
 //! | [`inventory`] | the memory-mapped stock slots, the order index, purchase counts, idempotency keys |
