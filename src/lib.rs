@@ -15,13 +15,14 @@
 //! | [`limits`]    | every capacity, size and timeout, each with its reason |
 //! | [`error_code`] | the contract's error codes and their statuses |
 //! | [`metrics`]   | `GET /metrics`: what is counted on the way (and its labels) and what is read at scrape |
-//! | [`http`]      | the accept loop, admission, the route table, body cap, decoding, status codes; the event console (`/console`, `/v1/events`) |
-//! | [`order`]     | identifier rules, payment types, the state machine, the sale's rules and outcomes |
+//! | [`http`]      | the accept loop, admission, the route table, body cap, decoding, status codes; the event console (`/console`, `/v1/events`); cluster forwarding (`http::cluster`) |
+//! | [`order`]     | identifier rules, payment types, the state machine, the sale's rules and outcomes, order review's rules |
 //! | [`engine`]    | the handle HTTP talks to: the one decision for a new order, routing, start-up, replay, catalogue, actions, history, checkpoints |
 //! | [`shard`]     | the single writers: the turn loop, order, action and SKU decisions, the stock seam, timers |
 //! | [`inventory`] | the memory-mapped stock slots, the order index, purchase counts, idempotency keys |
 //! | [`journal`]   | record → storage → segment → cursor → index → recovery → writer → reader; consumer offsets |
 //! | [`checkpoint`] | the replay state at one seq: recovery starts there, retention deletes before it |
+//! | [`cluster`]   | cluster mode: shares of a global stock in Redis Cluster, buyer ownership, forwarding, the fulfilment stream, `stampede cluster` |
 //! | [`data_dir`]  | the data directory's layout, its lock, hash keys and tokens |
 //! | [`durable`]   | every write a power cut could undo, made durable in order; the test-only power-cut trace |
 //! | [`api_client`] | the HTTP client of the engine's own API (tail, reconcile) |

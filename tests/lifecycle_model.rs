@@ -315,7 +315,7 @@ impl Model {
         order.last_action = Some(action);
         order.records += 1;
         // An approval starts the payment clock; a delivery the auto-completion's.
-        if matches!(to, OrderStatus::PendingPayment | OrderStatus::Delivered) {
+        if matches!(action, Action::Approve | Action::Deliver) {
             order.clock_ms = now_ms;
         }
         if let Some(key) = key {

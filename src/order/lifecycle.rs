@@ -9,13 +9,18 @@
 //!   ├─ cancel ─► cancelled ◄─ cancel (confirmed, paid)                    └─ return ─► returned
 //!   ├─ expired (timer)       refund (confirmed, paid .. weighed) ─► refunded
 //!   └─ payment_reminder (timer, no state change)      modify: any state before delivered
+//!
+//! held ─ approve ─► pending_payment (prepaid, escrow) or confirmed (cod: reserved → sold)
+//!   └─ reject (a reviewer, or the review timer) ─► rejected          held: order review
+//! delivered ─ complete (the buyer, or the auto-completion timer, reason "auto")
 //! ```
 //!
 //! Stock: an order's units are `reserved` while it awaits payment and `sold` from payment (or
 //! cash-on-delivery confirmation) on. `cancel`, `refund`, `expired` and `return` with restock
 //! give them back to `available` and free the buyer's purchase-limit count; `exchange` takes
 //! one unit of another SKU as sold. An order gives its units back at most once: every action
-//! that does leads to a state with no way out (cancelled, refunded, expired, returned).
+//! that does leads to a state with no way out (cancelled, refunded, expired, returned,
+//! rejected). A held order's units are reserved whatever its payment.
 //!
 //! The match arms list every state by name, never `_`: a new state or action does not
 //! compile until each arm says what it does with it.
