@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 
 use crate::audit::{Created, OrderLog};
 use crate::outcome::OutcomeClass;
-use crate::recorder::{Recorder, Sample, Timeline};
+use crate::recorder::{Recorder, RecorderShards, Sample, Timeline};
 use crate::schedule::{OpenSchedule, closed_start_offset};
 use crate::target::{Answered, Connection, RequestContext, SendError, Target};
 use crate::workload::{Workload, WorkloadPlan};
@@ -47,6 +47,9 @@ const END_GRACE: Duration = Duration::from_millis(100);
 const TIMER_TICK: Duration = Duration::from_millis(1);
 /// Connections opened at once before the start.
 const CONNECT_PARALLELISM: usize = 64;
+/// Recorders the connection tasks share (see [`RecorderShards`]): well above the runtime
+/// threads of any machine this runs on, so a task rarely waits for a recorder's lock.
+const RECORDER_SHARDS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LoadModel {
@@ -128,10 +131,10 @@ struct Shared {
     start: Instant,
     next_index: AtomicU64,
     live: Arc<LiveView>,
+    recorders: RecorderShards,
 }
 
 struct TaskResult {
-    recorder: Recorder,
     log: OrderLog,
     sent: u64,
     reconnects: u64,
@@ -159,24 +162,25 @@ pub async fn drive(
         start,
         next_index: AtomicU64::new(0),
         live: live.clone(),
+        recorders: RecorderShards::new(RECORDER_SHARDS.min(plan.connections)),
     });
     let mut tasks = JoinSet::new();
     for (index, connection) in connections.into_iter().enumerate() {
         let shared = shared.clone();
         tasks.spawn(connection_task(index, Some(connection), shared));
     }
-    let mut recorder = Recorder::new();
     let mut log = OrderLog::default();
     let mut sent = 0;
     let mut reconnects = 0;
     while let Some(done) = tasks.join_next().await {
         let result = done.context("a connection task panicked")?;
-        recorder.merge(&result.recorder);
         log.merge(result.log);
         sent += result.sent;
         reconnects += result.reconnects;
     }
     let elapsed = start.elapsed();
+    let shared = Arc::into_inner(shared).context("a connection task outlived the run")?;
+    let recorder: Recorder = shared.recorders.finish(&live.timeline);
     let (unsent, unsent_measured) = match plan.model {
         LoadModel::Open(schedule) => {
             let due = schedule.due_before(plan.run_length());
@@ -234,7 +238,6 @@ async fn connection_task(
         scratch: String::with_capacity(256),
     };
     let mut result = TaskResult {
-        recorder: Recorder::new(),
         log: OrderLog::default(),
         sent: 0,
         reconnects: 0,
@@ -269,7 +272,8 @@ async fn connection_task(
                 &mut result,
             )
             .await;
-            result.recorder.record(
+            shared.recorders.record(
+                index,
                 &Sample {
                     class: answered.class,
                     // From the intended time, or the actual send when that was early.
@@ -299,7 +303,8 @@ async fn connection_task(
                     &mut result,
                 )
                 .await;
-                result.recorder.record(
+                shared.recorders.record(
+                    index,
                     &Sample {
                         class: answered.class,
                         latency: done - sent_at,
@@ -317,7 +322,6 @@ async fn connection_task(
             }
         }
     }
-    result.recorder.flush(&shared.live.timeline);
     result
 }
 

@@ -1,9 +1,11 @@
 //! Latency recording: one [`Recorder`] per connection task, merged when the run ends, and one
 //! shared [`Timeline`] of per-second buckets that tasks flush into as each second passes.
 //!
-//! A task records into its own histograms without any lock; it touches the shared timeline
-//! once per second of its own progress (to hand over the second it just finished), so the
-//! lock is taken about `connections` times a second however high the request rate. Histograms
+//! Tasks record into a few shared recorders ([`RecorderShards`], a short lock per request,
+//! never held across an await) rather than one recorder each: a recorder's histograms cover
+//! every latency from the start (see [`full_range_histogram`]), which is affordable for a
+//! handful of recorders, not for one per connection. A recorder touches the shared timeline
+//! once per second (to hand over the second it just finished). Histograms
 //! are HdrHistograms of microseconds: 3 significant figures for the run's results (p99.9 on a
 //! 40 µs loopback request is exact to the microsecond), 2 for each second of the timeline.
 //!
@@ -28,8 +30,21 @@ pub const TIMELINE_SECONDS_MAX: usize = 2 * 24 * 3600;
 
 pub fn new_histogram(sigfig: u8) -> Histogram<u64> {
     // Auto-resizing: memory grows with the largest latency actually seen, not the largest
-    // possible one, which keeps a recorder per connection cheap.
+    // possible one. Used where histograms are many and short-lived (a second of the
+    // timeline, a merge); the run's recorders use [`full_range_histogram`].
     Histogram::new(sigfig).expect("sigfig 2 or 3 is valid")
+}
+
+/// A histogram that covers every recordable latency from the start, so recording never
+/// grows it. A growing histogram reallocates and zeroes its counts each time a larger
+/// latency arrives; with a recorder per connection that was most of the generator's CPU at
+/// the end of the warm-up (hundreds of histograms growing at once, each page cleared by the
+/// kernel) and stalled its schedule by up to a second. About 190 KiB at 3 figures.
+pub fn full_range_histogram(sigfig: u8) -> Histogram<u64> {
+    let mut histogram = Histogram::new_with_bounds(1, LATENCY_US_MAX, sigfig)
+        .expect("1..=an hour at 2 or 3 figures is valid");
+    histogram.auto(true);
+    histogram
 }
 
 /// Largest latency recorded (an hour); anything longer is recorded as an hour.
@@ -145,7 +160,7 @@ struct Interval {
     dirty: bool,
 }
 
-/// A connection task's results.
+/// A share of the run's results (one of [`RecorderShards`]), or the merge of them all.
 #[derive(Debug)]
 pub struct Recorder {
     latency: [Option<Histogram<u64>>; CLASS_COUNT],
@@ -174,7 +189,10 @@ impl Recorder {
             details: BTreeMap::new(),
             interval: Interval {
                 second: 0,
-                bucket: SecondBucket::new(),
+                bucket: SecondBucket {
+                    counts: [0; CLASS_COUNT],
+                    latency: full_range_histogram(TIMELINE_SIGFIG),
+                },
                 dirty: false,
             },
         }
@@ -187,20 +205,20 @@ impl Recorder {
         if sample.measured {
             self.counts[index] += 1;
             record_micros(
-                self.latency[index].get_or_insert_with(|| new_histogram(LATENCY_SIGFIG)),
+                self.latency[index].get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
                 latency_us,
             );
             if let Some(service) = sample.service.filter(|_| sample.class.is_answered()) {
                 record_micros(
                     self.service
-                        .get_or_insert_with(|| new_histogram(LATENCY_SIGFIG)),
+                        .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
                     micros(service),
                 );
             }
             if let Some(lag) = sample.send_lag {
                 record_micros(
                     self.send_lag
-                        .get_or_insert_with(|| new_histogram(LATENCY_SIGFIG)),
+                        .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
                     micros(lag),
                 );
             }
@@ -296,6 +314,47 @@ impl Recorder {
 
     pub fn details(&self) -> &BTreeMap<String, u64> {
         &self.details
+    }
+}
+
+/// Recorders shared by the connection tasks: task `i` records into shard `i % len`, so tasks
+/// on different runtime threads rarely wait for the same lock. More shards than runtime
+/// threads keeps that wait short; few enough that their full-range histograms stay a few MiB.
+#[derive(Debug)]
+pub struct RecorderShards {
+    shards: Vec<Mutex<Recorder>>,
+}
+
+impl RecorderShards {
+    pub fn new(count: usize) -> Self {
+        Self {
+            shards: (0..count.max(1))
+                .map(|_| Mutex::new(Recorder::new()))
+                .collect(),
+        }
+    }
+
+    /// Records `sample` for task `task` (see [`Recorder::record`]).
+    pub fn record(&self, task: usize, sample: &Sample<'_>, timeline: &Mutex<Timeline>) {
+        let shard = &self.shards[task % self.shards.len()];
+        shard
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .record(sample, timeline);
+    }
+
+    /// Flushes every shard's second in progress into `timeline` and merges them (the end of
+    /// the run).
+    pub fn finish(self, timeline: &Mutex<Timeline>) -> Recorder {
+        let mut merged = Recorder::new();
+        for shard in self.shards {
+            let mut shard = shard
+                .into_inner()
+                .unwrap_or_else(|poison| poison.into_inner());
+            shard.flush(timeline);
+            merged.merge(&shard);
+        }
+        merged
     }
 }
 
