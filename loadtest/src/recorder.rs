@@ -443,6 +443,44 @@ mod tests {
     }
 
     #[test]
+    fn recording_never_grows_a_recorders_histograms() {
+        // Growing is what stalled the open schedule: a recorder's histograms are allocated
+        // for the whole range when first used and keep their size whatever is recorded.
+        let timeline = Mutex::new(Timeline::default());
+        let shards = RecorderShards::new(2);
+        let mut s = sample(OutcomeClass::Created, 40, 0, true);
+        s.service = Some(Duration::from_micros(30));
+        s.send_lag = Some(Duration::from_micros(10));
+        shards.record(0, &s, &timeline);
+        let sizes = |shards: &RecorderShards| {
+            let recorder = shards.shards[0].lock().unwrap();
+            [
+                recorder.latency[OutcomeClass::Created.index()]
+                    .as_ref()
+                    .unwrap()
+                    .distinct_values(),
+                recorder.service.as_ref().unwrap().distinct_values(),
+                recorder.send_lag.as_ref().unwrap().distinct_values(),
+                recorder.interval.bucket.latency.distinct_values(),
+            ]
+        };
+        let before = sizes(&shards);
+        let mut slow = sample(OutcomeClass::Created, LATENCY_US_MAX, 10, true);
+        slow.service = Some(Duration::from_secs(3600));
+        slow.send_lag = Some(Duration::from_secs(7200));
+        shards.record(0, &slow, &timeline);
+        assert_eq!(sizes(&shards), before);
+        let merged = shards.finish(&timeline);
+        assert_eq!(merged.count(OutcomeClass::Created), 2);
+        assert!(
+            merged
+                .send_lag_histogram()
+                .unwrap()
+                .equivalent(merged.send_lag_histogram().unwrap().max(), LATENCY_US_MAX)
+        );
+    }
+
+    #[test]
     fn large_latencies_grow_the_histogram_instead_of_being_clamped() {
         let mut histogram = new_histogram(LATENCY_SIGFIG);
         record_micros(&mut histogram, 3);
