@@ -189,6 +189,9 @@ pub fn render(summary: &Summary) -> String {
             );
         }
     }
+    for warning in &summary.warnings {
+        let _ = writeln!(out, "\nWARNING: {warning}");
+    }
     let _ = writeln!(
         out,
         "\nresult: {} (exit {})",
