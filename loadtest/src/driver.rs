@@ -16,7 +16,11 @@
 //! The timer fires on 1 ms ticks, so a connection wakes up to a tick early and sends at
 //! once; a request sent early is measured from its actual send, one sent late from its
 //! intended time. The send lag (how late sends were) is reported so the generator's own
-//! lateness is visible.
+//! lateness is visible; the part of it after a connection was free (or after the intended
+//! time, when one was free before it) is the generator's own lag: its timer, its CPU. The
+//! rest is a wait for a free connection, which is the target's doing when every connection
+//! is busy with it. (A generator too starved to read its answers also delays the moment a
+//! connection is free, so the split can only err towards blaming the target.)
 //!
 //! Closed model: each connection sends its next request as soon as the previous answer is
 //! complete; latency is from the actual send.
@@ -248,6 +252,9 @@ async fn connection_task(
     match plan.model {
         LoadModel::Open(schedule) => loop {
             let request_index = shared.next_index.fetch_add(1, Ordering::Relaxed);
+            // A connection takes an index when it is free: taken after its intended time,
+            // the request waited for a connection (every one busy with the target).
+            let taken_at = Instant::now();
             let intended_offset = schedule.intended_offset(request_index);
             if intended_offset >= plan.run_length() {
                 break;
@@ -280,6 +287,7 @@ async fn connection_task(
                     latency: done - intended.min(sent_at),
                     service: Some(done - sent_at),
                     send_lag: Some(sent_at.saturating_duration_since(intended)),
+                    own_lag: Some(sent_at.saturating_duration_since(intended.max(taken_at))),
                     completed_at: done - shared.start,
                     measured: intended >= measured_from,
                     detail: answered.detail,
@@ -310,6 +318,7 @@ async fn connection_task(
                         latency: done - sent_at,
                         service: None,
                         send_lag: None,
+                        own_lag: None,
                         completed_at: done - shared.start,
                         measured: sent_at >= measured_from,
                         detail: answered.detail,

@@ -80,6 +80,9 @@ pub struct Sample<'a> {
     pub service: Option<Duration>,
     /// Open model only: how late the generator sent it (actual send - intended).
     pub send_lag: Option<Duration>,
+    /// Open model only: the part of `send_lag` after a connection was free for it (the
+    /// generator's own lateness; the rest was a wait for a connection).
+    pub own_lag: Option<Duration>,
     /// Completion time since the start of the run: the timeline's second.
     pub completed_at: Duration,
     /// Inside the measured window (the warm-up is not).
@@ -166,6 +169,7 @@ pub struct Recorder {
     latency: [Option<Histogram<u64>>; CLASS_COUNT],
     service: Option<Histogram<u64>>,
     send_lag: Option<Histogram<u64>>,
+    own_lag: Option<Histogram<u64>>,
     counts: [u64; CLASS_COUNT],
     warmup_counts: [u64; CLASS_COUNT],
     details: BTreeMap<String, u64>,
@@ -184,6 +188,7 @@ impl Recorder {
             latency: Default::default(),
             service: None,
             send_lag: None,
+            own_lag: None,
             counts: [0; CLASS_COUNT],
             warmup_counts: [0; CLASS_COUNT],
             details: BTreeMap::new(),
@@ -218,6 +223,13 @@ impl Recorder {
             if let Some(lag) = sample.send_lag {
                 record_micros(
                     self.send_lag
+                        .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
+                    micros(lag),
+                );
+            }
+            if let Some(lag) = sample.own_lag {
+                record_micros(
+                    self.own_lag
                         .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
                     micros(lag),
                 );
@@ -266,6 +278,7 @@ impl Recorder {
         }
         add_into(&mut self.service, &other.service, LATENCY_SIGFIG);
         add_into(&mut self.send_lag, &other.send_lag, LATENCY_SIGFIG);
+        add_into(&mut self.own_lag, &other.own_lag, LATENCY_SIGFIG);
         for index in 0..CLASS_COUNT {
             self.counts[index] += other.counts[index];
             self.warmup_counts[index] += other.warmup_counts[index];
@@ -310,6 +323,10 @@ impl Recorder {
 
     pub fn send_lag_histogram(&self) -> Option<&Histogram<u64>> {
         self.send_lag.as_ref()
+    }
+
+    pub fn own_lag_histogram(&self) -> Option<&Histogram<u64>> {
+        self.own_lag.as_ref()
     }
 
     pub fn details(&self) -> &BTreeMap<String, u64> {
@@ -368,6 +385,7 @@ mod tests {
             latency: Duration::from_micros(latency_us),
             service: None,
             send_lag: None,
+            own_lag: None,
             completed_at: Duration::from_millis(at_ms),
             measured,
             detail: (class == OutcomeClass::Refused).then_some("sold_out"),

@@ -230,6 +230,15 @@ pub fn render_html(summary: &Summary) -> String {
     if let Some(lag) = &summary.send_lag {
         percentile_row(&mut out, "generator send lag", lag.count, blank, Some(lag));
     }
+    if let Some(lag) = &summary.own_send_lag {
+        percentile_row(
+            &mut out,
+            "generator's own send lag (after a connection was free)",
+            lag.count,
+            blank,
+            Some(lag),
+        );
+    }
     out.push_str("</table>");
     if run.model == Model::Open {
         out.push_str("<p class=\"note\">Open model: latency is measured from each request's intended send time on the fixed schedule, so time a request spent waiting for a busy connection counts (the correction for coordinated omission). The service time row is the same requests measured from their actual send, as a tool without a schedule reports them.</p>");

@@ -218,6 +218,9 @@ pub struct Summary {
     pub service_time: Option<Percentiles>,
     /// Open model: how late the generator sent requests.
     pub send_lag: Option<Percentiles>,
+    /// Open model: the part of the send lag after a connection was free: the generator's own
+    /// lateness (its timer, its CPU), without the wait for a connection the target kept busy.
+    pub own_send_lag: Option<Percentiles>,
     /// What makes the figures less than they seem: the generator fell behind its schedule
     /// (its send lag is a large part of the tail), or left due requests unsent.
     pub warnings: Vec<String>,
@@ -264,8 +267,9 @@ fn curve(histogram: &Histogram<u64>) -> Vec<CurvePoint> {
     points
 }
 
-/// The warnings about the generator itself: a send lag that is a large part of the corrected
-/// tail (at p99 or p99.9), and requests due in the measured window that were never sent.
+/// The warnings about the generator itself: its own send lag (after a connection was free)
+/// that is a large part of the corrected tail (at p99 or p99.9), and requests due in the
+/// measured window that were never sent.
 pub fn generator_warnings(
     answered: Option<Percentiles>,
     send_lag: Option<Percentiles>,
@@ -280,7 +284,7 @@ pub fn generator_warnings(
             if late >= SEND_LAG_WARN_MIN_US && late as f64 >= SEND_LAG_WARN_SHARE * corrected as f64
             {
                 warnings.push(format!(
-                    "the generator fell behind its schedule: send lag {name} {} is {:.0}% of the corrected {name} {}; that part of the tail is the generator's, not the target's (too few CPU cores for generator and target, too few connections, or a busy machine)",
+                    "the generator fell behind its schedule: its own send lag {name} {} is {:.0}% of the corrected {name} {}; that part of the tail is the generator's, not the target's (too few CPU cores for generator and target, too few connections, or a busy machine)",
                     crate::duration::format_micros(late),
                     100.0 * late as f64 / corrected.max(1) as f64,
                     crate::duration::format_micros(corrected),
@@ -448,9 +452,10 @@ pub fn summarize(
         answered,
         service_time: recorder.service_histogram().and_then(Percentiles::of),
         send_lag: recorder.send_lag_histogram().and_then(Percentiles::of),
+        own_send_lag: recorder.own_lag_histogram().and_then(Percentiles::of),
         warnings: generator_warnings(
             answered,
-            recorder.send_lag_histogram().and_then(Percentiles::of),
+            recorder.own_lag_histogram().and_then(Percentiles::of),
             result.unsent_measured,
         ),
         details: recorder.details().clone(),
@@ -496,7 +501,7 @@ mod tests {
             0,
         );
         assert_eq!(warned.len(), 1, "{warned:?}");
-        assert!(warned[0].contains("send lag p99 "), "{warned:?}");
+        assert!(warned[0].contains("own send lag p99 "), "{warned:?}");
         // A generator on time: no warning, also for a sub-millisecond tail with some jitter.
         assert!(
             generator_warnings(
@@ -561,6 +566,7 @@ mod tests {
                     latency: Duration::from_millis(ms),
                     service: None,
                     send_lag: None,
+                    own_lag: None,
                     completed_at: Duration::ZERO,
                     measured: true,
                     detail: None,

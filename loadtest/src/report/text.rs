@@ -127,6 +127,16 @@ pub fn render(summary: &Summary) -> String {
             Some(lag),
         );
     }
+    if let Some(lag) = &summary.own_send_lag {
+        row(
+            &mut out,
+            "  its own (conn. free)",
+            lag.count,
+            None,
+            None,
+            Some(lag),
+        );
+    }
     if !summary.details.is_empty() {
         let details: Vec<String> = summary
             .details
