@@ -288,6 +288,13 @@ async fn connection_task(
                     service: Some(done - sent_at),
                     send_lag: Some(sent_at.saturating_duration_since(intended)),
                     own_lag: Some(sent_at.saturating_duration_since(intended.max(taken_at))),
+                    // A connection free in time: from the send. One that was busy when the
+                    // request was due: from the intended time.
+                    without_own_lag: Some(if taken_at > intended {
+                        done - intended
+                    } else {
+                        done - sent_at
+                    }),
                     completed_at: done - shared.start,
                     measured: intended >= measured_from,
                     detail: answered.detail,
@@ -319,6 +326,7 @@ async fn connection_task(
                         service: None,
                         send_lag: None,
                         own_lag: None,
+                        without_own_lag: None,
                         completed_at: done - shared.start,
                         measured: sent_at >= measured_from,
                         detail: answered.detail,

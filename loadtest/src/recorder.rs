@@ -83,6 +83,11 @@ pub struct Sample<'a> {
     /// Open model only: the part of `send_lag` after a connection was free for it (the
     /// generator's own lateness; the rest was a wait for a connection).
     pub own_lag: Option<Duration>,
+    /// Open model only: the latency with the generator's own lag left out (from the intended
+    /// time when every connection was busy then, else from the send). This is what a tool
+    /// that stamps a request's start when its rate limiter wakes reports as corrected (oha
+    /// `-q --latency-correction` does): comparable with it, not with the buyer's wait.
+    pub without_own_lag: Option<Duration>,
     /// Completion time since the start of the run: the timeline's second.
     pub completed_at: Duration,
     /// Inside the measured window (the warm-up is not).
@@ -170,6 +175,7 @@ pub struct Recorder {
     service: Option<Histogram<u64>>,
     send_lag: Option<Histogram<u64>>,
     own_lag: Option<Histogram<u64>>,
+    without_own_lag: Option<Histogram<u64>>,
     counts: [u64; CLASS_COUNT],
     warmup_counts: [u64; CLASS_COUNT],
     details: BTreeMap<String, u64>,
@@ -189,6 +195,7 @@ impl Recorder {
             service: None,
             send_lag: None,
             own_lag: None,
+            without_own_lag: None,
             counts: [0; CLASS_COUNT],
             warmup_counts: [0; CLASS_COUNT],
             details: BTreeMap::new(),
@@ -225,6 +232,16 @@ impl Recorder {
                     self.send_lag
                         .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
                     micros(lag),
+                );
+            }
+            if let Some(latency) = sample
+                .without_own_lag
+                .filter(|_| sample.class.is_answered())
+            {
+                record_micros(
+                    self.without_own_lag
+                        .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
+                    micros(latency),
                 );
             }
             if let Some(lag) = sample.own_lag {
@@ -279,6 +296,11 @@ impl Recorder {
         add_into(&mut self.service, &other.service, LATENCY_SIGFIG);
         add_into(&mut self.send_lag, &other.send_lag, LATENCY_SIGFIG);
         add_into(&mut self.own_lag, &other.own_lag, LATENCY_SIGFIG);
+        add_into(
+            &mut self.without_own_lag,
+            &other.without_own_lag,
+            LATENCY_SIGFIG,
+        );
         for index in 0..CLASS_COUNT {
             self.counts[index] += other.counts[index];
             self.warmup_counts[index] += other.warmup_counts[index];
@@ -323,6 +345,10 @@ impl Recorder {
 
     pub fn send_lag_histogram(&self) -> Option<&Histogram<u64>> {
         self.send_lag.as_ref()
+    }
+
+    pub fn without_own_lag_histogram(&self) -> Option<&Histogram<u64>> {
+        self.without_own_lag.as_ref()
     }
 
     pub fn own_lag_histogram(&self) -> Option<&Histogram<u64>> {
@@ -386,6 +412,7 @@ mod tests {
             service: None,
             send_lag: None,
             own_lag: None,
+            without_own_lag: None,
             completed_at: Duration::from_millis(at_ms),
             measured,
             detail: (class == OutcomeClass::Refused).then_some("sold_out"),
@@ -515,7 +542,22 @@ mod tests {
         let mut s = sample(OutcomeClass::Created, 10_000, 0, true);
         s.service = Some(Duration::from_micros(100));
         s.send_lag = Some(Duration::from_micros(9_900));
+        s.own_lag = Some(Duration::from_micros(9_000));
+        s.without_own_lag = Some(Duration::from_micros(1_000));
         recorder.record(&s, &timeline);
+        // A transport error has no answer: not in the row comparable with other tools.
+        let mut lost = sample(OutcomeClass::TransportError, 10_000, 0, true);
+        lost.without_own_lag = Some(Duration::from_micros(1_000));
+        recorder.record(&lost, &timeline);
+        let without = recorder.without_own_lag_histogram().unwrap();
+        assert_eq!(without.len(), 1);
+        assert!(without.equivalent(without.max(), 1_000));
+        assert!(
+            recorder
+                .own_lag_histogram()
+                .unwrap()
+                .equivalent(recorder.own_lag_histogram().unwrap().max(), 9_000)
+        );
         let latency = recorder.class_histogram(OutcomeClass::Created).unwrap();
         assert!(
             latency.equivalent(latency.max(), 10_000),

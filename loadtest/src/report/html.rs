@@ -230,6 +230,15 @@ pub fn render_html(summary: &Summary) -> String {
     if let Some(lag) = &summary.send_lag {
         percentile_row(&mut out, "generator send lag", lag.count, blank, Some(lag));
     }
+    if let Some(latency) = &summary.without_own_lag {
+        percentile_row(
+            &mut out,
+            "corrected without the generator's own lag (as oha -q counts)",
+            latency.count,
+            blank,
+            Some(latency),
+        );
+    }
     if let Some(lag) = &summary.own_send_lag {
         percentile_row(
             &mut out,

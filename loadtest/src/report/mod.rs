@@ -221,6 +221,9 @@ pub struct Summary {
     /// Open model: the part of the send lag after a connection was free: the generator's own
     /// lateness (its timer, its CPU), without the wait for a connection the target kept busy.
     pub own_send_lag: Option<Percentiles>,
+    /// Open model: the answered requests' latency without the generator's own lag, as a tool
+    /// that stamps a request when its rate limiter wakes counts it (for comparing with oha).
+    pub without_own_lag: Option<Percentiles>,
     /// What makes the figures less than they seem: the generator fell behind its schedule
     /// (its send lag is a large part of the tail), or left due requests unsent.
     pub warnings: Vec<String>,
@@ -453,6 +456,9 @@ pub fn summarize(
         service_time: recorder.service_histogram().and_then(Percentiles::of),
         send_lag: recorder.send_lag_histogram().and_then(Percentiles::of),
         own_send_lag: recorder.own_lag_histogram().and_then(Percentiles::of),
+        without_own_lag: recorder
+            .without_own_lag_histogram()
+            .and_then(Percentiles::of),
         warnings: generator_warnings(
             answered,
             recorder.own_lag_histogram().and_then(Percentiles::of),
@@ -567,6 +573,7 @@ mod tests {
                     service: None,
                     send_lag: None,
                     own_lag: None,
+                    without_own_lag: None,
                     completed_at: Duration::ZERO,
                     measured: true,
                     detail: None,

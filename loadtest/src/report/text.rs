@@ -127,6 +127,16 @@ pub fn render(summary: &Summary) -> String {
             Some(lag),
         );
     }
+    if let Some(latency) = &summary.without_own_lag {
+        row(
+            &mut out,
+            "corr. minus own lag",
+            latency.count,
+            None,
+            None,
+            Some(latency),
+        );
+    }
     if let Some(lag) = &summary.own_send_lag {
         row(
             &mut out,
