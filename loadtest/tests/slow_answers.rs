@@ -4,20 +4,24 @@
 //! connections for R × 60 ms in flight, and its own send lag stays well under the server's
 //! hold: the lateness is the server's, not the generator's.
 //!
-//! The bound is a generous one (send lag p99 below the shortest hold, 20 ms) so that a CPU-
-//! starved CI runner does not fail it; a generator whose connections wait on anything but the
-//! schedule for long (a lock, a timer, the recording) does. The root cause of the stall this
+//! A CPU-starved machine makes every timer late, the generator's too; so the bound is taken
+//! from a bystander: the server's own timers (its holds) run on another thread of the same
+//! process, and how late they fire is the machine's share of the lateness. The generator's own
+//! send lag p99 must stay within that bystander's p99 plus the shortest hold (20 ms). A
+//! generator whose connections wait on anything but the schedule (a lock, the recording, a
+//! timer of its own) fails it; a busy CI runner delays both sides alike. The root cause of the stall this
 //! was written for (histograms that grew as latencies reached new highs, hundreds at once at
 //! the end of the warm-up) needs a higher rate than a test can afford; the recorder's own
 //! test checks that recording never grows a histogram. About 3 s, loopback only.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use clap::Parser;
+use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -35,15 +39,31 @@ const RATE: &str = "2000";
 /// Above R × the longest hold (120 in flight), so the schedule never waits for a connection.
 const CONNECTIONS: &str = "200";
 
+/// What the server shares with the test: requests served, and how late its hold timers fired
+/// (microseconds past each hold), the bystander's lateness.
+#[derive(Debug)]
+struct ServerState {
+    served: AtomicU64,
+    oversleep: Mutex<Histogram<u64>>,
+}
+
 async fn handle(
-    served: Arc<AtomicU64>,
+    state: Arc<ServerState>,
     request: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let _ = request.into_body().collect().await;
-    let n = served.fetch_add(1, Ordering::Relaxed);
+    let n = state.served.fetch_add(1, Ordering::Relaxed);
     // 20..=60 ms, spread by a multiplicative hash of the request's number.
-    let hold = HOLD_MIN_MS + (n.wrapping_mul(2_654_435_761) >> 7) % HOLD_SPREAD_MS;
-    tokio::time::sleep(Duration::from_millis(hold)).await;
+    let hold =
+        Duration::from_millis(HOLD_MIN_MS + (n.wrapping_mul(2_654_435_761) >> 7) % HOLD_SPREAD_MS);
+    let asleep = std::time::Instant::now();
+    tokio::time::sleep(hold).await;
+    let late = asleep.elapsed().saturating_sub(hold);
+    state
+        .oversleep
+        .lock()
+        .unwrap()
+        .saturating_record(late.as_micros() as u64);
     let mut response = Response::new(Full::new(Bytes::from_static(
         br#"{"order_id":"o","status":"pending_payment","seq":1}"#,
     )));
@@ -52,7 +72,12 @@ async fn handle(
 }
 
 /// Serves on 127.0.0.1:0 on its own thread and runtime; ends with the test process.
-fn start_server() -> String {
+fn start_server() -> (String, Arc<ServerState>) {
+    let state = Arc::new(ServerState {
+        served: AtomicU64::new(0),
+        oversleep: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()),
+    });
+    let server_state = state.clone();
     let (bound, address) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -62,15 +87,14 @@ fn start_server() -> String {
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             bound.send(listener.local_addr().unwrap()).unwrap();
-            let served = Arc::new(AtomicU64::new(0));
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let served = served.clone();
+                let state = server_state.clone();
                 tokio::spawn(async move {
-                    let service = service_fn(move |request| handle(served.clone(), request));
+                    let service = service_fn(move |request| handle(state.clone(), request));
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -78,12 +102,12 @@ fn start_server() -> String {
             }
         });
     });
-    format!("http://{}", address.recv().unwrap())
+    (format!("http://{}", address.recv().unwrap()), state)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_schedule_stays_on_time_while_the_answers_are_slow() {
-    let url = start_server();
+    let (url, server) = start_server();
     let settings = Args::try_parse_from([
         "stampede-load",
         "--scenario",
@@ -135,10 +159,12 @@ async fn the_schedule_stays_on_time_while_the_answers_are_slow() {
     .await
     .expect("the run completes");
 
-    let lag = result.recorder.send_lag_histogram().expect("open model");
+    let lag = result.recorder.own_lag_histogram().expect("open model");
     let service = result.recorder.service_histogram().expect("open model");
+    let bystander_p99 = server.oversleep.lock().unwrap().value_at_quantile(0.99);
     let figures = format!(
-        "sent {}, unsent {}, send lag p50 {} µs p99 {} µs max {} µs, service p50 {} µs",
+        "sent {}, unsent {}, own send lag p50 {} µs p99 {} µs max {} µs, service p50 {} µs, \
+         server's hold timers late by p99 {bystander_p99} µs",
         result.sent,
         result.unsent,
         lag.value_at_quantile(0.5),
@@ -160,9 +186,10 @@ async fn the_schedule_stays_on_time_while_the_answers_are_slow() {
         service.value_at_quantile(0.5) >= HOLD_MIN_MS * 1000,
         "{figures}"
     );
-    // ...and the sends were not: the generator's lateness is a small part of the latency.
+    // ...and the sends were not: the generator was no later than the machine made every
+    // timer, give or take the shortest hold.
     assert!(
-        lag.value_at_quantile(0.99) < HOLD_MIN_MS * 1000,
+        lag.value_at_quantile(0.99) < bystander_p99 + HOLD_MIN_MS * 1000,
         "the generator fell behind its schedule: {figures}"
     );
 }
