@@ -33,7 +33,15 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|e| e.to_string());
             println!("{name:<18} {description}");
         }
+        println!(
+            "{:<18} {}",
+            stampede_load::saleday::NAME,
+            stampede_load::saleday::DESCRIPTION
+        );
         return ExitCode::SUCCESS;
+    }
+    if args.is_sale_day() {
+        return sale_day(&args);
     }
     let threads = args.threads;
     let json_path = args.json.clone();
@@ -105,6 +113,55 @@ fn main() -> ExitCode {
         && let Err(error) = file.write_all(html::render_html(&summary).as_bytes())
     {
         eprintln!("stampede-load: cannot write the HTML report: {error}");
+        write_failed = true;
+    }
+    ExitCode::from(exit_code_after_writes(summary.exit_code, write_failed))
+}
+
+/// `--scenario sale-day`: its own driver, audit and reports.
+fn sale_day(args: &Args) -> ExitCode {
+    let settings = match args.sale_day_settings(&|name| std::env::var(name).ok()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("stampede-load: {error}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let mut builder = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = args.threads.filter(|&n| n > 1) {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("stampede-load: cannot start the async runtime: {error}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let summary = match runtime.block_on(stampede_load::saleday::run(settings)) {
+        Ok(summary) => summary,
+        Err(error) => {
+            eprintln!("stampede-load: {error:#}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    print!("{}", stampede_load::saleday::render_text(&summary));
+    let _ = std::io::stdout().flush();
+    let mut write_failed = false;
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n";
+        if let Err(error) = std::fs::write(path, text) {
+            eprintln!("stampede-load: cannot write {}: {error}", path.display());
+            write_failed = true;
+        }
+    }
+    if let Some(path) = &args.html
+        && let Err(error) = std::fs::write(path, stampede_load::saleday::render_html(&summary))
+    {
+        eprintln!("stampede-load: cannot write {}: {error}", path.display());
         write_failed = true;
     }
     ExitCode::from(exit_code_after_writes(summary.exit_code, write_failed))

@@ -180,8 +180,9 @@ fn fsync_policy_in_metrics(text: &str) -> Option<String> {
         })
 }
 
-/// A request for the admin and read API.
-fn admin_request(
+/// A request for the admin and read API (also the sale-day scenario's actions and journal
+/// reads, which are not on the order hot path).
+pub fn admin_request(
     endpoint: &Endpoint,
     token: Option<&HeaderValue>,
     method: Method,
@@ -294,7 +295,7 @@ impl AdminClient {
     /// One admin or read call; an answer of 429 or 503 (the engine shed it, nothing was done)
     /// is retried after its `Retry-After`, up to [`SHED_RETRIES`] times, so that an engine busy
     /// with other clients does not fail a setup or an audit.
-    async fn call(
+    pub async fn call(
         &mut self,
         method: Method,
         path: &str,
