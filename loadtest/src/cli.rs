@@ -446,6 +446,29 @@ impl Args {
         self.scenario.as_deref() == Some(crate::saleday::NAME)
     }
 
+    /// True when the run is the scalpers scenario (order review).
+    pub fn is_scalpers(&self) -> bool {
+        self.scenario.as_deref() == Some(crate::scalpers::NAME)
+    }
+
+    /// The scalpers scenario's settings (one URL, the admin token).
+    pub fn scalpers_settings(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::scalpers::ScalpersSettings, String> {
+        if self.target != TargetKind::Engine {
+            return Err("--scenario scalpers drives an engine only (--target engine)".into());
+        }
+        let run_id = self.run_id.clone().unwrap_or_else(random_run_id);
+        scenario::check_run_id(&run_id)?;
+        Ok(crate::scalpers::ScalpersSettings {
+            url: self.single_url()?,
+            admin_token: admin_token(self, env)?,
+            run_id,
+            timeout: self.timeout,
+        })
+    }
+
     /// The sale-day scenario's settings; errors are usage errors (exit 3).
     pub fn sale_day_settings(
         &self,

@@ -10,7 +10,7 @@ use stampede::config::{Config, Overrides};
 use stampede::engine::Engine;
 use stampede::http::{self, AppState};
 use stampede_load::cli::Args;
-use stampede_load::saleday;
+use stampede_load::{saleday, scalpers};
 
 const ADMIN_TOKEN: &str = "sale-day-admin-token-0123456789";
 const CONSUMER_TOKEN: &str = "sale-day-consumer-token-0123456789";
@@ -132,4 +132,44 @@ async fn a_sale_day_over_two_engines_passes_the_lifecycle_audit() {
             .unwrap()
             .expect("journal syncs at shutdown");
     }
+}
+
+/// The scalpers scenario against an engine: one with order review has its rules checked; one
+/// without it is reported as such and the run neither crashes nor fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scalpers_scenario_reports_an_engine_with_or_without_review() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = start_engine(&dir.path().join("data")).await;
+    let args = Args::try_parse_from([
+        "stampede-load",
+        "--scenario",
+        "scalpers",
+        "--url",
+        &running.url,
+        "--admin-token",
+        ADMIN_TOKEN,
+    ])
+    .unwrap();
+    assert!(args.is_scalpers());
+    let settings = args.scalpers_settings(&|_| None).unwrap();
+    let summary = scalpers::run(settings).await.expect("run completes");
+    let report = scalpers::render_text(&summary);
+    if summary.review_supported {
+        assert!(summary.passed, "{report}");
+        assert_eq!(summary.checks.len(), 3, "{report}");
+    } else {
+        assert!(summary.checks.is_empty(), "{report}");
+        assert!(summary.review_note.contains("no order review"), "{report}");
+    }
+    assert_eq!(summary.exit_code, 0, "{report}");
+    assert_eq!(summary.answers.len(), 4, "{report}");
+    assert!(scalpers::render_html(&summary).starts_with("<!DOCTYPE html>"));
+
+    let _ = running.stop.send(());
+    let _ = running.server.await;
+    let engine = running.engine;
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .unwrap()
+        .expect("journal syncs at shutdown");
 }
