@@ -72,6 +72,10 @@ EXAMPLES
   # Your own scenario file against another engine
   stampede-load -s ./my-sale.toml --url http://10.0.0.5:8080 --admin-token \"$TOKEN\"
 
+  # A sale day over two nodes: lifecycles, a consumer group, the lifecycle audit
+  stampede-load -s sale-day --url http://10.0.0.5:8080 --url http://10.0.0.6:8080 \\
+      --admin-token-file admin.token --consumer-token-file consumer.token -d 60s --html day.html
+
   # The same traffic against Redis running the flash-sale Lua script
   stampede-load -s throughput --target redis --redis 127.0.0.1:6379";
 
