@@ -1191,13 +1191,20 @@ pub async fn run(settings: SaleDaySettings) -> anyhow::Result<SaleDaySummary> {
             continue;
         };
         sampled += 1;
-        let answer = admins[*node]
+        let answer = match admins[*node]
             .call(
                 Method::GET,
                 &format!("/v1/orders/{}", order.order_id),
                 Bytes::new(),
             )
-            .await?;
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) => {
+                sample_problems.push(format!("{}: {error:#}", order.order_id));
+                continue;
+            }
+        };
         let status = serde_json::from_slice::<serde_json::Value>(&answer.body)
             .ok()
             .and_then(|v| v["status"].as_str().map(str::to_owned));
