@@ -484,6 +484,13 @@ impl Args {
         if self.model == Some(ModelArg::Open) || self.rate.is_some() {
             return Err("--scenario sale-day runs closed: buyers act one after another".into());
         }
+        if self.warmup.is_some() || self.ramp_up.is_some() || self.burst.is_some() {
+            return Err(
+                "--scenario sale-day measures its whole run: --warmup, --ramp-up and --burst \
+                 do not apply"
+                    .into(),
+            );
+        }
         let connections = self.connections.unwrap_or(32);
         if !(1..=CONNECTIONS_MAX).contains(&connections) {
             return Err(format!(

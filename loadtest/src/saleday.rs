@@ -627,7 +627,8 @@ pub struct JournaledOrder {
     pub last_status: String,
 }
 
-/// This run's orders found in each URL's journal.
+/// This run's orders found in each URL's journal (bounded by the orders the buyers placed,
+/// themselves bounded by [`ORDERS_PER_BUYER_MAX`]; other runs' records are not kept).
 #[derive(Debug, Default)]
 pub struct JournalIndex {
     /// Per URL: order id → what its records say.
