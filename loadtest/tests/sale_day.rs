@@ -119,7 +119,17 @@ async fn a_sale_day_over_two_engines_passes_the_lifecycle_audit() {
     let expired = summary.orders_by_expected_status.get("expired").copied();
     assert!(expired.unwrap_or(0) > 0, "{report}");
     let page = saleday::render_html(&summary);
-    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("new_order"));
+    assert!(page.starts_with("<!DOCTYPE html>"), "{page}");
+    for class in ["new_order", "pay", "offset_commit"] {
+        assert!(
+            page.contains(&format!("<td>{class}</td>")),
+            "no row for {class}"
+        );
+    }
+    // Self-contained: nothing is fetched from anywhere.
+    for fetch in ["<script", "<link", "<img", "src=", "url(", "@import"] {
+        assert!(!page.contains(fetch), "the report contains {fetch}");
+    }
     let json = serde_json::to_value(&summary).unwrap();
     assert_eq!(json["audit_passed"], true);
 
