@@ -12,6 +12,15 @@
 #   open-always     the engine (fsync always) under the open model at a fixed rate: latency
 #                   from the intended send time (corrected, as wrk2) next to the service time
 #                   of the same requests (uncorrected)
+#   open-bare       stampede-load, open model, same rate, against the bare server
+#   oha-always      oha (crates.io, installed by this script into target/oha) at the same rate
+#   oha-bare        with --latency-correction (latency from the intended send time), against
+#                   the same engine and bare server: an independent check of the open-model
+#                   tail; the summary gives stampede-load / oha for p99 and p99.9
+#
+# The open-model rows share one rate: OPEN_RATE, else half of engine-always's closed rate in
+# the same round when it ran, else 20 000/s. oha has no warm-up: it is given the warm-up plus
+# the measured duration and its whole run counts.
 #
 # Every stampede-load run uses the `throughput` scenario (each request a new accepted order on
 # one SKU) in the closed model; engine and Redis runs end with the audit. Redis is driven by
@@ -21,9 +30,12 @@
 # Usage: loadtest/bench.sh
 #   env: DURATION=10s WARMUP=2s CONNS=64 THREADS=1 ROUNDS=3
 #        OPEN_RATE=<req/s; default half of engine-always's closed rate in the same round>
+#        OPEN_CONNS=256 OPEN_THREADS=<cores> (connections and runtime threads of the
+#        open-model rows, the same for both tools)
 #        ONLY="load-bare wrk-bare" (run a subset)  AUDIT=1  BENCH_DIR=target/stampede-load-bench
 #        PORT=18190 REDIS_PORT=18191  SKIP_BUILD=1 (use the release binaries already built)
-# Needs: wrk, redis-server (both installed with apt-get when missing), curl, python3.
+# Needs: wrk, redis-server (both installed with apt-get when missing), curl, python3, and
+# cargo for oha (OHA=<path> to use another build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
@@ -32,11 +44,15 @@ CONNS=${CONNS:-64}
 THREADS=${THREADS:-1}
 ROUNDS=${ROUNDS:-3}
 OPEN_RATE=${OPEN_RATE:-}
+OPEN_CONNS=${OPEN_CONNS:-256}
+OPEN_THREADS=${OPEN_THREADS:-$(nproc)}
+OHA_VERSION=1.16.0
+OHA=${OHA:-target/oha/bin/oha}
 AUDIT=${AUDIT:-1}
 PORT=${PORT:-18190}
 REDIS_PORT=${REDIS_PORT:-18191}
 BENCH_DIR=${BENCH_DIR:-target/stampede-load-bench}
-ALL="wrk-bare load-bare engine-none engine-1s engine-always redis-everysec redis-always open-always"
+ALL="wrk-bare load-bare engine-none engine-1s engine-always redis-everysec redis-always open-always oha-always open-bare oha-bare"
 ONLY=${ONLY:-$ALL}
 TOKEN=bench-admin-token-0123456789abcdef
 
@@ -58,6 +74,13 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   cargo build --release --quiet -p stampede-load
 fi
 LOAD=./target/release/stampede-load
+case " $ONLY " in
+  *" oha-"*)
+    if [ ! -x "$OHA" ]; then
+      echo "# installing oha $OHA_VERSION (cargo install, crates.io) into target/oha" >&2
+      cargo install oha --locked --version "$OHA_VERSION" --root target/oha --quiet
+    fi ;;
+esac
 
 # On the project's disk (not a tmpfs), so fsync costs what it costs.
 mkdir -p "$BENCH_DIR"
@@ -70,7 +93,7 @@ stop_server() {
     SERVER_PID=
   fi
 }
-trap 'stop_server; rm -rf "$work"' EXIT
+trap 'stop_server; [ "${KEEP:-0}" = 1 ] || rm -rf "$work"' EXIT
 
 cat >"$work/engine.toml" <<'TOML'
 # Sized for a bench run: no rehash of the dedup index mid-run.
@@ -83,13 +106,28 @@ wait_until() { # command...
   echo "server did not become ready: $*" >&2; exit 1
 }
 
-start_engine() { # fsync policy
+start_engine() { # fsync policy [config file]
   rm -rf "$work/data"
   STAMPEDE_JOURNAL_FSYNC=$1 STAMPEDE_JOURNAL_FSYNC_INTERVAL_MS=1000 STAMPEDE_ADMIN_TOKEN=$TOKEN \
-    STAMPEDE_LOG=warn ./target/release/stampede serve --config "$work/engine.toml" \
+    STAMPEDE_LOG=warn ./target/release/stampede serve --config "${2:-$work/engine.toml}" \
     --listen "127.0.0.1:$PORT" --data-dir "$work/data" >/dev/null 2>"$work/engine.err" &
   SERVER_PID=$!
   wait_until curl -sf "http://127.0.0.1:$PORT/readyz"
+}
+
+# The open-model rows size the engine's order tables for their own run rather than for 8
+# million orders: the engine touches those tables' pages for the first time under load, and
+# at 8 million that stalls it for about 5 s after the start (page clearing and huge-page
+# compaction in the order index and the purchase counts), longer than any warm-up; at the
+# default 1 million it is under a second, inside the warm-up.
+open_engine_config() { # rate
+  python3 - "$work/open-engine.toml" "$1" "$(seconds "$DURATION")" "$(seconds "$WARMUP")" <<'PY'
+import sys
+path, rate, duration, warmup = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+with open(path, "w") as out:
+    out.write(f"[inventory]\norders_expected = {max(1_000_000, int(rate * (duration + warmup) * 1.25))}\n")
+PY
+  echo "$work/open-engine.toml"
 }
 
 start_bare() {
@@ -138,6 +176,54 @@ if t['error_rate'] > 0.001:
 PY
 }
 
+seconds() { # 10s | 1500ms -> seconds (float)
+  case "$1" in *ms) python3 -c "print(${1%ms}/1000)" ;; *s) echo "${1%s}" ;; *) echo "$1" ;; esac
+}
+
+open_rate() { # round: the open-model rows' rate
+  if [ -n "$OPEN_RATE" ]; then echo "$OPEN_RATE"; return; fi
+  python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(max(1000, int(s['totals']['throughput_per_s'] / 2 / 1000) * 1000))" \
+    "$work/engine-always.$1.json" 2>/dev/null || echo 20000
+}
+
+load_open() { # name round rate extra-args...: an open-model stampede-load run
+  local name=$1 round=$2 rate=$3; shift 3
+  local code=0
+  "$LOAD" -s throughput --model open --rate "$rate" -c "$OPEN_CONNS" --threads "$OPEN_THREADS" \
+    -d "$DURATION" --warmup "$WARMUP" -q --json "$work/$name.$round.json" $(audit_flag) "$@" \
+    >"$work/$name.$round.txt" 2>&1 || code=$?
+  echo "$name $round stampede-load $code" >>"$work/runs"
+  [ "$code" = 0 ] || tail -5 "$work/$name.$round.txt" >&2
+  summarize_one "$name" "$round"
+}
+
+oha_run() { # name round rate sku: oha at a fixed rate, latency from the intended send time
+  local name=$1 round=$2 rate=$3 sku=$4
+  local total
+  total=$(python3 -c "print($(seconds "$DURATION") + $(seconds "$WARMUP"))")
+  # One new order per line. oha -Z picks a random line for each request, so some orders go
+  # twice (an idempotent replay, 200): with 4 lines per request about 11%; the row shows the
+  # status mix.
+  python3 - "$work/bodies" "$sku" "o$round-$name" "$rate" "$total" <<'PY'
+import sys
+path, sku, prefix, rate, total = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), float(sys.argv[5])
+with open(path, "w") as out:
+    for i in range(int(rate * total * 4) + 1000):
+        out.write(f'{{"order_id":"{prefix}-{i}","user_id":"u{prefix}-{i}","sku":"{sku}","qty":1,"payment":"prepaid"}}\n')
+PY
+  "$OHA" -q "$rate" --latency-correction -c "$OPEN_CONNS" -z "${total}s" --no-tui \
+    --worker-threads "$OPEN_THREADS" -m POST -T application/json -Z "$work/bodies" \
+    --output-format json "http://127.0.0.1:$PORT/v1/orders" >"$work/$name.$round.oha"
+  echo "$name $round oha 0" >>"$work/runs"
+  python3 - "$work/$name.$round.oha" "$name" "$round" "$rate" <<'PY'
+import json, sys
+path, name, rnd, rate = sys.argv[1:]
+s = json.load(open(path)); p = s["latencyPercentiles"]
+codes = ", ".join(f"{k}: {v}" for k, v in sorted(s["statusCodeDistribution"].items()))
+print(f"{name:15} round {rnd}: {s['summary']['requestsPerSec']:10.0f} req/s at {float(rate):.0f}/s  p50 {p['p50']*1e3:7.3f} ms  p99 {p['p99']*1e3:7.3f} ms  p99.9 {p['p99.9']*1e3:7.3f} ms  ({codes}) (oha)")
+PY
+}
+
 run_one() { # scenario round
   local name=$1 round=$2
   case "$name" in
@@ -164,18 +250,24 @@ run_one() { # scenario round
       load "$name" "$round" --target redis --redis "127.0.0.1:$REDIS_PORT"
       stop_server ;;
     open-always)
-      local rate=$OPEN_RATE
-      if [ -z "$rate" ]; then
-        rate=$(python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print(max(1000, int(s['totals']['throughput_per_s'] / 2 / 1000) * 1000))" \
-          "$work/engine-always.$round.json" 2>/dev/null || echo 10000)
-      fi
-      start_engine always
-      local code=0
-      "$LOAD" -s throughput --model open --rate "$rate" -c "$CONNS" --threads "$THREADS" \
-        -d "$DURATION" --warmup "$WARMUP" -q --json "$work/$name.$round.json" $(audit_flag) \
-        --url "http://127.0.0.1:$PORT" --admin-token "$TOKEN" >"$work/$name.$round.txt" 2>&1 || code=$?
-      echo "$name $round stampede-load $code" >>"$work/runs"
-      summarize_one "$name" "$round"
+      local rate; rate=$(open_rate "$round")
+      start_engine always "$(open_engine_config "$rate")"
+      load_open "$name" "$round" "$rate" --url "http://127.0.0.1:$PORT" --admin-token "$TOKEN"
+      stop_server ;;
+    open-bare)
+      start_bare
+      load_open "$name" "$round" "$(open_rate "$round")" --target bare --url "http://127.0.0.1:$PORT"
+      stop_server ;;
+    oha-bare)
+      start_bare
+      oha_run "$name" "$round" "$(open_rate "$round")" BENCH
+      stop_server ;;
+    oha-always)
+      local rate; rate=$(open_rate "$round")
+      start_engine always "$(open_engine_config "$rate")"
+      curl -sf -X PUT -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+        -d '{"stock": 100000000}' "http://127.0.0.1:$PORT/v1/skus/OHA-$round" >/dev/null
+      oha_run "$name" "$round" "$rate" "OHA-$round"
       stop_server ;;
     *) echo "unknown scenario $name (known: $ALL)" >&2; exit 3 ;;
   esac
@@ -202,8 +294,16 @@ def ms(text):
 
 rows = {}   # name -> list of (rps, p50 ms, p99 ms, audit)
 extra = {}  # open-always: list of (rate, corr p50, corr p99, svc p50, svc p99)
+opened = {}  # open-model rows, both tools: name -> list of (rate, p50, p99, p99.9 ms, lag p99)
 for line in open(os.path.join(work, "runs")):
     name, rnd, tool, code = line.split()
+    if tool == "oha":
+        o = json.load(open(os.path.join(work, f"{name}.{rnd}.oha")))
+        p = o["latencyPercentiles"]
+        opened.setdefault(name, []).append((o["summary"]["requestsPerSec"], p["p50"] * 1e3,
+                                            p["p99"] * 1e3, p["p99.9"] * 1e3, float("nan"),
+                                            p["p99"] * 1e3, p["p99.9"] * 1e3))
+        continue
     if tool == "wrk":
         text = open(os.path.join(work, f"{name}.{rnd}.wrk")).read()
         rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
@@ -220,6 +320,12 @@ for line in open(os.path.join(work, "runs")):
     audit = s.get("audit")
     verdict = "-" if audit is None else ("pass" if audit["passed"] else "FAIL")
     rows.setdefault(name, []).append((s["totals"]["throughput_per_s"], a["p50_us"] / 1e3, a["p99_us"] / 1e3, verdict))
+    if name.startswith("open-"):
+        lag = s.get("own_send_lag") or {"p99_us": float("nan")}
+        wo = s.get("without_own_lag") or {"p99_us": float("nan"), "p999_us": float("nan")}
+        opened.setdefault(name, []).append((s["run"]["rate_per_s"], a["p50_us"] / 1e3, a["p99_us"] / 1e3,
+                                            a.get("p999_us", 0) / 1e3, lag["p99_us"] / 1e3,
+                                            wo["p99_us"] / 1e3, wo["p999_us"] / 1e3))
     if name == "open-always":
         svc = s.get("service_time") or {"p50_us": 0, "p99_us": 0}
         extra.setdefault(name, []).append((s["run"]["rate_per_s"], a["p50_us"] / 1e3, a["p99_us"] / 1e3,
@@ -229,7 +335,7 @@ def med(name, i):
     values = [r[i] for r in rows.get(name, [])]
     return statistics.median(values) if values else float("nan")
 
-order = ["wrk-bare", "load-bare", "engine-none", "engine-1s", "engine-always", "redis-everysec", "redis-always", "open-always"]
+order = ["wrk-bare", "load-bare", "engine-none", "engine-1s", "engine-always", "redis-everysec", "redis-always"]
 print("medians:")
 print(f"{'system':16}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'x bare':>8}  audit")
 bare = med("load-bare", 0)
@@ -259,4 +365,24 @@ if "open-always" in extra:
     print(f"  corrected, from intended send (wrk2-style): p50 {m(1):.3f} ms  p99 {m(2):.3f} ms")
     print(f"  uncorrected, from actual send:              p50 {m(3):.3f} ms  p99 {m(4):.3f} ms")
     print(f"  error rate (incl. requests never sent):     {m(5):.5f}")
+
+if opened:
+    om = lambda name, i: statistics.median(x[i] for x in opened[name]) if name in opened else float("nan")
+    print("\nopen model, latency from the intended send time (medians of rounds; rate = stampede-load's target, req/s = oha's achieved):")
+    print("  own lag: stampede-load's own send lag p99; 'as oha': its corrected latency without its own lag,")
+    print("  as oha counts it (oha stamps a request's start when its rate limiter wakes, so its own lateness is not in its figures)")
+    print(f"{'row':14}{'rate':>9}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'own lag':>9}{'as oha p99':>11}{'p99.9':>9}")
+    for name in ["open-bare", "oha-bare", "open-always", "oha-always"]:
+        if name in opened:
+            print(f"{name:14}{om(name,0):9.0f}{om(name,1):9.3f}{om(name,2):9.3f}{om(name,3):10.3f}{om(name,4):9.3f}{om(name,5):11.3f}{om(name,6):9.3f}")
+    def oratio(label, a, b, i=2):
+        if a in opened and b in opened:
+            print(f"  {label:44} p99 {om(a,i)/om(b,2):6.2f}   p99.9 {om(a,i+1)/om(b,3):6.2f}   ({a} / {b})")
+    print("ratios:")
+    oratio("stampede-load / oha, bare server", "open-bare", "oha-bare")
+    oratio("stampede-load / oha, engine always", "open-always", "oha-always")
+    oratio("stampede-load as oha counts / oha, bare", "open-bare", "oha-bare", 5)
+    oratio("stampede-load as oha counts / oha, engine", "open-always", "oha-always", 5)
+    oratio("engine always / bare, stampede-load", "open-always", "open-bare")
+    oratio("engine always / bare, oha", "oha-always", "oha-bare")
 PY

@@ -72,6 +72,10 @@ EXAMPLES
   # Your own scenario file against another engine
   stampede-load -s ./my-sale.toml --url http://10.0.0.5:8080 --admin-token \"$TOKEN\"
 
+  # A sale day over two nodes: lifecycles, a consumer group, the lifecycle audit
+  stampede-load -s sale-day --url http://10.0.0.5:8080 --url http://10.0.0.6:8080 \\
+      --admin-token-file admin.token --consumer-token-file consumer.token -d 60s --html day.html
+
   # The same traffic against Redis running the flash-sale Lua script
   stampede-load -s throughput --target redis --redis 127.0.0.1:6379";
 
@@ -126,9 +130,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value = "engine", help_heading = "Target")]
     pub target: TargetKind,
 
-    /// Root URL of the engine or bare server.
+    /// Root URL of the engine or bare server. `--scenario sale-day` takes it several times
+    /// (nodes behind a load balancer): requests go round robin over them.
     #[arg(long, default_value = "http://127.0.0.1:8080", help_heading = "Target")]
-    pub url: String,
+    pub url: Vec<String>,
 
     /// Address of the Redis server (with --target redis).
     #[arg(
@@ -146,6 +151,21 @@ pub struct Args {
     /// File holding the admin token, such as DATA_DIR/admin.token of the engine.
     #[arg(long, value_name = "FILE", help_heading = "Target")]
     pub admin_token_file: Option<PathBuf>,
+
+    /// The consumer token for `--scenario sale-day`'s journal consumer group (default:
+    /// --consumer-token-file, $STAMPEDE_CONSUMER_TOKEN, ./data/consumer.token, else the admin
+    /// token, which the engine also accepts for commits).
+    #[arg(long, value_name = "TOKEN", help_heading = "Target")]
+    pub consumer_token: Option<String>,
+
+    /// File holding the consumer token, such as DATA_DIR/consumer.token of the engine.
+    #[arg(long, value_name = "FILE", help_heading = "Target")]
+    pub consumer_token_file: Option<PathBuf>,
+
+    /// `--scenario sale-day`: the SKUs' payment timeout in seconds (orders left unpaid
+    /// expire after it; the audit waits for them).
+    #[arg(long, value_name = "S", default_value = "5", help_heading = "Load")]
+    pub payment_timeout_s: u32,
 
     /// Load model (default: the scenario's, else closed).
     #[arg(long, value_enum, help_heading = "Load")]
@@ -313,6 +333,7 @@ impl Args {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<RunSettings, String> {
         let name = self.scenario.as_deref().ok_or("--scenario is required")?;
+        let url = self.single_url()?;
         let scenario = Scenario::resolve(name).map_err(|e| e.to_string())?;
         let defaults = &scenario.load;
         let model = match self.model {
@@ -360,12 +381,10 @@ impl Args {
         scenario::check_run_id(&run_id)?;
         let target = match self.target {
             TargetKind::Engine => TargetSpec::Engine {
-                url: self.url.clone(),
+                url: url.clone(),
                 admin_token: admin_token(&self, env)?,
             },
-            TargetKind::Bare => TargetSpec::Bare {
-                url: self.url.clone(),
-            },
+            TargetKind::Bare => TargetSpec::Bare { url: url.clone() },
             TargetKind::Redis => TargetSpec::Redis {
                 addr: self.redis.clone(),
             },
@@ -410,6 +429,117 @@ impl Args {
                 min_throughput: self.slo_min_throughput,
             },
             progress: !self.quiet,
+        })
+    }
+}
+
+impl Args {
+    fn single_url(&self) -> Result<String, String> {
+        match self.url.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err("--url is required".into()),
+            _ => Err(format!(
+                "several --url are taken by --scenario {} only",
+                crate::saleday::NAME
+            )),
+        }
+    }
+
+    /// True when the run is the sale-day scenario (its own driver and audit).
+    pub fn is_sale_day(&self) -> bool {
+        self.scenario.as_deref() == Some(crate::saleday::NAME)
+    }
+
+    /// True when the run is the scalpers scenario (order review).
+    pub fn is_scalpers(&self) -> bool {
+        self.scenario.as_deref() == Some(crate::scalpers::NAME)
+    }
+
+    /// The scalpers scenario's settings (one URL, the admin token).
+    pub fn scalpers_settings(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::scalpers::ScalpersSettings, String> {
+        if self.target != TargetKind::Engine {
+            return Err("--scenario scalpers drives an engine only (--target engine)".into());
+        }
+        let run_id = self.run_id.clone().unwrap_or_else(random_run_id);
+        scenario::check_run_id(&run_id)?;
+        Ok(crate::scalpers::ScalpersSettings {
+            url: self.single_url()?,
+            admin_token: admin_token(self, env)?,
+            run_id,
+            timeout: self.timeout,
+        })
+    }
+
+    /// The sale-day scenario's settings; errors are usage errors (exit 3).
+    pub fn sale_day_settings(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<crate::saleday::SaleDaySettings, String> {
+        if self.target != TargetKind::Engine {
+            return Err("--scenario sale-day drives engines only (--target engine)".into());
+        }
+        if self.model == Some(ModelArg::Open) || self.rate.is_some() {
+            return Err("--scenario sale-day runs closed: buyers act one after another".into());
+        }
+        if self.warmup.is_some() || self.ramp_up.is_some() || self.burst.is_some() {
+            return Err(
+                "--scenario sale-day measures its whole run: --warmup, --ramp-up and --burst \
+                 do not apply"
+                    .into(),
+            );
+        }
+        let connections = self.connections.unwrap_or(32);
+        if !(1..=CONNECTIONS_MAX).contains(&connections) {
+            return Err(format!(
+                "--connections must be 1..={CONNECTIONS_MAX}, got {connections}"
+            ));
+        }
+        let duration = self.duration.unwrap_or(Duration::from_secs(60));
+        if duration.is_zero() {
+            return Err("--duration must be longer than zero".into());
+        }
+        if !(1..=3600).contains(&self.payment_timeout_s) {
+            return Err("--payment-timeout-s must be 1..=3600".into());
+        }
+        let run_id = self.run_id.clone().unwrap_or_else(random_run_id);
+        scenario::check_run_id(&run_id)?;
+        let admin_token = admin_token(self, env)?;
+        let from_file = |path: &std::path::Path| {
+            std::fs::read_to_string(path)
+                .map(|text| text.trim().to_owned())
+                .map_err(|error| format!("cannot read {}: {error}", path.display()))
+        };
+        let consumer_token = if let Some(token) = &self.consumer_token {
+            token.trim().to_owned()
+        } else if let Some(path) = &self.consumer_token_file {
+            from_file(path)?
+        } else if let Some(token) = env("STAMPEDE_CONSUMER_TOKEN") {
+            token.trim().to_owned()
+        } else if std::path::Path::new("data/consumer.token").exists() {
+            from_file(std::path::Path::new("data/consumer.token"))?
+        } else {
+            admin_token.clone()
+        };
+        if self.url.is_empty() {
+            return Err("--url is required".into());
+        }
+        Ok(crate::saleday::SaleDaySettings {
+            urls: self.url.clone(),
+            admin_token,
+            consumer_token,
+            run_id,
+            seed: self.seed.unwrap_or_else(rand::random),
+            duration,
+            connections,
+            timeout: self.timeout,
+            payment_timeout_s: self.payment_timeout_s,
+            hot_stock: 2_000,
+            catalogue_skus: 200,
+            catalogue_stock: 100_000,
+            audit_wait: self.audit_wait,
         })
     }
 }
@@ -462,6 +592,51 @@ mod tests {
         assert_eq!(settings.drive.connections, 8);
         assert_eq!(settings.drive.duration, Duration::from_secs(3));
         assert_eq!(settings.burst, 0);
+    }
+
+    #[test]
+    fn several_urls_are_for_the_sale_day_and_its_consumer_token_falls_back() {
+        let error = parse(&[
+            "-s",
+            "throughput",
+            "--url",
+            "http://a:1",
+            "--url",
+            "http://b:1",
+            "--admin-token",
+            "x",
+        ])
+        .unwrap_err();
+        assert!(error.contains("sale-day"), "{error}");
+        let args = Args::try_parse_from([
+            "stampede-load",
+            "-s",
+            "sale-day",
+            "--url",
+            "http://a:1",
+            "--url",
+            "http://b:1",
+            "--admin-token",
+            "adm",
+        ])
+        .unwrap();
+        assert!(args.is_sale_day());
+        let settings = args.sale_day_settings(&|_| None).unwrap();
+        assert_eq!(settings.urls, ["http://a:1", "http://b:1"]);
+        assert_eq!(settings.consumer_token, "adm");
+        let env = |name: &str| (name == "STAMPEDE_CONSUMER_TOKEN").then(|| "cons".to_owned());
+        assert_eq!(args.sale_day_settings(&env).unwrap().consumer_token, "cons");
+        let open = Args::try_parse_from([
+            "stampede-load",
+            "-s",
+            "sale-day",
+            "--model",
+            "open",
+            "--admin-token",
+            "adm",
+        ])
+        .unwrap();
+        assert!(open.sale_day_settings(&|_| None).is_err());
     }
 
     #[test]

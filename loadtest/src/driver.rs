@@ -16,7 +16,11 @@
 //! The timer fires on 1 ms ticks, so a connection wakes up to a tick early and sends at
 //! once; a request sent early is measured from its actual send, one sent late from its
 //! intended time. The send lag (how late sends were) is reported so the generator's own
-//! lateness is visible.
+//! lateness is visible; the part of it after a connection was free (or after the intended
+//! time, when one was free before it) is the generator's own lag: its timer, its CPU. The
+//! rest is a wait for a free connection, which is the target's doing when every connection
+//! is busy with it. (A generator too starved to read its answers also delays the moment a
+//! connection is free, so the split can only err towards blaming the target.)
 //!
 //! Closed model: each connection sends its next request as soon as the previous answer is
 //! complete; latency is from the actual send.
@@ -33,7 +37,7 @@ use tokio::task::JoinSet;
 
 use crate::audit::{Created, OrderLog};
 use crate::outcome::OutcomeClass;
-use crate::recorder::{Recorder, Sample, Timeline};
+use crate::recorder::{Recorder, RecorderShards, Sample, Timeline};
 use crate::schedule::{OpenSchedule, closed_start_offset};
 use crate::target::{Answered, Connection, RequestContext, SendError, Target};
 use crate::workload::{Workload, WorkloadPlan};
@@ -47,6 +51,9 @@ const END_GRACE: Duration = Duration::from_millis(100);
 const TIMER_TICK: Duration = Duration::from_millis(1);
 /// Connections opened at once before the start.
 const CONNECT_PARALLELISM: usize = 64;
+/// Recorders the connection tasks share (see [`RecorderShards`]): well above the runtime
+/// threads of any machine this runs on, so a task rarely waits for a recorder's lock.
+const RECORDER_SHARDS: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum LoadModel {
@@ -128,10 +135,10 @@ struct Shared {
     start: Instant,
     next_index: AtomicU64,
     live: Arc<LiveView>,
+    recorders: RecorderShards,
 }
 
 struct TaskResult {
-    recorder: Recorder,
     log: OrderLog,
     sent: u64,
     reconnects: u64,
@@ -159,24 +166,25 @@ pub async fn drive(
         start,
         next_index: AtomicU64::new(0),
         live: live.clone(),
+        recorders: RecorderShards::new(RECORDER_SHARDS.min(plan.connections)),
     });
     let mut tasks = JoinSet::new();
     for (index, connection) in connections.into_iter().enumerate() {
         let shared = shared.clone();
         tasks.spawn(connection_task(index, Some(connection), shared));
     }
-    let mut recorder = Recorder::new();
     let mut log = OrderLog::default();
     let mut sent = 0;
     let mut reconnects = 0;
     while let Some(done) = tasks.join_next().await {
         let result = done.context("a connection task panicked")?;
-        recorder.merge(&result.recorder);
         log.merge(result.log);
         sent += result.sent;
         reconnects += result.reconnects;
     }
     let elapsed = start.elapsed();
+    let shared = Arc::into_inner(shared).context("a connection task outlived the run")?;
+    let recorder: Recorder = shared.recorders.finish(&live.timeline);
     let (unsent, unsent_measured) = match plan.model {
         LoadModel::Open(schedule) => {
             let due = schedule.due_before(plan.run_length());
@@ -234,7 +242,6 @@ async fn connection_task(
         scratch: String::with_capacity(256),
     };
     let mut result = TaskResult {
-        recorder: Recorder::new(),
         log: OrderLog::default(),
         sent: 0,
         reconnects: 0,
@@ -245,6 +252,9 @@ async fn connection_task(
     match plan.model {
         LoadModel::Open(schedule) => loop {
             let request_index = shared.next_index.fetch_add(1, Ordering::Relaxed);
+            // A connection takes an index when it is free: taken after its intended time,
+            // the request waited for a connection (every one busy with the target).
+            let taken_at = Instant::now();
             let intended_offset = schedule.intended_offset(request_index);
             if intended_offset >= plan.run_length() {
                 break;
@@ -269,13 +279,22 @@ async fn connection_task(
                 &mut result,
             )
             .await;
-            result.recorder.record(
+            shared.recorders.record(
+                index,
                 &Sample {
                     class: answered.class,
                     // From the intended time, or the actual send when that was early.
                     latency: done - intended.min(sent_at),
                     service: Some(done - sent_at),
                     send_lag: Some(sent_at.saturating_duration_since(intended)),
+                    own_lag: Some(sent_at.saturating_duration_since(intended.max(taken_at))),
+                    // A connection free in time: from the send. One that was busy when the
+                    // request was due: from the intended time.
+                    without_own_lag: Some(if taken_at > intended {
+                        done - intended
+                    } else {
+                        done - sent_at
+                    }),
                     completed_at: done - shared.start,
                     measured: intended >= measured_from,
                     detail: answered.detail,
@@ -299,12 +318,15 @@ async fn connection_task(
                     &mut result,
                 )
                 .await;
-                result.recorder.record(
+                shared.recorders.record(
+                    index,
                     &Sample {
                         class: answered.class,
                         latency: done - sent_at,
                         service: None,
                         send_lag: None,
+                        own_lag: None,
+                        without_own_lag: None,
                         completed_at: done - shared.start,
                         measured: sent_at >= measured_from,
                         detail: answered.detail,
@@ -317,7 +339,6 @@ async fn connection_task(
             }
         }
     }
-    result.recorder.flush(&shared.live.timeline);
     result
 }
 

@@ -49,6 +49,34 @@ pub fn format_duration(duration: Duration) -> String {
 }
 
 /// A latency in microseconds as a short human string: `87µs`, `1.25ms`, `2.3s`.
+/// A Unix time in milliseconds as a UTC date and time: `2026-12-08 02:44:50 UTC`.
+pub fn format_unix_ms(unix_ms: u64) -> String {
+    let seconds = unix_ms / 1000;
+    let (days, of_day) = (seconds / 86_400, seconds % 86_400);
+    // Days since 1970-01-01 to a civil date, counting in 400-year eras of 146 097 days whose
+    // years start on March 1st (so the leap day is the last day of a year).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
 pub fn format_micros(micros: u64) -> String {
     if micros < 1_000 {
         format!("{micros}µs")
@@ -62,6 +90,14 @@ pub fn format_micros(micros: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unix_milliseconds_format_as_a_utc_date_and_time() {
+        assert_eq!(format_unix_ms(0), "1970-01-01 00:00:00 UTC");
+        // 2000-02-29 (a leap day of a century leap year) 12:34:56.789.
+        assert_eq!(format_unix_ms(951_827_696_789), "2000-02-29 12:34:56 UTC");
+        assert_eq!(format_unix_ms(1_796_697_890_000), "2026-12-08 02:44:50 UTC");
+    }
 
     #[test]
     fn durations_parse_with_and_without_units() {

@@ -20,6 +20,8 @@
 //! | [`audit`]    | the invariants checked against the journal and the stock figures |
 //! | [`report`]   | the summary, SLOs, exit code; text, JSON and HTML (inline SVG) renderings |
 //! | [`progress`] | the live line on stderr |
+//! | [`scalpers`] | the `scalpers` scenario: order review (rings, bursts, deny list), tolerant of an engine without it |
+//! | [`saleday`]  | the `sale-day` scenario: order lifecycles, a consumer group, several URLs, lifecycle audit |
 //!
 //! # Data path
 //!
@@ -45,6 +47,8 @@ pub mod progress;
 pub mod recorder;
 pub mod report;
 pub mod run;
+pub mod saleday;
+pub mod scalpers;
 pub mod scenario;
 pub mod schedule;
 pub mod target;

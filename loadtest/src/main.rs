@@ -33,7 +33,23 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|e| e.to_string());
             println!("{name:<18} {description}");
         }
+        println!(
+            "{:<18} {}",
+            stampede_load::saleday::NAME,
+            stampede_load::saleday::DESCRIPTION
+        );
+        println!(
+            "{:<18} {}",
+            stampede_load::scalpers::NAME,
+            stampede_load::scalpers::DESCRIPTION
+        );
         return ExitCode::SUCCESS;
+    }
+    if args.is_sale_day() {
+        return sale_day(&args);
+    }
+    if args.is_scalpers() {
+        return scalpers(&args);
     }
     let threads = args.threads;
     let json_path = args.json.clone();
@@ -107,6 +123,91 @@ fn main() -> ExitCode {
         eprintln!("stampede-load: cannot write the HTML report: {error}");
         write_failed = true;
     }
+    ExitCode::from(exit_code_after_writes(summary.exit_code, write_failed))
+}
+
+/// `--scenario scalpers`: order review, its own reports.
+fn scalpers(args: &Args) -> ExitCode {
+    let settings = match args.scalpers_settings(&|name| std::env::var(name).ok()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("stampede-load: {error}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let Some(runtime) = runtime_for(args) else {
+        return ExitCode::from(exit::USAGE);
+    };
+    let summary = match runtime.block_on(stampede_load::scalpers::run(settings)) {
+        Ok(summary) => summary,
+        Err(error) => {
+            eprintln!("stampede-load: {error:#}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    print!("{}", stampede_load::scalpers::render_text(&summary));
+    let _ = std::io::stdout().flush();
+    let json = serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n";
+    let html = stampede_load::scalpers::render_html(&summary);
+    let write_failed = write_reports(args, &json, &html);
+    ExitCode::from(exit_code_after_writes(summary.exit_code, write_failed))
+}
+
+/// Writes `--json` and `--html` where asked; true when one could not be written.
+fn write_reports(args: &Args, json: &str, html: &str) -> bool {
+    let mut failed = false;
+    for (path, text) in [(&args.json, json), (&args.html, html)] {
+        if let Some(path) = path
+            && let Err(error) = std::fs::write(path, text)
+        {
+            eprintln!("stampede-load: cannot write {}: {error}", path.display());
+            failed = true;
+        }
+    }
+    failed
+}
+
+fn runtime_for(args: &Args) -> Option<tokio::runtime::Runtime> {
+    let mut builder = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if let Some(n) = args.threads.filter(|&n| n > 1) {
+        builder.worker_threads(n);
+    }
+    match builder.enable_all().build() {
+        Ok(runtime) => Some(runtime),
+        Err(error) => {
+            eprintln!("stampede-load: cannot start the async runtime: {error}");
+            None
+        }
+    }
+}
+
+/// `--scenario sale-day`: its own driver, audit and reports.
+fn sale_day(args: &Args) -> ExitCode {
+    let settings = match args.sale_day_settings(&|name| std::env::var(name).ok()) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("stampede-load: {error}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    let Some(runtime) = runtime_for(args) else {
+        return ExitCode::from(exit::USAGE);
+    };
+    let summary = match runtime.block_on(stampede_load::saleday::run(settings)) {
+        Ok(summary) => summary,
+        Err(error) => {
+            eprintln!("stampede-load: {error:#}");
+            return ExitCode::from(exit::USAGE);
+        }
+    };
+    print!("{}", stampede_load::saleday::render_text(&summary));
+    let _ = std::io::stdout().flush();
+    let json = serde_json::to_string_pretty(&summary).unwrap_or_default() + "\n";
+    let html = stampede_load::saleday::render_html(&summary);
+    let write_failed = write_reports(args, &json, &html);
     ExitCode::from(exit_code_after_writes(summary.exit_code, write_failed))
 }
 

@@ -1,9 +1,11 @@
 //! Latency recording: one [`Recorder`] per connection task, merged when the run ends, and one
 //! shared [`Timeline`] of per-second buckets that tasks flush into as each second passes.
 //!
-//! A task records into its own histograms without any lock; it touches the shared timeline
-//! once per second of its own progress (to hand over the second it just finished), so the
-//! lock is taken about `connections` times a second however high the request rate. Histograms
+//! Tasks record into a few shared recorders ([`RecorderShards`], a short lock per request,
+//! never held across an await) rather than one recorder each: a recorder's histograms cover
+//! every latency from the start (see [`full_range_histogram`]), which is affordable for a
+//! handful of recorders, not for one per connection. A recorder touches the shared timeline
+//! once per second (to hand over the second it just finished). Histograms
 //! are HdrHistograms of microseconds: 3 significant figures for the run's results (p99.9 on a
 //! 40 µs loopback request is exact to the microsecond), 2 for each second of the timeline.
 //!
@@ -28,8 +30,21 @@ pub const TIMELINE_SECONDS_MAX: usize = 2 * 24 * 3600;
 
 pub fn new_histogram(sigfig: u8) -> Histogram<u64> {
     // Auto-resizing: memory grows with the largest latency actually seen, not the largest
-    // possible one, which keeps a recorder per connection cheap.
+    // possible one. Used where histograms are many and short-lived (a second of the
+    // timeline, a merge); the run's recorders use [`full_range_histogram`].
     Histogram::new(sigfig).expect("sigfig 2 or 3 is valid")
+}
+
+/// A histogram that covers every recordable latency from the start, so recording never
+/// grows it. A growing histogram reallocates and zeroes its counts each time a larger
+/// latency arrives; with a recorder per connection that was most of the generator's CPU at
+/// the end of the warm-up (hundreds of histograms growing at once, each page cleared by the
+/// kernel) and stalled its schedule by up to a second. About 190 KiB at 3 figures.
+pub fn full_range_histogram(sigfig: u8) -> Histogram<u64> {
+    let mut histogram = Histogram::new_with_bounds(1, LATENCY_US_MAX, sigfig)
+        .expect("1..=an hour at 2 or 3 figures is valid");
+    histogram.auto(true);
+    histogram
 }
 
 /// Largest latency recorded (an hour); anything longer is recorded as an hour.
@@ -65,6 +80,14 @@ pub struct Sample<'a> {
     pub service: Option<Duration>,
     /// Open model only: how late the generator sent it (actual send - intended).
     pub send_lag: Option<Duration>,
+    /// Open model only: the part of `send_lag` after a connection was free for it (the
+    /// generator's own lateness; the rest was a wait for a connection).
+    pub own_lag: Option<Duration>,
+    /// Open model only: the latency with the generator's own lag left out (from the intended
+    /// time when every connection was busy then, else from the send). This is what a tool
+    /// that stamps a request's start when its rate limiter wakes reports as corrected (oha
+    /// `-q --latency-correction` does): comparable with it, not with the buyer's wait.
+    pub without_own_lag: Option<Duration>,
     /// Completion time since the start of the run: the timeline's second.
     pub completed_at: Duration,
     /// Inside the measured window (the warm-up is not).
@@ -145,12 +168,14 @@ struct Interval {
     dirty: bool,
 }
 
-/// A connection task's results.
+/// A share of the run's results (one of [`RecorderShards`]), or the merge of them all.
 #[derive(Debug)]
 pub struct Recorder {
     latency: [Option<Histogram<u64>>; CLASS_COUNT],
     service: Option<Histogram<u64>>,
     send_lag: Option<Histogram<u64>>,
+    own_lag: Option<Histogram<u64>>,
+    without_own_lag: Option<Histogram<u64>>,
     counts: [u64; CLASS_COUNT],
     warmup_counts: [u64; CLASS_COUNT],
     details: BTreeMap<String, u64>,
@@ -169,12 +194,17 @@ impl Recorder {
             latency: Default::default(),
             service: None,
             send_lag: None,
+            own_lag: None,
+            without_own_lag: None,
             counts: [0; CLASS_COUNT],
             warmup_counts: [0; CLASS_COUNT],
             details: BTreeMap::new(),
             interval: Interval {
                 second: 0,
-                bucket: SecondBucket::new(),
+                bucket: SecondBucket {
+                    counts: [0; CLASS_COUNT],
+                    latency: full_range_histogram(TIMELINE_SIGFIG),
+                },
                 dirty: false,
             },
         }
@@ -187,20 +217,37 @@ impl Recorder {
         if sample.measured {
             self.counts[index] += 1;
             record_micros(
-                self.latency[index].get_or_insert_with(|| new_histogram(LATENCY_SIGFIG)),
+                self.latency[index].get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
                 latency_us,
             );
             if let Some(service) = sample.service.filter(|_| sample.class.is_answered()) {
                 record_micros(
                     self.service
-                        .get_or_insert_with(|| new_histogram(LATENCY_SIGFIG)),
+                        .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
                     micros(service),
                 );
             }
             if let Some(lag) = sample.send_lag {
                 record_micros(
                     self.send_lag
-                        .get_or_insert_with(|| new_histogram(LATENCY_SIGFIG)),
+                        .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
+                    micros(lag),
+                );
+            }
+            if let Some(latency) = sample
+                .without_own_lag
+                .filter(|_| sample.class.is_answered())
+            {
+                record_micros(
+                    self.without_own_lag
+                        .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
+                    micros(latency),
+                );
+            }
+            if let Some(lag) = sample.own_lag {
+                record_micros(
+                    self.own_lag
+                        .get_or_insert_with(|| full_range_histogram(LATENCY_SIGFIG)),
                     micros(lag),
                 );
             }
@@ -248,6 +295,12 @@ impl Recorder {
         }
         add_into(&mut self.service, &other.service, LATENCY_SIGFIG);
         add_into(&mut self.send_lag, &other.send_lag, LATENCY_SIGFIG);
+        add_into(&mut self.own_lag, &other.own_lag, LATENCY_SIGFIG);
+        add_into(
+            &mut self.without_own_lag,
+            &other.without_own_lag,
+            LATENCY_SIGFIG,
+        );
         for index in 0..CLASS_COUNT {
             self.counts[index] += other.counts[index];
             self.warmup_counts[index] += other.warmup_counts[index];
@@ -294,8 +347,57 @@ impl Recorder {
         self.send_lag.as_ref()
     }
 
+    pub fn without_own_lag_histogram(&self) -> Option<&Histogram<u64>> {
+        self.without_own_lag.as_ref()
+    }
+
+    pub fn own_lag_histogram(&self) -> Option<&Histogram<u64>> {
+        self.own_lag.as_ref()
+    }
+
     pub fn details(&self) -> &BTreeMap<String, u64> {
         &self.details
+    }
+}
+
+/// Recorders shared by the connection tasks: task `i` records into shard `i % len`, so tasks
+/// on different runtime threads rarely wait for the same lock. More shards than runtime
+/// threads keeps that wait short; few enough that their full-range histograms stay a few MiB.
+#[derive(Debug)]
+pub struct RecorderShards {
+    shards: Vec<Mutex<Recorder>>,
+}
+
+impl RecorderShards {
+    pub fn new(count: usize) -> Self {
+        Self {
+            shards: (0..count.max(1))
+                .map(|_| Mutex::new(Recorder::new()))
+                .collect(),
+        }
+    }
+
+    /// Records `sample` for task `task` (see [`Recorder::record`]).
+    pub fn record(&self, task: usize, sample: &Sample<'_>, timeline: &Mutex<Timeline>) {
+        let shard = &self.shards[task % self.shards.len()];
+        shard
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .record(sample, timeline);
+    }
+
+    /// Flushes every shard's second in progress into `timeline` and merges them (the end of
+    /// the run).
+    pub fn finish(self, timeline: &Mutex<Timeline>) -> Recorder {
+        let mut merged = Recorder::new();
+        for shard in self.shards {
+            let mut shard = shard
+                .into_inner()
+                .unwrap_or_else(|poison| poison.into_inner());
+            shard.flush(timeline);
+            merged.merge(&shard);
+        }
+        merged
     }
 }
 
@@ -309,6 +411,8 @@ mod tests {
             latency: Duration::from_micros(latency_us),
             service: None,
             send_lag: None,
+            own_lag: None,
+            without_own_lag: None,
             completed_at: Duration::from_millis(at_ms),
             measured,
             detail: (class == OutcomeClass::Refused).then_some("sold_out"),
@@ -384,6 +488,44 @@ mod tests {
     }
 
     #[test]
+    fn recording_never_grows_a_recorders_histograms() {
+        // Growing is what stalled the open schedule: a recorder's histograms are allocated
+        // for the whole range when first used and keep their size whatever is recorded.
+        let timeline = Mutex::new(Timeline::default());
+        let shards = RecorderShards::new(2);
+        let mut s = sample(OutcomeClass::Created, 40, 0, true);
+        s.service = Some(Duration::from_micros(30));
+        s.send_lag = Some(Duration::from_micros(10));
+        shards.record(0, &s, &timeline);
+        let sizes = |shards: &RecorderShards| {
+            let recorder = shards.shards[0].lock().unwrap();
+            [
+                recorder.latency[OutcomeClass::Created.index()]
+                    .as_ref()
+                    .unwrap()
+                    .distinct_values(),
+                recorder.service.as_ref().unwrap().distinct_values(),
+                recorder.send_lag.as_ref().unwrap().distinct_values(),
+                recorder.interval.bucket.latency.distinct_values(),
+            ]
+        };
+        let before = sizes(&shards);
+        let mut slow = sample(OutcomeClass::Created, LATENCY_US_MAX, 10, true);
+        slow.service = Some(Duration::from_secs(3600));
+        slow.send_lag = Some(Duration::from_secs(7200));
+        shards.record(0, &slow, &timeline);
+        assert_eq!(sizes(&shards), before);
+        let merged = shards.finish(&timeline);
+        assert_eq!(merged.count(OutcomeClass::Created), 2);
+        assert!(
+            merged
+                .send_lag_histogram()
+                .unwrap()
+                .equivalent(merged.send_lag_histogram().unwrap().max(), LATENCY_US_MAX)
+        );
+    }
+
+    #[test]
     fn large_latencies_grow_the_histogram_instead_of_being_clamped() {
         let mut histogram = new_histogram(LATENCY_SIGFIG);
         record_micros(&mut histogram, 3);
@@ -400,7 +542,22 @@ mod tests {
         let mut s = sample(OutcomeClass::Created, 10_000, 0, true);
         s.service = Some(Duration::from_micros(100));
         s.send_lag = Some(Duration::from_micros(9_900));
+        s.own_lag = Some(Duration::from_micros(9_000));
+        s.without_own_lag = Some(Duration::from_micros(1_000));
         recorder.record(&s, &timeline);
+        // A transport error has no answer: not in the row comparable with other tools.
+        let mut lost = sample(OutcomeClass::TransportError, 10_000, 0, true);
+        lost.without_own_lag = Some(Duration::from_micros(1_000));
+        recorder.record(&lost, &timeline);
+        let without = recorder.without_own_lag_histogram().unwrap();
+        assert_eq!(without.len(), 1);
+        assert!(without.equivalent(without.max(), 1_000));
+        assert!(
+            recorder
+                .own_lag_histogram()
+                .unwrap()
+                .equivalent(recorder.own_lag_histogram().unwrap().max(), 9_000)
+        );
         let latency = recorder.class_histogram(OutcomeClass::Created).unwrap();
         assert!(
             latency.equivalent(latency.max(), 10_000),

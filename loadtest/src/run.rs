@@ -20,11 +20,13 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<Summary> {
     // 1. Setup: the target's own SKUs, named for this run.
     let mut admin = None;
     let mut journal_from = 0;
+    let mut target_fsync = None;
     let target = match &settings.target {
         TargetSpec::Engine { url, admin_token } => {
             let endpoint = http::Endpoint::resolve(url).await?;
             let mut client = http::AdminClient::new(endpoint.clone(), Some(admin_token))?;
             client.check_ready().await?;
+            target_fsync = client.fsync_policy().await;
             journal_from = client
                 .journal_head()
                 .await
@@ -135,6 +137,8 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<Summary> {
         seed: settings.seed,
         sku_count: skus.len(),
         started_unix_ms: result.started_unix_ms,
+        host: host_name(),
+        target_fsync,
     };
     Ok(summarize(
         info,
@@ -143,6 +147,14 @@ pub async fn run(settings: RunSettings) -> anyhow::Result<Summary> {
         skipped,
         &settings.slo,
     ))
+}
+
+/// This machine's name, for the report (empty when the kernel does not say).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn audit_or_unreadable(

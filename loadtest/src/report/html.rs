@@ -107,6 +107,13 @@ pub fn render_html(summary: &Summary) -> String {
         escape(summary.verdict),
         summary.exit_code
     );
+    for warning in &summary.warnings {
+        let _ = write!(
+            out,
+            "<p class=\"verdict fail\">warning: {}</p>",
+            escape(warning)
+        );
+    }
 
     // The run.
     let model = match (run.model, run.rate_per_s) {
@@ -122,7 +129,18 @@ pub fn render_html(summary: &Summary) -> String {
     };
     let _ = write!(out, "<h2>Run</h2><table>");
     for (key, value) in [
+        (
+            "started",
+            crate::duration::format_unix_ms(run.started_unix_ms),
+        ),
+        ("generator host", run.host.clone()),
         ("target", format!("{} {}", run.target, run.target_address)),
+        (
+            "target fsync",
+            run.target_fsync
+                .clone()
+                .unwrap_or_else(|| "not reported by the target".into()),
+        ),
         ("run id", run.run_id.clone()),
         ("load model", model),
         ("connections", run.connections.to_string()),
@@ -211,6 +229,24 @@ pub fn render_html(summary: &Summary) -> String {
     }
     if let Some(lag) = &summary.send_lag {
         percentile_row(&mut out, "generator send lag", lag.count, blank, Some(lag));
+    }
+    if let Some(latency) = &summary.without_own_lag {
+        percentile_row(
+            &mut out,
+            "corrected without the generator's own lag (as oha -q counts)",
+            latency.count,
+            blank,
+            Some(latency),
+        );
+    }
+    if let Some(lag) = &summary.own_send_lag {
+        percentile_row(
+            &mut out,
+            "generator's own send lag (after a connection was free)",
+            lag.count,
+            blank,
+            Some(lag),
+        );
     }
     out.push_str("</table>");
     if run.model == Model::Open {
@@ -446,8 +482,12 @@ pub fn render_html(summary: &Summary) -> String {
     out.push_str("</table></details>");
     let _ = writeln!(
         out,
-        "<p class=\"note\">stampede-load {} · started at unix ms {} · {:.1} s elapsed</p></body></html>",
-        run.version, run.started_unix_ms, totals.elapsed_s
+        "<p class=\"note\">stampede-load {} · started {} (unix ms {}) on {} · {:.1} s elapsed</p></body></html>",
+        run.version,
+        crate::duration::format_unix_ms(run.started_unix_ms),
+        run.started_unix_ms,
+        escape(&run.host),
+        totals.elapsed_s
     );
     out
 }

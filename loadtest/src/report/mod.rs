@@ -29,6 +29,13 @@ pub mod exit {
 
 /// Highest percentile point of the curves (99.999%).
 const CURVE_NINES_MAX: f64 = 5.0;
+/// The report warns that the generator fell behind when its send lag at a percentile is at
+/// least this share of the corrected latency at the same percentile: past it, the tail is
+/// as much the generator's lateness as the target's answer.
+pub const SEND_LAG_WARN_SHARE: f64 = 0.25;
+/// ...and at least this long, so that a sub-millisecond tail is not flagged for timer
+/// jitter (the timer's resolution is 1 ms).
+pub const SEND_LAG_WARN_MIN_US: u64 = 2_000;
 
 /// SLO thresholds from the command line; `None` is not checked.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -61,6 +68,10 @@ pub struct RunInfo {
     pub seed: u64,
     pub sku_count: usize,
     pub started_unix_ms: u64,
+    /// The machine the generator ran on.
+    pub host: String,
+    /// The target's journal fsync policy, where the target reports it (`GET /metrics`).
+    pub target_fsync: Option<String>,
 }
 
 /// Latency percentiles in microseconds.
@@ -207,6 +218,15 @@ pub struct Summary {
     pub service_time: Option<Percentiles>,
     /// Open model: how late the generator sent requests.
     pub send_lag: Option<Percentiles>,
+    /// Open model: the part of the send lag after a connection was free: the generator's own
+    /// lateness (its timer, its CPU), without the wait for a connection the target kept busy.
+    pub own_send_lag: Option<Percentiles>,
+    /// Open model: the answered requests' latency without the generator's own lag, as a tool
+    /// that stamps a request when its rate limiter wakes counts it (for comparing with oha).
+    pub without_own_lag: Option<Percentiles>,
+    /// What makes the figures less than they seem: the generator fell behind its schedule
+    /// (its send lag is a large part of the tail), or left due requests unsent.
+    pub warnings: Vec<String>,
     /// Error codes and transport failures, measured window.
     pub details: BTreeMap<String, u64>,
     pub timeline: Vec<SecondSummary>,
@@ -248,6 +268,40 @@ fn curve(histogram: &Histogram<u64>) -> Vec<CurvePoint> {
         }
     }
     points
+}
+
+/// The warnings about the generator itself: its own send lag (after a connection was free)
+/// that is a large part of the corrected tail (at p99 or p99.9), and requests due in the
+/// measured window that were never sent.
+pub fn generator_warnings(
+    answered: Option<Percentiles>,
+    send_lag: Option<Percentiles>,
+    unsent_measured: u64,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if let (Some(answered), Some(lag)) = (answered, send_lag) {
+        for (name, corrected, late) in [
+            ("p99", answered.p99_us, lag.p99_us),
+            ("p99.9", answered.p999_us, lag.p999_us),
+        ] {
+            if late >= SEND_LAG_WARN_MIN_US && late as f64 >= SEND_LAG_WARN_SHARE * corrected as f64
+            {
+                warnings.push(format!(
+                    "the generator fell behind its schedule: its own send lag {name} {} is {:.0}% of the corrected {name} {}; that part of the tail is the generator's, not the target's (too few CPU cores for generator and target, too few connections, or a busy machine)",
+                    crate::duration::format_micros(late),
+                    100.0 * late as f64 / corrected.max(1) as f64,
+                    crate::duration::format_micros(corrected),
+                ));
+                break;
+            }
+        }
+    }
+    if unsent_measured > 0 {
+        warnings.push(format!(
+            "{unsent_measured} requests due in the measured window were never sent (every connection busy to the end): give more connections"
+        ));
+    }
+    warnings
 }
 
 /// Builds the summary of a finished run and decides the exit code.
@@ -401,6 +455,15 @@ pub fn summarize(
         answered,
         service_time: recorder.service_histogram().and_then(Percentiles::of),
         send_lag: recorder.send_lag_histogram().and_then(Percentiles::of),
+        own_send_lag: recorder.own_lag_histogram().and_then(Percentiles::of),
+        without_own_lag: recorder
+            .without_own_lag_histogram()
+            .and_then(Percentiles::of),
+        warnings: generator_warnings(
+            answered,
+            recorder.own_lag_histogram().and_then(Percentiles::of),
+            result.unsent_measured,
+        ),
         details: recorder.details().clone(),
         timeline,
         percentile_curve: curve(&answered_histogram),
@@ -423,6 +486,56 @@ mod tests {
     use std::sync::Mutex;
     use std::time::Duration;
 
+    fn percentiles(p99_us: u64, p999_us: u64) -> Percentiles {
+        Percentiles {
+            count: 1000,
+            mean_us: 1.0,
+            p50_us: 1,
+            p90_us: 1,
+            p99_us,
+            p999_us,
+            max_us: p999_us,
+        }
+    }
+
+    #[test]
+    fn a_send_lag_that_is_a_large_part_of_the_tail_is_warned_about() {
+        // The case that went unflagged: p99 114 ms with a send lag p99 of 113 ms.
+        let warned = generator_warnings(
+            Some(percentiles(114_000, 120_000)),
+            Some(percentiles(113_000, 118_000)),
+            0,
+        );
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(warned[0].contains("own send lag p99 "), "{warned:?}");
+        // A generator on time: no warning, also for a sub-millisecond tail with some jitter.
+        assert!(
+            generator_warnings(
+                Some(percentiles(50_000, 90_000)),
+                Some(percentiles(1_000, 3_000)),
+                0
+            )
+            .is_empty()
+        );
+        assert!(
+            generator_warnings(
+                Some(percentiles(900, 1_500)),
+                Some(percentiles(800, 1_400)),
+                0
+            )
+            .is_empty()
+        );
+        // Only the p99.9 lags.
+        let warned = generator_warnings(
+            Some(percentiles(3_000, 40_000)),
+            Some(percentiles(500, 30_000)),
+            7,
+        );
+        assert_eq!(warned.len(), 2, "{warned:?}");
+        assert!(warned[0].contains("p99.9"), "{warned:?}");
+        assert!(warned[1].starts_with("7 requests"), "{warned:?}");
+    }
+
     fn info() -> RunInfo {
         RunInfo {
             tool: "stampede-load",
@@ -443,6 +556,8 @@ mod tests {
             seed: 1,
             sku_count: 1,
             started_unix_ms: 0,
+            host: "h".into(),
+            target_fsync: None,
         }
     }
 
@@ -457,6 +572,8 @@ mod tests {
                     latency: Duration::from_millis(ms),
                     service: None,
                     send_lag: None,
+                    own_lag: None,
+                    without_own_lag: None,
                     completed_at: Duration::ZERO,
                     measured: true,
                     detail: None,

@@ -77,6 +77,17 @@ pub fn nice_ticks(low: f64, high: f64, target: usize) -> Vec<f64> {
     ticks
 }
 
+/// A round tick value without float noise (`0.30000000000000004` is `0.3`).
+pub fn tick_label(value: f64) -> String {
+    let text = format!("{value:.6}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".into()
+    } else {
+        text.to_owned()
+    }
+}
+
 fn log_ticks(low: f64, high: f64) -> Vec<f64> {
     let mut ticks = Vec::new();
     let mut power = 10f64.powf(low.log10().floor());
@@ -126,11 +137,15 @@ pub fn render(chart: &Chart) -> String {
             y_high = y_high.max(y);
         }
     }
-    if let Some(ticks) = &chart.x_ticks {
-        for (x, _) in ticks {
-            x_low = x_low.min(*x);
-            x_high = x_high.max(*x);
+    match &chart.x_ticks {
+        Some(ticks) => {
+            for (x, _) in ticks {
+                x_low = x_low.min(*x);
+                x_high = x_high.max(*x);
+            }
         }
+        // A time axis starts at 0, so that its first tick is the run's start.
+        None => x_low = x_low.min(0.0),
     }
     if x_high <= x_low {
         x_high = x_low + 1.0;
@@ -204,7 +219,7 @@ pub fn render(chart: &Chart) -> String {
         Some(ticks) => ticks.clone(),
         None => nice_ticks(x_low, x_high, 10)
             .into_iter()
-            .map(|x| (x, format!("{x}")))
+            .map(|x| (x, tick_label(x)))
             .collect(),
     };
     for (x, label) in &x_ticks {
@@ -308,6 +323,29 @@ mod tests {
             y_format: |v| format!("{v}"),
             shade: Some((0.0, 2.0, "warm-up".into())),
         }
+    }
+
+    #[test]
+    fn tick_labels_carry_no_float_noise_and_a_time_axis_starts_at_zero() {
+        assert_eq!(tick_label(0.1 + 0.2), "0.3");
+        assert_eq!(tick_label(20.0), "20");
+        assert_eq!(tick_label(-0.0), "0");
+        let svg = render(&chart(
+            vec![Series {
+                name: "a".into(),
+                color: "#000",
+                points: vec![(3.0, 1.0), (9.0, 2.0)],
+                dashed: false,
+            }],
+            Scale::Linear,
+        ));
+        assert!(svg.contains(">0</text>"), "{svg}");
+        let ticks = nice_ticks(0.0, 9.0, 10);
+        let steps: Vec<f64> = ticks.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(
+            steps.iter().all(|s| (s - steps[0]).abs() < 1e-9),
+            "{ticks:?}"
+        );
     }
 
     #[test]

@@ -127,6 +127,26 @@ pub fn render(summary: &Summary) -> String {
             Some(lag),
         );
     }
+    if let Some(latency) = &summary.without_own_lag {
+        row(
+            &mut out,
+            "corr. minus own lag",
+            latency.count,
+            None,
+            None,
+            Some(latency),
+        );
+    }
+    if let Some(lag) = &summary.own_send_lag {
+        row(
+            &mut out,
+            "  its own (conn. free)",
+            lag.count,
+            None,
+            None,
+            Some(lag),
+        );
+    }
     if !summary.details.is_empty() {
         let details: Vec<String> = summary
             .details
@@ -188,6 +208,9 @@ pub fn render(summary: &Summary) -> String {
                 check.unit
             );
         }
+    }
+    for warning in &summary.warnings {
+        let _ = writeln!(out, "\nWARNING: {warning}");
     }
     let _ = writeln!(
         out,

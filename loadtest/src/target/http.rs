@@ -161,8 +161,28 @@ impl Connection {
     }
 }
 
-/// A request for the admin and read API.
-fn admin_request(
+/// The `policy` label of the first `*fsync_policy{...}` sample with a non-zero value.
+fn fsync_policy_in_metrics(text: &str) -> Option<String> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, rest) = line.split_once('{')?;
+            if !name.ends_with("fsync_policy") {
+                return None;
+            }
+            let (labels, value) = rest.split_once('}')?;
+            if value.trim().parse::<f64>().ok()? == 0.0 {
+                return None;
+            }
+            let start = labels.find("policy=\"")? + "policy=\"".len();
+            let end = labels[start..].find('"')? + start;
+            Some(labels[start..end].to_owned())
+        })
+}
+
+/// A request for the admin and read API (also the sale-day scenario's actions and journal
+/// reads, which are not on the order hot path).
+pub fn admin_request(
     endpoint: &Endpoint,
     token: Option<&HeaderValue>,
     method: Method,
@@ -275,7 +295,7 @@ impl AdminClient {
     /// One admin or read call; an answer of 429 or 503 (the engine shed it, nothing was done)
     /// is retried after its `Retry-After`, up to [`SHED_RETRIES`] times, so that an engine busy
     /// with other clients does not fail a setup or an audit.
-    async fn call(
+    pub async fn call(
         &mut self,
         method: Method,
         path: &str,
@@ -355,6 +375,20 @@ impl AdminClient {
             );
         }
         Ok(())
+    }
+
+    /// The journal's fsync policy when `GET /metrics` names it: a sample of any metric whose
+    /// name ends in `fsync_policy`, labelled `policy="..."` (for example
+    /// `stampede_journal_fsync_policy{policy="always"} 1`). `None` when the engine does not
+    /// export one; the report then says "not reported".
+    pub async fn fsync_policy(&mut self) -> Option<String> {
+        let answer = self
+            .call_once(Method::GET, "/metrics", Bytes::new())
+            .await
+            .ok()?;
+        (answer.status == 200)
+            .then(|| fsync_policy_in_metrics(&String::from_utf8_lossy(&answer.body)))
+            .flatten()
     }
 
     /// The highest journal `seq` now, found with `GET /v1/journal?from=X&limit=1` probes
@@ -602,6 +636,15 @@ pub async fn gather_audit_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fsync_policy_is_read_from_a_labelled_metric() {
+        let metrics = "# HELP x\nstampede_orders_total{outcome=\"created\"} 5\n\
+            stampede_journal_fsync_policy{policy=\"none\"} 0\n\
+            stampede_journal_fsync_policy{policy=\"always\"} 1\n";
+        assert_eq!(fsync_policy_in_metrics(metrics).as_deref(), Some("always"));
+        assert_eq!(fsync_policy_in_metrics("stampede_journal_fsyncs 3\n"), None);
+    }
 
     fn answer(status: u16, replayed: bool, body: &str) -> HttpAnswer {
         HttpAnswer {
