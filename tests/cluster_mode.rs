@@ -901,3 +901,66 @@ async fn crash_loop_of_nodes_and_redis_masters_never_oversells_nor_loses_an_acce
     assert_eq!(taken, stock, "{sku}");
     assert_eq!(sku["available"], 0, "{sku}");
 }
+
+/// `stampede-load`'s sale-day scenario, with every node's URL like a load balancer's pool: the
+/// whole order life over three nodes, audited across every node's journal and the global
+/// stock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_drives_the_cluster_and_its_audit_passes() {
+    if !require_redis() {
+        return;
+    }
+    let cluster = Cluster::start(20).await;
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("profile dir");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["build", "-p", "stampede-load", "--bin", "stampede-load"])
+        .env(
+            "CARGO_TARGET_DIR",
+            profile_dir.parent().expect("target dir"),
+        );
+    if profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release")
+    {
+        build.arg("--release");
+    }
+    assert!(
+        build.status().expect("cargo build").success(),
+        "build stampede-load"
+    );
+    let mut command = std::process::Command::new(profile_dir.join("stampede-load"));
+    command.args([
+        "-s",
+        "sale-day",
+        "-d",
+        "3s",
+        "-c",
+        "6",
+        "--payment-timeout-s",
+        "2",
+    ]);
+    for port in &cluster.ports {
+        command.args(["--url", &format!("http://127.0.0.1:{port}")]);
+    }
+    command
+        .args(["--admin-token", ADMIN_TOKEN])
+        .args(["--consumer-token", common::CONSUMER_TOKEN]);
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run stampede-load");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && text.contains("audit: PASSED"),
+        "{}\n{text}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -132,6 +132,10 @@ impl RoundRobin {
     }
 }
 
+/// How long a cluster is left quiet before its global stock figures are read (the
+/// contract's promise holds after 2 s of quiet).
+const CLUSTER_QUIET: Duration = Duration::from_millis(2500);
+
 /// Where an order lives: the node its 201 named (cluster mode), or else the URL that
 /// answered it (independent engines).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -1150,6 +1154,11 @@ pub async fn run(settings: SaleDaySettings) -> anyhow::Result<SaleDaySummary> {
     let cluster = orders
         .iter()
         .any(|order| matches!(order.node, NodeRef::Named(_)));
+    if cluster {
+        // The contract promises a cluster's global figures once it has been quiet for 2 s
+        // (each node publishes its own every 250 ms).
+        tokio::time::sleep(CLUSTER_QUIET).await;
+    }
     let mut states: Vec<Option<SkuState>> = Vec::new();
     for spec in skus.iter() {
         let mut total: Option<SkuState> = None;

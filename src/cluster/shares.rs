@@ -363,34 +363,37 @@ impl Shares {
         Ok(Some(self.combine(sku, &global)))
     }
 
+    /// The global view: reserved and sold summed over the nodes (this node's own live, the
+    /// others' as last published), available the rest of the total — so `available +
+    /// reserved + sold = stock_total` holds at every read, and the parts are exact once every
+    /// node has published (within a sync round of the last change).
     fn combine(&self, sku: &str, global: &GlobalSku) -> SkuView {
         let mine = self.engine.sku_view(sku);
-        let mut view = SkuView {
-            sku: sku.to_owned(),
-            stock_total: global.total,
-            available: global.pool,
-            reserved: 0,
-            sold: 0,
-            per_user_limit: global.per_user_limit,
-            max_per_order: global.max_per_order,
-            payment_timeout_s: global.payment_timeout_s,
-            // Pausing is a node's own (journaled there); a pause sent to any node is passed
-            // to every node (see `http::cluster`), so this node's flag is the cluster's.
-            paused: mine.as_ref().is_some_and(|v| v.paused),
-        };
+        let (mut reserved, mut sold) = (0u64, 0u64);
         for node in &global.nodes {
             let figures = if node.node == self.node {
                 mine.as_ref().map(|v| (v.available, v.reserved, v.sold))
             } else {
                 node.figures
             };
-            // A node that never reported holds its whole share unsold.
-            let (available, reserved, sold) = figures.unwrap_or((node.share, 0, 0));
-            view.available += available;
-            view.reserved += reserved;
-            view.sold += sold;
+            // A node that never published holds its whole share unsold.
+            let (_, node_reserved, node_sold) = figures.unwrap_or((node.share, 0, 0));
+            reserved += node_reserved;
+            sold += node_sold;
         }
-        view
+        SkuView {
+            sku: sku.to_owned(),
+            stock_total: global.total,
+            available: global.total.saturating_sub(reserved + sold),
+            reserved,
+            sold,
+            per_user_limit: global.per_user_limit,
+            max_per_order: global.max_per_order,
+            payment_timeout_s: global.payment_timeout_s,
+            // Pausing is a node's own (journaled there); a pause sent to any node is passed
+            // to every node (see `http::cluster`), so this node's flag is the cluster's.
+            paused: mine.as_ref().is_some_and(|v| v.paused),
+        }
     }
 
     /// Creates or changes a SKU for the whole cluster, then applies it here at once (the
