@@ -125,6 +125,9 @@ struct ModelOrder {
     /// (payment), its latest delivery (auto-completion).
     clock_ms: u64,
     last_action: Option<Action>,
+    /// The payment timer's reminder was journaled: it is then the order's last record, so
+    /// a repeat of the action before it is no longer a retry of the latest record.
+    reminded: bool,
     records: u32,
 }
 
@@ -258,6 +261,7 @@ impl Model {
                 status,
                 clock_ms: self.now_ms,
                 last_action: None,
+                reminded: false,
                 records: 1,
             },
         );
@@ -350,6 +354,17 @@ impl Model {
     fn advance(&mut self, seconds: u64) {
         self.now_ms += seconds * 1000;
         let now_ms = self.now_ms;
+        // The reminder at half the payment timeout becomes an unpaid order's last record.
+        for order in self.orders.values_mut() {
+            let half_ms = u64::from(TIMEOUT_S) * 1000 / 2;
+            if order.status == OrderStatus::PendingPayment
+                && !order.reminded
+                && now_ms >= order.clock_ms + half_ms
+            {
+                order.reminded = true;
+                order.last_action = None;
+            }
+        }
         let due: Vec<(usize, Action)> = self
             .orders
             .iter()
