@@ -144,9 +144,9 @@ impl Cluster {
     }
 }
 
-/// Runs `examples/stream_worker` as consumer group `group` until the stream is idle; its
-/// ready lines.
-fn run_stream_worker(cluster: &Cluster, group: &str) -> Vec<Value> {
+/// Builds a binary of the workspace into this test's own target dir and profile (`args` for
+/// `cargo build`), and returns its path (`path` below the profile's folder).
+fn build_binary(args: &[&str], path: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe
         .parent()
@@ -156,7 +156,8 @@ fn run_stream_worker(cluster: &Cluster, group: &str) -> Vec<Value> {
     let mut build = std::process::Command::new(cargo);
     build
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "-p", "stampede", "--example", "stream_worker"])
+        .arg("build")
+        .args(args)
         .env(
             "CARGO_TARGET_DIR",
             profile_dir.parent().expect("target dir"),
@@ -169,9 +170,19 @@ fn run_stream_worker(cluster: &Cluster, group: &str) -> Vec<Value> {
     }
     assert!(
         build.status().expect("cargo build").success(),
-        "build the stream worker"
+        "cargo build {args:?}"
     );
-    let output = std::process::Command::new(profile_dir.join("examples").join("stream_worker"))
+    profile_dir.join(path)
+}
+
+/// Runs `examples/stream_worker` as consumer group `group` until the stream is idle; its
+/// ready lines.
+fn run_stream_worker(cluster: &Cluster, group: &str) -> Vec<Value> {
+    let worker = build_binary(
+        &["-p", "stampede", "--example", "stream_worker"],
+        "examples/stream_worker",
+    );
+    let output = std::process::Command::new(worker)
         .args([
             "--redis",
             &cluster.redis.seeds().join(","),
@@ -911,31 +922,11 @@ async fn the_load_generator_drives_the_cluster_and_its_audit_passes() {
         return;
     }
     let cluster = Cluster::start(20).await;
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(std::path::Path::parent)
-        .expect("profile dir");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    build
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["build", "-p", "stampede-load", "--bin", "stampede-load"])
-        .env(
-            "CARGO_TARGET_DIR",
-            profile_dir.parent().expect("target dir"),
-        );
-    if profile_dir
-        .file_name()
-        .is_some_and(|name| name == "release")
-    {
-        build.arg("--release");
-    }
-    assert!(
-        build.status().expect("cargo build").success(),
-        "build stampede-load"
+    let load = build_binary(
+        &["-p", "stampede-load", "--bin", "stampede-load"],
+        "stampede-load",
     );
-    let mut command = std::process::Command::new(profile_dir.join("stampede-load"));
+    let mut command = std::process::Command::new(load);
     command.args([
         "-s",
         "sale-day",
