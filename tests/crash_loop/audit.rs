@@ -449,8 +449,13 @@ impl Auditor {
         wrong.extend(self.check_offsets(&base, model).await);
         // The lagging group moves to where the previous audit ended: the records after it
         // (read by this audit) must stay until the next one; those before it may go.
-        let lag = self.lag_next.max(self.lag);
-        self.commit_lag(&base, model, lag).await;
+        // Never past the journal's end: records an earlier audit read may be gone (a cut
+        // within the policy's window, or a sabotage); the fold judges whether their loss was
+        // allowed, and the engine would refuse a commit past its end.
+        let lag = self.lag_next.max(self.lag).min(self.fold.last_seq());
+        if lag >= self.lag {
+            self.commit_lag(&base, model, lag).await;
+        }
         self.lag_next = self.fold.last_seq();
         wrong.extend(std::mem::take(&mut self.fold.violations));
         let mut model = model.lock().unwrap();
