@@ -40,6 +40,18 @@ fn action_event(request: ShardAction, state: &OrderState, to: OrderStatus) -> Ev
     }
 }
 
+/// The order's state after an action's record (`last_seq` is filled in at commit).
+fn state_after(state: &OrderState, action: Action, moved: crate::order::Transition) -> OrderState {
+    OrderState {
+        status: moved.to,
+        last_seq: 0,
+        last_action: Some(action),
+        records: state.records + 1,
+        reminded: state.reminded || action == Action::PaymentReminder,
+        released: state.released || matches!(moved.stock, StockEffect::GiveBack { .. }),
+    }
+}
+
 /// Where and when an action that may start a timer happened ([`ShardWriter::timer_after`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Armed {
@@ -193,15 +205,7 @@ impl ShardWriter {
                 },
             );
         }
-        self.apply_effect(&entry, moved.stock);
-        self.undo.push(Undo::Action {
-            entry,
-            effect: moved.stock,
-        });
-        if restock_one {
-            self.restock_exchanged(&entry);
-            self.undo.push(Undo::ExchangeRestock { entry });
-        }
+        self.apply_action_effects(entry, moved.stock, restock_one);
         let frame_index = self.frame_owners.len();
         if let Some(reply) = reply {
             self.deferred.push(DeferredReply::Action {
@@ -212,18 +216,27 @@ impl ShardWriter {
         }
         self.frame_owners.push(FrameOwner::Action {
             key,
-            state: OrderState {
-                status: moved.to,
-                last_seq: 0,
-                last_action: Some(action),
-                records: state.records + 1,
-                reminded: state.reminded || action == Action::PaymentReminder,
-                released: state.released || matches!(moved.stock, StockEffect::GiveBack { .. }),
-            },
+            state: state_after(&state, action, moved),
             timer,
             bind,
             restock_one,
         });
+    }
+
+    /// An action's stock effects, each with its undo entry: the transition's, and the
+    /// returned unit of a restocked exchange.
+    fn apply_action_effects(
+        &mut self,
+        entry: crate::inventory::OrderEntry,
+        effect: StockEffect,
+        restock_one: bool,
+    ) {
+        self.apply_effect(&entry, effect);
+        self.undo.push(Undo::Action { entry, effect });
+        if restock_one {
+            self.restock_exchanged(&entry);
+            self.undo.push(Undo::ExchangeRestock { entry });
+        }
     }
 
     /// An exchange's returned unit back on sale: one unit of the order's SKU from sold to

@@ -71,24 +71,7 @@ impl ShardWriter {
         } else {
             order.payment
         };
-        // Only an order that waits (for payment, or a reviewer) needs its id again, for the
-        // timer's records; the payment clock of a held order starts at its approval.
-        let review_timeout_s = self.deadlines.review_timeout_s;
-        let timer = if held {
-            (review_timeout_s > 0).then(|| {
-                PaymentTimer::one_shot(
-                    TimerKind::Review,
-                    key,
-                    &order.order_id,
-                    at_ms,
-                    review_timeout_s,
-                )
-            })
-        } else {
-            status.holds_reserved().then(|| {
-                PaymentTimer::for_order(key, &order.order_id, at_ms, values.payment_timeout_s)
-            })
-        };
+        let timer = self.first_timer(key, &order.order_id, held, status, at_ms, &values);
         let event = if held {
             let review = review.names().into_iter().map(String::from).collect();
             Event::Held(Box::new(HeldOrder { order, review }))
@@ -131,5 +114,29 @@ impl ShardWriter {
             },
             timer,
         });
+    }
+
+    /// The timer a new order starts with. Only an order that waits (for payment, or a
+    /// reviewer) needs its id again, for the timer's records; the payment clock of a held
+    /// order starts at its approval, so a held order gets the review timer (when
+    /// `review.timeout_s` is on) instead.
+    fn first_timer(
+        &self,
+        key: crate::inventory::OrderKey,
+        order_id: &str,
+        held: bool,
+        status: crate::order::OrderStatus,
+        at_ms: u64,
+        values: &crate::inventory::SlotValues,
+    ) -> Option<PaymentTimer> {
+        let review_timeout_s = self.deadlines.review_timeout_s;
+        if held {
+            return (review_timeout_s > 0).then(|| {
+                PaymentTimer::one_shot(TimerKind::Review, key, order_id, at_ms, review_timeout_s)
+            });
+        }
+        status
+            .holds_reserved()
+            .then(|| PaymentTimer::for_order(key, order_id, at_ms, values.payment_timeout_s))
     }
 }
