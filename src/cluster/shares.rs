@@ -52,6 +52,9 @@ struct SkuState {
     reported: Mutex<Option<(u64, u64, u64)>>,
     /// Units of orders (`reserved + sold`) when last looked at, and when that last changed.
     activity: Mutex<Option<(u64, Instant)>>,
+    /// A background top-up of this SKU is on its way: the order path starts at most one at a
+    /// time (so the orders that find the share low do not each queue a task).
+    top_up_in_flight: std::sync::atomic::AtomicBool,
 }
 
 pub struct Shares {
@@ -103,12 +106,17 @@ impl Shares {
     }
 
     /// When this node's share runs below half a block: the order path calls this after a
-    /// sale, so the next block is on its way before the share is empty.
+    /// sale, so the next block is on its way before the share is empty. Cheap when the share
+    /// is not low (a slot read); at most one top-up per SKU in flight.
     pub fn after_sale(self: &Arc<Self>, sku: &str) {
-        let Some(view) = self.engine.sku_view(sku) else {
+        let Some(available) = self.engine.available(sku) else {
             return;
         };
-        if view.available >= self.low_water() || self.pool_hint(sku) == 0 {
+        if available >= self.low_water() || self.pool_hint(sku) == 0 {
+            return;
+        }
+        let state = self.state(sku);
+        if state.top_up_in_flight.swap(true, Ordering::AcqRel) {
             return;
         }
         let shares = self.clone();
@@ -117,6 +125,7 @@ impl Shares {
             if let Err(error) = shares.top_up(&sku, 1).await {
                 tracing::warn!(%sku, %error, "could not take the next block of stock");
             }
+            state.top_up_in_flight.store(false, Ordering::Release);
         });
     }
 

@@ -73,6 +73,18 @@ pub struct ShareAnswer {
     pub pool: u64,
 }
 
+/// One journal record on its way to the stream.
+#[derive(Debug, Clone)]
+pub struct StreamRecord {
+    pub seq: u64,
+    /// The record's `type`.
+    pub kind: &'static str,
+    /// Empty for SKU records.
+    pub order_id: String,
+    /// The NDJSON line of `GET /v1/journal`.
+    pub line: String,
+}
+
 /// A SKU change for the whole cluster (`PUT /v1/skus/{sku}` on any node). `None` keeps the
 /// value (or, for a new SKU, takes the contract's default).
 #[derive(Debug, Clone, Default)]
@@ -259,7 +271,7 @@ impl Store {
         &self,
         script: &str,
         keys: &[&str],
-        args: &[String],
+        args: &[&str],
     ) -> Result<Value, StoreError> {
         let mut pipeline = redis::pipe();
         let eval = pipeline.cmd("EVAL").arg(script).arg(keys.len());
@@ -317,7 +329,7 @@ impl Store {
             .eval_confirmed(
                 GRANT,
                 &[&key],
-                &[node.to_owned(), expected.to_string(), want.to_string()],
+                &[node, &expected.to_string(), &want.to_string()],
             )
             .await?;
         share_answer(value)
@@ -336,7 +348,7 @@ impl Store {
             .eval_confirmed(
                 SET_SHARE,
                 &[&key],
-                &[node.to_owned(), expected.to_string(), target.to_string()],
+                &[node, &expected.to_string(), &target.to_string()],
             )
             .await?;
         share_answer(value)
@@ -360,6 +372,7 @@ impl Store {
             crate::config::default_max_per_order().to_string(),
             crate::config::default_payment_timeout_s().to_string(),
         ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let value = self.eval_confirmed(PUT_SKU, &[&key], &args).await?;
         let numbers = integers(&value)?;
         if numbers.first() == Some(&0) {
@@ -432,25 +445,24 @@ impl Store {
         }
     }
 
-    /// Appends `records` (`seq, type, order_id, record line`, consecutive) after `node`'s
-    /// position; returns the position after the call. A position below the first record's
-    /// seq − 1 (a gap) leaves the stream as it was and returns the position to resend from.
+    /// Appends `records` (consecutive seqs) after `node`'s position; returns the position
+    /// after the call. A position below the first record's seq − 1 (a gap) leaves the stream
+    /// as it was and returns the position to resend from.
     pub async fn publish(
         &self,
         stream: &str,
         node: &str,
-        records: &[(u64, &str, &str, String)],
+        records: &[StreamRecord],
     ) -> Result<u64, StoreError> {
         let position_key = stream_position_key(stream, node);
+        let seqs: Vec<String> = records.iter().map(|r| r.seq.to_string()).collect();
+        let trim = limits::STREAM_ENTRIES_MAX.to_string();
         let mut args = Vec::with_capacity(2 + records.len() * 4);
-        args.push(node.to_owned());
-        for (seq, kind, order_id, line) in records {
-            args.push(seq.to_string());
-            args.push((*kind).to_owned());
-            args.push((*order_id).to_owned());
-            args.push(line.clone());
+        args.push(node);
+        for (record, seq) in records.iter().zip(&seqs) {
+            args.extend([seq.as_str(), record.kind, &record.order_id, &record.line]);
         }
-        args.push(limits::STREAM_ENTRIES_MAX.to_string());
+        args.push(&trim);
         let value = self
             .eval_confirmed(PUBLISH, &[stream, &position_key], &args)
             .await?;

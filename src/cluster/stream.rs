@@ -13,7 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::store::Store;
+use super::store::{Store, StreamRecord};
 use crate::engine::Engine;
 use crate::journal::{JournalReader, ReadLimit};
 use crate::limits;
@@ -23,9 +23,6 @@ pub const STREAM_GROUP: &str = "cluster-stream";
 
 /// How long one read waits for new durable records before it returns what it has.
 const READ_WAIT: Duration = Duration::from_millis(200);
-
-/// One record ready for the stream: seq, type, order id (empty for SKU records), NDJSON line.
-type StreamRecord = (u64, &'static str, String, String);
 
 pub struct Publisher {
     engine: Arc<Engine>,
@@ -90,15 +87,8 @@ impl Publisher {
             if batch.is_empty() {
                 continue;
             }
-            let last = batch.last().map_or(position, |record| record.0);
-            let records: Vec<(u64, &str, &str, String)> = batch
-                .iter()
-                .map(|(seq, kind, order_id, line)| (*seq, *kind, order_id.as_str(), line.clone()))
-                .collect();
-            let after = self
-                .store
-                .publish(&self.stream, &self.node, &records)
-                .await?;
+            let last = batch.last().map_or(position, |record| record.seq);
+            let after = self.store.publish(&self.stream, &self.node, &batch).await?;
             if after != last {
                 anyhow::bail!(
                     "the stream's position for this node is {after}, not {last}: reading again from there"
@@ -126,7 +116,12 @@ fn read_batch(reader: &mut JournalReader) -> anyhow::Result<Vec<StreamRecord>> {
                     .and_then(|id| id.as_str())
                     .unwrap_or("")
                     .to_owned();
-                batch.push((seq, record.type_name(), order_id, json.to_string()));
+                batch.push(StreamRecord {
+                    seq,
+                    kind: record.type_name(),
+                    order_id,
+                    line: json.to_string(),
+                });
             }
             None if batch.is_empty() && !waited => {
                 waited = true;

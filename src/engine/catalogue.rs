@@ -21,6 +21,13 @@ impl Engine {
         self.catalog.get(sku).map(|entry| *entry)
     }
 
+    /// The units of a SKU available now: a read of its slot, with no view built (for callers
+    /// on the order path).
+    pub fn available(&self, sku: &str) -> Option<u64> {
+        let slot_index = self.slot_of(sku)?;
+        Some(self.inventory.slot(slot_index).available())
+    }
+
     pub fn sku_view(&self, sku: &str) -> Option<SkuView> {
         let slot_index = self.slot_of(sku)?;
         Some(SkuView::of_slot(sku, self.inventory.slot(slot_index)))
